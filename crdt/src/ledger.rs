@@ -1,0 +1,502 @@
+//! The ledger: every region's row of one event, as one region sees them.
+//!
+//! This is a state-based bounded counter (Balegas et al.; AntidoteDB's `bcounter`) extended
+//! with seat ownership. A region may spend only what its own row and the grants it has seen
+//! prove it owns; since it is the only writer of the row that records its spending, no two
+//! regions can spend the same unit, whatever the network does.
+
+use std::sync::Arc;
+
+use crate::row::{Entry, Row, RowDelta, SeatStamp, Stamped};
+use crate::{Genesis, GenesisHash, PoolIdx, RegionIdx, SeatIdx, VersionVector};
+
+/// Who owns a seat in this view: the receiver of the give-away with the highest epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeatOwner {
+    pub epoch: u32,
+    pub owner: RegionIdx,
+}
+
+/// Why a delta (or a local write) was refused. A refused delta changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("delta for genesis {got}, this event's genesis is {want}")]
+    GenesisMismatch { got: GenesisHash, want: GenesisHash },
+    #[error("writer {0} is not a region of this event")]
+    UnknownWriter(RegionIdx),
+    #[error("malformed delta from writer {writer}: {why}")]
+    Malformed { writer: RegionIdx, why: &'static str },
+    #[error("writer {writer} seq {seq}: a known version arrived with other content")]
+    Conflict { writer: RegionIdx, seq: u64 },
+    #[error("writer {writer} seq {seq}: a number went backwards")]
+    Backwards { writer: RegionIdx, seq: u64 },
+    #[error("writer {writer} gave away seat {seat} of pool {pool} that region {owner} owns")]
+    SeatNotOwned { writer: RegionIdx, pool: PoolIdx, seat: SeatIdx, owner: RegionIdx },
+    #[error("region {writer} has {available} of pool {pool}, not {wanted}")]
+    Insufficient { writer: RegionIdx, pool: PoolIdx, available: i64, wanted: u64 },
+}
+
+/// What applying a delta did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The replica already had this version (a duplicate or an old delta); nothing changed.
+    Stale,
+    /// The delta starts above the replica's version; ignored until a delta from it arrives.
+    Gap { have: u64 },
+    /// The row moved from version `from` to `to`.
+    Advanced { from: u64, to: u64, credits: Vec<Credit>, seats: Vec<SeatMove> },
+}
+
+/// Quota granted to `to` by the delta's writer, `amount` more than this view knew.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Credit {
+    pub pool: PoolIdx,
+    pub to: RegionIdx,
+    pub amount: u64,
+}
+
+/// A seat whose owner changed in this view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeatMove {
+    pub pool: PoolIdx,
+    pub seat: SeatIdx,
+    pub from: RegionIdx,
+    pub to: RegionIdx,
+}
+
+/// A change a region makes to its own row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Consume { pool: PoolIdx, n: u64 },
+    Return { pool: PoolIdx, n: u64 },
+    Grant { pool: PoolIdx, to: RegionIdx, n: u64 },
+    GiveSeat { pool: PoolIdx, seat: SeatIdx, to: RegionIdx },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ledger {
+    genesis: Arc<Genesis>,
+    hash: GenesisHash,
+    rows: Vec<Row>,
+    /// `[pool][r] = Σs granted_out[s][r]`, kept in step with the rows.
+    granted_in: Vec<Vec<u64>>,
+    /// `[pool][r] = Σt granted_out[r][t]`, kept in step with the rows.
+    granted_out: Vec<Vec<u64>>,
+    /// `[pool][seat]`, empty for general-admission pools.
+    owners: Vec<Vec<SeatOwner>>,
+}
+
+impl Ledger {
+    pub fn new(genesis: Arc<Genesis>) -> Self {
+        let (n, p) = (genesis.regions.len(), genesis.pools.len());
+        let owners = genesis
+            .pools
+            .iter()
+            .map(|pool| {
+                (0..pool.seat_count() as SeatIdx)
+                    .map(|s| SeatOwner { epoch: 0, owner: pool.initial_owner(s) })
+                    .collect()
+            })
+            .collect();
+        Ledger {
+            hash: genesis.hash(),
+            rows: (0..n).map(|r| Row::new(r as RegionIdx, n, p)).collect(),
+            granted_in: vec![vec![0; n]; p],
+            granted_out: vec![vec![0; n]; p],
+            owners,
+            genesis,
+        }
+    }
+
+    pub fn genesis(&self) -> &Arc<Genesis> {
+        &self.genesis
+    }
+
+    pub fn hash(&self) -> GenesisHash {
+        self.hash
+    }
+
+    pub fn row(&self, writer: RegionIdx) -> &Row {
+        &self.rows[writer as usize]
+    }
+
+    pub fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
+    pub fn version_vector(&self) -> VersionVector {
+        let mut vv = VersionVector::new(self.rows.len());
+        for r in &self.rows {
+            vv.observe(r.writer as usize, r.seq);
+        }
+        vv
+    }
+
+    pub fn initial(&self, pool: PoolIdx, r: RegionIdx) -> u64 {
+        self.genesis.pools[pool as usize].initial[r as usize]
+    }
+
+    pub fn granted_in(&self, pool: PoolIdx, r: RegionIdx) -> u64 {
+        self.granted_in[pool as usize][r as usize]
+    }
+
+    pub fn granted_out(&self, pool: PoolIdx, r: RegionIdx) -> u64 {
+        self.granted_out[pool as usize][r as usize]
+    }
+
+    pub fn consumed(&self, pool: PoolIdx, r: RegionIdx) -> u64 {
+        self.rows[r as usize].pools[pool as usize].consumed.value
+    }
+
+    pub fn returned(&self, pool: PoolIdx, r: RegionIdx) -> u64 {
+        self.rows[r as usize].pools[pool as usize].returned.value
+    }
+
+    /// `initial + Σs granted_out[s][r] − Σs granted_out[r][s] − consumed + returned`.
+    /// Negative only in a view that has seen `r` spend a grant whose giver's row it lacks.
+    pub fn available(&self, pool: PoolIdx, r: RegionIdx) -> i64 {
+        let p = pool as usize;
+        let row = &self.rows[r as usize].pools[p];
+        (self.initial(pool, r) + self.granted_in[p][r as usize] + row.returned.value) as i64
+            - (self.granted_out[p][r as usize] + row.consumed.value) as i64
+    }
+
+    pub fn seat_owner(&self, pool: PoolIdx, seat: SeatIdx) -> SeatOwner {
+        self.owners[pool as usize][seat as usize]
+    }
+
+    pub fn seat_owners(&self, pool: PoolIdx) -> &[SeatOwner] {
+        &self.owners[pool as usize]
+    }
+
+    /// Row `writer`'s entries changed after `since`, up to its current version.
+    pub fn delta_since(&self, writer: RegionIdx, since: u64) -> Option<RowDelta> {
+        self.rows[writer as usize].delta_since(self.hash, since)
+    }
+
+    /// Makes the next version of `writer`'s own row from `changes`, checking that the writer
+    /// has the quota and owns the seats. Nothing changes until the delta is applied.
+    pub fn write(&self, writer: RegionIdx, changes: &[Change]) -> Result<RowDelta, Refusal> {
+        let w = writer as usize;
+        let row = &self.rows[w];
+        let seq = row.seq + 1;
+        let mut entries: Vec<(u64, Entry)> = Vec::with_capacity(changes.len() + 1);
+        let mut spent = vec![0u64; 0];
+        for change in changes {
+            let pool = match *change {
+                Change::Consume { pool, .. }
+                | Change::Return { pool, .. }
+                | Change::Grant { pool, .. }
+                | Change::GiveSeat { pool, .. } => pool,
+            };
+            let p = pool as usize;
+            if p >= self.genesis.pools.len() {
+                return Err(Refusal::Malformed { writer, why: "unknown pool" });
+            }
+            if spent.len() <= p {
+                spent.resize(p + 1, 0);
+            }
+            let prow = &row.pools[p];
+            let bump = |entries: &mut Vec<(u64, Entry)>, key: (PoolIdx, u8, u32), make: &dyn Fn(u64) -> Entry, base: u64, n: u64| {
+                if let Some(e) = entries.iter_mut().find(|(_, e)| e.key() == key) {
+                    e.1 = make(entry_value(&e.1) + n);
+                } else {
+                    entries.push((seq, make(base + n)));
+                }
+            };
+            match *change {
+                Change::Consume { n, .. } => {
+                    spent[p] += n;
+                    bump(&mut entries, (pool, 1, 0), &|v| Entry::Consumed { pool, value: v }, prow.consumed.value, n);
+                }
+                Change::Return { n, .. } => {
+                    let outstanding = prow.consumed.value - prow.returned.value;
+                    if n > outstanding {
+                        return Err(Refusal::Malformed { writer, why: "returning more than was sold" });
+                    }
+                    bump(&mut entries, (pool, 2, 0), &|v| Entry::Returned { pool, value: v }, prow.returned.value, n);
+                }
+                Change::Grant { to, n, .. } => {
+                    if to == writer || to as usize >= self.rows.len() {
+                        return Err(Refusal::Malformed { writer, why: "grant to itself or to an unknown region" });
+                    }
+                    if self.genesis.pools[p].is_assigned() {
+                        return Err(Refusal::Malformed { writer, why: "assigned seats move by seat id" });
+                    }
+                    spent[p] += n;
+                    let base = prow.granted_out[to as usize].value;
+                    bump(&mut entries, (pool, 0, u32::from(to)), &|v| Entry::GrantedOut { pool, to, value: v }, base, n);
+                }
+                Change::GiveSeat { seat, to, .. } => {
+                    if to == writer || to as usize >= self.rows.len() {
+                        return Err(Refusal::Malformed { writer, why: "seat to itself or to an unknown region" });
+                    }
+                    let owner = *self.owners[p]
+                        .get(seat as usize)
+                        .ok_or(Refusal::Malformed { writer, why: "unknown seat" })?;
+                    if owner.owner != writer {
+                        return Err(Refusal::SeatNotOwned { writer, pool, seat, owner: owner.owner });
+                    }
+                    if entries.iter().any(|(_, e)| e.key() == (pool, 3, seat)) {
+                        return Err(Refusal::Malformed { writer, why: "seat listed twice" });
+                    }
+                    spent[p] += 1;
+                    entries.push((seq, Entry::Seat { pool, seat, epoch: owner.epoch + 1, to }));
+                    let base = prow.granted_out[to as usize].value;
+                    bump(&mut entries, (pool, 0, u32::from(to)), &|v| Entry::GrantedOut { pool, to, value: v }, base, 1);
+                }
+            }
+        }
+        for (p, &n) in spent.iter().enumerate() {
+            let available = self.available(p as PoolIdx, writer);
+            if n > 0 && available < n as i64 {
+                return Err(Refusal::Insufficient { writer, pool: p as PoolIdx, available, wanted: n });
+            }
+        }
+        entries.sort_unstable_by_key(|(_, e)| e.key());
+        Ok(RowDelta { genesis: self.hash, writer, since: row.seq, seq, entries })
+    }
+
+    /// Applies a delta of any writer's row (a peer's, or this region's own on recovery).
+    /// All checks run before anything is changed, so a refused delta changes nothing.
+    pub fn apply(&mut self, d: &RowDelta) -> Result<Applied, Refusal> {
+        self.validate(d)?;
+        let w = d.writer as usize;
+        let have = self.rows[w].seq;
+        if d.seq <= have {
+            return Ok(Applied::Stale);
+        }
+        if d.since > have {
+            return Ok(Applied::Gap { have });
+        }
+        let mut credits = Vec::new();
+        let mut seats = Vec::new();
+        for &(stamp, entry) in &d.entries {
+            let prow = &mut self.rows[w].pools[entry.pool() as usize];
+            match entry {
+                Entry::GrantedOut { pool, to, value } => {
+                    let held = &mut prow.granted_out[to as usize];
+                    if stamp > held.seq {
+                        let amount = value - held.value;
+                        *held = Stamped { value, seq: stamp };
+                        if amount > 0 {
+                            self.granted_in[pool as usize][to as usize] += amount;
+                            self.granted_out[pool as usize][w] += amount;
+                            credits.push(Credit { pool, to, amount });
+                        }
+                    }
+                }
+                Entry::Consumed { value, .. } => {
+                    if stamp > prow.consumed.seq {
+                        prow.consumed = Stamped { value, seq: stamp };
+                    }
+                }
+                Entry::Returned { value, .. } => {
+                    if stamp > prow.returned.seq {
+                        prow.returned = Stamped { value, seq: stamp };
+                    }
+                }
+                Entry::Seat { pool, seat, epoch, to } => {
+                    let newer = prow.seats.get(&seat).is_none_or(|s| stamp > s.seq);
+                    if newer {
+                        prow.seats.insert(seat, SeatStamp { epoch, to, seq: stamp });
+                        let owner = &mut self.owners[pool as usize][seat as usize];
+                        if epoch > owner.epoch {
+                            seats.push(SeatMove { pool, seat, from: owner.owner, to });
+                            *owner = SeatOwner { epoch, owner: to };
+                        }
+                    }
+                }
+            }
+        }
+        self.rows[w].seq = d.seq;
+        Ok(Applied::Advanced { from: have, to: d.seq, credits, seats })
+    }
+
+    fn validate(&self, d: &RowDelta) -> Result<(), Refusal> {
+        let writer = d.writer;
+        if d.genesis != self.hash {
+            return Err(Refusal::GenesisMismatch { got: d.genesis, want: self.hash });
+        }
+        let w = writer as usize;
+        if w >= self.rows.len() {
+            return Err(Refusal::UnknownWriter(writer));
+        }
+        let malformed = |why| Err(Refusal::Malformed { writer, why });
+        if d.seq <= d.since {
+            return malformed("seq must be above since");
+        }
+        let row = &self.rows[w];
+        let have = row.seq;
+        let mut last_key = None;
+        for &(stamp, entry) in &d.entries {
+            if stamp <= d.since || stamp > d.seq {
+                return malformed("entry stamped outside (since, seq]");
+            }
+            let key = entry.key();
+            if last_key.is_some_and(|k| k >= key) {
+                return malformed("entries not in strictly increasing key order");
+            }
+            last_key = Some(key);
+            let p = key.0 as usize;
+            let Some(pool) = self.genesis.pools.get(p) else {
+                return malformed("unknown pool");
+            };
+            let prow = &row.pools[p];
+            // (value held, stamp held) for counters; seats are checked on their own.
+            let held = match entry {
+                Entry::GrantedOut { to, .. } => {
+                    if to as usize >= self.rows.len() || to == writer {
+                        return malformed("grant to itself or to an unknown region");
+                    }
+                    prow.granted_out[to as usize]
+                }
+                Entry::Consumed { .. } => prow.consumed,
+                Entry::Returned { .. } => prow.returned,
+                Entry::Seat { seat, epoch, to, .. } => {
+                    if !pool.is_assigned() || seat as usize >= pool.seat_count() {
+                        return malformed("unknown seat");
+                    }
+                    if to as usize >= self.rows.len() || to == writer || epoch == 0 {
+                        return malformed("seat to itself, to an unknown region or at epoch 0");
+                    }
+                    self.check_seat(d, stamp, key.0, seat, epoch, to)?;
+                    continue;
+                }
+            };
+            let value = entry_value(&entry);
+            if stamp == held.seq && value != held.value {
+                return Err(Refusal::Conflict { writer, seq: stamp });
+            }
+            if stamp < held.seq && value > held.value {
+                return Err(Refusal::Backwards { writer, seq: stamp });
+            }
+            if stamp > held.seq {
+                if stamp <= have {
+                    // This replica holds every change up to `have`: this one would be known.
+                    return Err(Refusal::Conflict { writer, seq: stamp });
+                }
+                if value < held.value {
+                    return Err(Refusal::Backwards { writer, seq: stamp });
+                }
+            }
+        }
+        // A row's consumption can never be refunded beyond what it sold: a hostile row that
+        // tries would let the refund mint seats.
+        if d.seq > have {
+            for &(_, e) in &d.entries {
+                let Entry::Returned { pool, value } = e else { continue };
+                let prow = &row.pools[pool as usize];
+                let consumed = d
+                    .entries
+                    .iter()
+                    .find_map(|&(_, c)| match c {
+                        Entry::Consumed { pool: q, value } if q == pool => Some(value),
+                        _ => None,
+                    })
+                    .unwrap_or(prow.consumed.value)
+                    .max(prow.consumed.value);
+                if value > consumed {
+                    return malformed("returned exceeds consumed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_seat(&self, d: &RowDelta, stamp: u64, pool: PoolIdx, seat: SeatIdx, epoch: u32, to: RegionIdx) -> Result<(), Refusal> {
+        let writer = d.writer;
+        let row = &self.rows[writer as usize];
+        let held = row.pools[pool as usize].seats.get(&seat);
+        if let Some(h) = held {
+            if stamp == h.seq && (epoch, to) != (h.epoch, h.to) {
+                return Err(Refusal::Conflict { writer, seq: stamp });
+            }
+            if stamp < h.seq && epoch > h.epoch {
+                return Err(Refusal::Backwards { writer, seq: stamp });
+            }
+            if stamp > h.seq && epoch <= h.epoch {
+                return Err(Refusal::Backwards { writer, seq: stamp });
+            }
+            if stamp <= h.seq {
+                return Ok(());
+            }
+        }
+        if stamp <= row.seq {
+            return Err(Refusal::Conflict { writer, seq: stamp });
+        }
+        let now = self.owners[pool as usize][seat as usize];
+        if now.epoch == epoch {
+            // Only one region can hand a seat over at a given epoch: its owner at epoch − 1.
+            return Err(Refusal::Conflict { writer, seq: stamp });
+        }
+        if now.epoch + 1 == epoch && now.owner != writer {
+            return Err(Refusal::SeatNotOwned { writer, pool, seat, owner: now.owner });
+        }
+        Ok(())
+    }
+
+    /// State-based merge: every row takes the newer of the two versions. Rows are single-writer
+    /// histories, so the newer version holds the per-entry max of both.
+    pub fn merge(&mut self, other: &Ledger) -> Result<(), Refusal> {
+        if other.hash != self.hash {
+            return Err(Refusal::GenesisMismatch { got: other.hash, want: self.hash });
+        }
+        for w in 0..self.rows.len() {
+            let have = self.rows[w].seq;
+            if let Some(d) = other.delta_since(w as RegionIdx, have) {
+                self.apply(&d)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the invariants a single view must satisfy; returns what is wrong.
+    ///
+    /// Per pool: conservation (`Σ available + Σ (consumed − returned) = capacity`), the
+    /// aggregates agree with the rows, no row refunds more than it sold, and every seat has
+    /// exactly one owner that some row or the genesis names.
+    pub fn check(&self) -> Result<(), String> {
+        for (p, pool) in self.genesis.pools.iter().enumerate() {
+            let pi = p as PoolIdx;
+            let mut total: i128 = 0;
+            for r in 0..self.rows.len() {
+                let ri = r as RegionIdx;
+                let (gin, gout) = self.rows.iter().fold((0, 0), |(i, o), row| {
+                    (i + row.pools[p].granted_out[r].value, o + if row.writer == ri { row.pools[p].granted_out.iter().map(|g| g.value).sum() } else { 0 })
+                });
+                if gin != self.granted_in[p][r] || gout != self.granted_out[p][r] {
+                    return Err(format!("pool {}: grant aggregates of region {r} disagree with rows", pool.id));
+                }
+                if self.returned(pi, ri) > self.consumed(pi, ri) {
+                    return Err(format!("pool {}: region {r} returned more than it consumed", pool.id));
+                }
+                total += i128::from(self.available(pi, ri)) + i128::from(self.consumed(pi, ri) - self.returned(pi, ri));
+            }
+            if total != i128::from(pool.capacity()) {
+                return Err(format!("pool {}: conservation broken, {total} != {}", pool.id, pool.capacity()));
+            }
+            for (s, o) in self.owners[p].iter().enumerate() {
+                let named = if o.epoch == 0 {
+                    pool.initial_owner(s as SeatIdx) == o.owner
+                } else {
+                    self.rows.iter().any(|row| {
+                        row.pools[p].seats.get(&(s as SeatIdx)).is_some_and(|x| x.epoch == o.epoch && x.to == o.owner)
+                    })
+                };
+                let max_epoch = self.rows.iter().filter_map(|row| row.pools[p].seats.get(&(s as SeatIdx)).map(|x| x.epoch)).max().unwrap_or(0);
+                if !named || max_epoch != o.epoch {
+                    return Err(format!("pool {}: seat {s} owner is not the highest-epoch receiver", pool.id));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn entry_value(e: &Entry) -> u64 {
+    match *e {
+        Entry::GrantedOut { value, .. } | Entry::Consumed { value, .. } | Entry::Returned { value, .. } => value,
+        Entry::Seat { epoch, .. } => u64::from(epoch),
+    }
+}

@@ -1,0 +1,277 @@
+//! An event's editable metadata, an automerge document.
+//!
+//! Operators in different regions may edit fields concurrently; automerge keeps both edits
+//! (different fields) or picks one deterministically (same field). The catalog region writes
+//! the whole structure in one change shipped with the genesis; every other region only edits
+//! fields of that structure, because objects created concurrently in automerge hide one side's
+//! writes.
+//!
+//! The actor id is the region plus its incarnation, bumped at every start, so a node that lost
+//! unsynced changes in a crash can never re-issue a sequence number with other content.
+
+use std::collections::BTreeMap;
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjType, ReadDoc, ScalarValue, Value, ROOT};
+use serde::{Deserialize, Serialize};
+
+/// Field values as the API shows them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventMeta {
+    pub name: String,
+    pub description: String,
+    pub venue: String,
+    pub lat: f64,
+    pub lon: f64,
+    /// RFC 3339.
+    pub starts_at: String,
+    pub hold_ttl_s: u64,
+    /// Price of one unit of each pool, in the event currency's minor unit.
+    pub prices: BTreeMap<String, u64>,
+}
+
+/// An edit: `None` leaves a field alone.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetaPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub venue: Option<String>,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub starts_at: Option<String>,
+    pub hold_ttl_s: Option<u64>,
+    pub prices: BTreeMap<String, u64>,
+}
+
+/// The automerge actor: region name and incarnation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActorIncarnation {
+    pub region: String,
+    pub incarnation: u64,
+}
+
+impl ActorIncarnation {
+    fn actor_id(&self) -> ActorId {
+        let mut bytes = self.region.as_bytes().to_vec();
+        bytes.push(0);
+        bytes.extend_from_slice(&self.incarnation.to_be_bytes());
+        ActorId::from(bytes)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("automerge: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+    #[error("malformed change: {0}")]
+    Load(String),
+    #[error("pool {0:?} has no price to edit")]
+    UnknownPool(String),
+    #[error("field {0} is missing or has the wrong type")]
+    Field(&'static str),
+    #[error("change depends on changes this replica lacks")]
+    MissingDeps,
+}
+
+pub struct MetaDoc {
+    doc: AutoCommit,
+}
+
+impl std::fmt::Debug for MetaDoc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaDoc").finish_non_exhaustive()
+    }
+}
+
+impl MetaDoc {
+    /// The catalog region's first change: the whole structure at once.
+    pub fn create(actor: &ActorIncarnation, meta: &EventMeta) -> Result<(MetaDoc, Vec<u8>), MetaError> {
+        let mut doc = AutoCommit::new().with_actor(actor.actor_id());
+        doc.put(ROOT, "name", meta.name.as_str())?;
+        doc.put(ROOT, "description", meta.description.as_str())?;
+        doc.put(ROOT, "venue", meta.venue.as_str())?;
+        doc.put(ROOT, "lat", meta.lat)?;
+        doc.put(ROOT, "lon", meta.lon)?;
+        doc.put(ROOT, "starts_at", meta.starts_at.as_str())?;
+        doc.put(ROOT, "hold_ttl_s", ScalarValue::Uint(meta.hold_ttl_s))?;
+        let prices = doc.put_object(ROOT, "prices", ObjType::Map)?;
+        for (pool, cents) in &meta.prices {
+            doc.put(&prices, pool.as_str(), ScalarValue::Uint(*cents))?;
+        }
+        doc.commit();
+        let change = doc.get_last_local_change().ok_or(MetaError::Field("first change"))?.raw_bytes().to_vec();
+        Ok((MetaDoc { doc }, change))
+    }
+
+    /// A replica built from changes received or persisted (the first one being the catalog's).
+    pub fn from_changes(actor: &ActorIncarnation, changes: &[Vec<u8>]) -> Result<MetaDoc, MetaError> {
+        let mut m = MetaDoc { doc: AutoCommit::new().with_actor(actor.actor_id()) };
+        m.apply(changes)?;
+        m.read()?;
+        Ok(m)
+    }
+
+    /// Edits fields; returns the change to persist, then send. Never creates objects.
+    pub fn patch(&mut self, p: &MetaPatch) -> Result<Option<Vec<u8>>, MetaError> {
+        let prices = match self.doc.get(ROOT, "prices")? {
+            Some((Value::Object(ObjType::Map), id)) => id,
+            _ => return Err(MetaError::Field("prices")),
+        };
+        for pool in p.prices.keys() {
+            if self.doc.get(&prices, pool.as_str())?.is_none() {
+                return Err(MetaError::UnknownPool(pool.clone()));
+            }
+        }
+        let d = &mut self.doc;
+        if let Some(v) = &p.name { d.put(ROOT, "name", v.as_str())?; }
+        if let Some(v) = &p.description { d.put(ROOT, "description", v.as_str())?; }
+        if let Some(v) = &p.venue { d.put(ROOT, "venue", v.as_str())?; }
+        if let Some(v) = p.lat { d.put(ROOT, "lat", v)?; }
+        if let Some(v) = p.lon { d.put(ROOT, "lon", v)?; }
+        if let Some(v) = &p.starts_at { d.put(ROOT, "starts_at", v.as_str())?; }
+        if let Some(v) = p.hold_ttl_s { d.put(ROOT, "hold_ttl_s", ScalarValue::Uint(v))?; }
+        for (pool, cents) in &p.prices {
+            d.put(&prices, pool.as_str(), ScalarValue::Uint(*cents))?;
+        }
+        Ok(d.commit().map(|_| d.get_last_local_change().map(|c| c.raw_bytes().to_vec())).flatten())
+    }
+
+    pub fn read(&self) -> Result<EventMeta, MetaError> {
+        let s = |k: &'static str| -> Result<String, MetaError> {
+            match self.doc.get(ROOT, k)? {
+                Some((Value::Scalar(v), _)) => v.as_str().map(str::to_owned).ok_or(MetaError::Field(k)),
+                _ => Err(MetaError::Field(k)),
+            }
+        };
+        let f = |k: &'static str| -> Result<f64, MetaError> {
+            match self.doc.get(ROOT, k)? {
+                Some((Value::Scalar(v), _)) => v.as_f64().ok_or(MetaError::Field(k)),
+                _ => Err(MetaError::Field(k)),
+            }
+        };
+        let hold_ttl_s = match self.doc.get(ROOT, "hold_ttl_s")? {
+            Some((Value::Scalar(v), _)) => v.as_u64().ok_or(MetaError::Field("hold_ttl_s"))?,
+            _ => return Err(MetaError::Field("hold_ttl_s")),
+        };
+        let mut prices = BTreeMap::new();
+        if let Some((Value::Object(ObjType::Map), id)) = self.doc.get(ROOT, "prices")? {
+            for key in self.doc.keys(&id) {
+                let cents = match self.doc.get(&id, key.as_str())? {
+                    Some((Value::Scalar(v), _)) => v.as_u64().ok_or(MetaError::Field("prices"))?,
+                    _ => return Err(MetaError::Field("prices")),
+                };
+                prices.insert(key, cents);
+            }
+        } else {
+            return Err(MetaError::Field("prices"));
+        }
+        Ok(EventMeta {
+            name: s("name")?,
+            description: s("description")?,
+            venue: s("venue")?,
+            lat: f("lat")?,
+            lon: f("lon")?,
+            starts_at: s("starts_at")?,
+            hold_ttl_s,
+            prices,
+        })
+    }
+
+    pub fn heads(&mut self) -> Vec<[u8; 32]> {
+        self.doc.get_heads().into_iter().map(|h| h.0).collect()
+    }
+
+    /// The changes a peer at `heads` lacks, encoded.
+    pub fn changes_since(&mut self, heads: &[[u8; 32]]) -> Vec<Vec<u8>> {
+        let heads: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
+        self.doc.get_changes(&heads).into_iter().map(|c| c.raw_bytes().to_vec()).collect()
+    }
+
+    /// Applies encoded changes (duplicates are ignored by automerge). All changes are decoded
+    /// before any is applied, so a malformed batch changes nothing.
+    pub fn apply(&mut self, changes: &[Vec<u8>]) -> Result<(), MetaError> {
+        let decoded = changes
+            .iter()
+            .map(|b| Change::from_bytes(b.clone()).map_err(|e| MetaError::Load(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.doc.apply_changes(decoded)?;
+        Ok(())
+    }
+
+    /// True when any of these encoded changes is one this replica lacks (or cannot decode, so
+    /// that applying it reports the error).
+    pub fn has_new(&mut self, changes: &[Vec<u8>]) -> bool {
+        changes.iter().any(|b| match Change::from_bytes(b.clone()) {
+            Ok(c) => self.doc.get_change_by_hash(&c.hash()).is_none(),
+            Err(_) => true,
+        })
+    }
+
+    /// Every change, for persisting a fresh replica in one go.
+    pub fn all_changes(&mut self) -> Vec<Vec<u8>> {
+        self.changes_since(&[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> EventMeta {
+        EventMeta {
+            name: "Rock".into(),
+            description: "d".into(),
+            venue: "Arena".into(),
+            lat: 52.5,
+            lon: 13.4,
+            starts_at: "2027-06-01T19:00:00Z".into(),
+            hold_ttl_s: 600,
+            prices: [("floor".to_string(), 8900)].into(),
+        }
+    }
+
+    fn actor(r: &str, i: u64) -> ActorIncarnation {
+        ActorIncarnation { region: r.into(), incarnation: i }
+    }
+
+    #[test]
+    fn concurrent_edits_of_different_fields_both_survive() {
+        let (mut a, first) = MetaDoc::create(&actor("eu-west", 1), &meta()).unwrap();
+        let mut b = MetaDoc::from_changes(&actor("us-east", 1), &[first]).unwrap();
+        let ca = a.patch(&MetaPatch { name: Some("Rock II".into()), ..Default::default() }).unwrap().unwrap();
+        let cb = b
+            .patch(&MetaPatch { prices: [("floor".to_string(), 9900)].into(), ..Default::default() })
+            .unwrap()
+            .unwrap();
+        a.apply(&[cb.clone()]).unwrap();
+        b.apply(&[ca.clone(), ca]).unwrap();
+        assert_eq!(a.read().unwrap(), b.read().unwrap());
+        let m = a.read().unwrap();
+        assert_eq!((m.name.as_str(), m.prices["floor"]), ("Rock II", 9900));
+        assert_eq!(a.heads(), b.heads());
+    }
+
+    #[test]
+    fn changes_since_heads_bring_a_peer_up_to_date() {
+        let (mut a, first) = MetaDoc::create(&actor("eu-west", 1), &meta()).unwrap();
+        let mut b = MetaDoc::from_changes(&actor("us-east", 7), &[first]).unwrap();
+        for i in 0..5 {
+            a.patch(&MetaPatch { hold_ttl_s: Some(60 + i), ..Default::default() }).unwrap();
+        }
+        let missing = a.changes_since(&b.heads());
+        assert_eq!(missing.len(), 5);
+        b.apply(&missing).unwrap();
+        assert_eq!(b.read().unwrap().hold_ttl_s, 64);
+    }
+
+    #[test]
+    fn editing_an_unknown_price_or_applying_garbage_changes_nothing() {
+        let (mut a, _) = MetaDoc::create(&actor("eu-west", 1), &meta()).unwrap();
+        let before = a.heads();
+        let p = MetaPatch { name: Some("x".into()), prices: [("vip".to_string(), 1)].into(), ..Default::default() };
+        assert!(matches!(a.patch(&p), Err(MetaError::UnknownPool(_))));
+        assert!(a.apply(&[vec![1, 2, 3]]).is_err());
+        assert_eq!(a.heads(), before);
+        assert_eq!(a.read().unwrap(), meta());
+    }
+}

@@ -1,0 +1,218 @@
+//! What goes into the core and what comes out: commands, outcomes and typed errors.
+
+use std::sync::Arc;
+
+use allot_crdt::{Allotments, GenesisError, MetaPatch, PoolKind, PoolIdx, SeatIdx};
+use serde::{Deserialize, Serialize};
+
+pub type Millis = u64;
+
+/// Identifies a request so its reply can be matched; chosen by the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestId(pub u64);
+
+/// An `Idempotency-Key` with the hash of the request body it came with.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub body_hash: [u8; 32],
+}
+
+/// What a buyer asks for: a quantity of a pool, or specific seats.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Want {
+    Quantity { pool: String, quantity: u64 },
+    Seats { pool: Option<String>, seats: Vec<String> },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolInput {
+    pub id: String,
+    pub kind: PoolKind,
+    pub price_cents: u64,
+}
+
+/// An event as an operator creates it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventSpec {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub venue: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub starts_at: String,
+    pub currency: String,
+    pub hold_ttl_s: u64,
+    pub pools: Vec<PoolInput>,
+    #[serde(with = "allotments_serde")]
+    pub allotments: Allotments,
+}
+
+mod allotments_serde {
+    use std::collections::BTreeMap;
+
+    use allot_crdt::Allotments;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    enum Repr {
+        Even,
+        Explicit(BTreeMap<String, BTreeMap<String, u64>>),
+    }
+
+    pub fn serialize<S: Serializer>(a: &Allotments, s: S) -> Result<S::Ok, S::Error> {
+        match a {
+            Allotments::Even => Repr::Even,
+            Allotments::Explicit(m) => Repr::Explicit(m.clone()),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Allotments, D::Error> {
+        Ok(match Repr::deserialize(d)? {
+            Repr::Even => Allotments::Even,
+            Repr::Explicit(m) => Allotments::Explicit(m),
+        })
+    }
+}
+
+/// Quota an owner gives away: a count of a general-admission pool, or seat ids.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GrantAmount {
+    Quantity(u64),
+    Seats(Vec<String>),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    CreateEvent(EventSpec),
+    PatchEvent { event: String, patch: MetaPatch },
+    Hold { event: String, want: Want, customer: String },
+    Confirm { hold: String, payment_ref: String },
+    Release { hold: String },
+    Purchase { event: String, want: Want, customer: String, payment_ref: String },
+    Refund { order: String },
+    Grant { event: String, pool: String, to: String, amount: GrantAmount },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderStatus {
+    Confirmed,
+    Refunded,
+}
+
+/// A live hold: quota set aside for a buyer until `expires_at`, at a locked price.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub n: u64,
+    pub event: Arc<str>,
+    pub pool: PoolIdx,
+    pub quantity: u64,
+    pub seats: Vec<SeatIdx>,
+    pub customer: String,
+    /// Total for the hold, in minor units, locked at hold time.
+    pub price_cents: u64,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub n: u64,
+    pub event: Arc<str>,
+    pub pool: PoolIdx,
+    pub quantity: u64,
+    pub seats: Vec<SeatIdx>,
+    pub customer: String,
+    /// Total paid, in minor units.
+    pub price_cents: u64,
+    pub payment_ref: String,
+    pub status: OrderStatus,
+    pub created_at: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    EventCreated { event: String },
+    EventPatched { event: String },
+    Held(Hold),
+    Released { hold: u64 },
+    Order(Order),
+    Granted { event: String, pool: PoolIdx, to: String, quantity: u64, seats: Vec<SeatIdx> },
+}
+
+/// Every way a command can fail. Each maps to one stable problem type (see [`CoreError::kind`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum CoreError {
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    #[error("invalid event: {0}")]
+    Genesis(String),
+    #[error("event {0:?} exists")]
+    EventExists(String),
+    #[error("events are created by the catalog region {catalog}")]
+    NotCatalog { catalog: String },
+    #[error("no event {0:?}")]
+    UnknownEvent(String),
+    #[error("event has no pool {0:?}")]
+    UnknownPool(String),
+    #[error("pool has no seat {0:?}")]
+    UnknownSeat(String),
+    #[error("no hold {0:?}")]
+    UnknownHold(String),
+    #[error("no order {0:?}")]
+    UnknownOrder(String),
+    #[error("{id} belongs to region {region}")]
+    Foreign { id: String, region: String },
+    #[error("sold out: {available} left here, {wanted} wanted")]
+    SoldOut { available: u64, wanted: u64 },
+    #[error("seat {0} is held or sold")]
+    SeatTaken(String),
+    #[error("seat {seat} is owned by region {region}")]
+    SeatElsewhere { seat: String, region: String },
+    #[error("customer has {0} live holds, the most allowed")]
+    HoldLimit(u32),
+    #[error("hold expired")]
+    HoldExpired,
+    #[error("only the owner can give away quota: {0}")]
+    NotOwner(String),
+    #[error("Idempotency-Key reused with another body")]
+    IdempotencyMismatch,
+    #[error("metadata: {0}")]
+    Meta(String),
+}
+
+impl CoreError {
+    /// The stable problem `type` suffix; the HTTP layer maps it to a status.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CoreError::Invalid(_) => "invalid-input",
+            CoreError::Genesis(_) => "invalid-event",
+            CoreError::EventExists(_) => "event-exists",
+            CoreError::NotCatalog { .. } => "not-catalog",
+            CoreError::UnknownEvent(_) => "unknown-event",
+            CoreError::UnknownPool(_) => "unknown-pool",
+            CoreError::UnknownSeat(_) => "unknown-seat",
+            CoreError::UnknownHold(_) => "unknown-hold",
+            CoreError::UnknownOrder(_) => "unknown-order",
+            CoreError::Foreign { .. } => "foreign-id",
+            CoreError::SoldOut { .. } => "sold-out",
+            CoreError::SeatTaken(_) => "seat-taken",
+            CoreError::SeatElsewhere { .. } => "seat-elsewhere",
+            CoreError::HoldLimit(_) => "hold-limit",
+            CoreError::HoldExpired => "hold-expired",
+            CoreError::NotOwner(_) => "not-owner",
+            CoreError::IdempotencyMismatch => "idempotency-mismatch",
+            CoreError::Meta(_) => "invalid-metadata",
+        }
+    }
+}
+
+impl From<GenesisError> for CoreError {
+    fn from(e: GenesisError) -> Self {
+        CoreError::Genesis(e.to_string())
+    }
+}
+
+pub type Reply = Result<Outcome, CoreError>;

@@ -1,0 +1,240 @@
+//! An in-memory cluster of cores: a driver with no IO, for tests and `allot demo`'s
+//! single-process mode. Messages wait in a queue the caller delivers, drops, duplicates or
+//! reorders at will; records wait until the caller persists them; a crash drops what was not
+//! persisted and restarts the region through [`Core::recover`].
+
+use allot_crdt::{PoolIdx, RegionIdx};
+
+use crate::api::{Command, IdempotencyKey, Millis, Reply, RequestId};
+use crate::core::{Config, Core, Input};
+use crate::gossip::GossipFrame;
+use crate::record::Record;
+
+pub struct Envelope {
+    pub from: usize,
+    pub to: usize,
+    pub frame: GossipFrame,
+}
+
+pub struct LocalCluster {
+    pub names: Vec<String>,
+    pub cores: Vec<Core>,
+    pub now: Millis,
+    pub network: Vec<Envelope>,
+    /// Per region: records emitted but not yet durable.
+    pub unpersisted: Vec<Vec<Record>>,
+    /// Per region: the durable log, what a restart recovers from.
+    pub durable: Vec<Vec<Record>>,
+    /// Per region: replies released so far.
+    pub replies: Vec<Vec<(RequestId, Reply)>>,
+    pub warnings: Vec<String>,
+    next_request: u64,
+}
+
+impl LocalCluster {
+    pub fn new(names: &[&str]) -> LocalCluster {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let cores = names.iter().map(|n| Core::new(Config::new(n, &names))).collect();
+        let n = names.len();
+        LocalCluster {
+            names,
+            cores,
+            now: 1_000,
+            network: Vec::new(),
+            unpersisted: vec![Vec::new(); n],
+            durable: vec![Vec::new(); n],
+            replies: vec![Vec::new(); n],
+            warnings: Vec::new(),
+            next_request: 1,
+        }
+    }
+
+    pub fn index_of(&self, name: &str) -> usize {
+        self.names.iter().position(|n| n == name).expect("known region")
+    }
+
+    /// Feeds one input to region `i` and collects its outputs.
+    pub fn step(&mut self, i: usize, input: Input) {
+        self.cores[i].handle(self.now, input);
+        let ready = self.cores[i].ready();
+        self.unpersisted[i].extend(ready.records);
+        self.replies[i].extend(ready.replies);
+        for (to, frame) in ready.messages {
+            let to = self.index_of(&to);
+            self.network.push(Envelope { from: i, to, frame });
+        }
+        self.warnings.extend(ready.warnings.into_iter().map(|w| format!("{}: {w}", self.names[i])));
+    }
+
+    /// Sends a command; returns its request id (the reply arrives once its records persist).
+    pub fn send(&mut self, i: usize, key: Option<IdempotencyKey>, command: Command) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.step(i, Input::Request { id, key, command });
+        id
+    }
+
+    /// Makes every record of region `i` durable, then tells the core.
+    pub fn persist(&mut self, i: usize) {
+        let Some(last) = self.unpersisted[i].last().map(|r| r.index) else { return };
+        let recs = std::mem::take(&mut self.unpersisted[i]);
+        self.durable[i].extend(recs);
+        self.step(i, Input::Persisted(last));
+    }
+
+    /// Makes only the first `n` pending records of region `i` durable.
+    pub fn persist_some(&mut self, i: usize, n: usize) {
+        let n = n.min(self.unpersisted[i].len());
+        if n == 0 {
+            return;
+        }
+        let rest = self.unpersisted[i].split_off(n);
+        let done = std::mem::replace(&mut self.unpersisted[i], rest);
+        let last = done.last().map(|r| r.index).expect("n > 0");
+        self.durable[i].extend(done);
+        self.step(i, Input::Persisted(last));
+    }
+
+    /// Sends, persists and returns the reply.
+    pub fn call(&mut self, i: usize, command: Command) -> Reply {
+        self.call_keyed(i, None, command)
+    }
+
+    pub fn call_keyed(&mut self, i: usize, key: Option<IdempotencyKey>, command: Command) -> Reply {
+        let id = self.send(i, key, command);
+        self.persist(i);
+        self.take_reply(i, id).expect("a persisted request has its reply")
+    }
+
+    pub fn take_reply(&mut self, i: usize, id: RequestId) -> Option<Reply> {
+        let pos = self.replies[i].iter().position(|(r, _)| *r == id)?;
+        Some(self.replies[i].remove(pos).1)
+    }
+
+    /// Kills region `i`: unpersisted records, queued replies and in-memory state are lost; it
+    /// restarts from its durable log with the next incarnation.
+    pub fn crash(&mut self, i: usize) {
+        self.unpersisted[i].clear();
+        self.replies[i].clear();
+        let mut cfg: Config = self.cores[i].config().clone();
+        cfg.incarnation += 1;
+        self.cores[i] = Core::recover(cfg, self.durable[i].iter().cloned()).expect("the durable log replays");
+    }
+
+    pub fn tick(&mut self, i: usize) {
+        self.step(i, Input::Tick);
+    }
+
+    /// Delivers queued message `k`.
+    pub fn deliver(&mut self, k: usize) {
+        let env = self.network.remove(k);
+        let from = self.names[env.from].clone();
+        self.step(env.to, Input::Peer { from, frame: env.frame });
+    }
+
+    /// Persists everything, gossips and delivers until the network is quiet `rounds` times.
+    pub fn settle(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            for i in 0..self.cores.len() {
+                self.persist(i);
+                self.tick(i);
+            }
+            while !self.network.is_empty() {
+                self.deliver(0);
+            }
+            for i in 0..self.cores.len() {
+                self.persist(i);
+            }
+        }
+    }
+
+    pub fn advance(&mut self, ms: Millis) {
+        self.now += ms;
+    }
+
+    /// True when every region holds the same replicated state of every event.
+    pub fn converged(&mut self) -> Result<(), String> {
+        let first = &self.cores[0];
+        for (i, c) in self.cores.iter().enumerate().skip(1) {
+            if c.events().count() != first.events().count() {
+                return Err(format!("{} knows {} events, {} knows {}", self.names[0], first.events().count(), self.names[i], c.events().count()));
+            }
+            for e in first.events() {
+                let other = c.event(&e.id).ok_or_else(|| format!("{} lacks event {}", self.names[i], e.id))?;
+                if other.ledger.rows() != e.ledger.rows() {
+                    return Err(format!("event {}: rows of {} and {} differ", e.id, self.names[0], self.names[i]));
+                }
+                if other.info != e.info {
+                    return Err(format!("event {}: metadata of {} and {} differ", e.id, self.names[0], self.names[i]));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every region's invariants, plus the global ones only a view of all regions can check.
+    pub fn check(&self) -> Result<(), String> {
+        for (i, c) in self.cores.iter().enumerate() {
+            c.check_invariants().map_err(|m| format!("{}: {m}", self.names[i]))?;
+        }
+        check_global(&self.cores.iter().collect::<Vec<_>>())
+    }
+}
+
+/// DESIGN invariants 1, 2 and 5 across all regions (each region's own view of itself).
+///
+/// `Σ sellable + Σ held + Σ (consumed − returned) + in_flight = capacity`, where `in_flight` is
+/// what givers have granted that receivers have not yet durably credited.
+pub fn check_global(cores: &[&Core]) -> Result<(), String> {
+    let Some(first) = cores.first() else { return Ok(()) };
+    for e0 in first.events() {
+        let g = e0.genesis().clone();
+        let views: Vec<_> = cores.iter().filter_map(|c| c.event(&e0.id)).collect();
+        if views.len() != cores.len() {
+            continue; // not every region knows the event yet: nobody can have sold it there
+        }
+        for (p, pool) in g.pools.iter().enumerate() {
+            let pi = p as PoolIdx;
+            let mut total: i128 = 0;
+            let mut sold: u64 = 0;
+            let mut held: u64 = 0;
+            for v in &views {
+                let me = v.me;
+                total += i128::from(v.sellable(pi)) + i128::from(v.pending_credit[p]) + i128::from(v.held[p]);
+                let c = v.ledger.consumed(pi, me) - v.ledger.returned(pi, me);
+                total += i128::from(c);
+                sold += c;
+                held += v.held[p];
+                for r in 0..g.regions.len() as RegionIdx {
+                    if r == me {
+                        continue;
+                    }
+                    // What `me` granted to r (as me knows it) minus what r has seen of it.
+                    let given = v.ledger.row(me).pools[p].granted_out[r as usize].value;
+                    let seen = views[r as usize].ledger.row(me).pools[p].granted_out[r as usize].value;
+                    total += i128::from(given) - i128::from(seen);
+                }
+            }
+            if total != i128::from(pool.capacity()) {
+                return Err(format!("event {} pool {}: global conservation {total} != capacity {}", e0.id, pool.id, pool.capacity()));
+            }
+            if sold + held > pool.capacity() {
+                return Err(format!("event {} pool {}: oversold, {sold} sold + {held} held > {}", e0.id, pool.id, pool.capacity()));
+            }
+            if pool.is_assigned() {
+                let mut seat_sold = vec![false; pool.seat_count()];
+                for v in &views {
+                    for (s, st) in v.seats[p].iter().enumerate() {
+                        if matches!(st, crate::event::SeatLocal::Sold(_)) {
+                            if seat_sold[s] {
+                                return Err(format!("event {} pool {}: seat {s} sold twice", e0.id, pool.id));
+                            }
+                            seat_sold[s] = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

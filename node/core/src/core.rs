@@ -1,0 +1,1066 @@
+//! The region core: a sans-IO state machine.
+//!
+//! The driver calls [`Core::handle`] with an input and the current time, then takes a
+//! [`Ready`]: records to persist first, replies and messages that may go out now. Replies that
+//! depend on a record are held back until the driver reports the record durable with
+//! [`Input::Persisted`]. Nothing here touches a socket, a clock or a disk, which is what lets
+//! the simulator replay a fault schedule from a seed and the server run the same logic.
+//!
+//! Every state change goes through [`Core::apply_record`]: the live path builds a record,
+//! applies it and emits it, and [`Core::recover`] applies the same records again.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use allot_crdt::{Applied, Change, EventMeta, Genesis, MetaDoc, MetaPatch, PoolIdx, PoolKind, PoolSpec, RegionIdx, RowDelta, SeatIdx};
+
+use crate::api::*;
+use crate::event::{EventState, SeatLocal};
+use crate::gossip::{EventGossip, GossipFrame};
+use crate::ids::{GlobalId, IdKind};
+use crate::record::{IdemRecord, Record, RecordBody, ReleaseReason};
+
+/// Limits and identity of one region's core.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub region: String,
+    /// Every region of the cluster, in config order (the order `even` splits follow).
+    pub regions: Vec<String>,
+    pub catalog_region: String,
+    /// Bumped and synced by the driver at every start; part of the automerge actor id.
+    pub incarnation: u64,
+    pub max_holds_per_customer: u32,
+    pub max_quantity: u64,
+    pub idempotency_ttl_ms: Millis,
+}
+
+impl Config {
+    pub fn new(region: &str, regions: &[String]) -> Config {
+        Config {
+            region: region.to_owned(),
+            regions: regions.to_vec(),
+            catalog_region: regions.first().cloned().unwrap_or_default(),
+            incarnation: 1,
+            max_holds_per_customer: 5,
+            max_quantity: 20,
+            idempotency_ttl_ms: 24 * 3600 * 1000,
+        }
+    }
+}
+
+pub enum Input {
+    Request { id: RequestId, key: Option<IdempotencyKey>, command: Command },
+    Peer { from: String, frame: GossipFrame },
+    /// Expire holds and idempotency keys, and gossip to every peer.
+    Tick,
+    /// Records `1..=n` are durable.
+    Persisted(u64),
+}
+
+/// What the driver must do next, in order: persist `records`, then send the rest.
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub records: Vec<Record>,
+    pub replies: Vec<(RequestId, Reply)>,
+    pub messages: Vec<(String, GossipFrame)>,
+    /// Refused peer input and other things an operator should see in the log.
+    pub warnings: Vec<String>,
+}
+
+struct IdemEntry {
+    body_hash: [u8; 32],
+    index: u64,
+    at: Millis,
+    outcome: Outcome,
+}
+
+pub struct Core {
+    cfg: Config,
+    events: Vec<EventState>,
+    by_id: HashMap<Arc<str>, usize>,
+    holds: HashMap<u64, Hold>,
+    orders: BTreeMap<u64, Order>,
+    order_of_hold: HashMap<u64, u64>,
+    live_holds: HashMap<String, u32>,
+    expiry: BinaryHeap<Reverse<(Millis, u64)>>,
+    idem: HashMap<String, IdemEntry>,
+    idem_order: VecDeque<(Millis, String)>,
+    next_hold: u64,
+    next_order: u64,
+    last_index: u64,
+    persisted: u64,
+    now: Millis,
+    waiting: VecDeque<(u64, RequestId, Reply)>,
+    own_pending: VecDeque<(u64, usize, RowDelta)>,
+    credit_pending: VecDeque<(u64, usize, PoolIdx, u64, Option<SeatIdx>)>,
+    out: Ready,
+}
+
+const MAX_KEY_LEN: usize = 128;
+const MAX_TEXT: usize = 4000;
+const MAX_PRICE: u64 = 1_000_000_000;
+
+fn invalid<T>(why: impl Into<String>) -> Result<T, CoreError> {
+    Err(CoreError::Invalid(why.into()))
+}
+
+fn check_text(field: &str, s: &str, max: usize) -> Result<(), CoreError> {
+    if s.len() > max || s.chars().any(char::is_control) {
+        return invalid(format!("{field}: at most {max} bytes, no control characters"));
+    }
+    Ok(())
+}
+
+fn check_id(field: &str, s: &str) -> Result<(), CoreError> {
+    if allot_crdt::valid_id(s) {
+        Ok(())
+    } else {
+        invalid(format!("{field}: 1-64 characters of A-Z a-z 0-9 - _ ."))
+    }
+}
+
+impl Core {
+    pub fn new(cfg: Config) -> Core {
+        Core {
+            cfg,
+            events: Vec::new(),
+            by_id: HashMap::new(),
+            holds: HashMap::new(),
+            orders: BTreeMap::new(),
+            order_of_hold: HashMap::new(),
+            live_holds: HashMap::new(),
+            expiry: BinaryHeap::new(),
+            idem: HashMap::new(),
+            idem_order: VecDeque::new(),
+            next_hold: 1,
+            next_order: 1,
+            last_index: 0,
+            persisted: 0,
+            now: 0,
+            waiting: VecDeque::new(),
+            own_pending: VecDeque::new(),
+            credit_pending: VecDeque::new(),
+            out: Ready::default(),
+        }
+    }
+
+    /// Rebuilds a core from its durable records, in order. The only way back from disk.
+    pub fn recover(cfg: Config, records: impl IntoIterator<Item = Record>) -> Result<Core, String> {
+        let mut core = Core::new(cfg);
+        for r in records {
+            if r.index != core.last_index + 1 {
+                return Err(format!("record {} follows {}: records must be contiguous", r.index, core.last_index));
+            }
+            core.now = core.now.max(r.at);
+            core.apply_record(r.index, r.at, &r.body)?;
+            core.last_index = r.index;
+        }
+        core.persisted(core.last_index);
+        core.out.replies.clear();
+        Ok(core)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The core's clock: the highest `now` it has been given or has replayed.
+    pub fn now(&self) -> Millis {
+        self.now
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    pub fn persisted_index(&self) -> u64 {
+        self.persisted
+    }
+
+    pub fn handle(&mut self, now: Millis, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Request { id, key, command } => self.request(id, key, command),
+            Input::Peer { from, frame } => self.peer(&from, frame),
+            Input::Tick => {
+                self.expire_holds();
+                self.expire_keys();
+                self.gossip();
+            }
+            Input::Persisted(n) => self.persisted(n),
+        }
+    }
+
+    /// Takes everything ready to go out.
+    pub fn ready(&mut self) -> Ready {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Appends what is ready to `into`, reusing its buffers (for hot loops).
+    pub fn ready_into(&mut self, into: &mut Ready) {
+        into.records.append(&mut self.out.records);
+        into.replies.append(&mut self.out.replies);
+        into.messages.append(&mut self.out.messages);
+        into.warnings.append(&mut self.out.warnings);
+    }
+
+    // ----- requests -------------------------------------------------------------------------
+
+    fn request(&mut self, id: RequestId, key: Option<IdempotencyKey>, command: Command) {
+        if let Some(k) = &key {
+            if k.key.is_empty() || k.key.len() > MAX_KEY_LEN || !k.key.bytes().all(|b| b.is_ascii_graphic()) {
+                return self.reply_now(id, invalid(format!("Idempotency-Key: 1-{MAX_KEY_LEN} visible ASCII characters")));
+            }
+            if let Some(e) = self.idem.get(&k.key) {
+                if e.body_hash != k.body_hash {
+                    return self.reply_now(id, Err(CoreError::IdempotencyMismatch));
+                }
+                let (index, outcome) = (e.index, e.outcome.clone());
+                return self.reply_after(index, id, Ok(outcome));
+            }
+        }
+        let key = key.as_ref();
+        let result = match command {
+            Command::CreateEvent(spec) => self.create_event(spec, key),
+            Command::PatchEvent { event, patch } => self.patch_event(&event, patch, key),
+            Command::Hold { event, want, customer } => self.hold(&event, &want, customer, key),
+            Command::Confirm { hold, payment_ref } => self.confirm(&hold, payment_ref, key),
+            Command::Release { hold } => self.release(&hold),
+            Command::Purchase { event, want, customer, payment_ref } => self.purchase(&event, &want, customer, payment_ref, key),
+            Command::Refund { order } => self.refund(&order, key),
+            Command::Grant { event, pool, to, amount } => self.grant(&event, &pool, &to, amount, key),
+        };
+        match result {
+            Ok((index, outcome)) => self.reply_after(index, id, Ok(outcome)),
+            Err(e) => self.reply_now(id, Err(e)),
+        }
+    }
+
+    fn reply_now(&mut self, id: RequestId, reply: Reply) {
+        self.out.replies.push((id, reply));
+    }
+
+    /// Releases the reply once record `index` is durable.
+    fn reply_after(&mut self, index: u64, id: RequestId, reply: Reply) {
+        if index <= self.persisted {
+            self.out.replies.push((id, reply));
+        } else {
+            self.waiting.push_back((index, id, reply));
+        }
+    }
+
+    fn idem_record(key: Option<&IdempotencyKey>, outcome: &Outcome) -> Option<IdemRecord> {
+        key.map(|k| IdemRecord { key: k.clone(), outcome: outcome.clone() })
+    }
+
+    fn event_idx(&self, event: &str) -> Result<usize, CoreError> {
+        self.by_id.get(event).copied().ok_or_else(|| CoreError::UnknownEvent(event.to_owned()))
+    }
+
+    fn pool_idx(&self, ev: usize, pool: &str) -> Result<PoolIdx, CoreError> {
+        self.events[ev].genesis().pool_index(pool).ok_or_else(|| CoreError::UnknownPool(pool.to_owned()))
+    }
+
+    fn create_event(&mut self, spec: EventSpec, key: Option<&IdempotencyKey>) -> Result<(u64, Outcome), CoreError> {
+        if self.cfg.region != self.cfg.catalog_region {
+            return Err(CoreError::NotCatalog { catalog: self.cfg.catalog_region.clone() });
+        }
+        check_id("id", &spec.id)?;
+        if self.by_id.contains_key(spec.id.as_str()) {
+            return Err(CoreError::EventExists(spec.id));
+        }
+        check_text("name", &spec.name, 200)?;
+        check_text("description", &spec.description, MAX_TEXT)?;
+        check_text("venue", &spec.venue, 200)?;
+        check_text("starts_at", &spec.starts_at, 40)?;
+        if !(-90.0..=90.0).contains(&spec.lat) || !(-180.0..=180.0).contains(&spec.lon) {
+            return invalid("lat must be within ±90 and lon within ±180");
+        }
+        if !(1..=86_400).contains(&spec.hold_ttl_s) {
+            return invalid("hold_ttl_s must be 1-86400");
+        }
+        let mut prices = BTreeMap::new();
+        for p in &spec.pools {
+            if p.price_cents > MAX_PRICE {
+                return invalid(format!("pool {}: price_cents at most {MAX_PRICE}", p.id));
+            }
+            prices.insert(p.id.clone(), p.price_cents);
+        }
+        let pools = spec.pools.iter().map(|p| PoolSpec { id: p.id.clone(), kind: p.kind.clone() }).collect();
+        let genesis = Genesis::build(&spec.id, &spec.currency, &self.cfg.regions, pools, &spec.allotments)?;
+        let meta = EventMeta {
+            name: spec.name,
+            description: spec.description,
+            venue: spec.venue,
+            lat: spec.lat,
+            lon: spec.lon,
+            starts_at: spec.starts_at,
+            hold_ttl_s: spec.hold_ttl_s,
+            prices,
+        };
+        let actor = EventState::actor(&self.cfg.region, self.cfg.incarnation);
+        let (_, change) = MetaDoc::create(&actor, &meta).map_err(|e| CoreError::Meta(e.to_string()))?;
+        let outcome = Outcome::EventCreated { event: spec.id };
+        let idem = Self::idem_record(key, &outcome);
+        let index = self.commit(RecordBody::EventCreated { genesis, meta: vec![change], idem });
+        Ok((index, outcome))
+    }
+
+    fn patch_event(&mut self, event: &str, patch: MetaPatch, key: Option<&IdempotencyKey>) -> Result<(u64, Outcome), CoreError> {
+        let ev = self.event_idx(event)?;
+        for (field, v, max) in [("name", &patch.name, 200), ("description", &patch.description, MAX_TEXT), ("venue", &patch.venue, 200), ("starts_at", &patch.starts_at, 40)] {
+            if let Some(v) = v {
+                check_text(field, v, max)?;
+            }
+        }
+        if patch.lat.is_some_and(|l| !(-90.0..=90.0).contains(&l)) || patch.lon.is_some_and(|l| !(-180.0..=180.0).contains(&l)) {
+            return invalid("lat must be within ±90 and lon within ±180");
+        }
+        if patch.hold_ttl_s.is_some_and(|t| !(1..=86_400).contains(&t)) {
+            return invalid("hold_ttl_s must be 1-86400");
+        }
+        if patch.prices.values().any(|&p| p > MAX_PRICE) {
+            return invalid(format!("price_cents at most {MAX_PRICE}"));
+        }
+        let change = self.events[ev].meta.patch(&patch).map_err(|e| CoreError::Meta(e.to_string()))?;
+        let outcome = Outcome::EventPatched { event: event.to_owned() };
+        let Some(change) = change else {
+            return Ok((self.last_index, outcome));
+        };
+        let idem = Self::idem_record(key, &outcome);
+        let index = self.commit(RecordBody::MetaChanged { event: event.to_owned(), changes: vec![change], idem });
+        Ok((index, outcome))
+    }
+
+    /// Turns a want into (pool, quantity, seats), checking this region can cover it now.
+    fn resolve(&self, ev: usize, want: &Want) -> Result<(PoolIdx, u64, Vec<SeatIdx>), CoreError> {
+        let e = &self.events[ev];
+        match want {
+            Want::Quantity { pool, quantity } => {
+                let p = self.pool_idx(ev, pool)?;
+                if *quantity == 0 || *quantity > self.cfg.max_quantity {
+                    return invalid(format!("quantity must be 1-{}", self.cfg.max_quantity));
+                }
+                let sellable = e.sellable(p);
+                if sellable < *quantity as i64 {
+                    return Err(CoreError::SoldOut { available: sellable.max(0) as u64, wanted: *quantity });
+                }
+                let seats = if e.genesis().pool(p).is_assigned() {
+                    let owners = e.ledger.seat_owners(p);
+                    let picked: Vec<SeatIdx> = (0..owners.len())
+                        .filter(|&s| owners[s].owner == e.me && e.seats[p as usize][s] == SeatLocal::Free)
+                        .take(*quantity as usize)
+                        .map(|s| s as SeatIdx)
+                        .collect();
+                    if (picked.len() as u64) < *quantity {
+                        return Err(CoreError::SoldOut { available: picked.len() as u64, wanted: *quantity });
+                    }
+                    picked
+                } else {
+                    Vec::new()
+                };
+                Ok((p, *quantity, seats))
+            }
+            Want::Seats { pool, seats } => {
+                if seats.is_empty() || seats.len() as u64 > self.cfg.max_quantity {
+                    return invalid(format!("1-{} seats per request", self.cfg.max_quantity));
+                }
+                let p = match pool {
+                    Some(pool) => self.pool_idx(ev, pool)?,
+                    None => e
+                        .seat_index
+                        .iter()
+                        .position(|m| m.contains_key(&seats[0]))
+                        .map(|i| i as PoolIdx)
+                        .ok_or_else(|| CoreError::UnknownSeat(seats[0].clone()))?,
+                };
+                let idx = self.seat_indices(ev, p, seats)?;
+                for (&s, id) in idx.iter().zip(seats) {
+                    let owner = e.ledger.seat_owner(p, s).owner;
+                    if owner != e.me {
+                        return Err(CoreError::SeatElsewhere { seat: id.clone(), region: e.genesis().regions[owner as usize].clone() });
+                    }
+                    if e.seats[p as usize][s as usize] != SeatLocal::Free {
+                        return Err(CoreError::SeatTaken(id.clone()));
+                    }
+                }
+                Ok((p, idx.len() as u64, idx))
+            }
+        }
+    }
+
+    fn seat_indices(&self, ev: usize, p: PoolIdx, seats: &[String]) -> Result<Vec<SeatIdx>, CoreError> {
+        let e = &self.events[ev];
+        if !e.genesis().pool(p).is_assigned() {
+            return invalid(format!("pool {} has no seat map", e.genesis().pool(p).id));
+        }
+        let mut idx = Vec::with_capacity(seats.len());
+        for s in seats {
+            let i = *e.seat_index[p as usize].get(s).ok_or_else(|| CoreError::UnknownSeat(s.clone()))?;
+            if idx.contains(&i) {
+                return invalid(format!("seat {s} listed twice"));
+            }
+            idx.push(i);
+        }
+        Ok(idx)
+    }
+
+    fn price(&self, ev: usize, p: PoolIdx, quantity: u64) -> u64 {
+        self.events[ev].prices[p as usize].saturating_mul(quantity)
+    }
+
+    fn hold(&mut self, event: &str, want: &Want, customer: String, key: Option<&IdempotencyKey>) -> Result<(u64, Outcome), CoreError> {
+        let ev = self.event_idx(event)?;
+        check_id("customer", &customer)?;
+        let live = self.live_holds.get(&customer).copied().unwrap_or(0);
+        if live >= self.cfg.max_holds_per_customer {
+            return Err(CoreError::HoldLimit(live));
+        }
+        let (pool, quantity, seats) = self.resolve(ev, want)?;
+        let e = &self.events[ev];
+        let hold = Hold {
+            n: self.next_hold,
+            event: e.id.clone(),
+            pool,
+            quantity,
+            seats,
+            customer,
+            price_cents: self.price(ev, pool, quantity),
+            created_at: self.now,
+            expires_at: self.now + e.info.hold_ttl_s * 1000,
+        };
+        let outcome = Outcome::Held(hold.clone());
+        let idem = Self::idem_record(key, &outcome);
+        let index = self.commit(RecordBody::HoldPlaced { hold, idem });
+        Ok((index, outcome))
+    }
+
+    fn local_id(&self, kind: IdKind, id: &str) -> Result<u64, CoreError> {
+        let g = GlobalId::parse(kind, id).ok_or_else(|| match kind {
+            IdKind::Hold => CoreError::UnknownHold(id.to_owned()),
+            IdKind::Order => CoreError::UnknownOrder(id.to_owned()),
+        })?;
+        if g.region != self.cfg.region {
+            return Err(CoreError::Foreign { id: id.to_owned(), region: g.region });
+        }
+        Ok(g.n)
+    }
+
+    fn confirm(&mut self, hold_id: &str, payment_ref: String, key: Option<&IdempotencyKey>) -> Result<(u64, Outcome), CoreError> {
+        let n = self.local_id(IdKind::Hold, hold_id)?;
+        if let Some(o) = self.order_of_hold.get(&n) {
+            return Ok((self.last_index, Outcome::Order(self.orders[o].clone())));
+        }
+        let Some(hold) = self.holds.get(&n) else {
+            return Err(if n < self.next_hold { CoreError::HoldExpired } else { CoreError::UnknownHold(hold_id.to_owned()) });
+        };
+        if self.now >= hold.expires_at {
+            let event = hold.event.to_string();
+            self.commit(RecordBody::HoldsReleased { event, holds: vec![n], reason: ReleaseReason::Expired });
+            return Err(CoreError::HoldExpired);
+        }
+        check_text("payment_ref", &payment_ref, 128)?;
+        if payment_ref.is_empty() {
+            return invalid("payment_ref is required");
+        }
+        let hold = hold.clone();
+        let ev = self.by_id[&hold.event];
+        let row = self.events[ev]
+            .ledger
+            .write(self.events[ev].me, &[Change::Consume { pool: hold.pool, n: hold.quantity }])
+            .expect("a live hold is covered by this region's quota");
+        let order = self.new_order(&hold.event, hold.pool, hold.quantity, hold.seats, hold.customer, hold.price_cents, payment_ref);
+        let outcome = Outcome::Order(order.clone());
+        let idem = Self::idem_record(key, &outcome);
+        let index = self.commit(RecordBody::OrderPlaced { order, hold: Some(n), row, idem });
+        Ok((index, outcome))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_order(&self, event: &Arc<str>, pool: PoolIdx, quantity: u64, seats: Vec<SeatIdx>, customer: String, price_cents: u64, payment_ref: String) -> Order {
+        Order {
+            n: self.next_order,
+            event: event.clone(),
+            pool,
+            quantity,
+            seats,
+            customer,
+            price_cents,
+            payment_ref,
+            status: OrderStatus::Confirmed,
+            created_at: self.now,
+        }
+    }
+
+    fn release(&mut self, hold_id: &str) -> Result<(u64, Outcome), CoreError> {
+        let n = self.local_id(IdKind::Hold, hold_id)?;
+        if self.order_of_hold.contains_key(&n) {
+            return invalid("the hold is confirmed; refund the order instead");
+        }
+        match self.holds.get(&n) {
+            Some(h) => {
+                let event = h.event.to_string();
+                let index = self.commit(RecordBody::HoldsReleased { event, holds: vec![n], reason: ReleaseReason::Released });
+                Ok((index, Outcome::Released { hold: n }))
+            }
+            None if n < self.next_hold => Ok((self.last_index, Outcome::Released { hold: n })),
+            None => Err(CoreError::UnknownHold(hold_id.to_owned())),
+        }
+    }
+
+    fn purchase(&mut self, event: &str, want: &Want, customer: String, payment_ref: String, key: Option<&IdempotencyKey>) -> Result<(u64, Outcome), CoreError> {
+        let ev = self.event_idx(event)?;
+        check_id("customer", &customer)?;
+        if payment_ref.is_empty() {
+            return invalid("payment_ref is required");
+        }
+        check_text("payment_ref", &payment_ref, 128)?;
+        let (pool, quantity, seats) = self.resolve(ev, want)?;
+        let e = &self.events[ev];
+        let row = e.ledger.write(e.me, &[Change::Consume { pool, n: quantity }]).expect("resolve checked sellable");
+        let order = self.new_order(&e.id, pool, quantity, seats, customer, self.price(ev, pool, quantity), payment_ref);
+        let outcome = Outcome::Order(order.clone());
+        let idem = Self::idem_record(key, &outcome);
+        let index = self.commit(RecordBody::OrderPlaced { order, hold: None, row, idem });
+        Ok((index, outcome))
+    }
+
+    fn refund(&mut self, order_id: &str, key: Option<&IdempotencyKey>) -> Result<(u64, Outcome), CoreError> {
+        let n = self.local_id(IdKind::Order, order_id)?;
+        let order = self.orders.get(&n).ok_or_else(|| CoreError::UnknownOrder(order_id.to_owned()))?;
+        if order.status == OrderStatus::Refunded {
+            return Ok((self.last_index, Outcome::Order(order.clone())));
+        }
+        let ev = self.by_id[&order.event];
+        let e = &self.events[ev];
+        let row = e.ledger.write(e.me, &[Change::Return { pool: order.pool, n: order.quantity }]).expect("an order's units were consumed here");
+        let mut refunded = order.clone();
+        refunded.status = OrderStatus::Refunded;
+        let outcome = Outcome::Order(refunded);
+        let idem = Self::idem_record(key, &outcome);
+        let index = self.commit(RecordBody::Refunded { order: n, row, idem });
+        Ok((index, outcome))
+    }
+
+    fn grant(&mut self, event: &str, pool: &str, to: &str, amount: GrantAmount, key: Option<&IdempotencyKey>) -> Result<(u64, Outcome), CoreError> {
+        let ev = self.event_idx(event)?;
+        let p = self.pool_idx(ev, pool)?;
+        let e = &self.events[ev];
+        let to_idx = e.genesis().region_index(to).ok_or_else(|| CoreError::Invalid(format!("unknown region {to:?}")))?;
+        if to_idx == e.me {
+            return invalid("a region cannot grant to itself");
+        }
+        let (changes, quantity, seats) = match amount {
+            GrantAmount::Quantity(q) => {
+                if e.genesis().pool(p).is_assigned() {
+                    return invalid("assigned seats move by seat id");
+                }
+                if q == 0 {
+                    return invalid("quantity must be at least 1");
+                }
+                let sellable = e.sellable(p);
+                if sellable < q as i64 {
+                    return Err(CoreError::NotOwner(format!("{} can spare {} of {pool}, not {q}", self.cfg.region, sellable.max(0))));
+                }
+                (vec![Change::Grant { pool: p, to: to_idx, n: q }], q, Vec::new())
+            }
+            GrantAmount::Seats(ids) => {
+                if ids.is_empty() || ids.len() > 10_000 {
+                    return invalid("1-10000 seats per transfer");
+                }
+                let idx = self.seat_indices(ev, p, &ids)?;
+                for (&s, id) in idx.iter().zip(&ids) {
+                    let owner = e.ledger.seat_owner(p, s).owner;
+                    if owner != e.me {
+                        return Err(CoreError::NotOwner(format!("seat {id} is owned by {}", e.genesis().regions[owner as usize])));
+                    }
+                    if e.seats[p as usize][s as usize] != SeatLocal::Free {
+                        return Err(CoreError::SeatTaken(id.clone()));
+                    }
+                }
+                let changes = idx.iter().map(|&seat| Change::GiveSeat { pool: p, seat, to: to_idx }).collect();
+                (changes, idx.len() as u64, idx)
+            }
+        };
+        let row = e.ledger.write(e.me, &changes).map_err(|r| CoreError::NotOwner(r.to_string()))?;
+        let outcome = Outcome::Granted { event: event.to_owned(), pool: p, to: to.to_owned(), quantity, seats };
+        let idem = Self::idem_record(key, &outcome);
+        let index = self.commit(RecordBody::Granted { event: event.to_owned(), row, idem });
+        Ok((index, outcome))
+    }
+
+    // ----- records --------------------------------------------------------------------------
+
+    /// Applies a record the live path built (so it cannot fail) and emits it.
+    fn commit(&mut self, body: RecordBody) -> u64 {
+        let index = self.last_index + 1;
+        let changed = self.apply_record(index, self.now, &body).expect("the live path builds only valid records");
+        assert!(changed, "a command's record always changes state");
+        self.last_index = index;
+        self.out.records.push(Record { index, at: self.now, body });
+        index
+    }
+
+    /// The one place state changes. Returns whether the record changed anything (a peer row
+    /// may turn out to be old news, and then is not recorded).
+    fn apply_record(&mut self, index: u64, at: Millis, body: &RecordBody) -> Result<bool, String> {
+        match body {
+            RecordBody::EventCreated { genesis, meta, idem } => {
+                if self.by_id.contains_key(genesis.id.as_str()) {
+                    return Err(format!("event {} created twice", genesis.id));
+                }
+                genesis.validate().map_err(|e| e.to_string())?;
+                let me = genesis.region_index(&self.cfg.region).ok_or("event does not include this region")?;
+                let actor = EventState::actor(&self.cfg.region, self.cfg.incarnation);
+                let doc = MetaDoc::from_changes(&actor, meta).map_err(|e| e.to_string())?;
+                let info = doc.read().map_err(|e| e.to_string())?;
+                let ev = EventState::new(genesis.clone(), me, doc, info, index);
+                self.by_id.insert(ev.id.clone(), self.events.len());
+                self.events.push(ev);
+                self.remember(index, at, idem);
+            }
+            RecordBody::MetaChanged { event, changes, idem } => {
+                let ev = self.event_idx(event).map_err(|e| e.to_string())?;
+                let e = &mut self.events[ev];
+                e.meta.apply(changes).map_err(|e| e.to_string())?;
+                let info = e.meta.read().map_err(|e| e.to_string())?;
+                e.info = info;
+                e.refresh_prices();
+                e.meta_index = index;
+                self.remember(index, at, idem);
+            }
+            RecordBody::HoldPlaced { hold, idem } => {
+                let ev = self.event_idx(&hold.event).map_err(|e| e.to_string())?;
+                let e = &mut self.events[ev];
+                let p = hold.pool as usize;
+                e.held[p] += hold.quantity;
+                for &s in &hold.seats {
+                    assert_eq!(e.seats[p][s as usize], SeatLocal::Free, "held seat must be free");
+                    e.seats[p][s as usize] = SeatLocal::Held(hold.n);
+                }
+                e.assert_pool(hold.pool);
+                *self.live_holds.entry(hold.customer.clone()).or_insert(0) += 1;
+                self.expiry.push(Reverse((hold.expires_at, hold.n)));
+                self.next_hold = self.next_hold.max(hold.n + 1);
+                self.holds.insert(hold.n, hold.clone());
+                self.remember(index, at, idem);
+            }
+            RecordBody::HoldsReleased { holds, .. } => {
+                for n in holds {
+                    let h = self.holds.remove(n).ok_or_else(|| format!("release of unknown hold {n}"))?;
+                    self.drop_hold(&h, SeatLocal::Free);
+                }
+            }
+            RecordBody::OrderPlaced { order, hold, row, idem } => {
+                let ev = self.event_idx(&order.event).map_err(|e| e.to_string())?;
+                if let Some(h) = hold {
+                    let h = self.holds.remove(h).ok_or("confirm of an unknown hold")?;
+                    self.drop_hold(&h, SeatLocal::Sold(order.n));
+                    self.order_of_hold.insert(h.n, order.n);
+                } else {
+                    let e = &mut self.events[ev];
+                    for &s in &order.seats {
+                        assert_eq!(e.seats[order.pool as usize][s as usize], SeatLocal::Free, "sold seat must be free");
+                        e.seats[order.pool as usize][s as usize] = SeatLocal::Sold(order.n);
+                    }
+                }
+                self.apply_own_row(index, ev, row)?;
+                self.events[ev].assert_pool(order.pool);
+                self.next_order = self.next_order.max(order.n + 1);
+                self.orders.insert(order.n, order.clone());
+                self.remember(index, at, idem);
+            }
+            RecordBody::Refunded { order, row, idem } => {
+                let o = self.orders.get_mut(order).ok_or("refund of an unknown order")?;
+                o.status = OrderStatus::Refunded;
+                let (event, pool, seats) = (o.event.clone(), o.pool, o.seats.clone());
+                let ev = self.event_idx(&event).map_err(|e| e.to_string())?;
+                for s in seats {
+                    self.events[ev].seats[pool as usize][s as usize] = SeatLocal::Free;
+                }
+                self.apply_own_row(index, ev, row)?;
+                self.events[ev].assert_pool(pool);
+                self.remember(index, at, idem);
+            }
+            RecordBody::Granted { event, row, idem } => {
+                let ev = self.event_idx(event).map_err(|e| e.to_string())?;
+                self.apply_own_row(index, ev, row)?;
+                for &(_, entry) in &row.entries {
+                    self.events[ev].assert_pool(entry.pool());
+                }
+                self.remember(index, at, idem);
+            }
+            RecordBody::PeerRow { event, row } => {
+                let ev = self.event_idx(event).map_err(|e| e.to_string())?;
+                let e = &mut self.events[ev];
+                if row.writer == e.me {
+                    return Err("a peer row written by this region".into());
+                }
+                match e.ledger.apply(row).map_err(|r| r.to_string())? {
+                    Applied::Stale | Applied::Gap { .. } => return Ok(false),
+                    Applied::Advanced { credits, seats, .. } => {
+                        for c in credits.iter().filter(|c| c.to == e.me) {
+                            e.pending_credit[c.pool as usize] += c.amount;
+                            self.credit_pending.push_back((index, ev, c.pool, c.amount, None));
+                        }
+                        for m in seats {
+                            if m.to == e.me {
+                                e.seats[m.pool as usize][m.seat as usize] = SeatLocal::Arriving(index);
+                                self.credit_pending.push_back((index, ev, m.pool, 0, Some(m.seat)));
+                            } else if m.from == e.me {
+                                return Err("a peer row moved a seat this region owns".into());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn apply_own_row(&mut self, index: u64, ev: usize, row: &RowDelta) -> Result<(), String> {
+        let e = &mut self.events[ev];
+        if row.writer != e.me {
+            return Err("own-row record written by another region".into());
+        }
+        match e.ledger.apply(row).map_err(|r| r.to_string())? {
+            Applied::Advanced { .. } => {}
+            other => return Err(format!("own row did not advance: {other:?}")),
+        }
+        self.own_pending.push_back((index, ev, row.clone()));
+        Ok(())
+    }
+
+    fn drop_hold(&mut self, h: &Hold, seat_state: SeatLocal) {
+        let ev = self.by_id[&h.event];
+        let e = &mut self.events[ev];
+        e.held[h.pool as usize] -= h.quantity;
+        for &s in &h.seats {
+            e.seats[h.pool as usize][s as usize] = seat_state;
+        }
+        if let Some(c) = self.live_holds.get_mut(&h.customer) {
+            *c -= 1;
+            if *c == 0 {
+                self.live_holds.remove(&h.customer);
+            }
+        }
+    }
+
+    fn remember(&mut self, index: u64, at: Millis, idem: &Option<IdemRecord>) {
+        if let Some(r) = idem {
+            self.idem.insert(r.key.key.clone(), IdemEntry { body_hash: r.key.body_hash, index, at, outcome: r.outcome.clone() });
+            self.idem_order.push_back((at, r.key.key.clone()));
+        }
+    }
+
+    fn persisted(&mut self, upto: u64) {
+        let upto = upto.min(self.last_index);
+        if upto <= self.persisted {
+            return;
+        }
+        self.persisted = upto;
+        while self.own_pending.front().is_some_and(|(i, _, _)| *i <= upto) {
+            let (_, ev, row) = self.own_pending.pop_front().expect("checked");
+            self.events[ev].published.absorb(&row);
+        }
+        while self.credit_pending.front().is_some_and(|c| c.0 <= upto) {
+            let (_, ev, pool, amount, seat) = self.credit_pending.pop_front().expect("checked");
+            let e = &mut self.events[ev];
+            e.pending_credit[pool as usize] -= amount;
+            if let Some(s) = seat {
+                if matches!(e.seats[pool as usize][s as usize], SeatLocal::Arriving(_)) {
+                    e.seats[pool as usize][s as usize] = SeatLocal::Free;
+                }
+            }
+        }
+        while self.waiting.front().is_some_and(|w| w.0 <= upto) {
+            let (_, id, reply) = self.waiting.pop_front().expect("checked");
+            self.out.replies.push((id, reply));
+        }
+    }
+
+    // ----- time -----------------------------------------------------------------------------
+
+    fn expire_holds(&mut self) {
+        let mut by_event: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        while let Some(Reverse((at, n))) = self.expiry.peek().copied() {
+            if at > self.now {
+                break;
+            }
+            self.expiry.pop();
+            if let Some(h) = self.holds.get(&n) {
+                if h.expires_at == at {
+                    by_event.entry(h.event.to_string()).or_default().push(n);
+                }
+            }
+        }
+        for (event, holds) in by_event {
+            self.commit(RecordBody::HoldsReleased { event, holds, reason: ReleaseReason::Expired });
+        }
+    }
+
+    fn expire_keys(&mut self) {
+        let ttl = self.cfg.idempotency_ttl_ms;
+        while let Some((at, key)) = self.idem_order.front() {
+            if at.saturating_add(ttl) > self.now {
+                break;
+            }
+            if self.idem.get(key).is_some_and(|e| e.at == *at) {
+                self.idem.remove(key);
+            }
+            self.idem_order.pop_front();
+        }
+    }
+
+    // ----- gossip ---------------------------------------------------------------------------
+
+    fn gossip(&mut self) {
+        let peers: Vec<String> = self.cfg.regions.iter().filter(|r| **r != self.cfg.region).cloned().collect();
+        for peer in peers {
+            let mut frame = GossipFrame::default();
+            for e in &mut self.events {
+                if e.created_at_index > self.persisted {
+                    continue;
+                }
+                let Some(p) = e.genesis().region_index(&peer) else { continue };
+                let meta_durable = e.meta_index <= self.persisted;
+                let view = &e.peers[p as usize];
+                let genesis = match (&view.vv, meta_durable) {
+                    (None, true) => Some(((**e.genesis()).clone(), e.meta.all_changes())),
+                    (None, false) => continue,
+                    _ => None,
+                };
+                let theirs = view.vv.clone().unwrap_or_default();
+                let mut vv = e.ledger.version_vector();
+                let mut mine = allot_crdt::VersionVector::new(vv.len());
+                for (r, &s) in vv.as_slice().iter().enumerate() {
+                    mine.observe(r, if r == e.me as usize { e.published.seq } else { s });
+                }
+                vv = mine;
+                let mut rows = Vec::new();
+                for w in 0..e.genesis().regions.len() as RegionIdx {
+                    if w == p {
+                        continue;
+                    }
+                    let have = theirs.get(w as usize);
+                    let d = if w == e.me { e.published.delta_since(e.ledger.hash(), have) } else { e.ledger.delta_since(w, have) };
+                    rows.extend(d);
+                }
+                let meta_heads = e.meta.heads();
+                let meta_changes = if meta_durable && view.vv.is_some() && view.meta_heads != meta_heads {
+                    let theirs = view.meta_heads.clone();
+                    e.meta.changes_since(&theirs)
+                } else {
+                    Vec::new()
+                };
+                frame.events.push(EventGossip {
+                    event: e.id.to_string(),
+                    genesis_hash: e.ledger.hash(),
+                    genesis,
+                    vv,
+                    rows,
+                    meta_heads,
+                    meta_changes,
+                    held: e.held.clone(),
+                });
+            }
+            if !frame.events.is_empty() {
+                self.out.messages.push((peer, frame));
+            }
+        }
+    }
+
+    fn peer(&mut self, from: &str, frame: GossipFrame) {
+        if from == self.cfg.region || !self.cfg.regions.iter().any(|r| r == from) {
+            self.out.warnings.push(format!("gossip from unknown region {from:?} refused"));
+            return;
+        }
+        for g in frame.events {
+            let ev = match self.by_id.get(g.event.as_str()) {
+                Some(&ev) => ev,
+                None => {
+                    let Some((genesis, meta)) = g.genesis else { continue };
+                    if let Err(why) = self.learn_event(genesis, meta, g.genesis_hash, &g.event) {
+                        self.out.warnings.push(format!("event {:?} from {from} refused: {why}", g.event));
+                        continue;
+                    }
+                    self.by_id[g.event.as_str()]
+                }
+            };
+            if self.events[ev].ledger.hash() != g.genesis_hash {
+                self.out.warnings.push(format!("event {:?} from {from}: genesis {} differs from ours; refused", g.event, g.genesis_hash));
+                continue;
+            }
+            let Some(p) = self.events[ev].genesis().region_index(from) else { continue };
+            let me = self.events[ev].me;
+            {
+                let view = &mut self.events[ev].peers[p as usize];
+                view.vv = Some(g.vv);
+                view.meta_heads = g.meta_heads;
+                view.held = g.held;
+                view.heard_at = Some(self.now);
+            }
+            for row in g.rows {
+                if row.writer == me {
+                    continue;
+                }
+                self.commit_peer(RecordBody::PeerRow { event: g.event.clone(), row }, from);
+            }
+            if !g.meta_changes.is_empty() && self.events[ev].meta.has_new(&g.meta_changes) {
+                self.commit_peer(RecordBody::MetaChanged { event: g.event.clone(), changes: g.meta_changes, idem: None }, from);
+            }
+        }
+    }
+
+    fn learn_event(&mut self, genesis: Genesis, meta: Vec<Vec<u8>>, hash: allot_crdt::GenesisHash, id: &str) -> Result<(), String> {
+        genesis.validate().map_err(|e| e.to_string())?;
+        if genesis.hash() != hash || genesis.id != id {
+            return Err("genesis does not match its hash or id".into());
+        }
+        let index = self.last_index + 1;
+        let body = RecordBody::EventCreated { genesis, meta, idem: None };
+        self.apply_record(index, self.now, &body)?;
+        self.last_index = index;
+        self.out.records.push(Record { index, at: self.now, body });
+        Ok(())
+    }
+
+    /// Applies peer input as a record; emits it only if it changed something.
+    fn commit_peer(&mut self, body: RecordBody, from: &str) {
+        let index = self.last_index + 1;
+        match self.apply_record(index, self.now, &body) {
+            Ok(true) => {
+                self.last_index = index;
+                self.out.records.push(Record { index, at: self.now, body });
+            }
+            Ok(false) => {}
+            Err(why) => self.out.warnings.push(format!("from {from}: refused: {why}")),
+        }
+    }
+
+    // ----- reads ----------------------------------------------------------------------------
+
+    pub fn events(&self) -> impl Iterator<Item = &EventState> {
+        self.events.iter()
+    }
+
+    pub fn event(&self, id: &str) -> Option<&EventState> {
+        self.by_id.get(id).map(|&i| &self.events[i])
+    }
+
+    pub fn live_hold(&self, n: u64) -> Option<&Hold> {
+        self.holds.get(&n)
+    }
+
+    pub fn holds(&self) -> impl Iterator<Item = &Hold> {
+        self.holds.values()
+    }
+
+    pub fn order(&self, n: u64) -> Option<&Order> {
+        self.orders.get(&n)
+    }
+
+    /// Orders by number, after `after`, at most `limit`.
+    pub fn orders_after(&self, event: Option<&str>, after: u64, limit: usize) -> Vec<&Order> {
+        self.orders
+            .range(after.saturating_add(1)..)
+            .map(|(_, o)| o)
+            .filter(|o| event.is_none_or(|e| &*o.event == e))
+            .take(limit)
+            .collect()
+    }
+
+    pub fn orders(&self) -> impl Iterator<Item = &Order> {
+        self.orders.values()
+    }
+
+    // ----- invariants -----------------------------------------------------------------------
+
+    /// Checks the whole state against DESIGN's invariants, as this region sees them.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for e in &self.events {
+            let g = e.genesis().clone();
+            e.ledger.check().map_err(|m| format!("{}: {m}", e.id))?;
+            for (p, pool) in g.pools.iter().enumerate() {
+                let pi = p as PoolIdx;
+                let fail = |m: String| Err(format!("{} pool {}: {m}", e.id, pool.id));
+                if e.sellable(pi) < 0 {
+                    return fail(format!("sellable {} < 0", e.sellable(pi)));
+                }
+                let held: u64 = self.holds.values().filter(|h| h.event == e.id && h.pool == pi).map(|h| h.quantity).sum();
+                if held != e.held[p] {
+                    return fail(format!("held {} but live holds sum to {held}", e.held[p]));
+                }
+                let mine: Vec<&Order> = self.orders.values().filter(|o| o.event == e.id && o.pool == pi).collect();
+                let sold: u64 = mine.iter().filter(|o| o.status == OrderStatus::Confirmed).map(|o| o.quantity).sum();
+                let refunded: u64 = mine.iter().filter(|o| o.status == OrderStatus::Refunded).map(|o| o.quantity).sum();
+                let row = &e.ledger.row(e.me).pools[p];
+                if row.consumed.value != sold + refunded || row.returned.value != refunded {
+                    return fail(format!("row says consumed {} returned {}, orders say {} and {refunded}", row.consumed.value, row.returned.value, sold + refunded));
+                }
+                // No oversell in this view: what every region has sold, plus what is held here,
+                // fits the capacity.
+                let sold_all: u64 = (0..g.regions.len() as RegionIdx).map(|r| e.ledger.consumed(pi, r) - e.ledger.returned(pi, r)).sum();
+                if sold_all + e.held[p] > pool.capacity() {
+                    return fail(format!("oversold: {sold_all} sold + {} held > {}", e.held[p], pool.capacity()));
+                }
+                if e.published.seq > e.ledger.row(e.me).seq || e.published.pools[p].consumed.value > row.consumed.value {
+                    return fail("published row is ahead of the live row".into());
+                }
+                if let PoolKind::Assigned { .. } = pool.kind {
+                    let owners = e.ledger.seat_owners(pi);
+                    let owned = owners.iter().filter(|o| o.owner == e.me).count() as i64;
+                    let expect = e.ledger.available(pi, e.me) + (row.consumed.value - row.returned.value) as i64;
+                    if owned != expect {
+                        return fail(format!("owns {owned} seats but counters say {expect}"));
+                    }
+                    let mut sold_seats = std::collections::HashSet::new();
+                    for o in mine.iter().filter(|o| o.status == OrderStatus::Confirmed) {
+                        for &s in &o.seats {
+                            if !sold_seats.insert(s) {
+                                return fail(format!("seat {s} sold twice"));
+                            }
+                            if owners[s as usize].owner != e.me || e.seats[p][s as usize] != SeatLocal::Sold(o.n) {
+                                return fail(format!("sold seat {s} is not recorded as sold by its owner"));
+                            }
+                        }
+                    }
+                    for (s, st) in e.seats[p].iter().enumerate() {
+                        let ok = match *st {
+                            SeatLocal::Free | SeatLocal::Arriving(_) => true,
+                            SeatLocal::Held(h) => self.holds.get(&h).is_some_and(|h| h.seats.contains(&(s as SeatIdx))),
+                            SeatLocal::Sold(o) => self.orders.get(&o).is_some_and(|o| o.status == OrderStatus::Confirmed),
+                        };
+                        if !ok || (*st != SeatLocal::Free && owners[s].owner != e.me) {
+                            return fail(format!("seat {s} state {st:?} disagrees with holds, orders or ownership"));
+                        }
+                    }
+                }
+            }
+        }
+        for (c, &n) in &self.live_holds {
+            if self.holds.values().filter(|h| &h.customer == c).count() as u32 != n {
+                return Err(format!("customer {c}: live hold count {n} is wrong"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A comparable picture of everything durable state determines (for recovery tests).
+    pub fn snapshot(&self) -> String {
+        let mut s = String::new();
+        use std::fmt::Write;
+        for e in &self.events {
+            let _ = writeln!(s, "event {} {:?} {:?} {:?}", e.id, e.ledger.rows(), e.info, e.held);
+            let _ = writeln!(s, "  seats {:?} published {:?}", e.seats, e.published);
+        }
+        let mut holds: Vec<_> = self.holds.values().collect();
+        holds.sort_by_key(|h| h.n);
+        let _ = writeln!(s, "holds {holds:?}\norders {:?}\nnext {} {}", self.orders, self.next_hold, self.next_order);
+        let mut keys: Vec<_> = self.idem.iter().map(|(k, e)| (k.clone(), e.index, format!("{:?}", e.outcome))).collect();
+        keys.sort();
+        let _ = writeln!(s, "idem {keys:?}");
+        s
+    }
+}

@@ -1,0 +1,123 @@
+//! One event as a region holds it: the replicated ledger and metadata, plus what is local to
+//! this region (holds, seat states, credits not yet durable, what peers last reported).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use allot_crdt::{ActorIncarnation, EventMeta, Genesis, Ledger, MetaDoc, PoolIdx, RegionIdx, Row, SeatIdx, VersionVector};
+
+use crate::api::Millis;
+
+/// A seat's state in the region that owns it (ownership itself is the ledger's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeatLocal {
+    Free,
+    Held(u64),
+    Sold(u64),
+    /// Received from a peer by the record at this index; not spendable until it is durable.
+    Arriving(u64),
+}
+
+/// What a peer last told us about an event.
+#[derive(Clone, Debug, Default)]
+pub struct PeerView {
+    /// `None` until the peer reports the event: we keep sending it the genesis.
+    pub vv: Option<VersionVector>,
+    pub meta_heads: Vec<[u8; 32]>,
+    pub held: Vec<u64>,
+    pub heard_at: Option<Millis>,
+}
+
+pub struct EventState {
+    pub id: Arc<str>,
+    pub ledger: Ledger,
+    pub me: RegionIdx,
+    pub meta: MetaDoc,
+    pub info: EventMeta,
+    /// Unit price per pool, from the metadata.
+    pub prices: Vec<u64>,
+    /// Σ live holds per pool.
+    pub held: Vec<u64>,
+    /// Quota credited by peer rows whose records are not durable yet, per pool.
+    pub pending_credit: Vec<u64>,
+    /// Per pool, per seat (assigned pools only).
+    pub seats: Vec<Vec<SeatLocal>>,
+    pub seat_index: Vec<HashMap<String, SeatIdx>>,
+    /// This region's row as far as it is durable: the only version gossip may publish.
+    pub published: Row,
+    /// Index of the record that created the event here.
+    pub created_at_index: u64,
+    /// Index of the last metadata record; changes are sent only once it is durable.
+    pub meta_index: u64,
+    pub peers: Vec<PeerView>,
+}
+
+impl EventState {
+    pub fn new(genesis: Genesis, me: RegionIdx, meta: MetaDoc, info: EventMeta, index: u64) -> Self {
+        let genesis = Arc::new(genesis);
+        let (n, p) = (genesis.regions.len(), genesis.pools.len());
+        let seats = genesis.pools.iter().map(|pool| vec![SeatLocal::Free; pool.seat_count()]).collect();
+        let seat_index = genesis
+            .pools
+            .iter()
+            .map(|pool| match &pool.kind {
+                allot_crdt::PoolKind::General { .. } => HashMap::new(),
+                allot_crdt::PoolKind::Assigned { seats } => {
+                    seats.iter().enumerate().map(|(i, s)| (s.clone(), i as SeatIdx)).collect()
+                }
+            })
+            .collect();
+        let mut ev = EventState {
+            id: Arc::from(genesis.id.as_str()),
+            ledger: Ledger::new(genesis),
+            me,
+            meta,
+            info,
+            prices: vec![0; p],
+            held: vec![0; p],
+            pending_credit: vec![0; p],
+            seats,
+            seat_index,
+            published: Row::new(me, n, p),
+            created_at_index: index,
+            meta_index: index,
+            peers: vec![PeerView::default(); n],
+        };
+        ev.refresh_prices();
+        ev
+    }
+
+    pub fn genesis(&self) -> &Arc<Genesis> {
+        self.ledger.genesis()
+    }
+
+    pub fn refresh_prices(&mut self) {
+        let g = self.ledger.genesis().clone();
+        for (i, pool) in g.pools.iter().enumerate() {
+            self.prices[i] = self.info.prices.get(&pool.id).copied().unwrap_or(0);
+        }
+    }
+
+    /// What this region may still hold, sell or give away: `ledger_available − held`, minus
+    /// credits that are not durable yet.
+    #[inline]
+    pub fn sellable(&self, pool: PoolIdx) -> i64 {
+        let p = pool as usize;
+        self.ledger.available(pool, self.me) - self.held[p] as i64 - self.pending_credit[p] as i64
+    }
+
+    /// Checks the O(regions) invariants of one pool; cheap enough for every sale.
+    #[inline]
+    pub fn assert_pool(&self, pool: PoolIdx) {
+        assert!(self.sellable(pool) >= 0, "sellable < 0 in {} pool {pool}", self.id);
+        let mut total: i64 = 0;
+        for r in 0..self.genesis().regions.len() as RegionIdx {
+            total += self.ledger.available(pool, r) + (self.ledger.consumed(pool, r) - self.ledger.returned(pool, r)) as i64;
+        }
+        assert_eq!(total as u64, self.genesis().pool(pool).capacity(), "conservation broken in {} pool {pool}", self.id);
+    }
+
+    pub fn actor(region: &str, incarnation: u64) -> ActorIncarnation {
+        ActorIncarnation { region: region.to_owned(), incarnation }
+    }
+}

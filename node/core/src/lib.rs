@@ -1,0 +1,21 @@
+//! The sans-IO region core of allot.
+//!
+//! A region's whole logic as a state machine: [`Core::handle`] takes an [`Input`] (a request,
+//! a peer's gossip frame, a tick, a "persisted up to n" notice) with the current time, and
+//! [`Core::ready`] hands back the [`Ready`] outputs — records to persist first, then replies
+//! and messages that are safe to release. Sockets, clocks and disks belong to the drivers
+//! (`allot` for real, `allot-sim` in virtual time).
+
+pub mod api;
+pub mod cluster;
+mod core;
+pub mod event;
+pub mod gossip;
+pub mod ids;
+pub mod record;
+
+pub use crate::api::*;
+pub use crate::core::{Config, Core, Input, Ready};
+pub use crate::gossip::{EventGossip, GossipFrame};
+pub use crate::ids::{format_id, GlobalId, IdKind};
+pub use crate::record::{IdemRecord, Record, RecordBody, ReleaseReason};

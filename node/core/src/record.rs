@@ -1,0 +1,50 @@
+//! Records: what the core asks its driver to make durable, in emission order.
+//!
+//! Replaying records through [`Core::recover`](crate::Core::recover) rebuilds the state that
+//! emitted them, because the live path changes state only by applying the record it emits.
+//! Every record is one atomic unit for the store (the order, its ledger change and its
+//! idempotency entry land in one write batch).
+
+use allot_crdt::{Genesis, RowDelta};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Hold, IdempotencyKey, Millis, Order, Outcome};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Position in emission order, from 1. "Persisted up to n" covers records 1..=n.
+    pub index: u64,
+    /// The core's `now` when the record was made.
+    pub at: Millis,
+    pub body: RecordBody,
+}
+
+/// The first answer to an idempotent request, kept with the change it caused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdemRecord {
+    pub key: IdempotencyKey,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReleaseReason {
+    Released,
+    Expired,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RecordBody {
+    /// A new event, made here (catalog region) or learned from a peer.
+    EventCreated { genesis: Genesis, meta: Vec<Vec<u8>>, idem: Option<IdemRecord> },
+    /// Automerge changes to an event's metadata, local or from a peer.
+    MetaChanged { event: String, changes: Vec<Vec<u8>>, idem: Option<IdemRecord> },
+    HoldPlaced { hold: Hold, idem: Option<IdemRecord> },
+    HoldsReleased { event: String, holds: Vec<u64>, reason: ReleaseReason },
+    /// A confirmed hold or a one-step purchase, with the row version recording the sale.
+    OrderPlaced { order: Order, hold: Option<u64>, row: RowDelta, idem: Option<IdemRecord> },
+    Refunded { order: u64, row: RowDelta, idem: Option<IdemRecord> },
+    /// Quota this region gave away.
+    Granted { event: String, row: RowDelta, idem: Option<IdemRecord> },
+    /// A peer's row version this region applied.
+    PeerRow { event: String, row: RowDelta },
+}

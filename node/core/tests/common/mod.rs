@@ -1,0 +1,75 @@
+#![allow(dead_code)]
+
+use allot_crdt::{Allotments, PoolKind};
+use allot_node::cluster::LocalCluster;
+use allot_node::*;
+
+pub const REGIONS: [&str; 3] = ["eu-west", "us-east", "ap-south"];
+
+pub fn spec(id: &str, ga: u64, seats: usize) -> EventSpec {
+    let mut pools = vec![PoolInput { id: "floor".into(), kind: PoolKind::General { capacity: ga }, price_cents: 8900 }];
+    if seats > 0 {
+        pools.push(PoolInput {
+            id: "stalls".into(),
+            kind: PoolKind::Assigned { seats: (1..=seats).map(|i| format!("A-{i}")).collect() },
+            price_cents: 12900,
+        });
+    }
+    EventSpec {
+        id: id.into(),
+        name: "Rock".into(),
+        description: "An evening".into(),
+        venue: "Arena".into(),
+        lat: 52.5,
+        lon: 13.4,
+        starts_at: "2027-06-01T19:00:00Z".into(),
+        currency: "EUR".into(),
+        hold_ttl_s: 600,
+        pools,
+        allotments: Allotments::Even,
+    }
+}
+
+/// A cluster with one event everywhere, settled.
+pub fn cluster_with(names: &[&str], ga: u64, seats: usize) -> LocalCluster {
+    let mut c = LocalCluster::new(names);
+    c.call(0, Command::CreateEvent(spec("rock", ga, seats))).expect("create");
+    c.settle(2);
+    c.converged().expect("genesis spread");
+    c
+}
+
+pub fn buy(quantity: u64) -> Command {
+    Command::Purchase {
+        event: "rock".into(),
+        want: Want::Quantity { pool: "floor".into(), quantity },
+        customer: "c-1".into(),
+        payment_ref: "pay".into(),
+    }
+}
+
+pub fn hold_qty(customer: &str, pool: &str, quantity: u64) -> Command {
+    Command::Hold { event: "rock".into(), want: Want::Quantity { pool: pool.into(), quantity }, customer: customer.into() }
+}
+
+pub fn hold_seats(customer: &str, seats: &[&str]) -> Command {
+    Command::Hold {
+        event: "rock".into(),
+        want: Want::Seats { pool: None, seats: seats.iter().map(|s| s.to_string()).collect() },
+        customer: customer.into(),
+    }
+}
+
+pub fn hold_id(r: &Reply, region: &str) -> String {
+    match r {
+        Ok(Outcome::Held(h)) => format_id(IdKind::Hold, region, h.n),
+        other => panic!("expected a hold, got {other:?}"),
+    }
+}
+
+pub fn order_of(r: &Reply) -> &Order {
+    match r {
+        Ok(Outcome::Order(o)) => o,
+        other => panic!("expected an order, got {other:?}"),
+    }
+}
