@@ -383,7 +383,7 @@ impl Ledger {
         }
         // A row's consumption can never be refunded beyond what it sold: a hostile row that
         // tries would let the refund mint seats.
-        if d.seq > have {
+        if d.seq > have && d.since <= have {
             for &(_, e) in &d.entries {
                 let Entry::Returned { pool, value } = e else { continue };
                 let prow = &row.pools[pool as usize];

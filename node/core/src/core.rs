@@ -155,8 +155,9 @@ impl Core {
             core.now = core.now.max(r.at);
             core.apply_record(r.index, r.at, &r.body)?;
             core.last_index = r.index;
+            // Everything replayed is durable: credits it brought are spendable at once.
+            core.persisted(r.index);
         }
-        core.persisted(core.last_index);
         core.out.replies.clear();
         Ok(core)
     }
