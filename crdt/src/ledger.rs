@@ -181,7 +181,12 @@ impl Ledger {
         let row = &self.rows[w];
         let seq = row.seq + 1;
         let mut entries: Vec<(u64, Entry)> = Vec::with_capacity(changes.len() + 1);
-        let mut spent = vec![0u64; 0];
+        // Units each pool loses; writes touch one or two pools, so a short list is enough.
+        let mut spent: Vec<(usize, u64)> = Vec::new();
+        let mut spend = |p: usize, n: u64| match spent.iter_mut().find(|(q, _)| *q == p) {
+            Some(s) => s.1 += n,
+            None => spent.push((p, n)),
+        };
         for change in changes {
             let pool = match *change {
                 Change::Consume { pool, .. }
@@ -193,9 +198,6 @@ impl Ledger {
             if p >= self.genesis.pools.len() {
                 return Err(Refusal::Malformed { writer, why: "unknown pool" });
             }
-            if spent.len() <= p {
-                spent.resize(p + 1, 0);
-            }
             let prow = &row.pools[p];
             let bump = |entries: &mut Vec<(u64, Entry)>, key: (PoolIdx, u8, u32), make: &dyn Fn(u64) -> Entry, base: u64, n: u64| {
                 if let Some(e) = entries.iter_mut().find(|(_, e)| e.key() == key) {
@@ -206,7 +208,7 @@ impl Ledger {
             };
             match *change {
                 Change::Consume { n, .. } => {
-                    spent[p] += n;
+                    spend(p, n);
                     bump(&mut entries, (pool, 1, 0), &|v| Entry::Consumed { pool, value: v }, prow.consumed.value, n);
                 }
                 Change::Return { n, .. } => {
@@ -223,7 +225,7 @@ impl Ledger {
                     if self.genesis.pools[p].is_assigned() {
                         return Err(Refusal::Malformed { writer, why: "assigned seats move by seat id" });
                     }
-                    spent[p] += n;
+                    spend(p, n);
                     let base = prow.granted_out[to as usize].value;
                     bump(&mut entries, (pool, 0, u32::from(to)), &|v| Entry::GrantedOut { pool, to, value: v }, base, n);
                 }
@@ -240,14 +242,14 @@ impl Ledger {
                     if entries.iter().any(|(_, e)| e.key() == (pool, 3, seat)) {
                         return Err(Refusal::Malformed { writer, why: "seat listed twice" });
                     }
-                    spent[p] += 1;
+                    spend(p, 1);
                     entries.push((seq, Entry::Seat { pool, seat, epoch: owner.epoch + 1, to }));
                     let base = prow.granted_out[to as usize].value;
                     bump(&mut entries, (pool, 0, u32::from(to)), &|v| Entry::GrantedOut { pool, to, value: v }, base, 1);
                 }
             }
         }
-        for (p, &n) in spent.iter().enumerate() {
+        for &(p, n) in &spent {
             let available = self.available(p as PoolIdx, writer);
             if n > 0 && available < n as i64 {
                 return Err(Refusal::Insufficient { writer, pool: p as PoolIdx, available, wanted: n });

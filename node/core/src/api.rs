@@ -110,7 +110,7 @@ pub struct Hold {
     pub pool: PoolIdx,
     pub quantity: u64,
     pub seats: Vec<SeatIdx>,
-    pub customer: String,
+    pub customer: Arc<str>,
     /// Total for the hold, in minor units, locked at hold time.
     pub price_cents: u64,
     pub created_at: Millis,
@@ -124,10 +124,11 @@ pub struct Order {
     pub pool: PoolIdx,
     pub quantity: u64,
     pub seats: Vec<SeatIdx>,
-    pub customer: String,
+    /// Shared, not copied: an order is cloned into its record and its reply.
+    pub customer: Arc<str>,
     /// Total paid, in minor units.
     pub price_cents: u64,
-    pub payment_ref: String,
+    pub payment_ref: Arc<str>,
     pub status: OrderStatus,
     pub created_at: Millis,
 }

@@ -82,7 +82,7 @@ pub struct Core {
     holds: HashMap<u64, Hold>,
     orders: BTreeMap<u64, Order>,
     order_of_hold: HashMap<u64, u64>,
-    live_holds: HashMap<String, u32>,
+    live_holds: HashMap<Arc<str>, u32>,
     expiry: BinaryHeap<Reverse<(Millis, u64)>>,
     idem: HashMap<String, IdemEntry>,
     idem_order: VecDeque<(Millis, String)>,
@@ -414,7 +414,7 @@ impl Core {
     fn hold(&mut self, event: &str, want: &Want, customer: String, key: Option<&IdempotencyKey>) -> Result<(u64, Outcome), CoreError> {
         let ev = self.event_idx(event)?;
         check_id("customer", &customer)?;
-        let live = self.live_holds.get(&customer).copied().unwrap_or(0);
+        let live = self.live_holds.get(customer.as_str()).copied().unwrap_or(0);
         if live >= self.cfg.max_holds_per_customer {
             return Err(CoreError::HoldLimit(live));
         }
@@ -426,7 +426,7 @@ impl Core {
             pool,
             quantity,
             seats,
-            customer,
+            customer: customer.into(),
             price_cents: self.price(ev, pool, quantity),
             created_at: self.now,
             expires_at: self.now + e.info.hold_ttl_s * 1000,
@@ -479,7 +479,7 @@ impl Core {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn new_order(&self, event: &Arc<str>, pool: PoolIdx, quantity: u64, seats: Vec<SeatIdx>, customer: String, price_cents: u64, payment_ref: String) -> Order {
+    fn new_order(&self, event: &Arc<str>, pool: PoolIdx, quantity: u64, seats: Vec<SeatIdx>, customer: Arc<str>, price_cents: u64, payment_ref: String) -> Order {
         Order {
             n: self.next_order,
             event: event.clone(),
@@ -488,7 +488,7 @@ impl Core {
             seats,
             customer,
             price_cents,
-            payment_ref,
+            payment_ref: payment_ref.into(),
             status: OrderStatus::Confirmed,
             created_at: self.now,
         }
@@ -520,7 +520,7 @@ impl Core {
         let (pool, quantity, seats) = self.resolve(ev, want)?;
         let e = &self.events[ev];
         let row = e.ledger.write(e.me, &[Change::Consume { pool, n: quantity }]).expect("resolve checked sellable");
-        let order = self.new_order(&e.id, pool, quantity, seats, customer, self.price(ev, pool, quantity), payment_ref);
+        let order = self.new_order(&e.id, pool, quantity, seats, customer.into(), self.price(ev, pool, quantity), payment_ref);
         let outcome = Outcome::Order(order.clone());
         let idem = Self::idem_record(key, &outcome);
         let index = self.commit(RecordBody::OrderPlaced { order, hold: None, row, idem });
@@ -1041,7 +1041,7 @@ impl Core {
             }
         }
         for (c, &n) in &self.live_holds {
-            if self.holds.values().filter(|h| &h.customer == c).count() as u32 != n {
+            if self.holds.values().filter(|h| h.customer == *c).count() as u32 != n {
                 return Err(format!("customer {c}: live hold count {n} is wrong"));
             }
         }
