@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use crate::row::{Entry, Row, RowDelta, SeatStamp, Stamped};
+use smallvec::SmallVec;
+
+use crate::row::{Entries, Entry, Row, RowDelta, SeatStamp, Stamped};
 use crate::{Genesis, GenesisHash, PoolIdx, RegionIdx, SeatIdx, VersionVector};
 
 /// Who owns a seat in this view: the receiver of the give-away with the highest epoch.
@@ -180,9 +182,9 @@ impl Ledger {
         let w = writer as usize;
         let row = &self.rows[w];
         let seq = row.seq + 1;
-        let mut entries: Vec<(u64, Entry)> = Vec::with_capacity(changes.len() + 1);
+        let mut entries = Entries::new();
         // Units each pool loses; writes touch one or two pools, so a short list is enough.
-        let mut spent: Vec<(usize, u64)> = Vec::new();
+        let mut spent: SmallVec<[(usize, u64); 2]> = SmallVec::new();
         let mut spend = |p: usize, n: u64| match spent.iter_mut().find(|(q, _)| *q == p) {
             Some(s) => s.1 += n,
             None => spent.push((p, n)),
@@ -199,7 +201,7 @@ impl Ledger {
                 return Err(Refusal::Malformed { writer, why: "unknown pool" });
             }
             let prow = &row.pools[p];
-            let bump = |entries: &mut Vec<(u64, Entry)>, key: (PoolIdx, u8, u32), make: &dyn Fn(u64) -> Entry, base: u64, n: u64| {
+            let bump = |entries: &mut Entries, key: (PoolIdx, u8, u32), make: &dyn Fn(u64) -> Entry, base: u64, n: u64| {
                 if let Some(e) = entries.iter_mut().find(|(_, e)| e.key() == key) {
                     e.1 = make(entry_value(&e.1) + n);
                 } else {

@@ -25,7 +25,7 @@ pub use genesis::{
 };
 pub use ledger::{Applied, Change, Credit, Ledger, Refusal, SeatMove, SeatOwner};
 pub use metadata::{ActorIncarnation, EventMeta, MetaDoc, MetaError, MetaPatch};
-pub use row::{Entry, PoolRow, Row, RowDelta, SeatStamp, Stamped};
+pub use row::{Entries, Entry, PoolRow, Row, RowDelta, SeatStamp, Stamped};
 pub use version_vector::{Causality, VersionVector};
 
 /// Index of a region in its event's genesis (`genesis.regions`).

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::{GenesisHash, PoolIdx, RegionIdx, SeatIdx};
 
@@ -63,8 +64,8 @@ impl Row {
     }
 
     /// The entries changed after `since`, in canonical (key) order.
-    pub fn changed_since(&self, since: u64) -> Vec<(u64, Entry)> {
-        let mut out = Vec::new();
+    pub fn changed_since(&self, since: u64) -> Entries {
+        let mut out = Entries::new();
         for (p, pool) in self.pools.iter().enumerate() {
             let pool_idx = p as PoolIdx;
             for (to, g) in pool.granted_out.iter().enumerate() {
@@ -87,6 +88,9 @@ impl Row {
         out
     }
 }
+
+/// The entries of a delta: a sale or a grant changes one or two, so they live inline.
+pub type Entries = SmallVec<[(u64, Entry); 2]>;
 
 /// One changed entry of a row, carrying its new (cumulative) value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,7 +128,7 @@ pub struct RowDelta {
     pub writer: RegionIdx,
     pub since: u64,
     pub seq: u64,
-    pub entries: Vec<(u64, Entry)>,
+    pub entries: Entries,
 }
 
 impl Row {

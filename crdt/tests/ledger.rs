@@ -141,13 +141,13 @@ fn hostile_rows_are_refused_and_change_nothing() {
     // A seq regression: an old version claiming more than the newer one.
     let mut x = d.clone();
     x.seq = 1;
-    x.entries = vec![(1, Entry::Consumed { pool: 0, value: 9 })];
+    x.entries = [(1, Entry::Consumed { pool: 0, value: 9 })].into_iter().collect();
     assert!(matches!(refused(&mut l, &x), Refusal::Conflict { .. } | Refusal::Backwards { .. }));
     // A newer version whose number went backwards.
     let mut x = d.clone();
     x.since = 3;
     x.seq = 4;
-    x.entries = vec![(4, Entry::Consumed { pool: 0, value: 1 })];
+    x.entries = [(4, Entry::Consumed { pool: 0, value: 1 })].into_iter().collect();
     assert!(matches!(refused(&mut l, &x), Refusal::Backwards { .. }));
     // A writer that is not a region of the event.
     let mut x = d.clone();
@@ -161,7 +161,7 @@ fn hostile_rows_are_refused_and_change_nothing() {
     let mut x = d.clone();
     x.since = 3;
     x.seq = 4;
-    x.entries = vec![(4, Entry::Returned { pool: 0, value: 5 })];
+    x.entries = [(4, Entry::Returned { pool: 0, value: 5 })].into_iter().collect();
     assert!(matches!(refused(&mut l, &x), Refusal::Malformed { .. }));
     // Structural garbage.
     for (since, seq, entries) in [
@@ -172,7 +172,7 @@ fn hostile_rows_are_refused_and_change_nothing() {
         (3, 4, vec![(4, Entry::Seat { pool: 0, seat: 0, epoch: 1, to: 1 })]),
         (3, 4, vec![(4, Entry::Consumed { pool: 0, value: 9 }), (4, Entry::Consumed { pool: 0, value: 9 })]),
     ] {
-        let x = RowDelta { genesis: l.hash(), writer: 0, since, seq, entries };
+        let x = RowDelta { genesis: l.hash(), writer: 0, since, seq, entries: entries.into_iter().collect() };
         assert!(matches!(refused(&mut l, &x), Refusal::Malformed { .. }), "{x:?}");
     }
 }
@@ -181,10 +181,10 @@ fn hostile_rows_are_refused_and_change_nothing() {
 fn a_seat_given_away_by_a_region_that_does_not_own_it_is_refused() {
     let (mut l, _) = busy();
     // A-5 (index 4) belongs to ap-south at epoch 0; us-east claims to hand it to eu-west.
-    let theft = RowDelta { genesis: l.hash(), writer: 1, since: 0, seq: 1, entries: vec![(1, Entry::Seat { pool: 1, seat: 4, epoch: 1, to: 0 })] };
+    let theft = RowDelta { genesis: l.hash(), writer: 1, since: 0, seq: 1, entries: [(1, Entry::Seat { pool: 1, seat: 4, epoch: 1, to: 0 })].into_iter().collect() };
     assert!(matches!(refused(&mut l, &theft), Refusal::SeatNotOwned { owner: 2, .. }));
     // A-1 went to ap-south at epoch 1: a second epoch-1 give-away is a conflict.
-    let twice = RowDelta { genesis: l.hash(), writer: 1, since: 0, seq: 1, entries: vec![(1, Entry::Seat { pool: 1, seat: 0, epoch: 1, to: 1 + 1 })] };
+    let twice = RowDelta { genesis: l.hash(), writer: 1, since: 0, seq: 1, entries: [(1, Entry::Seat { pool: 1, seat: 0, epoch: 1, to: 1 + 1 })].into_iter().collect() };
     assert!(matches!(refused(&mut l, &twice), Refusal::Conflict { .. }));
 }
 

@@ -80,7 +80,8 @@ pub struct Core {
     events: Vec<EventState>,
     by_id: HashMap<Arc<str>, usize>,
     holds: HashMap<u64, Hold>,
-    orders: BTreeMap<u64, Order>,
+    /// Orders are numbered densely from 1 in each region: order `n` is at `n − 1`.
+    orders: Vec<Order>,
     order_of_hold: HashMap<u64, u64>,
     live_holds: HashMap<Arc<str>, u32>,
     expiry: BinaryHeap<Reverse<(Millis, u64)>>,
@@ -127,7 +128,7 @@ impl Core {
             events: Vec::new(),
             by_id: HashMap::new(),
             holds: HashMap::new(),
-            orders: BTreeMap::new(),
+            orders: Vec::new(),
             order_of_hold: HashMap::new(),
             live_holds: HashMap::new(),
             expiry: BinaryHeap::new(),
@@ -451,7 +452,7 @@ impl Core {
     fn confirm(&mut self, hold_id: &str, payment_ref: String, key: Option<&IdempotencyKey>) -> Result<(u64, Outcome), CoreError> {
         let n = self.local_id(IdKind::Hold, hold_id)?;
         if let Some(o) = self.order_of_hold.get(&n) {
-            return Ok((self.last_index, Outcome::Order(self.orders[o].clone())));
+            return Ok((self.last_index, Outcome::Order(self.orders[(*o - 1) as usize].clone())));
         }
         let Some(hold) = self.holds.get(&n) else {
             return Err(if n < self.next_hold { CoreError::HoldExpired } else { CoreError::UnknownHold(hold_id.to_owned()) });
@@ -529,7 +530,7 @@ impl Core {
 
     fn refund(&mut self, order_id: &str, key: Option<&IdempotencyKey>) -> Result<(u64, Outcome), CoreError> {
         let n = self.local_id(IdKind::Order, order_id)?;
-        let order = self.orders.get(&n).ok_or_else(|| CoreError::UnknownOrder(order_id.to_owned()))?;
+        let order = self.order(n).ok_or_else(|| CoreError::UnknownOrder(order_id.to_owned()))?;
         if order.status == OrderStatus::Refunded {
             return Ok((self.last_index, Outcome::Order(order.clone())));
         }
@@ -669,11 +670,14 @@ impl Core {
                 self.apply_own_row(index, ev, row)?;
                 self.events[ev].assert_pool(order.pool);
                 self.next_order = self.next_order.max(order.n + 1);
-                self.orders.insert(order.n, order.clone());
+                if order.n != self.orders.len() as u64 + 1 {
+                    return Err(format!("order {} out of sequence after {}", order.n, self.orders.len()));
+                }
+                self.orders.push(order.clone());
                 self.remember(index, at, idem);
             }
             RecordBody::Refunded { order, row, idem } => {
-                let o = self.orders.get_mut(order).ok_or("refund of an unknown order")?;
+                let o = order.checked_sub(1).and_then(|i| self.orders.get_mut(i as usize)).ok_or("refund of an unknown order")?;
                 o.status = OrderStatus::Refunded;
                 let (event, pool, seats) = (o.event.clone(), o.pool, o.seats.clone());
                 let ev = self.event_idx(&event).map_err(|e| e.to_string())?;
@@ -959,21 +963,21 @@ impl Core {
     }
 
     pub fn order(&self, n: u64) -> Option<&Order> {
-        self.orders.get(&n)
+        n.checked_sub(1).and_then(|i| self.orders.get(i as usize))
     }
 
     /// Orders by number, after `after`, at most `limit`.
     pub fn orders_after(&self, event: Option<&str>, after: u64, limit: usize) -> Vec<&Order> {
         self.orders
-            .range(after.saturating_add(1)..)
-            .map(|(_, o)| o)
+            .iter()
+            .skip(after.min(self.orders.len() as u64) as usize)
             .filter(|o| event.is_none_or(|e| &*o.event == e))
             .take(limit)
             .collect()
     }
 
     pub fn orders(&self) -> impl Iterator<Item = &Order> {
-        self.orders.values()
+        self.orders.iter()
     }
 
     // ----- invariants -----------------------------------------------------------------------
@@ -993,7 +997,7 @@ impl Core {
                 if held != e.held[p] {
                     return fail(format!("held {} but live holds sum to {held}", e.held[p]));
                 }
-                let mine: Vec<&Order> = self.orders.values().filter(|o| o.event == e.id && o.pool == pi).collect();
+                let mine: Vec<&Order> = self.orders.iter().filter(|o| o.event == e.id && o.pool == pi).collect();
                 let sold: u64 = mine.iter().filter(|o| o.status == OrderStatus::Confirmed).map(|o| o.quantity).sum();
                 let refunded: u64 = mine.iter().filter(|o| o.status == OrderStatus::Refunded).map(|o| o.quantity).sum();
                 let row = &e.ledger.row(e.me).pools[p];
@@ -1031,7 +1035,7 @@ impl Core {
                         let ok = match *st {
                             SeatLocal::Free | SeatLocal::Arriving(_) => true,
                             SeatLocal::Held(h) => self.holds.get(&h).is_some_and(|h| h.seats.contains(&(s as SeatIdx))),
-                            SeatLocal::Sold(o) => self.orders.get(&o).is_some_and(|o| o.status == OrderStatus::Confirmed),
+                            SeatLocal::Sold(o) => self.order(o).is_some_and(|o| o.status == OrderStatus::Confirmed),
                         };
                         if !ok || (*st != SeatLocal::Free && owners[s].owner != e.me) {
                             return fail(format!("seat {s} state {st:?} disagrees with holds, orders or ownership"));
