@@ -131,6 +131,8 @@ pub struct Order {
     pub payment_ref: Arc<str>,
     pub status: OrderStatus,
     pub created_at: Millis,
+    /// The hold this order confirmed, if it came from one.
+    pub hold: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -472,7 +472,8 @@ impl Core {
             .ledger
             .write(self.events[ev].me, &[Change::Consume { pool: hold.pool, n: hold.quantity }])
             .expect("a live hold is covered by this region's quota");
-        let order = self.new_order(&hold.event, hold.pool, hold.quantity, hold.seats, hold.customer, hold.price_cents, payment_ref);
+        let mut order = self.new_order(&hold.event, hold.pool, hold.quantity, hold.seats, hold.customer, hold.price_cents, payment_ref);
+        order.hold = Some(n);
         let outcome = Outcome::Order(order.clone());
         let idem = Self::idem_record(key, &outcome);
         let index = self.commit(RecordBody::OrderPlaced { order, hold: Some(n), row, idem });
@@ -492,6 +493,7 @@ impl Core {
             payment_ref: payment_ref.into(),
             status: OrderStatus::Confirmed,
             created_at: self.now,
+            hold: None,
         }
     }
 
@@ -539,9 +541,9 @@ impl Core {
         let row = e.ledger.write(e.me, &[Change::Return { pool: order.pool, n: order.quantity }]).expect("an order's units were consumed here");
         let mut refunded = order.clone();
         refunded.status = OrderStatus::Refunded;
-        let outcome = Outcome::Order(refunded);
+        let outcome = Outcome::Order(refunded.clone());
         let idem = Self::idem_record(key, &outcome);
-        let index = self.commit(RecordBody::Refunded { order: n, row, idem });
+        let index = self.commit(RecordBody::Refunded { order: refunded, row, idem });
         Ok((index, outcome))
     }
 
@@ -677,7 +679,7 @@ impl Core {
                 self.remember(index, at, idem);
             }
             RecordBody::Refunded { order, row, idem } => {
-                let o = order.checked_sub(1).and_then(|i| self.orders.get_mut(i as usize)).ok_or("refund of an unknown order")?;
+                let o = order.n.checked_sub(1).and_then(|i| self.orders.get_mut(i as usize)).ok_or("refund of an unknown order")?;
                 o.status = OrderStatus::Refunded;
                 let (event, pool, seats) = (o.event.clone(), o.pool, o.seats.clone());
                 let ev = self.event_idx(&event).map_err(|e| e.to_string())?;
@@ -695,6 +697,9 @@ impl Core {
                     self.events[ev].assert_pool(entry.pool());
                 }
                 self.remember(index, at, idem);
+            }
+            RecordBody::RowRestored { .. } | RecordBody::OrderRestored { .. } | RecordBody::KeyRestored { .. } | RecordBody::CountersRestored { .. } => {
+                self.restore(index, at, body)?;
             }
             RecordBody::PeerRow { event, row } => {
                 let ev = self.event_idx(event).map_err(|e| e.to_string())?;
@@ -722,6 +727,50 @@ impl Core {
             }
         }
         Ok(true)
+    }
+
+    fn restore(&mut self, index: u64, at: Millis, body: &RecordBody) -> Result<(), String> {
+        match body {
+            RecordBody::RowRestored { event, row } => {
+                let ev = self.event_idx(event).map_err(|e| e.to_string())?;
+                let e = &mut self.events[ev];
+                if row.since != 0 {
+                    return Err("a restored row must be whole (since 0)".into());
+                }
+                match e.ledger.apply(row).map_err(|r| r.to_string())? {
+                    Applied::Advanced { .. } => {}
+                    other => return Err(format!("restored row did not advance: {other:?}")),
+                }
+                if row.writer == e.me {
+                    e.published.absorb(row);
+                }
+            }
+            RecordBody::OrderRestored { order } => {
+                let ev = self.event_idx(&order.event).map_err(|e| e.to_string())?;
+                if order.n != self.orders.len() as u64 + 1 {
+                    return Err(format!("order {} out of sequence after {}", order.n, self.orders.len()));
+                }
+                if order.status == OrderStatus::Confirmed {
+                    let e = &mut self.events[ev];
+                    for &s in &order.seats {
+                        e.seats[order.pool as usize][s as usize] = SeatLocal::Sold(order.n);
+                    }
+                }
+                if let Some(h) = order.hold {
+                    self.order_of_hold.insert(h, order.n);
+                }
+                self.next_order = order.n + 1;
+                self.orders.push(order.clone());
+            }
+            RecordBody::KeyRestored { key, outcome } => {
+                self.remember(index, at, &Some(IdemRecord { key: key.clone(), outcome: outcome.clone() }));
+            }
+            RecordBody::CountersRestored { next_hold } => {
+                self.next_hold = self.next_hold.max(*next_hold);
+            }
+            _ => unreachable!("restore is called with restore records only"),
+        }
+        Ok(())
     }
 
     fn apply_own_row(&mut self, index: u64, ev: usize, row: &RowDelta) -> Result<(), String> {

@@ -106,6 +106,16 @@ impl EventState {
         self.ledger.available(pool, self.me) - self.held[p] as i64 - self.pending_credit[p] as i64
     }
 
+    /// Units of a pool still unsold anywhere, from the merged ledger: every region's
+    /// available, minus what is held here and what each peer last said it held.
+    pub fn global_available(&self, pool: PoolIdx) -> u64 {
+        let p = pool as usize;
+        let regions = self.genesis().regions.len() as RegionIdx;
+        let available: i64 = (0..regions).map(|r| self.ledger.available(pool, r)).sum();
+        let peers_held: u64 = self.peers.iter().map(|v| v.held.get(p).copied().unwrap_or(0)).sum();
+        (available - self.held[p] as i64 - self.pending_credit[p] as i64 - peers_held as i64).max(0) as u64
+    }
+
     /// Checks the O(regions) invariants of one pool; cheap enough for every sale.
     #[inline]
     pub fn assert_pool(&self, pool: PoolIdx) {

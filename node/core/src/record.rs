@@ -42,9 +42,19 @@ pub enum RecordBody {
     HoldsReleased { event: String, holds: Vec<u64>, reason: ReleaseReason },
     /// A confirmed hold or a one-step purchase, with the row version recording the sale.
     OrderPlaced { order: Order, hold: Option<u64>, row: RowDelta, idem: Option<IdemRecord> },
-    Refunded { order: u64, row: RowDelta, idem: Option<IdemRecord> },
+    /// The order as it is after the refund.
+    Refunded { order: Order, row: RowDelta, idem: Option<IdemRecord> },
     /// Quota this region gave away.
     Granted { event: String, row: RowDelta, idem: Option<IdemRecord> },
     /// A peer's row version this region applied.
     PeerRow { event: String, row: RowDelta },
+    // ----- Restoring from a state store --------------------------------------------------
+    // A driver that keeps state (not a log) rebuilds a core from these, after the events:
+    // rows, then orders, then live holds (as `HoldPlaced`), then keys, then counters.
+    /// A whole row as stored (a delta from version 0), of any writer, this region's included.
+    RowRestored { event: String, row: RowDelta },
+    OrderRestored { order: Order },
+    KeyRestored { key: IdempotencyKey, outcome: Outcome },
+    /// Numbers already given out, so ids are never reused after a restart.
+    CountersRestored { next_hold: u64 },
 }

@@ -1,6 +1,6 @@
 //! `allot`: the one binary. CLI parsing and drivers; the logic lives in `allot-node`.
 
-mod demo;
+use allot::{demo, driver, node};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +39,9 @@ enum Verb {
         config: PathBuf,
         #[arg(long)]
         region: String,
+        /// `group`: concurrent writes share one synced write; `per-request`: one each (a baseline).
+        #[arg(long, value_enum, default_value_t = driver::Commit::Group)]
+        commit: driver::Commit,
     },
     /// A cluster CA and one certificate per region.
     Certs {
@@ -73,6 +76,22 @@ fn not_built(verb: &str, issue: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+fn report(verb: &str, r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("allot {verb}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_node(config: &std::path::Path, region: &str, commit: driver::Commit) -> anyhow::Result<()> {
+    let opts = node::NodeOptions::from_config(config, region, commit)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(node::run(opts, node::signal()))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
@@ -87,7 +106,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Verb::Node { .. } => not_built("node", "Region node: the HTTP sales API on RocksDB with durable group commit"),
+        Verb::Node { config, region, commit } => report("node", run_node(&config, &region, commit)),
         Verb::Certs { .. } => not_built("certs", "Gossip between regions over QUIC with mutual TLS"),
         Verb::Sim { .. } => not_built("sim", "The partition simulator"),
         Verb::Bench { .. } => not_built(

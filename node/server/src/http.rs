@@ -1,0 +1,528 @@
+//! The region-local HTTP API (docs/http-api.md): parsing, auth and problem details around
+//! the core. Every answer about state comes from the core's thread; every write is answered
+//! only once durable.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use allot_crdt::{Allotments, PoolKind};
+use allot_node::{Command, EventSpec, GlobalId, GrantAmount, IdKind, IdempotencyKey, Outcome, PoolInput, Want};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::driver::CoreHandle;
+use crate::problem::Problem;
+use crate::views;
+
+pub const MAX_BODY: usize = 64 * 1024;
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct AppState {
+    pub core: CoreHandle,
+    pub region: String,
+    pub admin_token: Option<String>,
+}
+
+type St = State<Arc<AppState>>;
+type ApiResult = Result<Response, Problem>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/v1/events", get(list_events))
+        .route("/v1/events/{event}", get(event_detail))
+        .route("/v1/events/{event}/availability", get(availability))
+        .route("/v1/events/{event}/availability/stream", get(availability_stream))
+        .route("/v1/events/{event}/seats", get(seats))
+        .route("/v1/events/{event}/holds", post(create_hold))
+        .route("/v1/events/{event}/purchases", post(purchase))
+        .route("/v1/holds/{hold}/confirm", post(confirm))
+        .route("/v1/holds/{hold}", delete(release))
+        .route("/v1/orders/{order}", get(get_order))
+        .route("/v1/admin/events", post(create_event))
+        .route("/v1/admin/events/{event}/ledger", get(ledger))
+        .route("/v1/admin/events/{event}/transfers", post(transfer))
+        .route("/v1/admin/orders", get(list_orders))
+        .route("/v1/admin/orders/{order}/refund", post(refund))
+        .route("/v1/admin/cluster", get(cluster))
+        .fallback(|| async { Problem::not_found("not-found", "no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(15)))
+        .with_state(state)
+}
+
+// ----- plumbing -------------------------------------------------------------------------------
+
+fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
+    b.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", format!("request bodies are limited to {MAX_BODY} bytes"))
+        } else {
+            Problem::bad_request(e.body_text())
+        }
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(b: &Bytes) -> Result<T, Problem> {
+    serde_json::from_slice(b).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Problem::invalid(format!("invalid body: {e}")),
+        _ => Problem::bad_request(format!("malformed JSON: {e}")),
+    })
+}
+
+/// The `Idempotency-Key` with a hash of what it guards: method, path and body, so the same
+/// key reused for anything else is told apart.
+fn idempotency(headers: &HeaderMap, method: &Method, uri: &Uri, body: &[u8]) -> Result<Option<IdempotencyKey>, Problem> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()));
+    let key = key.ok_or_else(|| Problem::invalid("Idempotency-Key: 1-128 visible ASCII characters"))?;
+    let mut h = Sha256::new();
+    h.update(method.as_str());
+    h.update([0]);
+    h.update(uri.path());
+    h.update([0]);
+    h.update(body);
+    Ok(Some(IdempotencyKey { key: key.to_owned(), body_hash: h.finalize().into() }))
+}
+
+async fn call(s: &AppState, key: Option<IdempotencyKey>, command: Command) -> Result<Outcome, Problem> {
+    if !s.core.is_ready() {
+        return Err(Problem::unavailable("this node cannot make writes durable and accepts none"));
+    }
+    match tokio::time::timeout(CALL_TIMEOUT, s.core.call(key, command)).await {
+        Ok(Some(Ok(outcome))) => Ok(outcome),
+        Ok(Some(Err(e))) => Err(e.into()),
+        Ok(None) => Err(Problem::unavailable("the node is shutting down")),
+        Err(_) => Err(Problem::unavailable("the write was not made durable in time")),
+    }
+}
+
+async fn read<T: Send + 'static>(s: &AppState, f: impl FnOnce(&allot_node::Core) -> T + Send + 'static) -> Result<T, Problem> {
+    s.core.read(f).await.ok_or_else(|| Problem::unavailable("the node is shutting down"))
+}
+
+fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
+    let unauthorized = |d: &str| Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", d);
+    let Some(token) = &s.admin_token else {
+        return Err(unauthorized("no operator token is configured on this node (ALLOT_ADMIN_TOKEN)"));
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("operator endpoints need Authorization: Bearer <token>"))?;
+    // Constant-time comparison: the time taken does not reveal how much of the token matched.
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    let diff = a.len() ^ b.len() | a.iter().zip(b.iter().cycle()).fold(0usize, |d, (x, y)| d | usize::from(x ^ y));
+    if diff != 0 || b.is_empty() {
+        return Err(unauthorized("wrong operator token"));
+    }
+    Ok(())
+}
+
+fn created(v: Value) -> Response {
+    (StatusCode::CREATED, Json(v)).into_response()
+}
+
+fn order_view(core: &allot_node::Core, o: &Outcome) -> Value {
+    match o {
+        Outcome::Order(o) => views::order(core, o),
+        Outcome::Held(h) => views::hold(core, h),
+        _ => json!({}),
+    }
+}
+
+// ----- health ---------------------------------------------------------------------------------
+
+async fn readyz(State(s): St) -> Response {
+    if s.core.is_ready() {
+        Json(json!({"status": "ready", "region": s.region})).into_response()
+    } else {
+        Problem::unavailable("a synced write failed: this node acknowledges nothing until restarted").into_response()
+    }
+}
+
+// ----- buyers ---------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    from: Option<String>,
+    to: Option<String>,
+    q: Option<String>,
+}
+
+fn parse_time(field: &str, v: &str) -> Result<OffsetDateTime, Problem> {
+    OffsetDateTime::parse(v, &Rfc3339).map_err(|_| Problem::invalid(format!("{field}: an RFC 3339 time, like 2027-06-01T19:00:00Z")))
+}
+
+async fn list_events(State(s): St, q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult {
+    let Query(q) = q.map_err(|e| Problem::invalid(e.body_text()))?;
+    let from = q.from.as_deref().map(|v| parse_time("from", v)).transpose()?;
+    let to = q.to.as_deref().map(|v| parse_time("to", v)).transpose()?;
+    let text = q.q.map(|t| t.to_lowercase());
+    if text.as_ref().is_some_and(|t| t.len() > 200) {
+        return Err(Problem::invalid("q: at most 200 characters"));
+    }
+    let events = read(&s, move |core| {
+        let mut out: Vec<(String, Value)> = core
+            .events()
+            .filter(|e| {
+                let starts = OffsetDateTime::parse(&e.info.starts_at, &Rfc3339).ok();
+                let in_range = from.is_none_or(|f| starts.is_some_and(|t| t >= f)) && to.is_none_or(|f| starts.is_some_and(|t| t < f));
+                let matches = text.as_ref().is_none_or(|t| {
+                    [e.id.as_ref(), e.info.name.as_str(), e.info.venue.as_str(), e.info.description.as_str()].iter().any(|f| f.to_lowercase().contains(t))
+                });
+                in_range && matches
+            })
+            .map(|e| (e.info.starts_at.clone(), views::event_summary(e)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.into_iter().map(|(_, v)| v).collect::<Vec<_>>()
+    })
+    .await?;
+    Ok(Json(json!({ "events": events })).into_response())
+}
+
+fn unknown_event(event: &str) -> Problem {
+    Problem::not_found("unknown-event", format!("no event {event:?}"))
+}
+
+async fn event_detail(State(s): St, Path(event): Path<String>) -> ApiResult {
+    let ev = event.clone();
+    let v = read(&s, move |core| core.event(&ev).map(|e| views::event_detail(core, e))).await?;
+    Ok(Json(v.ok_or_else(|| unknown_event(&event))?).into_response())
+}
+
+async fn availability(State(s): St, Path(event): Path<String>) -> ApiResult {
+    let ev = event.clone();
+    let v = read(&s, move |core| core.event(&ev).map(|e| views::availability(core, e))).await?;
+    Ok(Json(v.ok_or_else(|| unknown_event(&event))?).into_response())
+}
+
+async fn availability_stream(State(s): St, Path(event): Path<String>) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
+    let ev = event.clone();
+    if !read(&s, move |core| core.event(&ev).is_some()).await? {
+        return Err(unknown_event(&event));
+    }
+    let changes = s.core.changes();
+    let state = s.clone();
+    let stream = futures_util::stream::unfold((changes, state, event, None::<String>, true), |(mut changes, s, event, last, first)| async move {
+        loop {
+            if !first && changes.changed().await.is_err() {
+                return None;
+            }
+            let ev = event.clone();
+            let v = s.core.read(move |core| core.event(&ev).map(|e| views::availability(core, e))).await??;
+            // Staleness ages change all the time; send only when the figures change.
+            let figures = v["pools"].to_string();
+            if last.as_deref() != Some(figures.as_str()) || first {
+                let item = SseEvent::default().event("availability").data(v.to_string());
+                return Some((Ok(item), (changes, s, event, Some(figures), false)));
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeatsQuery {
+    pool: String,
+}
+
+async fn seats(State(s): St, Path(event): Path<String>, q: Result<Query<SeatsQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult {
+    let Query(q) = q.map_err(|_| Problem::invalid("query parameter pool= is required"))?;
+    let ev = event.clone();
+    let v = read(&s, move |core| {
+        let e = core.event(&ev).ok_or_else(|| unknown_event(&ev))?;
+        let p = e.genesis().pool_index(&q.pool).ok_or_else(|| Problem::not_found("unknown-pool", format!("event has no pool {:?}", q.pool)))?;
+        match views::seat_map(e, p) {
+            Value::Null => Err(Problem::invalid(format!("pool {:?} is general admission: it has no seat map", q.pool))),
+            v => Ok(v),
+        }
+    })
+    .await??;
+    Ok(Json(v).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WantBody {
+    pool: Option<String>,
+    quantity: Option<u64>,
+    seats: Option<Vec<String>>,
+    customer: String,
+    payment_ref: Option<String>,
+}
+
+impl WantBody {
+    fn want(&self) -> Result<Want, Problem> {
+        match (&self.pool, self.quantity, &self.seats) {
+            (Some(pool), Some(quantity), None) => Ok(Want::Quantity { pool: pool.clone(), quantity }),
+            (pool, None, Some(seats)) => Ok(Want::Seats { pool: pool.clone(), seats: seats.clone() }),
+            _ => Err(Problem::invalid("give either pool and quantity, or seats (with an optional pool)")),
+        }
+    }
+}
+
+async fn create_hold(State(s): St, Path(event): Path<String>, method: Method, uri: Uri, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+    let b = body(b)?;
+    let key = idempotency(&headers, &method, &uri, &b)?;
+    let w: WantBody = parse(&b)?;
+    if w.payment_ref.is_some() {
+        return Err(Problem::invalid("a hold takes no payment_ref; confirm it with one"));
+    }
+    let outcome = call(&s, key, Command::Hold { event, want: w.want()?, customer: w.customer }).await?;
+    Ok(created(read(&s, move |core| order_view(core, &outcome)).await?))
+}
+
+async fn purchase(State(s): St, Path(event): Path<String>, method: Method, uri: Uri, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+    let b = body(b)?;
+    let key = idempotency(&headers, &method, &uri, &b)?;
+    let w: WantBody = parse(&b)?;
+    let want = w.want()?;
+    let payment_ref = w.payment_ref.ok_or_else(|| Problem::invalid("payment_ref is required"))?;
+    let outcome = call(&s, key, Command::Purchase { event, want, customer: w.customer, payment_ref }).await?;
+    Ok(created(read(&s, move |core| order_view(core, &outcome)).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmBody {
+    payment_ref: String,
+}
+
+async fn confirm(State(s): St, Path(hold): Path<String>, method: Method, uri: Uri, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+    let b = body(b)?;
+    let key = idempotency(&headers, &method, &uri, &b)?;
+    let c: ConfirmBody = parse(&b)?;
+    let outcome = call(&s, key, Command::Confirm { hold, payment_ref: c.payment_ref }).await?;
+    Ok(created(read(&s, move |core| order_view(core, &outcome)).await?))
+}
+
+async fn release(State(s): St, Path(hold): Path<String>) -> ApiResult {
+    call(&s, None, Command::Release { hold }).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn local_number(s: &AppState, kind: IdKind, id: &str) -> Result<u64, Problem> {
+    let g = GlobalId::parse(kind, id).ok_or_else(|| Problem::not_found("unknown-order", format!("no order {id:?}")))?;
+    if g.region != s.region {
+        return Err(allot_node::CoreError::Foreign { id: id.to_owned(), region: g.region }.into());
+    }
+    Ok(g.n)
+}
+
+async fn get_order(State(s): St, Path(order): Path<String>) -> ApiResult {
+    let n = local_number(&s, IdKind::Order, &order)?;
+    let v = read(&s, move |core| core.order(n).map(|o| views::order(core, o))).await?;
+    Ok(Json(v.ok_or_else(|| Problem::not_found("unknown-order", format!("no order {order:?}")))?).into_response())
+}
+
+// ----- operators ------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolBody {
+    id: String,
+    capacity: Option<u64>,
+    seats: Option<Vec<String>>,
+    price_cents: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AllotmentsBody {
+    Named(String),
+    Explicit(BTreeMap<String, BTreeMap<String, u64>>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateEventBody {
+    id: String,
+    name: String,
+    #[serde(default)]
+    description: String,
+    venue: String,
+    lat: f64,
+    lon: f64,
+    starts_at: String,
+    currency: String,
+    #[serde(default = "default_ttl")]
+    hold_ttl_s: u64,
+    pools: Vec<PoolBody>,
+    allotments: AllotmentsBody,
+}
+
+fn default_ttl() -> u64 {
+    600
+}
+
+async fn create_event(State(s): St, method: Method, uri: Uri, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+    authorize(&s, &headers)?;
+    let b = body(b)?;
+    let key = idempotency(&headers, &method, &uri, &b)?;
+    let c: CreateEventBody = parse(&b)?;
+    parse_time("starts_at", &c.starts_at)?;
+    let allotments = match c.allotments {
+        AllotmentsBody::Named(n) if n == "even" => Allotments::Even,
+        AllotmentsBody::Named(n) => return Err(Problem::invalid(format!("allotments: \"even\" or an object per pool and region, not {n:?}"))),
+        AllotmentsBody::Explicit(m) => Allotments::Explicit(m),
+    };
+    let mut pools = Vec::with_capacity(c.pools.len());
+    for p in c.pools {
+        let kind = match (p.capacity, p.seats) {
+            (Some(capacity), None) => PoolKind::General { capacity },
+            (None, Some(seats)) => PoolKind::Assigned { seats },
+            _ => return Err(Problem::invalid(format!("pool {:?}: give either capacity or seats", p.id))),
+        };
+        pools.push(PoolInput { id: p.id, kind, price_cents: p.price_cents });
+    }
+    let spec = EventSpec {
+        id: c.id,
+        name: c.name,
+        description: c.description,
+        venue: c.venue,
+        lat: c.lat,
+        lon: c.lon,
+        starts_at: c.starts_at,
+        currency: c.currency,
+        hold_ttl_s: c.hold_ttl_s,
+        pools,
+        allotments,
+    };
+    let Outcome::EventCreated { event } = call(&s, key, Command::CreateEvent(spec)).await? else {
+        return Err(Problem::unavailable("unexpected answer from the core"));
+    };
+    let ev = event.clone();
+    let v = read(&s, move |core| core.event(&ev).map(|e| views::event_detail(core, e))).await?;
+    Ok(created(v.ok_or_else(|| unknown_event(&event))?))
+}
+
+async fn ledger(State(s): St, Path(event): Path<String>, headers: HeaderMap) -> ApiResult {
+    authorize(&s, &headers)?;
+    let ev = event.clone();
+    let v = read(&s, move |core| core.event(&ev).map(|e| views::ledger(core, e))).await?;
+    Ok(Json(v.ok_or_else(|| unknown_event(&event))?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    pool: String,
+    from: String,
+    to: String,
+    quantity: Option<u64>,
+    seats: Option<Vec<String>>,
+}
+
+async fn transfer(State(s): St, Path(event): Path<String>, method: Method, uri: Uri, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+    authorize(&s, &headers)?;
+    let b = body(b)?;
+    let key = idempotency(&headers, &method, &uri, &b)?;
+    let t: TransferBody = parse(&b)?;
+    if t.from != s.region {
+        return Err(allot_node::CoreError::NotOwner(format!("only {} can give away its quota; send the transfer to that region", t.from)).into());
+    }
+    let amount = match (t.quantity, t.seats) {
+        (Some(q), None) => GrantAmount::Quantity(q),
+        (None, Some(seats)) => GrantAmount::Seats(seats),
+        _ => return Err(Problem::invalid("give either quantity or seats")),
+    };
+    let outcome = call(&s, key, Command::Grant { event, pool: t.pool.clone(), to: t.to, amount }).await?;
+    let Outcome::Granted { event, to, quantity, seats, pool } = outcome else {
+        return Err(Problem::unavailable("unexpected answer from the core"));
+    };
+    let ev = event.clone();
+    let seat_ids = read(&s, move |core| {
+        core.event(&ev).map(|e| seats.iter().filter_map(|&x| e.genesis().pool(pool).seat_id(x).map(str::to_owned)).collect::<Vec<_>>()).unwrap_or_default()
+    })
+    .await?;
+    Ok(created(json!({ "event": event, "pool": t.pool, "from": s.region, "to": to, "quantity": quantity, "seats": seat_ids })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrdersQuery {
+    event: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_orders(State(s): St, headers: HeaderMap, q: Result<Query<OrdersQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult {
+    authorize(&s, &headers)?;
+    let Query(q) = q.map_err(|e| Problem::invalid(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Problem::invalid("limit must be 1-1000"));
+    }
+    let after = match q.after.as_deref() {
+        None => 0,
+        Some(c) => c.parse::<u64>().map_err(|_| Problem::invalid("after: the `next` cursor of a previous page"))?,
+    };
+    let v = read(&s, move |core| {
+        let page = core.orders_after(q.event.as_deref(), after, limit + 1);
+        let more = page.len() > limit;
+        let orders: Vec<Value> = page.iter().take(limit).map(|o| views::order(core, o)).collect();
+        let next = if more { page.get(limit - 1).map(|o| o.n.to_string()) } else { None };
+        json!({ "orders": orders, "next": next })
+    })
+    .await?;
+    Ok(Json(v).into_response())
+}
+
+async fn refund(State(s): St, Path(order): Path<String>, method: Method, uri: Uri, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+    authorize(&s, &headers)?;
+    let b = body(b)?;
+    let key = idempotency(&headers, &method, &uri, &b)?;
+    if !b.is_empty() && !b.iter().all(u8::is_ascii_whitespace) {
+        let _: serde_json::Map<String, Value> = parse(&b)?;
+    }
+    let outcome = call(&s, key, Command::Refund { order }).await?;
+    Ok(Json(read(&s, move |core| order_view(core, &outcome)).await?).into_response())
+}
+
+async fn cluster(State(s): St, headers: HeaderMap) -> ApiResult {
+    authorize(&s, &headers)?;
+    let ready = s.core.is_ready();
+    let v = read(&s, move |core| {
+        let cfg = core.config();
+        let peers: Vec<Value> = cfg
+            .regions
+            .iter()
+            .filter(|r| **r != cfg.region)
+            .map(|r| json!({ "region": r, "state": "not-connected", "last_message_ms": null, "note": "gossip between regions is not built yet" }))
+            .collect();
+        let events: Vec<Value> = core
+            .events()
+            .map(|e| {
+                let vv = e.ledger.version_vector();
+                let versions: serde_json::Map<String, Value> = e.genesis().regions.iter().enumerate().map(|(r, n)| (n.clone(), json!(vv.get(r)))).collect();
+                json!({ "event": &*e.id, "version_vector": versions })
+            })
+            .collect();
+        json!({
+            "region": cfg.region, "catalog_region": cfg.catalog_region, "incarnation": cfg.incarnation,
+            "ready": ready, "durable_index": core.persisted_index(), "peers": peers, "events": events,
+        })
+    })
+    .await?;
+    Ok(Json(v).into_response())
+}

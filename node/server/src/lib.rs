@@ -1,0 +1,11 @@
+//! The `allot` binary's library: CLI drivers around the sans-IO core — the RocksDB store, the
+//! core and writer threads, the HTTP API, and the in-process demo.
+
+pub mod config;
+pub mod demo;
+pub mod driver;
+pub mod http;
+pub mod node;
+pub mod problem;
+pub mod store;
+pub mod views;

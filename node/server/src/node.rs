@@ -1,0 +1,95 @@
+//! `allot node`: one region's node — the store, the core's drivers and the HTTP API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use allot_node::Config;
+use anyhow::Context;
+
+use crate::config::ClusterConfig;
+use crate::driver::{self, Commit};
+use crate::http::{self, AppState};
+use crate::store::Store;
+
+/// Everything a node needs, whether it came from regions.toml or from a test.
+pub struct NodeOptions {
+    pub region: String,
+    pub regions: Vec<String>,
+    pub catalog_region: String,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    pub tick: Duration,
+    pub admin_token: Option<String>,
+    pub commit: Commit,
+    pub max_holds_per_customer: u32,
+    pub max_quantity: u64,
+}
+
+impl NodeOptions {
+    pub fn from_config(path: &Path, region: &str, commit: Commit) -> anyhow::Result<NodeOptions> {
+        let cfg = ClusterConfig::load(path)?;
+        let r = cfg.region(region)?;
+        let admin_token = match &cfg.cluster.admin_token_file {
+            Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("reading the operator token file {}", f.display()))?.trim().to_owned()),
+            None => std::env::var("ALLOT_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+        };
+        Ok(NodeOptions {
+            region: region.to_owned(),
+            regions: cfg.region_names(),
+            catalog_region: cfg.catalog_region(),
+            http: r.http,
+            data_dir: r.data_dir.clone(),
+            tick: Duration::from_millis(cfg.cluster.gossip_interval_ms.max(1)),
+            admin_token,
+            commit,
+            max_holds_per_customer: cfg.cluster.max_holds_per_customer,
+            max_quantity: cfg.cluster.max_quantity,
+        })
+    }
+}
+
+/// Runs a node until `shutdown` resolves, then stops accepting requests, lets in-flight ones
+/// finish and their writes land, and returns.
+pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(opts.http).await.with_context(|| format!("binding {}", opts.http))?;
+    serve(opts, listener, shutdown).await
+}
+
+pub async fn serve(opts: NodeOptions, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let store = Store::open(&opts.data_dir)?;
+    let mut cfg = Config::new(&opts.region, &opts.regions);
+    cfg.catalog_region = opts.catalog_region.clone();
+    cfg.max_holds_per_customer = opts.max_holds_per_customer;
+    cfg.max_quantity = opts.max_quantity;
+    let running = driver::start(cfg, store, opts.tick, opts.commit)?;
+    if opts.admin_token.is_none() {
+        tracing::warn!("no operator token (ALLOT_ADMIN_TOKEN): operator endpoints answer 401");
+    }
+    let state = Arc::new(AppState { core: running.handle.clone(), region: opts.region.clone(), admin_token: opts.admin_token });
+    let app = http::router(state);
+    let addr = listener.local_addr()?;
+    tracing::info!(region = %opts.region, %addr, commit = ?opts.commit, "serving");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+    tracing::info!("HTTP stopped; finishing in-flight writes");
+    tokio::task::spawn_blocking(move || running.shutdown()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,75 @@
+//! RFC 9457 problem details: every error the HTTP API returns.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use allot_node::CoreError;
+
+/// The stable `type` of a problem is `urn:allot:problem:<kind>`; docs/http-api.md lists them.
+#[derive(Debug)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub detail: String,
+    pub retry_after_s: Option<u64>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Problem {
+        Problem { status, kind, detail: detail.into(), retry_after_s: None }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::BAD_REQUEST, "malformed-request", detail)
+    }
+
+    pub fn invalid(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", detail)
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Problem {
+        Problem { retry_after_s: Some(1), ..Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail) }
+    }
+
+    pub fn not_found(kind: &'static str, detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::NOT_FOUND, kind, detail)
+    }
+}
+
+impl From<CoreError> for Problem {
+    fn from(e: CoreError) -> Problem {
+        use StatusCode as S;
+        let status = match &e {
+            CoreError::Invalid(_) | CoreError::Genesis(_) | CoreError::Meta(_) | CoreError::IdempotencyMismatch => S::UNPROCESSABLE_ENTITY,
+            CoreError::EventExists(_) | CoreError::SoldOut { .. } | CoreError::SeatTaken(_) | CoreError::SeatElsewhere { .. } | CoreError::NotOwner(_) => S::CONFLICT,
+            CoreError::UnknownEvent(_) | CoreError::UnknownPool(_) | CoreError::UnknownSeat(_) | CoreError::UnknownHold(_) | CoreError::UnknownOrder(_) => S::NOT_FOUND,
+            CoreError::HoldLimit(_) => S::TOO_MANY_REQUESTS,
+            CoreError::HoldExpired => S::GONE,
+            // Proxying to the owning region (or the catalog) comes with gossip between
+            // regions; until then the other region is, from here, unreachable.
+            CoreError::NotCatalog { .. } | CoreError::Foreign { .. } => S::SERVICE_UNAVAILABLE,
+        };
+        let retry = (status == S::SERVICE_UNAVAILABLE).then_some(5);
+        Problem { status, kind: e.kind(), detail: e.to_string(), retry_after_s: retry }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let body = serde_json::json!({
+            "type": format!("urn:allot:problem:{}", self.kind),
+            "title": title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        let mut r = (self.status, body.to_string()).into_response();
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(s) = self.retry_after_s {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
