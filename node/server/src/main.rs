@@ -1,6 +1,6 @@
 //! `allot`: the one binary. CLI parsing and drivers; the logic lives in `allot-node`.
 
-use allot::{demo, driver, node};
+use allot::{bench, demo, driver, node};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +17,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Verb,
+}
+
+#[derive(Subcommand)]
+enum BenchVerb {
+    /// Purchases over HTTP against fresh nodes: group commit against one fsync per request.
+    Http(bench::HttpBench),
 }
 
 #[derive(Subcommand)]
@@ -65,10 +71,8 @@ enum Verb {
         plot: Option<PathBuf>,
     },
     /// The load and comparison harness.
-    Bench {
-        #[arg(trailing_var_arg = true)]
-        args: Vec<String>,
-    },
+    #[command(subcommand)]
+    Bench(BenchVerb),
 }
 
 fn not_built(verb: &str, issue: &str) -> ExitCode {
@@ -92,6 +96,17 @@ fn run_node(config: &std::path::Path, region: &str, commit: driver::Commit) -> a
     rt.block_on(node::run(opts, node::signal()))
 }
 
+fn run_bench(args: &bench::HttpBench) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let results = rt.block_on(bench::run(args))?;
+    let table = bench::table(args, &results);
+    println!("{table}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &table)?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
@@ -109,9 +124,6 @@ fn main() -> ExitCode {
         Verb::Node { config, region, commit } => report("node", run_node(&config, &region, commit)),
         Verb::Certs { .. } => not_built("certs", "Gossip between regions over QUIC with mutual TLS"),
         Verb::Sim { .. } => not_built("sim", "The partition simulator"),
-        Verb::Bench { .. } => not_built(
-            "bench",
-            "Region node (HTTP load); the core alone is measured by `cargo bench -p allot-node --bench core`",
-        ),
+        Verb::Bench(BenchVerb::Http(args)) => report("bench http", run_bench(&args)),
     }
 }
