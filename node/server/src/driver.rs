@@ -34,6 +34,13 @@ enum ToCore {
     Read(ReadFn),
 }
 
+/// Faults a test can inject into the drivers; all off in production.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// Make every synced write after this many succeed-then-fail, as a dying disk would.
+    pub fail_sync_after: Option<u64>,
+}
+
 /// What the HTTP layer holds to talk to the core.
 #[derive(Clone)]
 pub struct CoreHandle {
@@ -91,7 +98,7 @@ impl Running {
 }
 
 /// Recovers the core from the store and starts the core and writer threads.
-pub fn start(mut cfg: Config, store: Store, tick: Duration, commit: Commit) -> anyhow::Result<Running> {
+pub fn start(mut cfg: Config, store: Store, tick: Duration, commit: Commit, faults: Faults) -> anyhow::Result<Running> {
     let incarnation = store.next_incarnation()?;
     cfg.incarnation = incarnation;
     let loaded = store.load(incarnation)?;
@@ -110,7 +117,7 @@ pub fn start(mut cfg: Config, store: Store, tick: Duration, commit: Commit) -> a
     let writer_ready = ready.clone();
     let writer_thread = std::thread::Builder::new()
         .name("allot-writer".into())
-        .spawn(move || write_loop(store, wrx, ptx, writer_ready, commit))?;
+        .spawn(move || write_loop(store, wrx, ptx, writer_ready, commit, faults))?;
     let core_thread = std::thread::Builder::new()
         .name("allot-core".into())
         .spawn(move || core_loop(core, rx, prx, wtx, changes_tx, tick, ready))?;
@@ -171,6 +178,11 @@ fn core_loop(mut core: Core, rx: Receiver<ToCore>, prx: Receiver<u64>, wtx: Send
         if changed {
             changes.send_modify(|v| *v += 1);
         }
+        if !healthy.load(Ordering::SeqCst) && !waiting.is_empty() {
+            // Nothing will be made durable again: tell every waiting caller now (they answer
+            // 503) instead of letting them time out.
+            waiting.clear();
+        }
         if !open && (core.persisted_index() == core.last_index() || !healthy.load(Ordering::SeqCst)) {
             break;
         }
@@ -189,7 +201,8 @@ fn step(core: &mut Core, waiting: &mut HashMap<RequestId, oneshot::Sender<Reply>
     }
 }
 
-fn write_loop(store: Store, rx: Receiver<Vec<Record>>, core: Sender<u64>, ready: Arc<AtomicBool>, commit: Commit) {
+fn write_loop(store: Store, rx: Receiver<Vec<Record>>, core: Sender<u64>, ready: Arc<AtomicBool>, commit: Commit, faults: Faults) {
+    let mut writes = 0u64;
     while let Ok(mut records) = rx.recv() {
         if commit == Commit::Group {
             while let Ok(more) = rx.try_recv() {
@@ -204,7 +217,12 @@ fn write_loop(store: Store, rx: Receiver<Vec<Record>>, core: Sender<u64>, ready:
             let Some(last) = group.last().map(|r| r.index) else { continue };
             let mut batch = WriteBatch::default();
             store.batch(&mut batch, &group);
-            if let Err(e) = store.write(batch) {
+            writes += 1;
+            let result = match faults.fail_sync_after {
+                Some(n) if writes > n => Err("injected fault: the synced write failed".to_owned()),
+                _ => store.write(batch).map_err(|e| e.to_string()),
+            };
+            if let Err(e) = result {
                 tracing::error!("synced write failed: {e}; the node is unready and acknowledges nothing more");
                 ready.store(false, Ordering::SeqCst);
                 // Keep draining so the core never blocks, but never report anything durable.

@@ -107,6 +107,7 @@ async fn call(s: &AppState, key: Option<IdempotencyKey>, command: Command) -> Re
     match tokio::time::timeout(CALL_TIMEOUT, s.core.call(key, command)).await {
         Ok(Some(Ok(outcome))) => Ok(outcome),
         Ok(Some(Err(e))) => Err(e.into()),
+        Ok(None) if !s.core.is_ready() => Err(Problem::unavailable("a synced write failed: this node acknowledges nothing until restarted")),
         Ok(None) => Err(Problem::unavailable("the node is shutting down")),
         Err(_) => Err(Problem::unavailable("the write was not made durable in time")),
     }

@@ -9,7 +9,7 @@ use allot_node::Config;
 use anyhow::Context;
 
 use crate::config::ClusterConfig;
-use crate::driver::{self, Commit};
+use crate::driver::{self, Commit, Faults};
 use crate::http::{self, AppState};
 use crate::store::Store;
 
@@ -25,6 +25,8 @@ pub struct NodeOptions {
     pub commit: Commit,
     pub max_holds_per_customer: u32,
     pub max_quantity: u64,
+    /// Test-only fault injection; `Faults::default()` everywhere else.
+    pub faults: Faults,
 }
 
 impl NodeOptions {
@@ -46,6 +48,7 @@ impl NodeOptions {
             commit,
             max_holds_per_customer: cfg.cluster.max_holds_per_customer,
             max_quantity: cfg.cluster.max_quantity,
+            faults: Faults::default(),
         })
     }
 }
@@ -63,7 +66,7 @@ pub async fn serve(opts: NodeOptions, listener: tokio::net::TcpListener, shutdow
     cfg.catalog_region = opts.catalog_region.clone();
     cfg.max_holds_per_customer = opts.max_holds_per_customer;
     cfg.max_quantity = opts.max_quantity;
-    let running = driver::start(cfg, store, opts.tick, opts.commit)?;
+    let running = driver::start(cfg, store, opts.tick, opts.commit, opts.faults)?;
     if opts.admin_token.is_none() {
         tracing::warn!("no operator token (ALLOT_ADMIN_TOKEN): operator endpoints answer 401");
     }

@@ -131,3 +131,55 @@ async fn sigkill_mid_load_loses_no_acknowledged_order() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("regions.toml");
+    std::fs::write(
+        &config,
+        format!("[cluster]\nname = \"term\"\n\n[[region]]\nname = \"eu-west\"\nhttp = \"127.0.0.1:{port}\"\nquic = \"127.0.0.1:0\"\ndata_dir = \"data\"\n"),
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = Client::new();
+    let mut child = spawn(&config);
+    wait_ready(&client, &base).await;
+    let (s, _) = read(client.post(format!("{base}/v1/admin/events")).bearer_auth(TOKEN).json(&event("rock", 100_000, 1, 600)).send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let acked: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (client, base, acked) = (client.clone(), base.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                let body = json!({"pool": "floor", "quantity": 1, "customer": "c", "payment_ref": format!("p-{w}-{i}")});
+                match client.post(format!("{base}/v1/events/rock/purchases")).json(&body).send().await {
+                    Ok(r) if r.status() == StatusCode::CREATED => {
+                        let Ok(o) = r.json::<Value>().await else { return };
+                        acked.lock().unwrap().push(o);
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "allot node exits 0 on SIGTERM, got {status}");
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let mut child = spawn(&config);
+    wait_ready(&client, &base).await;
+    for o in &acked {
+        let (s, got) = read(client.get(format!("{base}/v1/orders/{}", o["order_id"].as_str().unwrap())).send().await.unwrap()).await;
+        assert_eq!((s, &got), (StatusCode::OK, o));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -249,3 +249,77 @@ async fn state_survives_a_clean_restart() {
     assert_ne!(h2["hold_id"], h["hold_id"]);
     n.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicates_wait_for_the_first_answer() {
+    let n = TestNode::start().await;
+    n.create_event(event("rock", 100, 4, 600)).await;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (client, url) = (n.client.clone(), n.url("/v1/events/rock/purchases"));
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"pool": "floor", "quantity": 2, "customer": "c-1", "payment_ref": "p"});
+            read(client.post(url).header("Idempotency-Key", "same").json(&body).send().await.unwrap()).await
+        }));
+    }
+    let mut ids = HashSet::new();
+    for t in tasks {
+        let (s, v) = t.await.unwrap();
+        assert_eq!(s, StatusCode::CREATED);
+        ids.insert(v["order_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "one order for one key");
+    let (_, l) = n.admin_get("/v1/admin/events/rock/ledger").await;
+    assert_eq!(l["pools"][0]["regions"][0]["consumed"], 2);
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn availability_streams_as_server_sent_events() {
+    let n = TestNode::start().await;
+    n.create_event(event("rock", 10, 4, 600)).await;
+    let mut stream = n.client.get(n.url("/v1/events/rock/availability/stream")).send().await.unwrap();
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let mut seen = String::new();
+    let mut next_event = async || -> Value {
+        loop {
+            if let Some(end) = seen.find("\n\n") {
+                let frame: String = seen.drain(..end + 2).collect();
+                if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    assert!(frame.contains("event: availability"));
+                    return serde_json::from_str(data).unwrap();
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await.expect("an event in time").unwrap().unwrap();
+            seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    };
+    assert_eq!(next_event().await["pools"][0]["local_available"], 10);
+    let (s, _) = n.post("/v1/events/rock/purchases", json!({"pool": "floor", "quantity": 3, "customer": "c", "payment_ref": "p"})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(next_event().await["pools"][0]["local_available"], 7);
+    drop(stream);
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_makes_the_node_unready_and_acknowledge_nothing() {
+    // The first synced write (the event) succeeds; every later one fails.
+    let n = TestNode::start_with(|o| o.faults.fail_sync_after = Some(1)).await;
+    n.create_event(event("rock", 10, 4, 600)).await;
+    let (s, v) = n.post("/v1/events/rock/purchases", json!({"pool": "floor", "quantity": 1, "customer": "c", "payment_ref": "p"})).await;
+    assert_eq!((s, v["type"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("urn:allot:problem:unavailable")), "{v}");
+    let (s, _) = n.get("/readyz").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let (s, _) = n.post("/v1/events/rock/purchases", json!({"pool": "floor", "quantity": 1, "customer": "c", "payment_ref": "p"})).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    // After a restart (with a healthy disk) the unacknowledged sale is not there.
+    let dir = n.stop().await;
+    let n = TestNode::start_with(|o| o.data_dir = dir.path().join("data")).await;
+    let (_, av) = n.get("/v1/events/rock/availability").await;
+    assert_eq!(av["pools"][0]["local_available"], 10);
+    let (_, page) = n.admin_get("/v1/admin/orders").await;
+    assert!(page["orders"].as_array().unwrap().is_empty());
+    n.stop().await;
+}

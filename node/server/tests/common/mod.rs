@@ -42,6 +42,7 @@ impl TestNode {
             commit: Commit::Group,
             max_holds_per_customer: 5,
             max_quantity: 20,
+            faults: Default::default(),
         };
         tune(&mut opts);
         let (stop, rx) = oneshot::channel::<()>();
