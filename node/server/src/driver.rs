@@ -29,8 +29,12 @@ pub enum Commit {
 
 type ReadFn = Box<dyn FnOnce(&Core) + Send>;
 
+/// Runs on the core's thread when the reply is released, so the answer is rendered against
+/// the state that produced it, with no second trip to the core.
+type DoneFn = Box<dyn FnOnce(&Core, Reply) + Send>;
+
 enum ToCore {
-    Request { key: Option<IdempotencyKey>, command: Command, reply: oneshot::Sender<Reply> },
+    Request { key: Option<IdempotencyKey>, command: Command, done: DoneFn },
     Read(ReadFn),
 }
 
@@ -57,8 +61,21 @@ impl CoreHandle {
     /// Sends a command; resolves once its reply is released (after its records are durable).
     /// `None` if the core has stopped.
     pub async fn call(&self, key: Option<IdempotencyKey>, command: Command) -> Option<Reply> {
+        self.call_render(key, command, |_, reply| reply).await
+    }
+
+    /// Like [`call`](Self::call), rendering the reply on the core's thread.
+    pub async fn call_render<T: Send + 'static>(
+        &self,
+        key: Option<IdempotencyKey>,
+        command: Command,
+        render: impl FnOnce(&Core, Reply) -> T + Send + 'static,
+    ) -> Option<T> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(ToCore::Request { key, command, reply: tx }).ok()?;
+        let done: DoneFn = Box::new(move |core: &Core, reply: Reply| {
+            let _ = tx.send(render(core, reply));
+        });
+        self.tx.send(ToCore::Request { key, command, done }).ok()?;
         rx.await.ok()
     }
 
@@ -125,7 +142,7 @@ pub fn start(mut cfg: Config, store: Store, tick: Duration, commit: Commit, faul
 }
 
 fn core_loop(mut core: Core, rx: Receiver<ToCore>, prx: Receiver<u64>, wtx: Sender<Vec<Record>>, changes: watch::Sender<u64>, tick: Duration, healthy: Arc<AtomicBool>) {
-    let mut waiting: HashMap<RequestId, oneshot::Sender<Reply>> = HashMap::new();
+    let mut waiting: HashMap<RequestId, DoneFn> = HashMap::new();
     let mut next_id = 1u64;
     let mut last_tick = Instant::now();
     let mut requests = rx;
@@ -168,8 +185,8 @@ fn core_loop(mut core: Core, rx: Receiver<ToCore>, prx: Receiver<u64>, wtx: Send
             tracing::error!("the writer has stopped; no more acknowledgements");
         }
         for (id, reply) in ready.replies {
-            if let Some(tx) = waiting.remove(&id) {
-                let _ = tx.send(reply);
+            if let Some(done) = waiting.remove(&id) {
+                done(&core, reply);
             }
         }
         for w in ready.warnings {
@@ -189,12 +206,12 @@ fn core_loop(mut core: Core, rx: Receiver<ToCore>, prx: Receiver<u64>, wtx: Send
     }
 }
 
-fn step(core: &mut Core, waiting: &mut HashMap<RequestId, oneshot::Sender<Reply>>, next_id: &mut u64, msg: ToCore) {
+fn step(core: &mut Core, waiting: &mut HashMap<RequestId, DoneFn>, next_id: &mut u64, msg: ToCore) {
     match msg {
-        ToCore::Request { key, command, reply } => {
+        ToCore::Request { key, command, done } => {
             let id = RequestId(*next_id);
             *next_id += 1;
-            waiting.insert(id, reply);
+            waiting.insert(id, done);
             core.handle(wall_ms(), Input::Request { id, key, command });
         }
         ToCore::Read(f) => f(core),

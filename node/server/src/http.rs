@@ -101,10 +101,21 @@ fn idempotency(headers: &HeaderMap, method: &Method, uri: &Uri, body: &[u8]) -> 
 }
 
 async fn call(s: &AppState, key: Option<IdempotencyKey>, command: Command) -> Result<Outcome, Problem> {
+    call_render(s, key, command, |_, o| o).await
+}
+
+/// Sends a command and renders its outcome on the core's thread once durable.
+async fn call_render<T: Send + 'static>(
+    s: &AppState,
+    key: Option<IdempotencyKey>,
+    command: Command,
+    render: fn(&allot_node::Core, Outcome) -> T,
+) -> Result<T, Problem> {
     if !s.core.is_ready() {
         return Err(Problem::unavailable("this node cannot make writes durable and accepts none"));
     }
-    match tokio::time::timeout(CALL_TIMEOUT, s.core.call(key, command)).await {
+    let answer = s.core.call_render(key, command, move |core, reply| reply.map(|o| render(core, o)));
+    match tokio::time::timeout(CALL_TIMEOUT, answer).await {
         Ok(Some(Ok(outcome))) => Ok(outcome),
         Ok(Some(Err(e))) => Err(e.into()),
         Ok(None) if !s.core.is_ready() => Err(Problem::unavailable("a synced write failed: this node acknowledges nothing until restarted")),
@@ -140,8 +151,8 @@ fn created(v: Value) -> Response {
     (StatusCode::CREATED, Json(v)).into_response()
 }
 
-fn order_view(core: &allot_node::Core, o: &Outcome) -> Value {
-    match o {
+fn order_view(core: &allot_node::Core, o: Outcome) -> Value {
+    match &o {
         Outcome::Order(o) => views::order(core, o),
         Outcome::Held(h) => views::hold(core, h),
         _ => json!({}),
@@ -289,8 +300,7 @@ async fn create_hold(State(s): St, Path(event): Path<String>, method: Method, ur
     if w.payment_ref.is_some() {
         return Err(Problem::invalid("a hold takes no payment_ref; confirm it with one"));
     }
-    let outcome = call(&s, key, Command::Hold { event, want: w.want()?, customer: w.customer }).await?;
-    Ok(created(read(&s, move |core| order_view(core, &outcome)).await?))
+    Ok(created(call_render(&s, key, Command::Hold { event, want: w.want()?, customer: w.customer }, order_view).await?))
 }
 
 async fn purchase(State(s): St, Path(event): Path<String>, method: Method, uri: Uri, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
@@ -299,8 +309,7 @@ async fn purchase(State(s): St, Path(event): Path<String>, method: Method, uri: 
     let w: WantBody = parse(&b)?;
     let want = w.want()?;
     let payment_ref = w.payment_ref.ok_or_else(|| Problem::invalid("payment_ref is required"))?;
-    let outcome = call(&s, key, Command::Purchase { event, want, customer: w.customer, payment_ref }).await?;
-    Ok(created(read(&s, move |core| order_view(core, &outcome)).await?))
+    Ok(created(call_render(&s, key, Command::Purchase { event, want, customer: w.customer, payment_ref }, order_view).await?))
 }
 
 #[derive(Deserialize)]
@@ -313,8 +322,7 @@ async fn confirm(State(s): St, Path(hold): Path<String>, method: Method, uri: Ur
     let b = body(b)?;
     let key = idempotency(&headers, &method, &uri, &b)?;
     let c: ConfirmBody = parse(&b)?;
-    let outcome = call(&s, key, Command::Confirm { hold, payment_ref: c.payment_ref }).await?;
-    Ok(created(read(&s, move |core| order_view(core, &outcome)).await?))
+    Ok(created(call_render(&s, key, Command::Confirm { hold, payment_ref: c.payment_ref }, order_view).await?))
 }
 
 async fn release(State(s): St, Path(hold): Path<String>) -> ApiResult {
@@ -496,8 +504,7 @@ async fn refund(State(s): St, Path(order): Path<String>, method: Method, uri: Ur
     if !b.is_empty() && !b.iter().all(u8::is_ascii_whitespace) {
         let _: serde_json::Map<String, Value> = parse(&b)?;
     }
-    let outcome = call(&s, key, Command::Refund { order }).await?;
-    Ok(Json(read(&s, move |core| order_view(core, &outcome)).await?).into_response())
+    Ok(Json(call_render(&s, key, Command::Refund { order }, order_view).await?).into_response())
 }
 
 async fn cluster(State(s): St, headers: HeaderMap) -> ApiResult {
