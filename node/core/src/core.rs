@@ -56,6 +56,9 @@ pub enum Input {
     Tick,
     /// Records `1..=n` are durable.
     Persisted(u64),
+    /// The link to `peer` was (re)established: forget what it was believed to have, so the
+    /// next tick sends it everything (full anti-entropy).
+    PeerReset { peer: String },
 }
 
 /// What the driver must do next, in order: persist `records`, then send the rest.
@@ -191,6 +194,14 @@ impl Core {
                 self.gossip();
             }
             Input::Persisted(n) => self.persisted(n),
+            Input::PeerReset { peer } => {
+                for e in &mut self.events {
+                    if let Some(p) = e.genesis().region_index(&peer) {
+                        e.peers[p as usize].vv = None;
+                        e.peers[p as usize].meta_heads.clear();
+                    }
+                }
+            }
         }
     }
 

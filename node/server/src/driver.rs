@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use allot_node::{Command, Config, Core, IdempotencyKey, Input, Record, Reply, RequestId};
+use allot_node::{Command, Config, Core, GossipFrame, IdempotencyKey, Input, Record, Reply, RequestId};
 use crossbeam_channel::{Receiver, Sender};
 use rocksdb::WriteBatch;
 use tokio::sync::{oneshot, watch};
@@ -36,7 +36,12 @@ type DoneFn = Box<dyn FnOnce(&Core, Reply) + Send>;
 enum ToCore {
     Request { key: Option<IdempotencyKey>, command: Command, done: DoneFn },
     Read(ReadFn),
+    Peer { from: String, frame: GossipFrame },
+    PeerReset(String),
 }
+
+/// Where the core's gossip frames go (the QUIC transport, once it runs).
+pub type Outbound = Arc<std::sync::OnceLock<Box<dyn Fn(String, GossipFrame) + Send + Sync>>>;
 
 /// Faults a test can inject into the drivers; all off in production.
 #[derive(Clone, Copy, Debug, Default)]
@@ -89,6 +94,15 @@ impl CoreHandle {
         rx.await.ok()
     }
 
+    /// Hands a peer's gossip frame to the core.
+    pub fn deliver(&self, from: String, frame: GossipFrame) {
+        let _ = self.tx.send(ToCore::Peer { from, frame });
+    }
+
+    pub fn peer_reset(&self, peer: String) {
+        let _ = self.tx.send(ToCore::PeerReset(peer));
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
@@ -115,7 +129,7 @@ impl Running {
 }
 
 /// Recovers the core from the store and starts the core and writer threads.
-pub fn start(mut cfg: Config, store: Store, tick: Duration, commit: Commit, faults: Faults) -> anyhow::Result<Running> {
+pub fn start(mut cfg: Config, store: Store, tick: Duration, commit: Commit, faults: Faults, outbound: Outbound) -> anyhow::Result<Running> {
     let incarnation = store.next_incarnation()?;
     cfg.incarnation = incarnation;
     let loaded = store.load(incarnation)?;
@@ -137,11 +151,12 @@ pub fn start(mut cfg: Config, store: Store, tick: Duration, commit: Commit, faul
         .spawn(move || write_loop(store, wrx, ptx, writer_ready, commit, faults))?;
     let core_thread = std::thread::Builder::new()
         .name("allot-core".into())
-        .spawn(move || core_loop(core, rx, prx, wtx, changes_tx, tick, ready))?;
+        .spawn(move || core_loop(core, rx, prx, wtx, changes_tx, tick, ready, outbound))?;
     Ok(Running { handle, core_thread, writer_thread })
 }
 
-fn core_loop(mut core: Core, rx: Receiver<ToCore>, prx: Receiver<u64>, wtx: Sender<Vec<Record>>, changes: watch::Sender<u64>, tick: Duration, healthy: Arc<AtomicBool>) {
+#[allow(clippy::too_many_arguments)]
+fn core_loop(mut core: Core, rx: Receiver<ToCore>, prx: Receiver<u64>, wtx: Sender<Vec<Record>>, changes: watch::Sender<u64>, tick: Duration, healthy: Arc<AtomicBool>, outbound: Outbound) {
     let mut waiting: HashMap<RequestId, DoneFn> = HashMap::new();
     let mut next_id = 1u64;
     let mut last_tick = Instant::now();
@@ -192,6 +207,11 @@ fn core_loop(mut core: Core, rx: Receiver<ToCore>, prx: Receiver<u64>, wtx: Send
         for w in ready.warnings {
             tracing::warn!("{w}");
         }
+        if let Some(send) = outbound.get() {
+            for (peer, frame) in ready.messages {
+                send(peer, frame);
+            }
+        }
         if changed {
             changes.send_modify(|v| *v += 1);
         }
@@ -215,6 +235,8 @@ fn step(core: &mut Core, waiting: &mut HashMap<RequestId, DoneFn>, next_id: &mut
             core.handle(wall_ms(), Input::Request { id, key, command });
         }
         ToCore::Read(f) => f(core),
+        ToCore::Peer { from, frame } => core.handle(wall_ms(), Input::Peer { from, frame }),
+        ToCore::PeerReset(peer) => core.handle(wall_ms(), Input::PeerReset { peer }),
     }
 }
 

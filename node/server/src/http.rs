@@ -35,6 +35,10 @@ pub struct AppState {
     pub core: CoreHandle,
     pub region: String,
     pub admin_token: Option<String>,
+    /// Other regions' HTTP addresses, for proxying what they own.
+    pub peers: BTreeMap<String, std::net::SocketAddr>,
+    pub client: reqwest::Client,
+    pub transport: Option<Arc<std::sync::Mutex<BTreeMap<String, crate::transport::PeerStatus>>>>,
 }
 
 type St = State<Arc<AppState>>;
@@ -55,18 +59,67 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/holds/{hold}", delete(release))
         .route("/v1/orders/{order}", get(get_order))
         .route("/v1/admin/events", post(create_event))
+        .route("/v1/admin/events/{event}", axum::routing::patch(patch_event))
         .route("/v1/admin/events/{event}/ledger", get(ledger))
         .route("/v1/admin/events/{event}/transfers", post(transfer))
         .route("/v1/admin/orders", get(list_orders))
         .route("/v1/admin/orders/{order}/refund", post(refund))
         .route("/v1/admin/cluster", get(cluster))
         .fallback(|| async { Problem::not_found("not-found", "no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), proxy))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(15)))
         .with_state(state)
 }
 
 // ----- plumbing -------------------------------------------------------------------------------
+
+const PROXIED: &str = "x-allot-proxied";
+
+/// Answers that belong to another region (its hold, its order, the catalog's event creation)
+/// are fetched from that region, once: a proxied request is never proxied again.
+async fn proxy(State(s): St, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let proxied = req.headers().contains_key(PROXIED);
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", format!("request bodies are limited to {MAX_BODY} bytes")).into_response();
+    };
+    let mut resp = next.run(axum::extract::Request::from_parts(parts.clone(), bytes.clone().into())).await;
+    let Some(owner) = resp.headers_mut().remove(crate::problem::OWNER_HEADER) else { return resp };
+    let Some(addr) = owner.to_str().ok().and_then(|o| s.peers.get(o)) else { return resp };
+    if proxied {
+        return resp;
+    }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut fwd = s.client.request(parts.method.clone(), format!("http://{addr}{path}")).header(PROXIED, &s.region).body(bytes);
+    for h in ["content-type", "idempotency-key", "authorization", "accept"] {
+        if let Some(v) = parts.headers.get(h) {
+            fwd = fwd.header(h, v);
+        }
+    }
+    let owner = owner.to_str().unwrap_or("?").to_owned();
+    match fwd.send().await {
+        Ok(r) => {
+            let status = r.status();
+            let ct = r.headers().get("content-type").cloned();
+            let retry = r.headers().get("retry-after").cloned();
+            match r.bytes().await {
+                Ok(body) => {
+                    let mut out = (status, body).into_response();
+                    if let Some(ct) = ct {
+                        out.headers_mut().insert("content-type", ct);
+                    }
+                    if let Some(ra) = retry {
+                        out.headers_mut().insert("retry-after", ra);
+                    }
+                    out
+                }
+                Err(e) => Problem::unavailable(format!("region {owner} answered incompletely: {e}")).into_response(),
+            }
+        }
+        Err(e) => Problem::unavailable(format!("region {owner}, which owns this, is unreachable: {e}")).into_response(),
+    }
+}
 
 fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
     b.map_err(|e| {
@@ -425,6 +478,46 @@ async fn create_event(State(s): St, method: Method, uri: Uri, headers: HeaderMap
     Ok(created(v.ok_or_else(|| unknown_event(&event))?))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    name: Option<String>,
+    description: Option<String>,
+    venue: Option<String>,
+    lat: Option<f64>,
+    lon: Option<f64>,
+    starts_at: Option<String>,
+    hold_ttl_s: Option<u64>,
+    #[serde(default)]
+    prices: BTreeMap<String, u64>,
+}
+
+async fn patch_event(State(s): St, Path(event): Path<String>, method: Method, uri: Uri, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+    authorize(&s, &headers)?;
+    let b = body(b)?;
+    let key = idempotency(&headers, &method, &uri, &b)?;
+    let p: PatchBody = parse(&b)?;
+    if let Some(t) = &p.starts_at {
+        parse_time("starts_at", t)?;
+    }
+    let patch = allot_crdt::MetaPatch {
+        name: p.name,
+        description: p.description,
+        venue: p.venue,
+        lat: p.lat,
+        lon: p.lon,
+        starts_at: p.starts_at,
+        hold_ttl_s: p.hold_ttl_s,
+        prices: p.prices,
+    };
+    let v = call_render(&s, key, Command::PatchEvent { event, patch }, |core, o| match o {
+        Outcome::EventPatched { event } => core.event(&event).map(|e| views::event_detail(core, e)).unwrap_or_default(),
+        _ => Value::Null,
+    })
+    .await?;
+    Ok(Json(v).into_response())
+}
+
 async fn ledger(State(s): St, Path(event): Path<String>, headers: HeaderMap) -> ApiResult {
     authorize(&s, &headers)?;
     let ev = event.clone();
@@ -510,13 +603,34 @@ async fn refund(State(s): St, Path(order): Path<String>, method: Method, uri: Ur
 async fn cluster(State(s): St, headers: HeaderMap) -> ApiResult {
     authorize(&s, &headers)?;
     let ready = s.core.is_ready();
+    let links = s.transport.as_ref().map(|t| t.lock().expect("status").clone());
     let v = read(&s, move |core| {
         let cfg = core.config();
+        let now = crate::driver::wall_ms();
         let peers: Vec<Value> = cfg
             .regions
             .iter()
             .filter(|r| **r != cfg.region)
-            .map(|r| json!({ "region": r, "state": "not-connected", "last_message_ms": null, "note": "gossip between regions is not built yet" }))
+            .map(|r| {
+                let st = links.as_ref().and_then(|l| l.get(r).cloned());
+                let lag: u64 = core
+                    .events()
+                    .map(|e| {
+                        let Some(p) = e.genesis().region_index(r) else { return 0 };
+                        e.peers[p as usize].vv.as_ref().map_or(e.ledger.version_vector().as_slice().iter().sum(), |theirs| e.ledger.version_vector().lag_behind(theirs))
+                    })
+                    .sum();
+                match st {
+                    Some(st) => json!({
+                        "region": r, "state": st.outgoing, "incoming_connected": st.incoming_connected,
+                        "last_message_ms_ago": st.last_received_ms.map(|t| now.saturating_sub(t)),
+                        "last_sent_ms_ago": st.last_sent_ms.map(|t| now.saturating_sub(t)),
+                        "frames_in": st.frames_in, "frames_out": st.frames_out, "bytes_in": st.bytes_in, "bytes_out": st.bytes_out,
+                        "refused_frames": st.refused, "lag_versions": lag,
+                    }),
+                    None => json!({ "region": r, "state": "not-configured", "note": "no tls_dir: this node runs without gossip", "lag_versions": lag }),
+                }
+            })
             .collect();
         let events: Vec<Value> = core
             .events()

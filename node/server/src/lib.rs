@@ -9,4 +9,7 @@ pub mod http;
 pub mod node;
 pub mod problem;
 pub mod store;
+pub mod tls;
+pub mod transport;
 pub mod views;
+pub mod wire;

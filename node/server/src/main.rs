@@ -96,6 +96,13 @@ fn run_node(config: &std::path::Path, region: &str, commit: driver::Commit) -> a
     rt.block_on(node::run(opts, node::signal()))
 }
 
+fn make_certs(config: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = allot::config::ClusterConfig::load(config)?;
+    allot::tls::generate(&cfg.region_names(), out)?;
+    println!("wrote ca.pem, ca.key and a certificate and key for {} into {}", cfg.region_names().join(", "), out.display());
+    Ok(())
+}
+
 fn run_bench(args: &bench::HttpBench) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let results = rt.block_on(bench::run(args))?;
@@ -122,7 +129,7 @@ fn main() -> ExitCode {
             }
         },
         Verb::Node { config, region, commit } => report("node", run_node(&config, &region, commit)),
-        Verb::Certs { .. } => not_built("certs", "Gossip between regions over QUIC with mutual TLS"),
+        Verb::Certs { config, out } => report("certs", make_certs(&config, &out)),
         Verb::Sim { .. } => not_built("sim", "The partition simulator"),
         Verb::Bench(BenchVerb::Http(args)) => report("bench http", run_bench(&args)),
     }

@@ -9,9 +9,19 @@ use allot_node::Config;
 use anyhow::Context;
 
 use crate::config::ClusterConfig;
-use crate::driver::{self, Commit, Faults};
+use crate::driver::{self, Commit, Faults, Outbound};
 use crate::http::{self, AppState};
 use crate::store::Store;
+use crate::tls::Identity;
+use crate::transport::{NetFaults, PeerAddr, Transport};
+
+/// Another region, as this node reaches it.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub name: String,
+    pub http: SocketAddr,
+    pub quic: SocketAddr,
+}
 
 /// Everything a node needs, whether it came from regions.toml or from a test.
 pub struct NodeOptions {
@@ -27,6 +37,13 @@ pub struct NodeOptions {
     pub max_quantity: u64,
     /// Test-only fault injection; `Faults::default()` everywhere else.
     pub faults: Faults,
+    pub quic: SocketAddr,
+    pub peers: Vec<Peer>,
+    /// `ca.pem`, `<region>.pem`, `<region>.key`; without it the node runs alone.
+    pub tls_dir: Option<PathBuf>,
+    pub reconnect_max: Duration,
+    /// Test-only switch that cuts links to peers.
+    pub net_faults: Arc<NetFaults>,
 }
 
 impl NodeOptions {
@@ -49,6 +66,11 @@ impl NodeOptions {
             max_holds_per_customer: cfg.cluster.max_holds_per_customer,
             max_quantity: cfg.cluster.max_quantity,
             faults: Faults::default(),
+            quic: r.quic,
+            peers: cfg.regions.iter().filter(|p| p.name != region).map(|p| Peer { name: p.name.clone(), http: p.http, quic: p.quic }).collect(),
+            tls_dir: cfg.cluster.tls_dir.clone(),
+            reconnect_max: Duration::from_millis(cfg.cluster.reconnect_max_ms.max(1)),
+            net_faults: Arc::default(),
         })
     }
 }
@@ -66,16 +88,53 @@ pub async fn serve(opts: NodeOptions, listener: tokio::net::TcpListener, shutdow
     cfg.catalog_region = opts.catalog_region.clone();
     cfg.max_holds_per_customer = opts.max_holds_per_customer;
     cfg.max_quantity = opts.max_quantity;
-    let running = driver::start(cfg, store, opts.tick, opts.commit, opts.faults)?;
+    let outbound: Outbound = Arc::default();
+    let running = driver::start(cfg, store, opts.tick, opts.commit, opts.faults, outbound.clone())?;
     if opts.admin_token.is_none() {
         tracing::warn!("no operator token (ALLOT_ADMIN_TOKEN): operator endpoints answer 401");
     }
-    let state = Arc::new(AppState { core: running.handle.clone(), region: opts.region.clone(), admin_token: opts.admin_token });
+    let transport = match (&opts.tls_dir, opts.peers.is_empty()) {
+        (Some(dir), false) => {
+            let identity = Identity::load(dir, &opts.region)?;
+            let peers = opts.peers.iter().map(|p| PeerAddr { name: p.name.clone(), quic: p.quic }).collect();
+            let (h1, h2) = (running.handle.clone(), running.handle.clone());
+            let t = Arc::new(Transport::start(
+                &opts.region,
+                opts.quic,
+                peers,
+                &identity,
+                opts.reconnect_max,
+                opts.net_faults.clone(),
+                move |from, frame| h1.deliver(from, frame),
+                move |peer| h2.peer_reset(peer),
+            )?);
+            let sender = t.clone();
+            let _ = outbound.set(Box::new(move |peer, frame| sender.send(&peer, frame)));
+            tracing::info!(quic = %t.local_addr()?, "gossip endpoint up");
+            Some(t)
+        }
+        (None, false) => {
+            tracing::warn!("no tls_dir in [cluster]: this node runs alone, without gossip");
+            None
+        }
+        _ => None,
+    };
+    let state = Arc::new(AppState {
+        core: running.handle.clone(),
+        region: opts.region.clone(),
+        admin_token: opts.admin_token,
+        peers: opts.peers.iter().map(|p| (p.name.clone(), p.http)).collect(),
+        client: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
+        transport: transport.as_ref().map(|t| t.status.clone()),
+    });
     let app = http::router(state);
     let addr = listener.local_addr()?;
     tracing::info!(region = %opts.region, %addr, commit = ?opts.commit, "serving");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
     tracing::info!("HTTP stopped; finishing in-flight writes");
+    if let Some(t) = &transport {
+        t.close();
+    }
     tokio::task::spawn_blocking(move || running.shutdown()).await?;
     Ok(())
 }

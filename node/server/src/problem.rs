@@ -4,6 +4,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use allot_node::CoreError;
 
+/// Set on an answer that another region should give; the proxy layer forwards the request.
+pub const OWNER_HEADER: &str = "x-allot-owner";
+
 /// The stable `type` of a problem is `urn:allot:problem:<kind>`; docs/http-api.md lists them.
 #[derive(Debug)]
 pub struct Problem {
@@ -11,11 +14,13 @@ pub struct Problem {
     pub kind: &'static str,
     pub detail: String,
     pub retry_after_s: Option<u64>,
+    /// The region that owns what was asked for: the HTTP layer proxies the request there.
+    pub owner: Option<String>,
 }
 
 impl Problem {
     pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Problem {
-        Problem { status, kind, detail: detail.into(), retry_after_s: None }
+        Problem { status, kind, detail: detail.into(), retry_after_s: None, owner: None }
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Problem {
@@ -48,8 +53,13 @@ impl From<CoreError> for Problem {
             // regions; until then the other region is, from here, unreachable.
             CoreError::NotCatalog { .. } | CoreError::Foreign { .. } => S::SERVICE_UNAVAILABLE,
         };
-        let retry = (status == S::SERVICE_UNAVAILABLE).then_some(5);
-        Problem { status, kind: e.kind(), detail: e.to_string(), retry_after_s: retry }
+        let retry = (status == S::SERVICE_UNAVAILABLE).then_some(1);
+        let owner = match &e {
+            CoreError::NotCatalog { catalog } => Some(catalog.clone()),
+            CoreError::Foreign { region, .. } => Some(region.clone()),
+            _ => None,
+        };
+        Problem { status, kind: e.kind(), detail: e.to_string(), retry_after_s: retry, owner }
     }
 }
 
@@ -66,6 +76,9 @@ impl IntoResponse for Problem {
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let Some(s) = self.retry_after_s {
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if let Some(owner) = self.owner.as_deref().and_then(|o| HeaderValue::from_str(o).ok()) {
+            r.headers_mut().insert(OWNER_HEADER, owner);
         }
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

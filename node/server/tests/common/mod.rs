@@ -43,6 +43,11 @@ impl TestNode {
             max_holds_per_customer: 5,
             max_quantity: 20,
             faults: Default::default(),
+            quic: "127.0.0.1:0".parse().unwrap(),
+            peers: Vec::new(),
+            tls_dir: None,
+            reconnect_max: Duration::from_millis(250),
+            net_faults: Default::default(),
         };
         tune(&mut opts);
         let (stop, rx) = oneshot::channel::<()>();

@@ -1,0 +1,258 @@
+//! Three real nodes on loopback, gossiping over QUIC with mutual TLS.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use allot::driver::Commit;
+use allot::node::{serve, NodeOptions, Peer};
+use allot::transport::NetFaults;
+use common::{event, read, TOKEN};
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+const NAMES: [&str; 3] = ["eu-west", "us-east", "ap-south"];
+
+fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+struct Cluster {
+    bases: Vec<String>,
+    faults: Vec<Arc<NetFaults>>,
+    stops: Vec<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    client: Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let regions: Vec<String> = NAMES.map(String::from).to_vec();
+        allot::tls::generate(&regions, &dir.path().join("certs")).unwrap();
+        let mut listeners = Vec::new();
+        for _ in 0..3 {
+            listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let http: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let quic: Vec<SocketAddr> = (0..3).map(|_| free_udp()).collect();
+        let mut c = Cluster { bases: Vec::new(), faults: Vec::new(), stops: Vec::new(), tasks: Vec::new(), client: Client::new(), _dir: dir };
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let faults: Arc<NetFaults> = Arc::default();
+            let opts = NodeOptions {
+                region: NAMES[i].into(),
+                regions: regions.clone(),
+                catalog_region: "eu-west".into(),
+                http: http[i],
+                data_dir: c._dir.path().join(NAMES[i]),
+                tick: Duration::from_millis(20),
+                admin_token: Some(TOKEN.into()),
+                commit: Commit::Group,
+                max_holds_per_customer: 5,
+                max_quantity: 20,
+                faults: Default::default(),
+                quic: quic[i],
+                peers: (0..3).filter(|&j| j != i).map(|j| Peer { name: NAMES[j].into(), http: http[j], quic: quic[j] }).collect(),
+                tls_dir: Some(c._dir.path().join("certs")),
+                reconnect_max: Duration::from_millis(100),
+                net_faults: faults.clone(),
+            };
+            let (stop, rx) = oneshot::channel::<()>();
+            c.tasks.push(tokio::spawn(serve(opts, listener, async move {
+                let _ = rx.await;
+            })));
+            c.stops.push(stop);
+            c.faults.push(faults);
+            c.bases.push(format!("http://{}", http[i]));
+        }
+        for b in &c.bases {
+            for _ in 0..200 {
+                if c.client.get(format!("{b}/readyz")).send().await.is_ok_and(|r| r.status() == StatusCode::OK) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        c
+    }
+
+    async fn get(&self, i: usize, path: &str) -> (StatusCode, Value) {
+        read(self.client.get(format!("{}{path}", self.bases[i])).bearer_auth(TOKEN).send().await.unwrap()).await
+    }
+
+    async fn post(&self, i: usize, path: &str, body: Value) -> (StatusCode, Value) {
+        read(self.client.post(format!("{}{path}", self.bases[i])).bearer_auth(TOKEN).json(&body).send().await.unwrap()).await
+    }
+
+    /// Cuts region `i` off from the others, both ways.
+    fn isolate(&self, i: usize, cut: bool) {
+        for (j, f) in self.faults.iter().enumerate() {
+            let mut set = f.cut.lock().unwrap();
+            let names: Vec<&str> = if j == i { NAMES.iter().copied().filter(|n| *n != NAMES[i]).collect() } else { vec![NAMES[i]] };
+            for n in names {
+                if cut {
+                    set.insert(n.to_owned());
+                } else {
+                    set.remove(n);
+                }
+            }
+        }
+    }
+
+    /// The replicated part of each region's ledger view (rows and version vector).
+    async fn replicated(&self, event: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        for i in 0..3 {
+            let (s, mut l) = self.get(i, &format!("/v1/admin/events/{event}/ledger")).await;
+            if s != StatusCode::OK {
+                out.push(Value::Null);
+                continue;
+            }
+            for p in l["pools"].as_array_mut().unwrap() {
+                for r in p["regions"].as_array_mut().unwrap() {
+                    let o = r.as_object_mut().unwrap();
+                    for local in ["held", "available", "held_age_ms"] {
+                        o.remove(local);
+                    }
+                }
+            }
+            l.as_object_mut().unwrap().remove("region");
+            out.push(l);
+        }
+        out
+    }
+
+    async fn converge(&self, event: &str, within: Duration) -> Value {
+        let start = std::time::Instant::now();
+        loop {
+            let views = self.replicated(event).await;
+            if views.iter().all(|v| *v == views[0] && !v.is_null()) {
+                return views[0].clone();
+            }
+            assert!(start.elapsed() < within, "no convergence within {within:?}: {views:#?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(self) {
+        for s in self.stops {
+            let _ = s.send(());
+        }
+        for t in self.tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+async fn buy(c: &Cluster, i: usize, pool: &str, q: u64) -> StatusCode {
+    c.post(i, "/v1/events/rock/purchases", json!({"pool": pool, "quantity": q, "customer": "c", "payment_ref": "p"})).await.0
+}
+
+fn even_event() -> Value {
+    let mut e = event("rock", 300, 30, 600);
+    e["allotments"] = json!("even");
+    e
+}
+
+/// Σ available + Σ (consumed − returned) = capacity, in a converged view.
+fn conserved(ledger: &Value, full: &[Value]) {
+    for (p, pool) in ledger["pools"].as_array().unwrap().iter().enumerate() {
+        let cap = pool["capacity"].as_i64().unwrap();
+        let mut total = 0;
+        for view in full {
+            let r = &view["pools"][p]["regions"];
+            let mine = r.as_array().unwrap().iter().find(|x| x["held_age_ms"] == 0).unwrap();
+            total += mine["available"].as_i64().unwrap() + mine["held"].as_i64().unwrap() + mine["consumed"].as_i64().unwrap() - mine["returned"].as_i64().unwrap();
+        }
+        assert_eq!(total, cap, "conservation in pool {p}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_regions_sell_and_converge() {
+    let c = Cluster::start().await;
+    let (s, v) = c.post(0, "/v1/admin/events", even_event()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // The event spreads to every region and sells there.
+    for i in 1..3 {
+        let start = std::time::Instant::now();
+        while c.get(i, "/v1/events/rock").await.0 != StatusCode::OK {
+            assert!(start.elapsed() < Duration::from_secs(5), "event did not reach region {i}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for i in 0..3 {
+        for _ in 0..5 {
+            assert_eq!(buy(&c, i, "floor", 2).await, StatusCode::CREATED);
+        }
+    }
+    let ledger = c.converge("rock", Duration::from_secs(5)).await;
+    let consumed: Vec<u64> = (0..3).map(|r| ledger["pools"][0]["regions"][r]["consumed"].as_u64().unwrap()).collect();
+    assert_eq!(consumed, vec![10, 10, 10]);
+    // Concurrent metadata edits in two regions merge.
+    let (s, _) = read(c.client.patch(format!("{}/v1/admin/events/rock", c.bases[1])).bearer_auth(TOKEN).json(&json!({"name": "Rock II"})).send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = read(c.client.patch(format!("{}/v1/admin/events/rock", c.bases[2])).bearer_auth(TOKEN).json(&json!({"venue": "Stadium"})).send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    let start = std::time::Instant::now();
+    loop {
+        let mut seen = Vec::new();
+        for i in 0..3 {
+            let (_, e) = c.get(i, "/v1/events/rock").await;
+            seen.push((e["name"].clone(), e["venue"].clone()));
+        }
+        if seen.iter().all(|x| *x == (json!("Rock II"), json!("Stadium"))) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "metadata did not merge: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another region's order is proxied to its owner.
+    let (_, o) = c.post(2, "/v1/events/rock/purchases", json!({"pool": "floor", "quantity": 1, "customer": "c", "payment_ref": "p"})).await;
+    let (s, got) = c.get(0, &format!("/v1/orders/{}", o["order_id"].as_str().unwrap())).await;
+    assert_eq!((s, &got), (StatusCode::OK, &o));
+    // And event creation from a non-catalog region goes to the catalog.
+    let mut other = even_event();
+    other["id"] = json!("jazz");
+    let (s, v) = c.post(1, "/v1/admin/events", other).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_region_keeps_selling_and_nobody_oversells() {
+    let c = Cluster::start().await;
+    assert_eq!(c.post(0, "/v1/admin/events", even_event()).await.0, StatusCode::CREATED);
+    c.converge("rock", Duration::from_secs(5)).await;
+    c.isolate(2, true);
+    // Everyone sells until sold out locally; the isolated region too.
+    let mut sold = [0u64; 3];
+    for i in 0..3 {
+        while buy(&c, i, "floor", 3).await == StatusCode::CREATED {
+            sold[i] += 3;
+        }
+        while buy(&c, i, "floor", 1).await == StatusCode::CREATED {
+            sold[i] += 1;
+        }
+    }
+    assert_eq!(sold, [100, 100, 100], "each region sells exactly its allotment");
+    // The cut-off region has not seen the others' sales.
+    let (_, l2) = c.get(2, "/v1/admin/events/rock/ledger").await;
+    assert_eq!(l2["pools"][0]["regions"][0]["consumed"], 0);
+    let heal = std::time::Instant::now();
+    c.isolate(2, false);
+    let ledger = c.converge("rock", Duration::from_secs(5)).await;
+    eprintln!("converged {:?} after healing", heal.elapsed());
+    let mut views = Vec::new();
+    for i in 0..3 {
+        views.push(c.get(i, "/v1/admin/events/rock/ledger").await.1);
+    }
+    conserved(&ledger, &views);
+    let total: u64 = (0..3).map(|r| ledger["pools"][0]["regions"][r]["consumed"].as_u64().unwrap()).sum();
+    assert_eq!(total, 300);
+    c.stop().await;
+}
