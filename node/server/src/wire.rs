@@ -61,3 +61,94 @@ pub fn decode(bytes: &[u8]) -> Result<GossipFrame, WireError> {
     }
     postcard::from_bytes(body).map_err(|e| WireError::Decode(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use allot_crdt::{Entry, GenesisHash, RowDelta, VersionVector};
+    use allot_node::EventGossip;
+    use proptest::prelude::*;
+
+    pub(crate) fn sample() -> GossipFrame {
+        let mut vv = VersionVector::new(3);
+        vv.observe(0, 42);
+        GossipFrame {
+            events: vec![EventGossip {
+                event: "rock".into(),
+                genesis_hash: GenesisHash([7; 32]),
+                genesis: None,
+                vv,
+                rows: vec![RowDelta { genesis: GenesisHash([7; 32]), writer: 0, since: 40, seq: 42, entries: [(42, Entry::Consumed { pool: 0, value: 99 })].into_iter().collect() }],
+                meta_heads: vec![[1; 32]],
+                meta_changes: vec![],
+                held: vec![3, 0],
+            }],
+        }
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let f = sample();
+        assert_eq!(decode(&encode(&f).unwrap()).unwrap(), f);
+    }
+
+    #[test]
+    fn malformed_frames_are_errors() {
+        let good = encode(&sample()).unwrap();
+        assert_eq!(decode(&good[..5]), Err(WireError::Truncated));
+        assert_eq!(decode(b"XYZ\x01\0\0\0\0"), Err(WireError::BadMagic));
+        let mut v2 = good.clone();
+        v2[3] = 2;
+        assert_eq!(decode(&v2), Err(WireError::Version(2)));
+        assert!(matches!(decode(&good[..good.len() - 1]), Err(WireError::Length { .. })));
+        assert!(matches!(decode(&vec![0; MAX_FRAME + 1]), Err(WireError::TooLarge(_))));
+    }
+
+    /// The seeds of the fuzz corpus (node/server/fuzz/corpus/decode) stay decodable or
+    /// refusable without panics; `ALLOT_WRITE_CORPUS=1` rewrites them.
+    #[test]
+    fn fuzz_corpus_seeds() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/decode");
+        let good = encode(&sample()).unwrap();
+        if std::env::var_os("ALLOT_WRITE_CORPUS").is_some() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("valid-frame"), &good).unwrap();
+            std::fs::write(dir.join("truncated"), &good[..good.len() / 2]).unwrap();
+            std::fs::write(dir.join("empty-frame"), encode(&GossipFrame::default()).unwrap()).unwrap();
+        }
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let _ = decode(&bytes);
+        }
+        assert_eq!(decode(&std::fs::read(dir.join("valid-frame")).unwrap()).unwrap(), sample());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn random_bodies_behind_a_valid_header_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let mut b = MAGIC.to_vec();
+            b.push(VERSION);
+            b.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            b.extend_from_slice(&body);
+            let _ = decode(&b);
+        }
+
+        #[test]
+        fn every_truncation_or_corruption_of_a_valid_frame_is_handled(cut in 0usize..200, flip in 0usize..200, bit in 0u8..8) {
+            let good = encode(&sample()).unwrap();
+            let cut = cut.min(good.len());
+            prop_assert!(decode(&good[..cut]).is_err() || cut == good.len());
+            let mut bad = good.clone();
+            let i = flip % bad.len();
+            bad[i] ^= 1 << bit;
+            let _ = decode(&bad);
+        }
+    }
+}
