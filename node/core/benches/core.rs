@@ -183,6 +183,54 @@ fn pct(h: &Histogram<u64>, q: f64) -> u64 {
     h.value_at_quantile(q)
 }
 
+/// Gossip bytes one region sends per second of virtual time, selling `rate` units/s from
+/// all three regions, with a tick every 50 ms (frames postcard-encoded as on the wire).
+fn gossip_bytes_per_second(rate: u64) -> u64 {
+    use allot_node::cluster::LocalCluster;
+    let mut c = LocalCluster::new(&REGIONS);
+    let spec = EventSpec {
+        id: "rock".into(),
+        name: "Rock".into(),
+        description: String::new(),
+        venue: "Arena".into(),
+        lat: 0.0,
+        lon: 0.0,
+        starts_at: "2027-06-01T19:00:00Z".into(),
+        currency: "EUR".into(),
+        hold_ttl_s: 600,
+        pools: vec![PoolInput { id: "floor".into(), kind: PoolKind::General { capacity: 1 << 39 }, price_cents: 8900 }],
+        allotments: Allotments::Even,
+    };
+    c.call(0, Command::CreateEvent(spec)).unwrap();
+    c.settle(3);
+    let ticks_per_s = 20;
+    let per_tick = rate / ticks_per_s;
+    let mut bytes = 0u64;
+    let seconds = 3;
+    for _ in 0..seconds * ticks_per_s {
+        c.advance(50);
+        for r in 0..3 {
+            for i in 0..per_tick / 3 {
+                c.send(r, None, Command::Purchase {
+                    event: "rock".into(),
+                    want: Want::Quantity { pool: "floor".into(), quantity: 1 },
+                    customer: "c-1".into(),
+                    payment_ref: format!("p-{i}"),
+                });
+            }
+            c.persist(r);
+            c.tick(r);
+        }
+        for env in c.network.iter().filter(|e| e.from == 0) {
+            bytes += postcard::to_stdvec(&env.frame).unwrap().len() as u64 + 8;
+        }
+        while !c.network.is_empty() {
+            c.deliver(0);
+        }
+    }
+    bytes / seconds
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -237,4 +285,11 @@ fn main() {
     println!("| 1,000 sales | {s1:.0} | {y1:.0} | {b1} |");
     println!("| 100,000 sales | {s2:.0} | {y2:.0} | {b2} |");
     println!("| ratio 100k / 1k | {:.2} | {:.2} | {:.2} |", s2 / s1, y2 / y1, b2 as f64 / b1 as f64);
+    println!();
+    let (g1, g10) = (gossip_bytes_per_second(1_000), gossip_bytes_per_second(10_000));
+    println!("| sales/s (3 regions) | gossip bytes/s sent by one region (2 peers, 20 ticks/s) |");
+    println!("|---:|---:|");
+    println!("| 1,000 | {g1} |");
+    println!("| 10,000 | {g10} |");
+    println!("| ratio | {:.2} |", g10 as f64 / g1 as f64);
 }

@@ -27,17 +27,17 @@ enum BenchVerb {
 
 #[derive(Subcommand)]
 enum Verb {
-    /// Three regions in one process, a sample event and a gentle generated load.
+    /// Three real nodes on loopback, a sample event and a gentle generated load.
     Demo {
-        /// Keep data here instead of in memory (not used until real nodes exist).
+        /// Keep certificates and data here instead of in a temp dir.
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Rounds of load and gossip to run (one round is one gossip interval).
-        #[arg(long, default_value_t = 40)]
-        rounds: u32,
-        /// Wall-clock milliseconds to pause between rounds, so the output can be followed.
-        #[arg(long, default_value_t = 100)]
-        pace_ms: u64,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Purchases per second.
+        #[arg(long, default_value_t = 20)]
+        rate: u64,
     },
     /// One region's node.
     Node {
@@ -96,6 +96,11 @@ fn run_node(config: &std::path::Path, region: &str, commit: driver::Commit) -> a
     rt.block_on(node::run(opts, node::signal()))
 }
 
+fn run_demo(data: Option<PathBuf>, seconds: Option<u64>, rate: u64) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(demo::run(data, seconds, rate))
+}
+
 fn make_certs(config: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
     let cfg = allot::config::ClusterConfig::load(config)?;
     allot::tls::generate(&cfg.region_names(), out)?;
@@ -121,13 +126,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Verb::Demo { data, rounds, pace_ms } => match demo::run(data, rounds, pace_ms) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("allot demo: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Verb::Demo { data, seconds, rate } => report("demo", run_demo(data, seconds, rate)),
         Verb::Node { config, region, commit } => report("node", run_node(&config, &region, commit)),
         Verb::Certs { config, out } => report("certs", make_certs(&config, &out)),
         Verb::Sim { .. } => not_built("sim", "The partition simulator"),

@@ -128,6 +128,7 @@ async fn dial_loop(
         }
         let conn = match endpoint.connect(peer.quic, &peer.name) {
             Ok(connecting) => tokio::time::timeout(Duration::from_secs(2), connecting).await,
+            Err(quinn::ConnectError::EndpointStopping) => return,
             Err(e) => {
                 tracing::warn!(peer = %peer.name, "cannot dial: {e}");
                 return;
