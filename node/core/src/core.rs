@@ -189,6 +189,10 @@ impl Core {
             Input::Request { id, key, command } => self.request(id, key, command),
             Input::Peer { from, frame } => self.peer(&from, frame),
             Input::Tick => {
+                let now = self.now;
+                for e in &mut self.events {
+                    e.update_rates(now);
+                }
                 self.expire_holds();
                 self.expire_keys();
                 self.gossip();
@@ -928,6 +932,7 @@ impl Core {
                     meta_heads,
                     meta_changes,
                     held: e.held.clone(),
+                    sale_rate_per_min: e.rates.iter().map(|r| r.per_min).collect(),
                 });
             }
             if !frame.events.is_empty() {
@@ -964,6 +969,7 @@ impl Core {
                 view.vv = Some(g.vv);
                 view.meta_heads = g.meta_heads;
                 view.held = g.held;
+                view.sale_rate_per_min = g.sale_rate_per_min;
                 view.heard_at = Some(self.now);
             }
             for row in g.rows {

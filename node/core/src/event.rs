@@ -25,7 +25,16 @@ pub struct PeerView {
     pub vv: Option<VersionVector>,
     pub meta_heads: Vec<[u8; 32]>,
     pub held: Vec<u64>,
+    pub sale_rate_per_min: Vec<u64>,
     pub heard_at: Option<Millis>,
+}
+
+/// This region's recent sale rate of one pool, measured over windows of about a second.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SaleRate {
+    pub window_start: Millis,
+    pub consumed_at_start: u64,
+    pub per_min: u64,
 }
 
 pub struct EventState {
@@ -50,6 +59,7 @@ pub struct EventState {
     /// Index of the last metadata record; changes are sent only once it is durable.
     pub meta_index: u64,
     pub peers: Vec<PeerView>,
+    pub rates: Vec<SaleRate>,
 }
 
 impl EventState {
@@ -82,9 +92,24 @@ impl EventState {
             created_at_index: index,
             meta_index: index,
             peers: vec![PeerView::default(); n],
+            rates: vec![SaleRate::default(); p],
         };
         ev.refresh_prices();
         ev
+    }
+
+    /// Closes the current rate window of every pool once it is a second old.
+    pub fn update_rates(&mut self, now: Millis) {
+        for (p, r) in self.rates.iter_mut().enumerate() {
+            let consumed = self.ledger.consumed(p as PoolIdx, self.me);
+            if r.window_start == 0 {
+                *r = SaleRate { window_start: now, consumed_at_start: consumed, per_min: 0 };
+            } else if now >= r.window_start + 1000 {
+                r.per_min = (consumed - r.consumed_at_start) * 60_000 / (now - r.window_start);
+                r.window_start = now;
+                r.consumed_at_start = consumed;
+            }
+        }
     }
 
     pub fn genesis(&self) -> &Arc<Genesis> {

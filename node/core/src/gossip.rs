@@ -29,4 +29,6 @@ pub struct EventGossip {
     pub meta_changes: Vec<Vec<u8>>,
     /// Ephemeral: the sender's held quantity per pool (outside the CRDT).
     pub held: Vec<u64>,
+    /// Ephemeral: the sender's recent sales per minute, per pool (for the rebalancer).
+    pub sale_rate_per_min: Vec<u64>,
 }

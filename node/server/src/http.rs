@@ -600,6 +600,20 @@ async fn refund(State(s): St, Path(order): Path<String>, method: Method, uri: Ur
     Ok(Json(call_render(&s, key, Command::Refund { order }, order_view).await?).into_response())
 }
 
+/// What `peer` last reported of each event's version vector.
+fn peer_vvs(core: &allot_node::Core, peer: &str) -> Value {
+    let m: serde_json::Map<String, Value> = core
+        .events()
+        .filter_map(|e| {
+            let p = e.genesis().region_index(peer)?;
+            let vv = e.peers[p as usize].vv.as_ref()?;
+            let named: serde_json::Map<String, Value> = e.genesis().regions.iter().enumerate().map(|(i, n)| (n.clone(), json!(vv.get(i)))).collect();
+            Some((e.id.to_string(), Value::Object(named)))
+        })
+        .collect();
+    Value::Object(m)
+}
+
 async fn cluster(State(s): St, headers: HeaderMap) -> ApiResult {
     authorize(&s, &headers)?;
     let ready = s.core.is_ready();
@@ -626,7 +640,7 @@ async fn cluster(State(s): St, headers: HeaderMap) -> ApiResult {
                         "last_message_ms_ago": st.last_received_ms.map(|t| now.saturating_sub(t)),
                         "last_sent_ms_ago": st.last_sent_ms.map(|t| now.saturating_sub(t)),
                         "frames_in": st.frames_in, "frames_out": st.frames_out, "bytes_in": st.bytes_in, "bytes_out": st.bytes_out,
-                        "refused_frames": st.refused, "lag_versions": lag,
+                        "refused_frames": st.refused, "lag_versions": lag, "version_vectors": peer_vvs(core, r),
                     }),
                     None => json!({ "region": r, "state": "not-configured", "note": "no tls_dir: this node runs without gossip", "lag_versions": lag }),
                 }

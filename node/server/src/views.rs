@@ -154,12 +154,13 @@ pub fn ledger(core: &Core, e: &EventState) -> Value {
             let regions: Vec<Value> = (0..g.regions.len() as RegionIdx)
                 .map(|r| {
                     let l = &e.ledger;
-                    let (held, available, age) = if r == e.me {
-                        (e.held[p], e.sellable(pi), Some(0))
+                    let (held, available, age, rate) = if r == e.me {
+                        (e.held[p], e.sellable(pi), Some(0), e.rates[p].per_min)
                     } else {
                         let view = &e.peers[r as usize];
                         let held = view.held.get(p).copied().unwrap_or(0);
-                        (held, l.available(pi, r) - held as i64, view.heard_at.map(|t| now.saturating_sub(t)))
+                        let rate = view.sale_rate_per_min.get(p).copied().unwrap_or(0);
+                        (held, l.available(pi, r) - held as i64, view.heard_at.map(|t| now.saturating_sub(t)), rate)
                     };
                     json!({
                         "region": g.regions[r as usize],
@@ -171,6 +172,7 @@ pub fn ledger(core: &Core, e: &EventState) -> Value {
                         "held": held,
                         "available": available,
                         "held_age_ms": age,
+                        "sale_rate_per_min": rate,
                     })
                 })
                 .collect();

@@ -82,6 +82,7 @@ mod tests {
                 meta_heads: vec![[1; 32]],
                 meta_changes: vec![],
                 held: vec![3, 0],
+                sale_rate_per_min: vec![60, 0],
             }],
         }
     }

@@ -115,7 +115,7 @@ impl Cluster {
             for p in l["pools"].as_array_mut().unwrap() {
                 for r in p["regions"].as_array_mut().unwrap() {
                     let o = r.as_object_mut().unwrap();
-                    for local in ["held", "available", "held_age_ms"] {
+                    for local in ["held", "available", "held_age_ms", "sale_rate_per_min"] {
                         o.remove(local);
                     }
                 }
@@ -193,6 +193,13 @@ async fn three_regions_sell_and_converge() {
     let ledger = c.converge("rock", Duration::from_secs(5)).await;
     let consumed: Vec<u64> = (0..3).map(|r| ledger["pools"][0]["regions"][r]["consumed"].as_u64().unwrap()).collect();
     assert_eq!(consumed, vec![10, 10, 10]);
+    // The cluster view shows every peer connected, with what it reported.
+    let (_, cl) = c.get(0, "/v1/admin/cluster").await;
+    for p in cl["peers"].as_array().unwrap() {
+        assert_eq!(p["state"], "connected", "{cl}");
+        assert!(p["frames_in"].as_u64().unwrap() > 0);
+        assert_eq!(p["version_vectors"]["rock"]["eu-west"], ledger["version_vector"]["eu-west"]);
+    }
     // Concurrent metadata edits in two regions merge.
     let (s, _) = read(c.client.patch(format!("{}/v1/admin/events/rock", c.bases[1])).bearer_auth(TOKEN).json(&json!({"name": "Rock II"})).send().await.unwrap()).await;
     assert_eq!(s, StatusCode::OK);

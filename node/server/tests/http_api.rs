@@ -323,3 +323,20 @@ async fn a_failed_sync_makes_the_node_unready_and_acknowledge_nothing() {
     assert!(page["orders"].as_array().unwrap().is_empty());
     n.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_regions_ids_answer_503_when_it_is_unreachable() {
+    let n = TestNode::start_with(|o| {
+        o.peers = vec![allot::node::Peer { name: "us-east".into(), http: "127.0.0.1:1".parse().unwrap(), quic: "127.0.0.1:1".parse().unwrap() }];
+    })
+    .await;
+    for (method, path) in [("GET", "/v1/orders/o-us-east-4"), ("POST", "/v1/holds/h-us-east-1/confirm")] {
+        let req = n.client.request(method.parse().unwrap(), n.url(path)).json(&json!({"payment_ref": "p"}));
+        let r = req.send().await.unwrap();
+        assert_eq!(r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned()), Some("1".into()));
+        let (s, v) = read(r).await;
+        assert_eq!((s, v["type"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("urn:allot:problem:unavailable")), "{v}");
+        assert!(v["detail"].as_str().unwrap().contains("us-east"));
+    }
+    n.stop().await;
+}
