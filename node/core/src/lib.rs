@@ -7,6 +7,7 @@
 //! (`allot` for real, `allot-sim` in virtual time).
 
 pub mod api;
+pub mod bugs;
 pub mod cluster;
 mod core;
 pub mod event;

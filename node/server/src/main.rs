@@ -19,6 +19,13 @@ struct Cli {
     command: Verb,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SimStrategy {
+    Static,
+    Rebalance,
+    Central,
+}
+
 #[derive(Subcommand)]
 enum BenchVerb {
     /// Purchases over HTTP against fresh nodes: group commit against one fsync per request.
@@ -58,17 +65,25 @@ enum Verb {
     },
     /// The partition simulator.
     Sim {
+        /// A scenario file (see sim/scenarios/).
         scenario: PathBuf,
-        #[arg(long)]
+        /// One run with this seed.
+        #[arg(long, conflicts_with = "seeds")]
         seed: Option<u64>,
+        /// Fuzz mode: seeds A..B (B excluded), random faults each, invariants after every step.
         #[arg(long)]
         seeds: Option<String>,
-        #[arg(long)]
-        strategy: Option<String>,
+        #[arg(long, value_enum, default_value = "static")]
+        strategy: SimStrategy,
+        /// Write the report as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// An SVG of per-region sellable quota over time (not built yet).
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// Fuzz mode: stop after this many seconds even if seeds remain.
+        #[arg(long)]
+        max_seconds: Option<u64>,
     },
     /// The load and comparison harness.
     #[command(subcommand)]
@@ -108,6 +123,67 @@ fn make_certs(config: &std::path::Path, out: &std::path::Path) -> anyhow::Result
     Ok(())
 }
 
+fn run_sim(
+    path: &std::path::Path,
+    seed: Option<u64>,
+    seeds: Option<&str>,
+    strategy: SimStrategy,
+    json: Option<&std::path::Path>,
+    max_seconds: Option<u64>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let sc = allot_sim::Scenario::parse(&text)?;
+    let strategy = match strategy {
+        SimStrategy::Static => allot_sim::Strategy::Static,
+        SimStrategy::Rebalance => allot_sim::Strategy::Rebalance,
+        SimStrategy::Central => allot_sim::Strategy::Central,
+    };
+    if let Some(range) = seeds {
+        let (a, b) = range.split_once("..").context("--seeds A..B")?;
+        let (a, b): (u64, u64) = (a.parse().context("--seeds A..B: A")?, b.parse().context("--seeds A..B: B")?);
+        let start = std::time::Instant::now();
+        let mut done = 0u64;
+        for s in a..b {
+            if max_seconds.is_some_and(|m| start.elapsed().as_secs() >= m) {
+                break;
+            }
+            let r = allot_sim::fuzz::run_seed(&sc, strategy, s);
+            done += 1;
+            if !r.violations.is_empty() {
+                println!("{}", r.table());
+                let strat = format!("{:?}", r.strategy).to_lowercase();
+                anyhow::bail!(
+                    "seed {s} violates an invariant: {}\nreplay: allot sim {} --seeds {s}..{} --strategy {strat}",
+                    r.violations[0],
+                    path.display(),
+                    s + 1
+                );
+            }
+            if done % 50 == 0 {
+                eprint!("\r{done}/{} seeds, no violation", b - a);
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!();
+        println!("{done} seeds ({a}..{}), zero violations, {:.0} seeds/minute", a + done, done as f64 * 60.0 / secs.max(1e-9));
+        return Ok(());
+    }
+    let seed = seed.unwrap_or(1);
+    let start = std::time::Instant::now();
+    let r = allot_sim::run(&sc, strategy, seed);
+    let secs = start.elapsed().as_secs_f64();
+    print!("{}", r.table());
+    println!("  {:<24} {:.0} simulated sales/s ({} orders in {:.2} s)", "speed", r.orders as f64 / secs.max(1e-9), r.orders, secs);
+    if let Some(p) = json {
+        std::fs::write(p, serde_json::to_string_pretty(&r)? + "\n").with_context(|| format!("writing {}", p.display()))?;
+    }
+    if !r.violations.is_empty() {
+        anyhow::bail!("invariant violated: {}", r.violations[0]);
+    }
+    Ok(())
+}
+
 fn run_bench(args: &bench::HttpBench) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let results = rt.block_on(bench::run(args))?;
@@ -129,7 +205,12 @@ fn main() -> ExitCode {
         Verb::Demo { data, seconds, rate } => report("demo", run_demo(data, seconds, rate)),
         Verb::Node { config, region, commit } => report("node", run_node(&config, &region, commit)),
         Verb::Certs { config, out } => report("certs", make_certs(&config, &out)),
-        Verb::Sim { .. } => not_built("sim", "The partition simulator"),
+        Verb::Sim { scenario, seed, seeds, strategy, json, plot, max_seconds } => {
+            if plot.is_some() {
+                return not_built("sim --plot", "The partition simulator (the plot)");
+            }
+            report("sim", run_sim(&scenario, seed, seeds.as_deref(), strategy, json.as_deref(), max_seconds))
+        }
         Verb::Bench(BenchVerb::Http(args)) => report("bench http", run_bench(&args)),
     }
 }

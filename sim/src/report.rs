@@ -1,0 +1,101 @@
+//! What a run reports. Every field is a virtual-time or count figure: no wall clock, no
+//! hash-map order, so the same seed gives byte-identical JSON.
+
+use serde::Serialize;
+
+use crate::world::Strategy;
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub strategy: Strategy,
+    pub seed: u64,
+    pub capacity: u64,
+    pub sold: u64,
+    pub sold_in_rows: u64,
+    pub oversold: u64,
+    pub sell_through_pct: f64,
+    pub orders: u64,
+    pub answers: u64,
+    pub sold_out_answers: u64,
+    pub false_sold_outs: u64,
+    pub false_sold_out_pct: f64,
+    pub unavailable: u64,
+    pub other_errors: u64,
+    pub abandoned: u64,
+    pub expired: u64,
+    pub latency_ms: Latency,
+    pub opened_at_ms: u64,
+    pub sold_out_at_ms: Option<u64>,
+    pub handoffs: u64,
+    pub crashes: u64,
+    pub lost_unacknowledged: u64,
+    pub convergence_ms: Vec<u64>,
+    pub gossip_bytes: u64,
+    pub violations: Vec<String>,
+}
+
+impl Report {
+    pub fn new(scenario: &str, strategy: Strategy, seed: u64, capacity: u64) -> Report {
+        Report {
+            scenario: scenario.into(),
+            strategy,
+            seed,
+            capacity,
+            sold: 0,
+            sold_in_rows: 0,
+            oversold: 0,
+            sell_through_pct: 0.0,
+            orders: 0,
+            answers: 0,
+            sold_out_answers: 0,
+            false_sold_outs: 0,
+            false_sold_out_pct: 0.0,
+            unavailable: 0,
+            other_errors: 0,
+            abandoned: 0,
+            expired: 0,
+            latency_ms: Latency::default(),
+            opened_at_ms: 0,
+            sold_out_at_ms: None,
+            handoffs: 0,
+            crashes: 0,
+            lost_unacknowledged: 0,
+            convergence_ms: vec![],
+            gossip_bytes: 0,
+            violations: vec![],
+        }
+    }
+
+    pub(crate) fn finish(&mut self) {
+        let round = |x: f64| (x * 100.0).round() / 100.0;
+        self.sell_through_pct = round(100.0 * self.sold_in_rows as f64 / self.capacity.max(1) as f64);
+        self.false_sold_out_pct = round(100.0 * self.false_sold_outs as f64 / self.answers.max(1) as f64);
+    }
+
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let row = |s: &mut String, k: &str, v: String| s.push_str(&format!("  {k:<24} {v}\n"));
+        s.push_str(&format!("{} · strategy {:?} · seed {}\n", self.scenario, self.strategy, self.seed));
+        row(&mut s, "sold / capacity", format!("{} / {} ({}% sell-through)", self.sold_in_rows, self.capacity, self.sell_through_pct));
+        row(&mut s, "oversold", self.oversold.to_string());
+        row(&mut s, "false sold-outs", format!("{} ({}% of {} answers)", self.false_sold_outs, self.false_sold_out_pct, self.answers));
+        row(&mut s, "sold-out answers", self.sold_out_answers.to_string());
+        row(&mut s, "latency ms p50/p90/p99/max", format!("{}/{}/{}/{}", self.latency_ms.p50, self.latency_ms.p90, self.latency_ms.p99, self.latency_ms.max));
+        row(&mut s, "time to sell out", self.sold_out_at_ms.map_or("not sold out".into(), |t| format!("{t} ms")));
+        row(&mut s, "handoffs", self.handoffs.to_string());
+        row(&mut s, "crashes", format!("{} ({} requests lost unacknowledged)", self.crashes, self.lost_unacknowledged));
+        row(&mut s, "convergence after heal", format!("{:?} ms", self.convergence_ms));
+        row(&mut s, "gossip bytes", self.gossip_bytes.to_string());
+        row(&mut s, "violations", if self.violations.is_empty() { "none".into() } else { self.violations.join("; ") });
+        s
+    }
+}

@@ -1,0 +1,602 @@
+//! The simulated world: region cores, a network and disks in virtual time, driven by one
+//! seeded random generator. The same seed gives the same run, byte for byte.
+
+use std::collections::{BTreeMap, HashMap};
+
+use allot_crdt::{Allotments, PoolKind};
+use allot_node::cluster::check_global;
+use allot_node::*;
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::report::{Latency, Report};
+use crate::scenario::Scenario;
+
+/// How quota is managed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Allotments never move.
+    Static,
+    /// An operator's handoff: every second, the region with the most spare quota gives half its
+    /// surplus over the poorest to the poorest (until the rebalancer exists).
+    Rebalance,
+    /// Every sale is a round trip to one home region that owns everything (a central database).
+    Central,
+}
+
+/// Extra chaos the fuzz mode adds to a scenario: random operator transfers of quota and seats.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Chaos {
+    pub transfers_per_s: f64,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Request { region: usize, command: Command, pending: Pending },
+    Arrival { region: usize },
+    Confirm { region: usize, hold: String, quantity: u64, pool: &'static str, client: usize },
+    Deliver { from: usize, to: usize, frame: GossipFrame },
+    Tick { region: usize },
+    Persist { region: usize },
+    Crash { region: usize, restart_at: u64 },
+    Restart { region: usize },
+    Rebalance,
+    Transfer,
+}
+
+#[derive(Debug)]
+struct Pending {
+    arrival: u64,
+    quantity: u64,
+    pool: &'static str,
+    /// The region the buyer is in (differs from the serving region under `central`).
+    client: usize,
+    hold: bool,
+}
+
+struct Node {
+    core: Option<Core>,
+    cfg: Config,
+    unpersisted: Vec<Record>,
+    durable: Vec<Record>,
+    persist_scheduled: bool,
+    pending: HashMap<RequestId, Pending>,
+}
+
+pub struct World {
+    sc: Scenario,
+    strategy: Strategy,
+    chaos: Chaos,
+    seed: u64,
+    rng: ChaCha8Rng,
+    now: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    names: Vec<String>,
+    nodes: Vec<Node>,
+    next_request: u64,
+    /// Check every invariant after every step (fuzz mode and tests).
+    pub check_every_step: bool,
+    report: Report,
+    latency: Histogram<u64>,
+    heal_pending: Vec<u64>,
+    steps: u64,
+}
+
+const EVENT: &str = "sim";
+
+impl World {
+    pub fn new(sc: Scenario, strategy: Strategy, seed: u64, chaos: Chaos) -> World {
+        let names = sc.regions.clone();
+        let nodes = names
+            .iter()
+            .map(|n| {
+                let mut cfg = Config::new(n, &names);
+                cfg.max_holds_per_customer = u32::MAX;
+                Node { core: Some(Core::new(cfg.clone())), cfg, unpersisted: vec![], durable: vec![], persist_scheduled: false, pending: HashMap::new() }
+            })
+            .collect();
+        let capacity = sc.event.capacity + sc.event.seats as u64;
+        let report = Report::new(&sc.name, strategy, seed, capacity);
+        World {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            sc,
+            strategy,
+            chaos,
+            seed,
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            names,
+            nodes,
+            next_request: 1,
+            check_every_step: false,
+            report,
+            latency: Histogram::new(3).expect("histogram"),
+            heal_pending: vec![],
+            steps: 0,
+        }
+    }
+
+    fn at(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((t, self.seq), ev);
+    }
+
+    /// The region's clock: virtual time plus its skew, never below zero.
+    fn clock(&self, r: usize) -> u64 {
+        let skew = self.sc.faults.clock_skew_ms.get(&self.names[r]).copied().unwrap_or(0);
+        (self.now as i64 + skew).max(0) as u64 + 1_000_000
+    }
+
+    fn spec(&self) -> EventSpec {
+        let mut pools = Vec::new();
+        if self.sc.event.capacity > 0 {
+            pools.push(PoolInput { id: "floor".into(), kind: PoolKind::General { capacity: self.sc.event.capacity }, price_cents: 100 });
+        }
+        if self.sc.event.seats > 0 {
+            let seats = (1..=self.sc.event.seats).map(|i| format!("S-{i}")).collect();
+            pools.push(PoolInput { id: "seats".into(), kind: PoolKind::Assigned { seats }, price_cents: 200 });
+        }
+        let allotments = match (&self.sc.event.allotments, self.strategy) {
+            (_, Strategy::Central) => Allotments::Explicit(self.all_to(0, &pools)),
+            (None, _) => Allotments::Even,
+            (Some(share), _) => {
+                let total: u64 = share.values().sum::<u64>().max(1);
+                let mut m = BTreeMap::new();
+                for p in &pools {
+                    let cap = match &p.kind {
+                        PoolKind::General { capacity } => *capacity,
+                        PoolKind::Assigned { seats } => seats.len() as u64,
+                    };
+                    let mut per: BTreeMap<String, u64> = self.names.iter().map(|r| (r.clone(), cap * share.get(r).copied().unwrap_or(0) / total)).collect();
+                    let given: u64 = per.values().sum();
+                    *per.get_mut(&self.names[0]).expect("a region") += cap - given;
+                    m.insert(p.id.clone(), per);
+                }
+                Allotments::Explicit(m)
+            }
+        };
+        EventSpec {
+            id: EVENT.into(),
+            name: "Simulated".into(),
+            description: String::new(),
+            venue: "Nowhere".into(),
+            lat: 0.0,
+            lon: 0.0,
+            starts_at: "2027-01-01T00:00:00Z".into(),
+            currency: "EUR".into(),
+            hold_ttl_s: self.sc.event.hold_ttl_s.max(1),
+            pools,
+            allotments,
+        }
+    }
+
+    fn all_to(&self, home: usize, pools: &[PoolInput]) -> BTreeMap<String, BTreeMap<String, u64>> {
+        pools
+            .iter()
+            .map(|p| {
+                let cap = match &p.kind {
+                    PoolKind::General { capacity } => *capacity,
+                    PoolKind::Assigned { seats } => seats.len() as u64,
+                };
+                (p.id.clone(), self.names.iter().enumerate().map(|(i, r)| (r.clone(), if i == home { cap } else { 0 })).collect())
+            })
+            .collect()
+    }
+
+    /// Runs the scenario to the end (or the first violation, when checking every step).
+    pub fn run(mut self) -> Report {
+        // Genesis at the catalog region, spread before the sale opens.
+        let spec = self.spec();
+        self.request(0, 0, Command::CreateEvent(spec), None);
+        for r in 0..self.names.len() {
+            let jitter = self.rng.random_range(0..self.sc.tick_ms);
+            self.at(jitter, Ev::Tick { region: r });
+        }
+        let open = 2_000;
+        for r in 0..self.names.len() {
+            self.schedule_arrival(r, open);
+        }
+        for c in self.sc.faults.crash.clone() {
+            if let Some(r) = self.names.iter().position(|n| *n == c.region) {
+                self.at(open + c.at_ms, Ev::Crash { region: r, restart_at: open + c.restart_ms.max(c.at_ms + 1) });
+            }
+        }
+        for p in self.sc.faults.partition.clone() {
+            self.heal_pending.push(open + p.to_ms);
+        }
+        if self.strategy == Strategy::Rebalance {
+            self.at(open + 1000, Ev::Rebalance);
+        }
+        if self.chaos.transfers_per_s > 0.0 {
+            let dt = self.exp(self.chaos.transfers_per_s);
+            self.at(open + dt, Ev::Transfer);
+        }
+        let end = open + self.sc.duration_ms + self.sc.settle_ms;
+        self.report.opened_at_ms = open;
+        while let Some(((t, _), ev)) = self.queue.pop_first() {
+            if t > end {
+                break;
+            }
+            self.now = t;
+            if self.check_every_step {
+                // A core's own assertion is a violation found, not a crash of the simulator.
+                let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(ev)));
+                if let Err(panic) = stepped {
+                    let why = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                    self.report.violations.push(format!("t={}ms step {}: a core assertion failed: {why}", self.now, self.steps));
+                    break;
+                }
+            } else {
+                self.step(ev);
+            }
+            self.steps += 1;
+            if self.check_every_step {
+                if let Err(v) = self.check() {
+                    self.report.violations.push(format!("t={}ms step {}: {v}", self.now, self.steps));
+                    break;
+                }
+            }
+        }
+        self.finish()
+    }
+
+    fn exp(&mut self, rate_per_s: f64) -> u64 {
+        let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
+        ((-u.ln() / rate_per_s) * 1000.0).ceil() as u64
+    }
+
+    fn schedule_arrival(&mut self, r: usize, from: u64) {
+        let total: f64 = self.sc.demand.share.values().sum();
+        let share = self.sc.demand.share.get(&self.names[r]).copied().unwrap_or(0.0) / total.max(f64::EPSILON);
+        let rate = self.sc.demand.rate_per_s * share;
+        if rate <= 0.0 {
+            return;
+        }
+        let t = from + self.exp(rate);
+        if t < self.report.opened_at_ms.max(2_000) + self.sc.duration_ms {
+            self.at(t, Ev::Arrival { region: r });
+        }
+    }
+
+    fn partitioned(&self, a: usize, b: usize) -> bool {
+        let t = self.now.saturating_sub(2_000);
+        let (na, nb) = (&self.names[a], &self.names[b]);
+        self.sc.faults.partition.iter().any(|p| {
+            if t < p.from_ms || t >= p.to_ms {
+                return false;
+            }
+            let in_a = |n: &String| p.a.contains(n);
+            let in_b = |n: &String| if p.b.is_empty() { !p.a.contains(n) } else { p.b.contains(n) };
+            (in_a(na) && in_b(nb)) || (in_a(nb) && in_b(na))
+        })
+    }
+
+    fn serving(&self, client: usize) -> usize {
+        if self.strategy == Strategy::Central {
+            0
+        } else {
+            client
+        }
+    }
+
+    fn step(&mut self, ev: Ev) {
+        match ev {
+            Ev::Request { region, command, pending } => {
+                let arrival = pending.arrival;
+                self.request(region, arrival, command, Some(pending));
+            }
+            Ev::Arrival { region } => {
+                self.schedule_arrival(region, self.now);
+                self.buyer(region);
+            }
+            Ev::Confirm { region, hold, quantity, pool, client } => {
+                // Latency is per request: this one leaves the buyer now.
+                let command = Command::Confirm { hold, payment_ref: "p".into() };
+                let pending = Pending { arrival: self.now, quantity, pool, client, hold: false };
+                let delay = self.sc.one_way(&self.names[client], &self.names[region]);
+                self.at(self.now + delay, Ev::Request { region, command, pending });
+            }
+            Ev::Deliver { from, to, frame } => {
+                if self.nodes[to].core.is_some() && !self.partitioned(from, to) {
+                    let from = self.names[from].clone();
+                    self.input(to, Input::Peer { from, frame });
+                }
+            }
+            Ev::Tick { region } => {
+                let next = self.now + self.sc.tick_ms;
+                self.at(next, Ev::Tick { region });
+                if self.nodes[region].core.is_some() {
+                    self.input(region, Input::Tick);
+                }
+                if region == 0 {
+                    self.watch_convergence();
+                }
+            }
+            Ev::Persist { region } => {
+                let node = &mut self.nodes[region];
+                node.persist_scheduled = false;
+                if let Some(last) = node.unpersisted.last().map(|r| r.index) {
+                    let recs = std::mem::take(&mut node.unpersisted);
+                    node.durable.extend(recs);
+                    self.input(region, Input::Persisted(last));
+                }
+            }
+            Ev::Crash { region, restart_at } => {
+                let node = &mut self.nodes[region];
+                // A region already down stays down until its first restart.
+                if node.core.take().is_some() {
+                    self.report.crashes += 1;
+                    node.unpersisted.clear();
+                    self.report.lost_unacknowledged += node.pending.len() as u64;
+                    node.pending.clear();
+                    self.at(restart_at, Ev::Restart { region });
+                }
+            }
+            Ev::Restart { region } => {
+                let node = &mut self.nodes[region];
+                if node.core.is_some() {
+                    return;
+                }
+                node.cfg.incarnation += 1;
+                match Core::recover(node.cfg.clone(), node.durable.iter().cloned()) {
+                    Ok(core) => node.core = Some(core),
+                    Err(e) => self.report.violations.push(format!("t={}ms: {} cannot recover: {e}", self.now, self.names[region])),
+                }
+                for p in 0..self.names.len() {
+                    if p != region {
+                        let peer = self.names[p].clone();
+                        if self.nodes[p].core.is_some() {
+                            let me = self.names[region].clone();
+                            self.input(p, Input::PeerReset { peer: me });
+                        }
+                        self.input(region, Input::PeerReset { peer });
+                    }
+                }
+            }
+            Ev::Rebalance => {
+                self.at(self.now + 1000, Ev::Rebalance);
+                self.rebalance();
+            }
+            Ev::Transfer => {
+                let dt = self.exp(self.chaos.transfers_per_s);
+                self.at(self.now + dt, Ev::Transfer);
+                self.random_transfer();
+            }
+        }
+    }
+
+    fn buyer(&mut self, client: usize) {
+        let d = self.sc.demand.clone();
+        let quantity = self.rng.random_range(d.min_quantity..=d.max_quantity);
+        let seats = self.sc.event.seats > 0 && (self.sc.event.capacity == 0 || self.rng.random_bool(d.seat_fraction.clamp(0.0, 1.0)));
+        let pool: &'static str = if seats { "seats" } else { "floor" };
+        let want = Want::Quantity { pool: pool.into(), quantity };
+        let hold = self.rng.random_bool(d.hold_fraction.clamp(0.0, 1.0));
+        let customer = format!("c-{}", self.next_request);
+        let serving = self.serving(client);
+        let delay = self.sc.one_way(&self.names[client], &self.names[serving]);
+        let cmd = if hold {
+            Command::Hold { event: EVENT.into(), want, customer }
+        } else {
+            Command::Purchase { event: EVENT.into(), want, customer, payment_ref: "p".into() }
+        };
+        let arrival = self.now;
+        let pending = Pending { arrival, quantity, pool, client, hold };
+        if delay > 0 {
+            // Under `central` the request crosses the WAN first.
+            self.at(arrival + delay, Ev::Request { region: serving, command: cmd, pending });
+        } else {
+            self.request(serving, arrival, cmd, Some(pending));
+        }
+    }
+
+    fn request(&mut self, r: usize, arrival: u64, command: Command, pending: Option<Pending>) {
+        if self.nodes[r].core.is_none() {
+            self.report.unavailable += u64::from(pending.is_some());
+            return;
+        }
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        if let Some(p) = pending {
+            self.nodes[r].pending.insert(id, p);
+        }
+        let _ = arrival;
+        self.input(r, Input::Request { id, key: None, command });
+    }
+
+    /// Feeds an input to region `r` and routes everything it outputs.
+    fn input(&mut self, r: usize, input: Input) {
+        let now = self.clock(r);
+        let Some(core) = self.nodes[r].core.as_mut() else { return };
+        core.handle(now, input);
+        let ready = core.ready();
+        if !ready.records.is_empty() {
+            self.nodes[r].unpersisted.extend(ready.records);
+            if !self.nodes[r].persist_scheduled {
+                self.nodes[r].persist_scheduled = true;
+                let t = self.now + self.sc.disk_ms;
+                self.at(t, Ev::Persist { region: r });
+            }
+        }
+        for w in ready.warnings {
+            self.report.violations.push(format!("t={}ms {}: an honest peer was refused: {w}", self.now, self.names[r]));
+        }
+        for (peer, frame) in ready.messages {
+            let to = self.names.iter().position(|n| *n == peer).expect("a known region");
+            self.report.gossip_bytes += postcard::to_stdvec(&frame).map(|b| b.len() as u64 + 8).unwrap_or(0);
+            if self.rng.random_bool(self.sc.faults.loss) {
+                continue;
+            }
+            let copies = if self.rng.random_bool(self.sc.faults.duplicate) { 2 } else { 1 };
+            for _ in 0..copies {
+                let jitter = if self.sc.jitter_ms > 0 { self.rng.random_range(0..=self.sc.jitter_ms) } else { 0 };
+                let t = self.now + self.sc.one_way(&self.names[r], &peer) + jitter + 1;
+                self.at(t, Ev::Deliver { from: r, to, frame: frame.clone() });
+            }
+        }
+        for (id, reply) in ready.replies {
+            if let Some(p) = self.nodes[r].pending.remove(&id) {
+                self.answer(r, p, reply);
+            }
+        }
+    }
+
+    fn answer(&mut self, r: usize, p: Pending, reply: Reply) {
+        let back = self.sc.one_way(&self.names[r], &self.names[p.client]);
+        let done = self.now + back;
+        match reply {
+            Ok(Outcome::Held(h)) => {
+                let d = self.sc.demand.clone();
+                if self.rng.random_bool(d.abandon.clamp(0.0, 1.0)) {
+                    self.report.abandoned += 1;
+                } else {
+                    let think = self.rng.random_range(0..=d.think_ms);
+                    let hold = format_id(IdKind::Hold, &self.names[r], h.n);
+                    self.at(done + think, Ev::Confirm { region: r, hold, quantity: p.quantity, pool: p.pool, client: p.client });
+                }
+            }
+            Ok(Outcome::Order(o)) => {
+                self.report.answers += 1;
+                self.report.sold += o.quantity;
+                self.report.orders += 1;
+                let _ = self.latency.record(done.saturating_sub(p.arrival));
+                if self.total_sold() >= self.report.capacity && self.report.sold_out_at_ms.is_none() {
+                    self.report.sold_out_at_ms = Some(done.saturating_sub(self.report.opened_at_ms));
+                }
+            }
+            Ok(_) => {}
+            Err(CoreError::SoldOut { wanted, .. }) => {
+                self.report.answers += 1;
+                self.report.sold_out_answers += 1;
+                if self.global_sellable(p.pool) >= wanted {
+                    self.report.false_sold_outs += 1;
+                }
+                let _ = self.latency.record(done.saturating_sub(p.arrival));
+            }
+            Err(CoreError::HoldExpired) => self.report.expired += 1,
+            Err(e) => {
+                self.report.answers += 1;
+                self.report.other_errors += 1;
+                let _ = p.hold;
+                let _ = e;
+            }
+        }
+    }
+
+    /// Units sold anywhere, from each region's own row.
+    fn total_sold(&self) -> u64 {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref()?.event(EVENT).map(|e| (0..e.genesis().pools.len() as u16).map(|p| e.ledger.consumed(p, e.me) - e.ledger.returned(p, e.me)).sum::<u64>()))
+            .sum()
+    }
+
+    /// What all regions could still sell of a pool, in their own views (the true state).
+    fn global_sellable(&self, pool: &str) -> u64 {
+        self.nodes
+            .iter()
+            .filter_map(|n| {
+                let e = n.core.as_ref()?.event(EVENT)?;
+                Some(e.sellable(e.genesis().pool_index(pool)?).max(0) as u64)
+            })
+            .sum()
+    }
+
+    fn rebalance(&mut self) {
+        let mut best: Option<(usize, i64)> = None;
+        let mut worst: Option<(usize, i64)> = None;
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(e) = n.core.as_ref().and_then(|c| c.event(EVENT)) else { continue };
+            if e.genesis().pools[0].is_assigned() {
+                return;
+            }
+            let s = e.sellable(0);
+            if best.is_none_or(|b| s > b.1) {
+                best = Some((i, s));
+            }
+            if worst.is_none_or(|w| s < w.1) {
+                worst = Some((i, s));
+            }
+        }
+        let (Some((from, rich)), Some((to, poor))) = (best, worst) else { return };
+        let give = (rich - poor) / 2;
+        if from == to || give <= 0 || poor as f64 > 0.2 * rich as f64 {
+            return;
+        }
+        let cmd = Command::Grant { event: EVENT.into(), pool: "floor".into(), to: self.names[to].clone(), amount: GrantAmount::Quantity(give as u64) };
+        self.report.handoffs += 1;
+        self.request(from, self.now, cmd, None);
+    }
+
+    fn random_transfer(&mut self) {
+        let n = self.names.len();
+        let from = self.rng.random_range(0..n);
+        let to = (from + self.rng.random_range(1..n)) % n;
+        let to_name = self.names[to].clone();
+        let cmd = if self.sc.event.seats > 0 && (self.sc.event.capacity == 0 || self.rng.random_bool(0.5)) {
+            let seat = self.rng.random_range(1..=self.sc.event.seats);
+            Command::Grant { event: EVENT.into(), pool: "seats".into(), to: to_name, amount: GrantAmount::Seats(vec![format!("S-{seat}")]) }
+        } else {
+            let q = self.rng.random_range(1..=5);
+            Command::Grant { event: EVENT.into(), pool: "floor".into(), to: to_name, amount: GrantAmount::Quantity(q) }
+        };
+        self.report.handoffs += 1;
+        self.request(from, self.now, cmd, None);
+    }
+
+    fn watch_convergence(&mut self) {
+        let t = self.now;
+        let due: Vec<u64> = self.heal_pending.iter().copied().filter(|h| *h <= t).collect();
+        if due.is_empty() || self.nodes.iter().any(|n| n.core.is_none()) {
+            return;
+        }
+        let rows: Vec<_> = self.nodes.iter().map(|n| n.core.as_ref().and_then(|c| c.event(EVENT)).map(|e| e.ledger.rows().to_vec())).collect();
+        if rows.windows(2).all(|w| w[0] == w[1]) {
+            for h in due {
+                self.report.convergence_ms.push(t - h);
+            }
+            self.heal_pending.retain(|h| *h > t);
+        }
+    }
+
+    /// Every region's invariants, and the global ones while every region is up.
+    pub fn check(&self) -> Result<(), String> {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(c) = &n.core {
+                c.check_invariants().map_err(|e| format!("{}: {e}", self.names[i]))?;
+            }
+        }
+        if self.nodes.iter().all(|n| n.core.is_some()) {
+            let cores: Vec<&Core> = self.nodes.iter().filter_map(|n| n.core.as_ref()).collect();
+            check_global(&cores)?;
+        }
+        if let Some(v) = self.report.violations.first() {
+            return Err(v.clone());
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Report {
+        // Oversold, judged from every region's durable rows (what survives any crash).
+        let mut sold_rows = 0u64;
+        for n in &self.nodes {
+            if let Some(e) = n.core.as_ref().and_then(|c| c.event(EVENT)) {
+                sold_rows += (0..e.genesis().pools.len() as u16).map(|p| e.ledger.consumed(p, e.me) - e.ledger.returned(p, e.me)).sum::<u64>();
+            }
+        }
+        self.report.sold_in_rows = sold_rows;
+        self.report.oversold = sold_rows.saturating_sub(self.report.capacity);
+        if self.report.oversold > 0 {
+            self.report.violations.push(format!("oversold by {}", self.report.oversold));
+        }
+        let h = &self.latency;
+        self.report.latency_ms = Latency { p50: h.value_at_quantile(0.5), p90: h.value_at_quantile(0.9), p99: h.value_at_quantile(0.99), max: h.max() };
+        self.report.finish();
+        let _ = self.seed;
+        self.report
+    }
+}
