@@ -9,6 +9,7 @@
 //! tokio, quinn, rocksdb, axum or hyper.
 
 pub mod fuzz;
+pub mod plot;
 pub mod report;
 pub mod scenario;
 pub mod world;

@@ -41,6 +41,12 @@ pub struct Report {
     pub convergence_ms: Vec<u64>,
     pub gossip_bytes: u64,
     pub violations: Vec<String>,
+    /// Region names, and each region's sellable quota (all pools) sampled every tick: the
+    /// plot's data. Left out of the JSON to keep it small.
+    #[serde(skip)]
+    pub regions: Vec<String>,
+    #[serde(skip)]
+    pub series: Vec<(u64, Vec<i64>)>,
 }
 
 impl Report {
@@ -72,6 +78,8 @@ impl Report {
             convergence_ms: vec![],
             gossip_bytes: 0,
             violations: vec![],
+            regions: vec![],
+            series: vec![],
         }
     }
 

@@ -34,7 +34,7 @@ pub struct Chaos {
 
 #[derive(Debug)]
 enum Ev {
-    Request { region: usize, command: Command, pending: Pending },
+    Request { region: usize, command: Box<Command>, pending: Pending },
     Arrival { region: usize },
     Confirm { region: usize, hold: String, quantity: u64, pool: &'static str, client: usize },
     Deliver { from: usize, to: usize, frame: GossipFrame },
@@ -83,6 +83,9 @@ pub struct World {
     latency: Histogram<u64>,
     heal_pending: Vec<u64>,
     steps: u64,
+    /// Per region, the exact (fractional ms) time of the last arrival: arrivals may be denser
+    /// than the millisecond clock.
+    arrival_clock: Vec<f64>,
 }
 
 const EVENT: &str = "sim";
@@ -99,7 +102,8 @@ impl World {
             })
             .collect();
         let capacity = sc.event.capacity + sc.event.seats as u64;
-        let report = Report::new(&sc.name, strategy, seed, capacity);
+        let mut report = Report::new(&sc.name, strategy, seed, capacity);
+        report.regions = names.clone();
         World {
             rng: ChaCha8Rng::seed_from_u64(seed),
             sc,
@@ -117,6 +121,7 @@ impl World {
             latency: Histogram::new(3).expect("histogram"),
             heal_pending: vec![],
             steps: 0,
+            arrival_clock: vec![],
         }
     }
 
@@ -245,18 +250,27 @@ impl World {
     }
 
     fn exp(&mut self, rate_per_s: f64) -> u64 {
+        self.exp_ms(rate_per_s).ceil() as u64
+    }
+
+    fn exp_ms(&mut self, rate_per_s: f64) -> f64 {
         let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
-        ((-u.ln() / rate_per_s) * 1000.0).ceil() as u64
+        (-u.ln() / rate_per_s) * 1000.0
     }
 
     fn schedule_arrival(&mut self, r: usize, from: u64) {
+        if self.arrival_clock.len() != self.names.len() {
+            self.arrival_clock = vec![0.0; self.names.len()];
+        }
         let total: f64 = self.sc.demand.share.values().sum();
         let share = self.sc.demand.share.get(&self.names[r]).copied().unwrap_or(0.0) / total.max(f64::EPSILON);
         let rate = self.sc.demand.rate_per_s * share;
         if rate <= 0.0 {
             return;
         }
-        let t = from + self.exp(rate);
+        let exact = self.arrival_clock[r].max(from as f64) + self.exp_ms(rate);
+        self.arrival_clock[r] = exact;
+        let t = exact.floor() as u64;
         if t < self.report.opened_at_ms.max(2_000) + self.sc.duration_ms {
             self.at(t, Ev::Arrival { region: r });
         }
@@ -287,7 +301,7 @@ impl World {
         match ev {
             Ev::Request { region, command, pending } => {
                 let arrival = pending.arrival;
-                self.request(region, arrival, command, Some(pending));
+                self.request(region, arrival, *command, Some(pending));
             }
             Ev::Arrival { region } => {
                 self.schedule_arrival(region, self.now);
@@ -298,7 +312,7 @@ impl World {
                 let command = Command::Confirm { hold, payment_ref: "p".into() };
                 let pending = Pending { arrival: self.now, quantity, pool, client, hold: false };
                 let delay = self.sc.one_way(&self.names[client], &self.names[region]);
-                self.at(self.now + delay, Ev::Request { region, command, pending });
+                self.at(self.now + delay, Ev::Request { region, command: Box::new(command), pending });
             }
             Ev::Deliver { from, to, frame } => {
                 if self.nodes[to].core.is_some() && !self.partitioned(from, to) {
@@ -314,6 +328,7 @@ impl World {
                 }
                 if region == 0 {
                     self.watch_convergence();
+                    self.sample();
                 }
             }
             Ev::Persist { region } => {
@@ -321,7 +336,11 @@ impl World {
                 node.persist_scheduled = false;
                 if let Some(last) = node.unpersisted.last().map(|r| r.index) {
                     let recs = std::mem::take(&mut node.unpersisted);
-                    node.durable.extend(recs);
+                    // The durable log is what a restart recovers from; without crashes in the
+                    // schedule nothing ever reads it, and keeping it would dominate the run.
+                    if !self.sc.faults.crash.is_empty() {
+                        node.durable.extend(recs);
+                    }
                     self.input(region, Input::Persisted(last));
                 }
             }
@@ -388,7 +407,7 @@ impl World {
         let pending = Pending { arrival, quantity, pool, client, hold };
         if delay > 0 {
             // Under `central` the request crosses the WAN first.
-            self.at(arrival + delay, Ev::Request { region: serving, command: cmd, pending });
+            self.at(arrival + delay, Ev::Request { region: serving, command: Box::new(cmd), pending });
         } else {
             self.request(serving, arrival, cmd, Some(pending));
         }
@@ -546,6 +565,17 @@ impl World {
         };
         self.report.handoffs += 1;
         self.request(from, self.now, cmd, None);
+    }
+
+    fn sample(&mut self) {
+        let row = self
+            .nodes
+            .iter()
+            .map(|n| {
+                n.core.as_ref().and_then(|c| c.event(EVENT)).map_or(0, |e| (0..e.genesis().pools.len() as u16).map(|p| e.sellable(p)).sum())
+            })
+            .collect();
+        self.report.series.push((self.now.saturating_sub(self.report.opened_at_ms.max(2_000)), row));
     }
 
     fn watch_convergence(&mut self) {

@@ -78,7 +78,7 @@ enum Verb {
         /// Write the report as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
-        /// An SVG of per-region sellable quota over time (not built yet).
+        /// An SVG of per-region sellable quota over time.
         #[arg(long)]
         plot: Option<PathBuf>,
         /// Fuzz mode: stop after this many seconds even if seeds remain.
@@ -90,10 +90,6 @@ enum Verb {
     Bench(BenchVerb),
 }
 
-fn not_built(verb: &str, issue: &str) -> ExitCode {
-    eprintln!("allot {verb}: not built yet (tracked by the issue \"{issue}\"). Nothing was done.");
-    ExitCode::from(2)
-}
 
 fn report(verb: &str, r: anyhow::Result<()>) -> ExitCode {
     match r {
@@ -129,6 +125,7 @@ fn run_sim(
     seeds: Option<&str>,
     strategy: SimStrategy,
     json: Option<&std::path::Path>,
+    plot: Option<&std::path::Path>,
     max_seconds: Option<u64>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -160,8 +157,10 @@ fn run_sim(
                     s + 1
                 );
             }
-            if done % 50 == 0 {
-                eprint!("\r{done}/{} seeds, no violation", b - a);
+            if done % 20 == 0 || s + 1 == b {
+                let total = (b - a).max(1);
+                let filled = (done * 30 / total) as usize;
+                eprint!("\r[{}{}] {done}/{total} seeds, no violation", "#".repeat(filled), " ".repeat(30 - filled.min(30)));
             }
         }
         let secs = start.elapsed().as_secs_f64();
@@ -177,6 +176,10 @@ fn run_sim(
     println!("  {:<24} {:.0} simulated sales/s ({} orders in {:.2} s)", "speed", r.orders as f64 / secs.max(1e-9), r.orders, secs);
     if let Some(p) = json {
         std::fs::write(p, serde_json::to_string_pretty(&r)? + "\n").with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = plot {
+        let svg = allot_sim::plot::svg(&r).map_err(|e| anyhow::anyhow!("plotting: {e}"))?;
+        std::fs::write(p, svg).with_context(|| format!("writing {}", p.display()))?;
     }
     if !r.violations.is_empty() {
         anyhow::bail!("invariant violated: {}", r.violations[0]);
@@ -206,10 +209,7 @@ fn main() -> ExitCode {
         Verb::Node { config, region, commit } => report("node", run_node(&config, &region, commit)),
         Verb::Certs { config, out } => report("certs", make_certs(&config, &out)),
         Verb::Sim { scenario, seed, seeds, strategy, json, plot, max_seconds } => {
-            if plot.is_some() {
-                return not_built("sim --plot", "The partition simulator (the plot)");
-            }
-            report("sim", run_sim(&scenario, seed, seeds.as_deref(), strategy, json.as_deref(), max_seconds))
+            report("sim", run_sim(&scenario, seed, seeds.as_deref(), strategy, json.as_deref(), plot.as_deref(), max_seconds))
         }
         Verb::Bench(BenchVerb::Http(args)) => report("bench http", run_bench(&args)),
     }
