@@ -16,10 +16,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const REGIONS: [&str; 3] = ["eu-west", "us-east", "ap-south"];
 
-fn core_with_event() -> Core {
-    let names: Vec<String> = REGIONS.map(String::from).to_vec();
-    let mut core = Core::new(Config::new("eu-west", &names));
-    let spec = EventSpec {
+/// The benchmarks' event: one general-admission pool far larger than any run sells.
+fn bench_event() -> EventSpec {
+    EventSpec {
         id: "rock".into(),
         name: "Rock".into(),
         description: String::new(),
@@ -31,7 +30,13 @@ fn core_with_event() -> Core {
         hold_ttl_s: 600,
         pools: vec![PoolInput { id: "floor".into(), kind: PoolKind::General { capacity: 1 << 39 }, price_cents: 8900 }],
         allotments: Allotments::Even,
-    };
+    }
+}
+
+fn core_with_event() -> Core {
+    let names: Vec<String> = REGIONS.map(String::from).to_vec();
+    let mut core = Core::new(Config::new("eu-west", &names));
+    let spec = bench_event();
     core.handle(1, Input::Request { id: RequestId(0), key: None, command: Command::CreateEvent(spec) });
     let last = core.last_index();
     core.handle(1, Input::Persisted(last));
@@ -188,19 +193,7 @@ fn pct(h: &Histogram<u64>, q: f64) -> u64 {
 fn gossip_bytes_per_second(rate: u64) -> u64 {
     use allot_node::cluster::LocalCluster;
     let mut c = LocalCluster::new(&REGIONS);
-    let spec = EventSpec {
-        id: "rock".into(),
-        name: "Rock".into(),
-        description: String::new(),
-        venue: "Arena".into(),
-        lat: 0.0,
-        lon: 0.0,
-        starts_at: "2027-06-01T19:00:00Z".into(),
-        currency: "EUR".into(),
-        hold_ttl_s: 600,
-        pools: vec![PoolInput { id: "floor".into(), kind: PoolKind::General { capacity: 1 << 39 }, price_cents: 8900 }],
-        allotments: Allotments::Even,
-    };
+    let spec = bench_event();
     c.call(0, Command::CreateEvent(spec)).unwrap();
     c.settle(3);
     let ticks_per_s = 20;
