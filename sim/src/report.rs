@@ -39,6 +39,8 @@ pub struct Report {
     pub crashes: u64,
     pub lost_unacknowledged: u64,
     pub convergence_ms: Vec<u64>,
+    /// Heals followed by another cut before the state converged.
+    pub interrupted_heals: u64,
     pub gossip_bytes: u64,
     pub violations: Vec<String>,
     /// Region names, and each region's sellable quota (all pools) sampled every tick: the
@@ -76,6 +78,7 @@ impl Report {
             crashes: 0,
             lost_unacknowledged: 0,
             convergence_ms: vec![],
+            interrupted_heals: 0,
             gossip_bytes: 0,
             violations: vec![],
             regions: vec![],
@@ -101,7 +104,7 @@ impl Report {
         row(&mut s, "time to sell out", self.sold_out_at_ms.map_or("not sold out".into(), |t| format!("{t} ms")));
         row(&mut s, "handoffs", self.handoffs.to_string());
         row(&mut s, "crashes", format!("{} ({} requests lost unacknowledged)", self.crashes, self.lost_unacknowledged));
-        row(&mut s, "convergence after heal", format!("{:?} ms", self.convergence_ms));
+        row(&mut s, "convergence after heal", format!("{:?} ms ({} heals cut again before converging)", self.convergence_ms, self.interrupted_heals));
         row(&mut s, "gossip bytes", self.gossip_bytes.to_string());
         row(&mut s, "violations", if self.violations.is_empty() { "none".into() } else { self.violations.join("; ") });
         s

@@ -81,6 +81,25 @@ pub struct Demand {
     /// Fraction of buyers who want assigned seats (when the event has some).
     #[serde(default)]
     pub seat_fraction: f64,
+    /// How the rate changes over time: during `[from_ms, to_ms)` it is multiplied by `factor`
+    /// (e.g. a rush in the first seconds of an on-sale).
+    #[serde(default)]
+    pub phases: Vec<Phase>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub factor: f64,
+}
+
+impl Demand {
+    /// The rate multiplier at `t` ms after the sale opened.
+    pub fn factor(&self, t: u64) -> f64 {
+        self.phases.iter().filter(|p| p.from_ms <= t && t < p.to_ms).map(|p| p.factor).product()
+    }
 }
 
 fn one() -> u64 {
@@ -102,6 +121,9 @@ pub struct Faults {
     pub duplicate: f64,
     #[serde(default)]
     pub partition: Vec<Partition>,
+    /// A link that goes down and up: cut for `period_ms`, up for `period_ms`, over the window.
+    #[serde(default)]
+    pub flap: Vec<Flap>,
     #[serde(default)]
     pub crash: Vec<Crash>,
     /// Per region, ms added to its clock (no decision compares clocks; this proves it).
@@ -122,6 +144,17 @@ pub struct Partition {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct Flap {
+    pub a: Vec<String>,
+    #[serde(default)]
+    pub b: Vec<String>,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub period_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Crash {
     pub region: String,
     pub at_ms: u64,
@@ -138,9 +171,22 @@ pub enum ScenarioError {
 
 impl Scenario {
     pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
-        let s: Scenario = toml::from_str(text)?;
+        let mut s: Scenario = toml::from_str(text)?;
         s.validate()?;
+        s.expand_flaps();
         Ok(s)
+    }
+
+    /// Turns each flapping link into the partitions it stands for.
+    fn expand_flaps(&mut self) {
+        for f in std::mem::take(&mut self.faults.flap) {
+            let mut t = f.from_ms;
+            while t < f.to_ms {
+                let end = (t + f.period_ms).min(f.to_ms);
+                self.faults.partition.push(Partition { a: f.a.clone(), b: f.b.clone(), from_ms: t, to_ms: end });
+                t += 2 * f.period_ms;
+            }
+        }
     }
 
     pub fn validate(&self) -> Result<(), ScenarioError> {
@@ -164,6 +210,14 @@ impl Scenario {
             if p.a.iter().chain(&p.b).any(|r| !known(r)) || p.from_ms >= p.to_ms {
                 return bad("partition: known regions and from_ms < to_ms".into());
             }
+        }
+        for f in &self.faults.flap {
+            if f.a.iter().chain(&f.b).any(|r| !known(r)) || f.from_ms >= f.to_ms || f.period_ms == 0 {
+                return bad("flap: known regions, from_ms < to_ms and period_ms > 0".into());
+            }
+        }
+        if self.demand.phases.iter().any(|p| p.from_ms >= p.to_ms || !(0.0..=1000.0).contains(&p.factor)) {
+            return bad("demand phases: from_ms < to_ms and a factor in 0..=1000".into());
         }
         if !(0.0..=1.0).contains(&self.faults.loss) || !(0.0..=1.0).contains(&self.faults.duplicate) {
             return bad("loss and duplicate are probabilities".into());

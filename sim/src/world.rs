@@ -86,6 +86,8 @@ pub struct World {
     /// Per region, the exact (fractional ms) time of the last arrival: arrivals may be denser
     /// than the millisecond clock.
     arrival_clock: Vec<f64>,
+    /// Regions whose next `Arrival` is only a wake-up during a quiet phase.
+    quiet: Vec<usize>,
 }
 
 const EVENT: &str = "sim";
@@ -122,6 +124,7 @@ impl World {
             heal_pending: vec![],
             steps: 0,
             arrival_clock: vec![],
+            quiet: vec![],
         }
     }
 
@@ -264,8 +267,15 @@ impl World {
         }
         let total: f64 = self.sc.demand.share.values().sum();
         let share = self.sc.demand.share.get(&self.names[r]).copied().unwrap_or(0.0) / total.max(f64::EPSILON);
-        let rate = self.sc.demand.rate_per_s * share;
+        let since_open = from.saturating_sub(2_000);
+        let rate = self.sc.demand.rate_per_s * share * self.sc.demand.factor(since_open);
         if rate <= 0.0 {
+            // A quiet phase: look again when it may have ended.
+            let next = from + 100;
+            if next < 2_000 + self.sc.duration_ms && share > 0.0 {
+                self.at(next, Ev::Arrival { region: r });
+                self.quiet.push(r);
+            }
             return;
         }
         let exact = self.arrival_clock[r].max(from as f64) + self.exp_ms(rate);
@@ -305,7 +315,12 @@ impl World {
             }
             Ev::Arrival { region } => {
                 self.schedule_arrival(region, self.now);
-                self.buyer(region);
+                // An arrival scheduled only to look at the rate again sells nothing.
+                if let Some(i) = self.quiet.iter().position(|q| *q == region) {
+                    self.quiet.swap_remove(i);
+                } else {
+                    self.buyer(region);
+                }
             }
             Ev::Confirm { region, hold, quantity, pool, client } => {
                 // Latency is per request: this one leaves the buyer now.
@@ -580,6 +595,14 @@ impl World {
 
     fn watch_convergence(&mut self) {
         let t = self.now;
+        let since_open = t.saturating_sub(2_000);
+        if self.sc.faults.partition.iter().any(|p| p.from_ms <= since_open && since_open < p.to_ms) {
+            // A new cut before the state converged: that heal has no convergence time.
+            let before = self.heal_pending.len();
+            self.heal_pending.retain(|h| *h > t);
+            self.report.interrupted_heals += (before - self.heal_pending.len()) as u64;
+            return;
+        }
         let due: Vec<u64> = self.heal_pending.iter().copied().filter(|h| *h <= t).collect();
         if due.is_empty() || self.nodes.iter().any(|n| n.core.is_none()) {
             return;
