@@ -31,6 +31,9 @@ pub struct HttpBench {
     /// Write a Markdown table here as well as to stdout.
     #[arg(long)]
     pub markdown: Option<std::path::PathBuf>,
+    /// HTTP threads of the node under test (default: its own default, one per CPU).
+    #[arg(long)]
+    pub http_threads: Option<usize>,
 }
 
 pub struct Outcome {
@@ -46,7 +49,7 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn start_node(dir: &Path, commit: Commit, token: &str) -> anyhow::Result<(Child, String)> {
+fn start_node(dir: &Path, commit: Commit, token: &str, http_threads: Option<usize>) -> anyhow::Result<(Child, String)> {
     let port = free_port()?;
     let config = dir.join("regions.toml");
     std::fs::write(
@@ -58,10 +61,12 @@ fn start_node(dir: &Path, commit: Commit, token: &str) -> anyhow::Result<(Child,
         Commit::Group => "group",
         Commit::PerRequest => "per-request",
     };
-    let child = Command::new(exe)
-        .args(["node", "--config"])
-        .arg(&config)
-        .args(["--region", "eu-west", "--commit", mode])
+    let mut cmd = Command::new(exe);
+    cmd.args(["node", "--config"]).arg(&config).args(["--region", "eu-west", "--commit", mode]);
+    if let Some(n) = http_threads {
+        cmd.args(["--http-threads", &n.to_string()]);
+    }
+    let child = cmd
         .env("ALLOT_ADMIN_TOKEN", token)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
@@ -87,7 +92,7 @@ pub async fn run(args: &HttpBench) -> anyhow::Result<Vec<Outcome>> {
     for &commit in &args.commit {
         let dir = tempfile::tempdir()?;
         let token = "bench-token";
-        let (mut child, base) = start_node(dir.path(), commit, token)?;
+        let (mut child, base) = start_node(dir.path(), commit, token, args.http_threads)?;
         let result = measure(&base, token, commit, args).await;
         let _ = child.kill();
         let _ = child.wait();

@@ -55,6 +55,9 @@ enum Verb {
         /// `group`: concurrent writes share one synced write; `per-request`: one each (a baseline).
         #[arg(long, value_enum, default_value_t = driver::Commit::Group)]
         commit: driver::Commit,
+        /// Threads serving HTTP (default: one per CPU). The core and the disk have their own.
+        #[arg(long)]
+        http_threads: Option<usize>,
     },
     /// A cluster CA and one certificate per region.
     Certs {
@@ -101,9 +104,13 @@ fn report(verb: &str, r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn run_node(config: &std::path::Path, region: &str, commit: driver::Commit) -> anyhow::Result<()> {
+fn run_node(config: &std::path::Path, region: &str, commit: driver::Commit, http_threads: Option<usize>) -> anyhow::Result<()> {
     let opts = node::NodeOptions::from_config(config, region, commit)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = http_threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.enable_all().build()?;
     rt.block_on(node::run(opts, node::signal()))
 }
 
@@ -206,7 +213,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Verb::Demo { data, seconds, rate } => report("demo", run_demo(data, seconds, rate)),
-        Verb::Node { config, region, commit } => report("node", run_node(&config, &region, commit)),
+        Verb::Node { config, region, commit, http_threads } => report("node", run_node(&config, &region, commit, http_threads)),
         Verb::Certs { config, out } => report("certs", make_certs(&config, &out)),
         Verb::Sim { scenario, seed, seeds, strategy, json, plot, max_seconds } => {
             report("sim", run_sim(&scenario, seed, seeds.as_deref(), strategy, json.as_deref(), plot.as_deref(), max_seconds))
