@@ -31,7 +31,7 @@ pub struct HttpBench {
     /// Write a Markdown table here as well as to stdout.
     #[arg(long)]
     pub markdown: Option<std::path::PathBuf>,
-    /// HTTP threads of the node under test (default: its own default, one per CPU).
+    /// HTTP threads of the node under test (default: the node's own default).
     #[arg(long)]
     pub http_threads: Option<usize>,
 }
