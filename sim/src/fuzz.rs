@@ -17,7 +17,9 @@ pub fn schedule(base: &Scenario, seed: u64) -> (Scenario, Chaos) {
     sc.faults.loss = if rng.random_bool(0.5) { rng.random_range(0.0..0.3) } else { 0.0 };
     sc.faults.duplicate = if rng.random_bool(0.5) { rng.random_range(0.0..0.3) } else { 0.0 };
     sc.jitter_ms = if rng.random_bool(0.5) { rng.random_range(0..200) } else { 0 };
-    sc.disk_ms = rng.random_range(1..50);
+    // Slow disks half the time: a wide window between a change and its sync is where
+    // durability bugs (publishing or spending what a crash can lose) show.
+    sc.disk_ms = if rng.random_bool(0.5) { rng.random_range(1..50) } else { rng.random_range(100..800) };
     sc.faults.partition.clear();
     if rng.random_bool(0.6) {
         for _ in 0..rng.random_range(1..4) {
@@ -32,8 +34,8 @@ pub fn schedule(base: &Scenario, seed: u64) -> (Scenario, Chaos) {
         }
     }
     sc.faults.crash.clear();
-    if rng.random_bool(0.6) {
-        for _ in 0..rng.random_range(1..4) {
+    if rng.random_bool(0.7) {
+        for _ in 0..rng.random_range(1..6) {
             let at = rng.random_range(0..d);
             sc.faults.crash.push(Crash { region: sc.regions[rng.random_range(0..n)].clone(), at_ms: at, restart_ms: at + rng.random_range(1..3000) });
         }

@@ -60,6 +60,8 @@ struct Node {
     core: Option<Core>,
     cfg: Config,
     unpersisted: Vec<Record>,
+    /// The last record index emitted and not yet durable, when records are not kept.
+    unpersisted_last: Option<u64>,
     durable: Vec<Record>,
     persist_scheduled: bool,
     pending: HashMap<RequestId, Pending>,
@@ -88,6 +90,8 @@ pub struct World {
     arrival_clock: Vec<f64>,
     /// Regions whose next `Arrival` is only a wake-up during a quiet phase.
     quiet: Vec<usize>,
+    /// Reused output buffers of the cores.
+    ready: Ready,
 }
 
 const EVENT: &str = "sim";
@@ -100,7 +104,7 @@ impl World {
             .map(|n| {
                 let mut cfg = Config::new(n, &names);
                 cfg.max_holds_per_customer = u32::MAX;
-                Node { core: Some(Core::new(cfg.clone())), cfg, unpersisted: vec![], durable: vec![], persist_scheduled: false, pending: HashMap::new() }
+                Node { core: Some(Core::new(cfg.clone())), cfg, unpersisted: vec![], unpersisted_last: None, durable: vec![], persist_scheduled: false, pending: HashMap::new() }
             })
             .collect();
         let capacity = sc.event.capacity + sc.event.seats as u64;
@@ -125,6 +129,7 @@ impl World {
             steps: 0,
             arrival_clock: vec![],
             quiet: vec![],
+            ready: Ready::default(),
         }
     }
 
@@ -349,13 +354,10 @@ impl World {
             Ev::Persist { region } => {
                 let node = &mut self.nodes[region];
                 node.persist_scheduled = false;
-                if let Some(last) = node.unpersisted.last().map(|r| r.index) {
+                let last = node.unpersisted.last().map(|r| r.index).or(node.unpersisted_last.take());
+                if let Some(last) = last {
                     let recs = std::mem::take(&mut node.unpersisted);
-                    // The durable log is what a restart recovers from; without crashes in the
-                    // schedule nothing ever reads it, and keeping it would dominate the run.
-                    if !self.sc.faults.crash.is_empty() {
-                        node.durable.extend(recs);
-                    }
+                    node.durable.extend(recs);
                     self.input(region, Input::Persisted(last));
                 }
             }
@@ -365,6 +367,7 @@ impl World {
                 if node.core.take().is_some() {
                     self.report.crashes += 1;
                     node.unpersisted.clear();
+                    node.unpersisted_last = None;
                     self.report.lost_unacknowledged += node.pending.len() as u64;
                     node.pending.clear();
                     self.at(restart_at, Ev::Restart { region });
@@ -447,19 +450,30 @@ impl World {
         let now = self.clock(r);
         let Some(core) = self.nodes[r].core.as_mut() else { return };
         core.handle(now, input);
-        let ready = core.ready();
+        let mut ready = std::mem::take(&mut self.ready);
+        core.ready_into(&mut ready);
         if !ready.records.is_empty() {
-            self.nodes[r].unpersisted.extend(ready.records);
+            // The durable log is what a restart recovers from; without crashes in the schedule
+            // nothing ever reads it, and keeping it would dominate the run.
+            if self.sc.faults.crash.is_empty() {
+                self.nodes[r].unpersisted_last = ready.records.last().map(|x| x.index);
+                ready.records.clear();
+            } else {
+                self.nodes[r].unpersisted.append(&mut ready.records);
+            }
             if !self.nodes[r].persist_scheduled {
                 self.nodes[r].persist_scheduled = true;
                 let t = self.now + self.sc.disk_ms;
                 self.at(t, Ev::Persist { region: r });
             }
         }
-        for w in ready.warnings {
+        for w in ready.warnings.drain(..) {
             self.report.violations.push(format!("t={}ms {}: an honest peer was refused: {w}", self.now, self.names[r]));
         }
-        for (peer, frame) in ready.messages {
+        let messages: Vec<_> = ready.messages.drain(..).collect();
+        let replies: Vec<_> = ready.replies.drain(..).collect();
+        self.ready = ready;
+        for (peer, frame) in messages {
             let to = self.names.iter().position(|n| *n == peer).expect("a known region");
             self.report.gossip_bytes += postcard::to_stdvec(&frame).map(|b| b.len() as u64 + 8).unwrap_or(0);
             if self.rng.random_bool(self.sc.faults.loss) {
@@ -472,7 +486,7 @@ impl World {
                 self.at(t, Ev::Deliver { from: r, to, frame: frame.clone() });
             }
         }
-        for (id, reply) in ready.replies {
+        for (id, reply) in replies {
             if let Some(p) = self.nodes[r].pending.remove(&id) {
                 self.answer(r, p, reply);
             }
