@@ -53,7 +53,6 @@ struct Pending {
     pool: &'static str,
     /// The region the buyer is in (differs from the serving region under `central`).
     client: usize,
-    hold: bool,
 }
 
 struct Node {
@@ -71,7 +70,6 @@ pub struct World {
     sc: Scenario,
     strategy: Strategy,
     chaos: Chaos,
-    seed: u64,
     rng: ChaCha8Rng,
     now: u64,
     seq: u64,
@@ -115,7 +113,6 @@ impl World {
             sc,
             strategy,
             chaos,
-            seed,
             now: 0,
             seq: 0,
             queue: BTreeMap::new(),
@@ -204,7 +201,7 @@ impl World {
     pub fn run(mut self) -> Report {
         // Genesis at the catalog region, spread before the sale opens.
         let spec = self.spec();
-        self.request(0, 0, Command::CreateEvent(spec), None);
+        self.request(0, Command::CreateEvent(spec), None);
         for r in 0..self.names.len() {
             let jitter = self.rng.random_range(0..self.sc.tick_ms);
             self.at(jitter, Ev::Tick { region: r });
@@ -315,8 +312,7 @@ impl World {
     fn step(&mut self, ev: Ev) {
         match ev {
             Ev::Request { region, command, pending } => {
-                let arrival = pending.arrival;
-                self.request(region, arrival, *command, Some(pending));
+                self.request(region, *command, Some(pending));
             }
             Ev::Arrival { region } => {
                 self.schedule_arrival(region, self.now);
@@ -330,7 +326,7 @@ impl World {
             Ev::Confirm { region, hold, quantity, pool, client } => {
                 // Latency is per request: this one leaves the buyer now.
                 let command = Command::Confirm { hold, payment_ref: "p".into() };
-                let pending = Pending { arrival: self.now, quantity, pool, client, hold: false };
+                let pending = Pending { arrival: self.now, quantity, pool, client };
                 let delay = self.sc.one_way(&self.names[client], &self.names[region]);
                 self.at(self.now + delay, Ev::Request { region, command: Box::new(command), pending });
             }
@@ -422,16 +418,16 @@ impl World {
             Command::Purchase { event: EVENT.into(), want, customer, payment_ref: "p".into() }
         };
         let arrival = self.now;
-        let pending = Pending { arrival, quantity, pool, client, hold };
+        let pending = Pending { arrival, quantity, pool, client };
         if delay > 0 {
             // Under `central` the request crosses the WAN first.
             self.at(arrival + delay, Ev::Request { region: serving, command: Box::new(cmd), pending });
         } else {
-            self.request(serving, arrival, cmd, Some(pending));
+            self.request(serving, cmd, Some(pending));
         }
     }
 
-    fn request(&mut self, r: usize, arrival: u64, command: Command, pending: Option<Pending>) {
+    fn request(&mut self, r: usize, command: Command, pending: Option<Pending>) {
         if self.nodes[r].core.is_none() {
             self.report.unavailable += u64::from(pending.is_some());
             return;
@@ -441,7 +437,6 @@ impl World {
         if let Some(p) = pending {
             self.nodes[r].pending.insert(id, p);
         }
-        let _ = arrival;
         self.input(r, Input::Request { id, key: None, command });
     }
 
@@ -526,11 +521,9 @@ impl World {
                 let _ = self.latency.record(done.saturating_sub(p.arrival));
             }
             Err(CoreError::HoldExpired) => self.report.expired += 1,
-            Err(e) => {
+            Err(_) => {
                 self.report.answers += 1;
                 self.report.other_errors += 1;
-                let _ = p.hold;
-                let _ = e;
             }
         }
     }
@@ -577,7 +570,7 @@ impl World {
         }
         let cmd = Command::Grant { event: EVENT.into(), pool: "floor".into(), to: self.names[to].clone(), amount: GrantAmount::Quantity(give as u64) };
         self.report.handoffs += 1;
-        self.request(from, self.now, cmd, None);
+        self.request(from, cmd, None);
     }
 
     fn random_transfer(&mut self) {
@@ -593,7 +586,7 @@ impl World {
             Command::Grant { event: EVENT.into(), pool: "floor".into(), to: to_name, amount: GrantAmount::Quantity(q) }
         };
         self.report.handoffs += 1;
-        self.request(from, self.now, cmd, None);
+        self.request(from, cmd, None);
     }
 
     fn sample(&mut self) {
@@ -663,7 +656,6 @@ impl World {
         let h = &self.latency;
         self.report.latency_ms = Latency { p50: h.value_at_quantile(0.5), p90: h.value_at_quantile(0.9), p99: h.value_at_quantile(0.99), max: h.max() };
         self.report.finish();
-        let _ = self.seed;
         self.report
     }
 }
