@@ -38,6 +38,15 @@ impl VersionVector {
         }
     }
 
+    /// Sets one entry, up or down: for reporting a version other than the one held (a region
+    /// reports its own row only as far as it is durable).
+    pub fn set(&mut self, region: usize, seq: u64) {
+        if self.0.len() <= region {
+            self.0.resize(region + 1, 0);
+        }
+        self.0[region] = seq;
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

@@ -901,13 +901,11 @@ impl Core {
                     _ => None,
                 };
                 let theirs = view.vv.clone().unwrap_or_default();
+                // Our own entry is the durable version: the one the rows we send can prove.
                 let mut vv = e.ledger.version_vector();
-                let mut mine = allot_crdt::VersionVector::new(vv.len());
-                for (r, &s) in vv.as_slice().iter().enumerate() {
-                    let own = if crate::bugs::publish_before_durable() { s } else { e.published.seq };
-                    mine.observe(r, if r == e.me as usize { own } else { s });
+                if !crate::bugs::publish_before_durable() {
+                    vv.set(e.me as usize, e.published.seq);
                 }
-                vv = mine;
                 let mut rows = Vec::new();
                 for w in 0..e.genesis().regions.len() as RegionIdx {
                     if w == p {
