@@ -84,13 +84,19 @@ impl Store {
     /// Bumps and syncs the incarnation (part of the automerge actor id), so a restarted node
     /// never re-issues an automerge sequence number.
     pub fn next_incarnation(&self) -> anyhow::Result<u64> {
-        let cf = self.cf(NODE);
-        let old = self.db.get_cf(cf, b"incarnation")?.map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]))).unwrap_or(0);
-        let next = old + 1;
+        let next = self.node_u64(b"incarnation")? + 1;
         let mut b = WriteBatch::default();
-        b.put_cf(cf, b"incarnation", next.to_be_bytes());
+        b.put_cf(self.cf(NODE), b"incarnation", next.to_be_bytes());
         self.write(b)?;
         Ok(next)
+    }
+
+    /// A counter of the node state column family (0 when never written).
+    fn node_u64(&self, key: &[u8]) -> anyhow::Result<u64> {
+        match self.db.get_cf(self.cf(NODE), key)? {
+            None => Ok(0),
+            Some(v) => Ok(u64::from_be_bytes(v.as_slice().try_into().context("a node counter is 8 bytes")?)),
+        }
     }
 
     /// Writes one batch to the synced WAL.
@@ -253,11 +259,8 @@ impl Store {
             let key = IdempotencyKey { key: String::from_utf8(k.to_vec()).context("key text")?, body_hash };
             keys.push((at, RecordBody::KeyRestored { key, outcome }));
         }
-        let node = |k: &[u8]| -> anyhow::Result<u64> {
-            Ok(self.db.get_cf(self.cf(NODE), k)?.map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]))).unwrap_or(0))
-        };
-        bodies.push(RecordBody::CountersRestored { next_hold: node(b"next_hold")?.max(1) });
-        let clock = node(b"clock")?;
+        bodies.push(RecordBody::CountersRestored { next_hold: self.node_u64(b"next_hold")?.max(1) });
+        let clock = self.node_u64(b"clock")?;
         // Keys keep their own time, so they expire 24 h after they were made, not after restart.
         keys.sort_by_key(|(at, _)| *at);
         let timed = bodies.into_iter().map(|b| (clock, b)).chain(keys).collect::<Vec<_>>();
