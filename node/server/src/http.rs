@@ -75,6 +75,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 // ----- plumbing -------------------------------------------------------------------------------
 
 const PROXIED: &str = "x-allot-proxied";
+/// The request headers a proxied request carries to the owning region.
+const FORWARDED_HEADERS: [&str; 4] = ["content-type", "idempotency-key", "authorization", "accept"];
 
 /// Answers that belong to another region (its hold, its order, the catalog's event creation)
 /// are fetched from that region, once: a proxied request is never proxied again.
@@ -84,18 +86,20 @@ async fn proxy(State(s): St, req: axum::extract::Request, next: axum::middleware
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
         return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", format!("request bodies are limited to {MAX_BODY} bytes")).into_response();
     };
-    let mut resp = next.run(axum::extract::Request::from_parts(parts.clone(), bytes.clone().into())).await;
+    // Keep only what a forward needs; the request itself goes to the handler.
+    let (method, uri) = (parts.method.clone(), parts.uri.clone());
+    let forwarded: Vec<(&'static str, axum::http::HeaderValue)> =
+        FORWARDED_HEADERS.iter().filter_map(|h| parts.headers.get(*h).map(|v| (*h, v.clone()))).collect();
+    let mut resp = next.run(axum::extract::Request::from_parts(parts, bytes.clone().into())).await;
     let Some(owner) = resp.headers_mut().remove(crate::problem::OWNER_HEADER) else { return resp };
     let Some(addr) = owner.to_str().ok().and_then(|o| s.peers.get(o)) else { return resp };
     if proxied {
         return resp;
     }
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut fwd = s.client.request(parts.method.clone(), format!("http://{addr}{path}")).header(PROXIED, &s.region).body(bytes);
-    for h in ["content-type", "idempotency-key", "authorization", "accept"] {
-        if let Some(v) = parts.headers.get(h) {
-            fwd = fwd.header(h, v);
-        }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut fwd = s.client.request(method, format!("http://{addr}{path}")).header(PROXIED, &s.region).body(bytes);
+    for (h, v) in forwarded {
+        fwd = fwd.header(h, v);
     }
     let owner = owner.to_str().unwrap_or("?").to_owned();
     match fwd.send().await {
