@@ -10,7 +10,6 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use crate::driver::Commit;
 use crate::node::{serve, NodeOptions, Peer};
 
 const REGIONS: [&str; 3] = ["eu-west", "us-east", "ap-south"];
@@ -66,24 +65,10 @@ pub async fn run(data: Option<PathBuf>, seconds: Option<u64>, rate: u64) -> anyh
     let mut stops = Vec::new();
     let mut tasks = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
-        let opts = NodeOptions {
-            region: names[i].clone(),
-            regions: names.clone(),
-            catalog_region: names[0].clone(),
-            http: http[i],
-            data_dir: root.join("data").join(&names[i]),
-            tick: Duration::from_millis(50),
-            admin_token: Some(token.clone()),
-            commit: Commit::Group,
-            max_holds_per_customer: 5,
-            max_quantity: 20,
-            faults: Default::default(),
-            quic: quic[i],
-            peers: (0..3).filter(|&j| j != i).map(|j| Peer { name: names[j].clone(), http: http[j], quic: quic[j] }).collect(),
-            tls_dir: Some(certs.clone()),
-            reconnect_max: Duration::from_millis(250),
-            net_faults: Default::default(),
-        };
+        let mut opts = NodeOptions::local(&names[i], &names, http[i], root.join("data").join(&names[i]), Some(token.clone()));
+        opts.quic = quic[i];
+        opts.peers = (0..3).filter(|&j| j != i).map(|j| Peer { name: names[j].clone(), http: http[j], quic: quic[j] }).collect();
+        opts.tls_dir = Some(certs.clone());
         let (stop, rx) = oneshot::channel::<()>();
         tasks.push(tokio::spawn(serve(opts, listener, async move {
             let _ = rx.await;

@@ -47,6 +47,29 @@ pub struct NodeOptions {
 }
 
 impl NodeOptions {
+    /// A node on loopback with the defaults of `regions.toml` (first region as catalog, group
+    /// commit, 50 ms ticks, no peers, no TLS): the demo and tests adjust what they need.
+    pub fn local(region: &str, regions: &[String], http: SocketAddr, data_dir: PathBuf, admin_token: Option<String>) -> NodeOptions {
+        NodeOptions {
+            region: region.to_owned(),
+            regions: regions.to_vec(),
+            catalog_region: regions.first().cloned().unwrap_or_else(|| region.to_owned()),
+            http,
+            data_dir,
+            tick: Duration::from_millis(50),
+            admin_token,
+            commit: Commit::Group,
+            max_holds_per_customer: 5,
+            max_quantity: 20,
+            faults: Faults::default(),
+            quic: SocketAddr::from(([127, 0, 0, 1], 0)),
+            peers: Vec::new(),
+            tls_dir: None,
+            reconnect_max: Duration::from_millis(250),
+            net_faults: Arc::default(),
+        }
+    }
+
     pub fn from_config(path: &Path, region: &str, commit: Commit) -> anyhow::Result<NodeOptions> {
         let cfg = ClusterConfig::load(path)?;
         let r = cfg.region(region)?;

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use allot::driver::Commit;
 use allot::node::{serve, NodeOptions, Peer};
 use allot::transport::NetFaults;
 use common::{event, read, TOKEN};
@@ -43,24 +42,13 @@ impl Cluster {
         let mut c = Cluster { bases: Vec::new(), faults: Vec::new(), stops: Vec::new(), tasks: Vec::new(), client: Client::new(), _dir: dir };
         for (i, listener) in listeners.into_iter().enumerate() {
             let faults: Arc<NetFaults> = Arc::default();
-            let opts = NodeOptions {
-                region: NAMES[i].into(),
-                regions: regions.clone(),
-                catalog_region: "eu-west".into(),
-                http: http[i],
-                data_dir: c._dir.path().join(NAMES[i]),
-                tick: Duration::from_millis(20),
-                admin_token: Some(TOKEN.into()),
-                commit: Commit::Group,
-                max_holds_per_customer: 5,
-                max_quantity: 20,
-                faults: Default::default(),
-                quic: quic[i],
-                peers: (0..3).filter(|&j| j != i).map(|j| Peer { name: NAMES[j].into(), http: http[j], quic: quic[j] }).collect(),
-                tls_dir: Some(c._dir.path().join("certs")),
-                reconnect_max: Duration::from_millis(100),
-                net_faults: faults.clone(),
-            };
+            let mut opts = NodeOptions::local(NAMES[i], &regions, http[i], c._dir.path().join(NAMES[i]), Some(TOKEN.into()));
+            opts.tick = Duration::from_millis(20);
+            opts.quic = quic[i];
+            opts.peers = (0..3).filter(|&j| j != i).map(|j| Peer { name: NAMES[j].into(), http: http[j], quic: quic[j] }).collect();
+            opts.tls_dir = Some(c._dir.path().join("certs"));
+            opts.reconnect_max = Duration::from_millis(100);
+            opts.net_faults = faults.clone();
             let (stop, rx) = oneshot::channel::<()>();
             c.tasks.push(tokio::spawn(serve(opts, listener, async move {
                 let _ = rx.await;

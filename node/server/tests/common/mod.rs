@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use allot::driver::Commit;
 use allot::node::{serve, NodeOptions};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
@@ -31,24 +30,8 @@ impl TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free loopback port");
         let addr = listener.local_addr().unwrap();
-        let mut opts = NodeOptions {
-            region: "eu-west".into(),
-            regions: regions(),
-            catalog_region: "eu-west".into(),
-            http: addr,
-            data_dir: dir.path().join("data"),
-            tick: Duration::from_millis(20),
-            admin_token: Some(TOKEN.into()),
-            commit: Commit::Group,
-            max_holds_per_customer: 5,
-            max_quantity: 20,
-            faults: Default::default(),
-            quic: "127.0.0.1:0".parse().unwrap(),
-            peers: Vec::new(),
-            tls_dir: None,
-            reconnect_max: Duration::from_millis(250),
-            net_faults: Default::default(),
-        };
+        let mut opts = NodeOptions::local("eu-west", &regions(), addr, dir.path().join("data"), Some(TOKEN.into()));
+        opts.tick = Duration::from_millis(20);
         tune(&mut opts);
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(opts, listener, async move {
