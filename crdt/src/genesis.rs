@@ -145,7 +145,11 @@ pub enum GenesisError {
     #[error("allotments miss pool {0:?}")]
     MissingPool(String),
     #[error("pool {pool:?}: allotments sum to {sum}, capacity is {capacity}")]
-    WrongSum { pool: String, sum: u64, capacity: u64 },
+    WrongSum {
+        pool: String,
+        sum: u64,
+        capacity: u64,
+    },
 }
 
 fn check_id(id: &str) -> Result<(), GenesisError> {
@@ -192,7 +196,11 @@ impl Genesis {
                         .collect()
                 }
             };
-            out.push(PoolGenesis { id: spec.id, kind: spec.kind, initial });
+            out.push(PoolGenesis {
+                id: spec.id,
+                kind: spec.kind,
+                initial,
+            });
         }
         if let Allotments::Explicit(map) = allotments {
             if let Some(p) = map.keys().find(|p| !out.iter().any(|g| &g.id == *p)) {
@@ -276,11 +284,17 @@ impl Genesis {
     }
 
     pub fn region_index(&self, name: &str) -> Option<RegionIdx> {
-        self.regions.iter().position(|r| r == name).map(|i| i as RegionIdx)
+        self.regions
+            .iter()
+            .position(|r| r == name)
+            .map(|i| i as RegionIdx)
     }
 
     pub fn pool_index(&self, id: &str) -> Option<PoolIdx> {
-        self.pools.iter().position(|p| p.id == id).map(|i| i as PoolIdx)
+        self.pools
+            .iter()
+            .position(|p| p.id == id)
+            .map(|i| i as PoolIdx)
     }
 
     pub fn pool(&self, pool: PoolIdx) -> &PoolGenesis {
@@ -293,24 +307,37 @@ mod tests {
     use super::*;
 
     fn regions() -> Vec<String> {
-        ["eu-west", "us-east", "ap-south"].map(String::from).to_vec()
+        ["eu-west", "us-east", "ap-south"]
+            .map(String::from)
+            .to_vec()
     }
 
     fn ga(id: &str, capacity: u64) -> PoolSpec {
-        PoolSpec { id: id.into(), kind: PoolKind::General { capacity } }
+        PoolSpec {
+            id: id.into(),
+            kind: PoolKind::General { capacity },
+        }
     }
 
     fn seats(id: &str, ids: &[&str]) -> PoolSpec {
         PoolSpec {
             id: id.into(),
-            kind: PoolKind::Assigned { seats: ids.iter().map(|s| s.to_string()).collect() },
+            kind: PoolKind::Assigned {
+                seats: ids.iter().map(|s| s.to_string()).collect(),
+            },
         }
     }
 
     #[test]
     fn even_split_gives_the_remainder_in_config_order() {
-        let g = Genesis::build("e", "EUR", &regions(), vec![ga("floor", 3001), ga("x", 2)], &Allotments::Even)
-            .unwrap();
+        let g = Genesis::build(
+            "e",
+            "EUR",
+            &regions(),
+            vec![ga("floor", 3001), ga("x", 2)],
+            &Allotments::Even,
+        )
+        .unwrap();
         assert_eq!(g.pools[0].initial, vec![1001, 1000, 1000]);
         assert_eq!(g.pools[1].initial, vec![1, 1, 0]);
     }
@@ -333,8 +360,14 @@ mod tests {
 
     #[test]
     fn a_seat_listed_twice_is_refused() {
-        let err = Genesis::build("e", "EUR", &regions(), vec![seats("s", &["A-1", "A-1"])], &Allotments::Even)
-            .unwrap_err();
+        let err = Genesis::build(
+            "e",
+            "EUR",
+            &regions(),
+            vec![seats("s", &["A-1", "A-1"])],
+            &Allotments::Even,
+        )
+        .unwrap_err();
         assert!(matches!(err, GenesisError::DuplicateSeat { .. }));
     }
 
@@ -343,20 +376,50 @@ mod tests {
         let mk = |pairs: &[(&str, &str, u64)]| {
             let mut m: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
             for (p, r, n) in pairs {
-                m.entry(p.to_string()).or_default().insert(r.to_string(), *n);
+                m.entry(p.to_string())
+                    .or_default()
+                    .insert(r.to_string(), *n);
             }
-            Genesis::build("e", "EUR", &regions(), vec![ga("floor", 10)], &Allotments::Explicit(m))
+            Genesis::build(
+                "e",
+                "EUR",
+                &regions(),
+                vec![ga("floor", 10)],
+                &Allotments::Explicit(m),
+            )
         };
-        assert_eq!(mk(&[("floor", "eu-west", 7), ("floor", "ap-south", 3)]).unwrap().pools[0].initial, vec![7, 0, 3]);
-        assert!(matches!(mk(&[("floor", "eu-west", 9)]), Err(GenesisError::WrongSum { sum: 9, .. })));
-        assert!(matches!(mk(&[("floor", "mars", 10)]), Err(GenesisError::UnknownRegion(_))));
-        assert!(matches!(mk(&[("floor", "eu-west", 10), ("vip", "eu-west", 0)]), Err(GenesisError::UnknownPool(_))));
+        assert_eq!(
+            mk(&[("floor", "eu-west", 7), ("floor", "ap-south", 3)])
+                .unwrap()
+                .pools[0]
+                .initial,
+            vec![7, 0, 3]
+        );
+        assert!(matches!(
+            mk(&[("floor", "eu-west", 9)]),
+            Err(GenesisError::WrongSum { sum: 9, .. })
+        ));
+        assert!(matches!(
+            mk(&[("floor", "mars", 10)]),
+            Err(GenesisError::UnknownRegion(_))
+        ));
+        assert!(matches!(
+            mk(&[("floor", "eu-west", 10), ("vip", "eu-west", 0)]),
+            Err(GenesisError::UnknownPool(_))
+        ));
         assert!(matches!(mk(&[]), Err(GenesisError::MissingPool(_))));
     }
 
     #[test]
     fn hash_is_content_addressed() {
-        let a = Genesis::build("e", "EUR", &regions(), vec![ga("floor", 10)], &Allotments::Even).unwrap();
+        let a = Genesis::build(
+            "e",
+            "EUR",
+            &regions(),
+            vec![ga("floor", 10)],
+            &Allotments::Even,
+        )
+        .unwrap();
         let mut b = a.clone();
         assert_eq!(a.hash(), b.hash());
         b.pools[0].initial = vec![5, 3, 2];
@@ -367,7 +430,13 @@ mod tests {
     #[test]
     fn bad_ids_and_currency_are_refused() {
         assert!(matches!(
-            Genesis::build("bad id", "EUR", &regions(), vec![ga("f", 1)], &Allotments::Even),
+            Genesis::build(
+                "bad id",
+                "EUR",
+                &regions(),
+                vec![ga("f", 1)],
+                &Allotments::Even
+            ),
             Err(GenesisError::InvalidId(_))
         ));
         assert!(matches!(

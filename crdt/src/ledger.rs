@@ -27,15 +27,28 @@ pub enum Refusal {
     #[error("writer {0} is not a region of this event")]
     UnknownWriter(RegionIdx),
     #[error("malformed delta from writer {writer}: {why}")]
-    Malformed { writer: RegionIdx, why: &'static str },
+    Malformed {
+        writer: RegionIdx,
+        why: &'static str,
+    },
     #[error("writer {writer} seq {seq}: a known version arrived with other content")]
     Conflict { writer: RegionIdx, seq: u64 },
     #[error("writer {writer} seq {seq}: a number went backwards")]
     Backwards { writer: RegionIdx, seq: u64 },
     #[error("writer {writer} gave away seat {seat} of pool {pool} that region {owner} owns")]
-    SeatNotOwned { writer: RegionIdx, pool: PoolIdx, seat: SeatIdx, owner: RegionIdx },
+    SeatNotOwned {
+        writer: RegionIdx,
+        pool: PoolIdx,
+        seat: SeatIdx,
+        owner: RegionIdx,
+    },
     #[error("region {writer} has {available} of pool {pool}, not {wanted}")]
-    Insufficient { writer: RegionIdx, pool: PoolIdx, available: i64, wanted: u64 },
+    Insufficient {
+        writer: RegionIdx,
+        pool: PoolIdx,
+        available: i64,
+        wanted: u64,
+    },
 }
 
 /// What applying a delta did.
@@ -46,7 +59,12 @@ pub enum Applied {
     /// The delta starts above the replica's version; ignored until a delta from it arrives.
     Gap { have: u64 },
     /// The row moved from version `from` to `to`.
-    Advanced { from: u64, to: u64, credits: Vec<Credit>, seats: Vec<SeatMove> },
+    Advanced {
+        from: u64,
+        to: u64,
+        credits: Vec<Credit>,
+        seats: Vec<SeatMove>,
+    },
 }
 
 /// Quota granted to `to` by the delta's writer, `amount` more than this view knew.
@@ -69,10 +87,24 @@ pub struct SeatMove {
 /// A change a region makes to its own row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
-    Consume { pool: PoolIdx, n: u64 },
-    Return { pool: PoolIdx, n: u64 },
-    Grant { pool: PoolIdx, to: RegionIdx, n: u64 },
-    GiveSeat { pool: PoolIdx, seat: SeatIdx, to: RegionIdx },
+    Consume {
+        pool: PoolIdx,
+        n: u64,
+    },
+    Return {
+        pool: PoolIdx,
+        n: u64,
+    },
+    Grant {
+        pool: PoolIdx,
+        to: RegionIdx,
+        n: u64,
+    },
+    GiveSeat {
+        pool: PoolIdx,
+        seat: SeatIdx,
+        to: RegionIdx,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,7 +128,10 @@ impl Ledger {
             .iter()
             .map(|pool| {
                 (0..pool.seat_count() as SeatIdx)
-                    .map(|s| SeatOwner { epoch: 0, owner: pool.initial_owner(s) })
+                    .map(|s| SeatOwner {
+                        epoch: 0,
+                        owner: pool.initial_owner(s),
+                    })
                     .collect()
             })
             .collect();
@@ -198,10 +233,17 @@ impl Ledger {
             };
             let p = pool as usize;
             if p >= self.genesis.pools.len() {
-                return Err(Refusal::Malformed { writer, why: "unknown pool" });
+                return Err(Refusal::Malformed {
+                    writer,
+                    why: "unknown pool",
+                });
             }
             let prow = &row.pools[p];
-            let bump = |entries: &mut Entries, key: (PoolIdx, u8, u32), make: &dyn Fn(u64) -> Entry, base: u64, n: u64| {
+            let bump = |entries: &mut Entries,
+                        key: (PoolIdx, u8, u32),
+                        make: &dyn Fn(u64) -> Entry,
+                        base: u64,
+                        n: u64| {
                 if let Some(e) = entries.iter_mut().find(|(_, e)| e.key() == key) {
                     e.1 = make(entry_value(&e.1) + n);
                 } else {
@@ -211,54 +253,120 @@ impl Ledger {
             match *change {
                 Change::Consume { n, .. } => {
                     spend(p, n);
-                    bump(&mut entries, (pool, 1, 0), &|v| Entry::Consumed { pool, value: v }, prow.consumed.value, n);
+                    bump(
+                        &mut entries,
+                        (pool, 1, 0),
+                        &|v| Entry::Consumed { pool, value: v },
+                        prow.consumed.value,
+                        n,
+                    );
                 }
                 Change::Return { n, .. } => {
                     let outstanding = prow.consumed.value - prow.returned.value;
                     if n > outstanding {
-                        return Err(Refusal::Malformed { writer, why: "returning more than was sold" });
+                        return Err(Refusal::Malformed {
+                            writer,
+                            why: "returning more than was sold",
+                        });
                     }
-                    bump(&mut entries, (pool, 2, 0), &|v| Entry::Returned { pool, value: v }, prow.returned.value, n);
+                    bump(
+                        &mut entries,
+                        (pool, 2, 0),
+                        &|v| Entry::Returned { pool, value: v },
+                        prow.returned.value,
+                        n,
+                    );
                 }
                 Change::Grant { to, n, .. } => {
                     if to == writer || to as usize >= self.rows.len() {
-                        return Err(Refusal::Malformed { writer, why: "grant to itself or to an unknown region" });
+                        return Err(Refusal::Malformed {
+                            writer,
+                            why: "grant to itself or to an unknown region",
+                        });
                     }
                     if self.genesis.pools[p].is_assigned() {
-                        return Err(Refusal::Malformed { writer, why: "assigned seats move by seat id" });
+                        return Err(Refusal::Malformed {
+                            writer,
+                            why: "assigned seats move by seat id",
+                        });
                     }
                     spend(p, n);
                     let base = prow.granted_out[to as usize].value;
-                    bump(&mut entries, (pool, 0, u32::from(to)), &|v| Entry::GrantedOut { pool, to, value: v }, base, n);
+                    bump(
+                        &mut entries,
+                        (pool, 0, u32::from(to)),
+                        &|v| Entry::GrantedOut { pool, to, value: v },
+                        base,
+                        n,
+                    );
                 }
                 Change::GiveSeat { seat, to, .. } => {
                     if to == writer || to as usize >= self.rows.len() {
-                        return Err(Refusal::Malformed { writer, why: "seat to itself or to an unknown region" });
+                        return Err(Refusal::Malformed {
+                            writer,
+                            why: "seat to itself or to an unknown region",
+                        });
                     }
                     let owner = *self.owners[p]
                         .get(seat as usize)
-                        .ok_or(Refusal::Malformed { writer, why: "unknown seat" })?;
+                        .ok_or(Refusal::Malformed {
+                            writer,
+                            why: "unknown seat",
+                        })?;
                     if owner.owner != writer {
-                        return Err(Refusal::SeatNotOwned { writer, pool, seat, owner: owner.owner });
+                        return Err(Refusal::SeatNotOwned {
+                            writer,
+                            pool,
+                            seat,
+                            owner: owner.owner,
+                        });
                     }
                     if entries.iter().any(|(_, e)| e.key() == (pool, 3, seat)) {
-                        return Err(Refusal::Malformed { writer, why: "seat listed twice" });
+                        return Err(Refusal::Malformed {
+                            writer,
+                            why: "seat listed twice",
+                        });
                     }
                     spend(p, 1);
-                    entries.push((seq, Entry::Seat { pool, seat, epoch: owner.epoch + 1, to }));
+                    entries.push((
+                        seq,
+                        Entry::Seat {
+                            pool,
+                            seat,
+                            epoch: owner.epoch + 1,
+                            to,
+                        },
+                    ));
                     let base = prow.granted_out[to as usize].value;
-                    bump(&mut entries, (pool, 0, u32::from(to)), &|v| Entry::GrantedOut { pool, to, value: v }, base, 1);
+                    bump(
+                        &mut entries,
+                        (pool, 0, u32::from(to)),
+                        &|v| Entry::GrantedOut { pool, to, value: v },
+                        base,
+                        1,
+                    );
                 }
             }
         }
         for &(p, n) in &spent {
             let available = self.available(p as PoolIdx, writer);
             if n > 0 && available < n as i64 {
-                return Err(Refusal::Insufficient { writer, pool: p as PoolIdx, available, wanted: n });
+                return Err(Refusal::Insufficient {
+                    writer,
+                    pool: p as PoolIdx,
+                    available,
+                    wanted: n,
+                });
             }
         }
         entries.sort_unstable_by_key(|(_, e)| e.key());
-        Ok(RowDelta { genesis: self.hash, writer, since: row.seq, seq, entries })
+        Ok(RowDelta {
+            genesis: self.hash,
+            writer,
+            since: row.seq,
+            seq,
+            entries,
+        })
     }
 
     /// Applies a delta of any writer's row (a peer's, or this region's own on recovery).
@@ -300,13 +408,30 @@ impl Ledger {
                         prow.returned = Stamped { value, seq: stamp };
                     }
                 }
-                Entry::Seat { pool, seat, epoch, to } => {
+                Entry::Seat {
+                    pool,
+                    seat,
+                    epoch,
+                    to,
+                } => {
                     let newer = prow.seats.get(&seat).is_none_or(|s| stamp > s.seq);
                     if newer {
-                        prow.seats.insert(seat, SeatStamp { epoch, to, seq: stamp });
+                        prow.seats.insert(
+                            seat,
+                            SeatStamp {
+                                epoch,
+                                to,
+                                seq: stamp,
+                            },
+                        );
                         let owner = &mut self.owners[pool as usize][seat as usize];
                         if epoch > owner.epoch {
-                            seats.push(SeatMove { pool, seat, from: owner.owner, to });
+                            seats.push(SeatMove {
+                                pool,
+                                seat,
+                                from: owner.owner,
+                                to,
+                            });
                             *owner = SeatOwner { epoch, owner: to };
                         }
                     }
@@ -314,13 +439,21 @@ impl Ledger {
             }
         }
         self.rows[w].seq = d.seq;
-        Ok(Applied::Advanced { from: have, to: d.seq, credits, seats })
+        Ok(Applied::Advanced {
+            from: have,
+            to: d.seq,
+            credits,
+            seats,
+        })
     }
 
     fn validate(&self, d: &RowDelta) -> Result<(), Refusal> {
         let writer = d.writer;
         if d.genesis != self.hash {
-            return Err(Refusal::GenesisMismatch { got: d.genesis, want: self.hash });
+            return Err(Refusal::GenesisMismatch {
+                got: d.genesis,
+                want: self.hash,
+            });
         }
         let w = writer as usize;
         if w >= self.rows.len() {
@@ -357,7 +490,9 @@ impl Ledger {
                 }
                 Entry::Consumed { .. } => prow.consumed,
                 Entry::Returned { .. } => prow.returned,
-                Entry::Seat { seat, epoch, to, .. } => {
+                Entry::Seat {
+                    seat, epoch, to, ..
+                } => {
                     if !pool.is_assigned() || seat as usize >= pool.seat_count() {
                         return malformed("unknown seat");
                     }
@@ -389,7 +524,9 @@ impl Ledger {
         // tries would let the refund mint seats.
         if d.seq > have && d.since <= have {
             for &(_, e) in &d.entries {
-                let Entry::Returned { pool, value } = e else { continue };
+                let Entry::Returned { pool, value } = e else {
+                    continue;
+                };
                 let prow = &row.pools[pool as usize];
                 let consumed = d
                     .entries
@@ -408,7 +545,15 @@ impl Ledger {
         Ok(())
     }
 
-    fn check_seat(&self, d: &RowDelta, stamp: u64, pool: PoolIdx, seat: SeatIdx, epoch: u32, to: RegionIdx) -> Result<(), Refusal> {
+    fn check_seat(
+        &self,
+        d: &RowDelta,
+        stamp: u64,
+        pool: PoolIdx,
+        seat: SeatIdx,
+        epoch: u32,
+        to: RegionIdx,
+    ) -> Result<(), Refusal> {
         let writer = d.writer;
         let row = &self.rows[writer as usize];
         let held = row.pools[pool as usize].seats.get(&seat);
@@ -435,7 +580,12 @@ impl Ledger {
             return Err(Refusal::Conflict { writer, seq: stamp });
         }
         if now.epoch + 1 == epoch && now.owner != writer {
-            return Err(Refusal::SeatNotOwned { writer, pool, seat, owner: now.owner });
+            return Err(Refusal::SeatNotOwned {
+                writer,
+                pool,
+                seat,
+                owner: now.owner,
+            });
         }
         Ok(())
     }
@@ -444,7 +594,10 @@ impl Ledger {
     /// histories, so the newer version holds the per-entry max of both.
     pub fn merge(&mut self, other: &Ledger) -> Result<(), Refusal> {
         if other.hash != self.hash {
-            return Err(Refusal::GenesisMismatch { got: other.hash, want: self.hash });
+            return Err(Refusal::GenesisMismatch {
+                got: other.hash,
+                want: self.hash,
+            });
         }
         for w in 0..self.rows.len() {
             let have = self.rows[w].seq;
@@ -467,30 +620,59 @@ impl Ledger {
             for r in 0..self.rows.len() {
                 let ri = r as RegionIdx;
                 let (gin, gout) = self.rows.iter().fold((0, 0), |(i, o), row| {
-                    (i + row.pools[p].granted_out[r].value, o + if row.writer == ri { row.pools[p].granted_out.iter().map(|g| g.value).sum() } else { 0 })
+                    (
+                        i + row.pools[p].granted_out[r].value,
+                        o + if row.writer == ri {
+                            row.pools[p].granted_out.iter().map(|g| g.value).sum()
+                        } else {
+                            0
+                        },
+                    )
                 });
                 if gin != self.granted_in[p][r] || gout != self.granted_out[p][r] {
-                    return Err(format!("pool {}: grant aggregates of region {r} disagree with rows", pool.id));
+                    return Err(format!(
+                        "pool {}: grant aggregates of region {r} disagree with rows",
+                        pool.id
+                    ));
                 }
                 if self.returned(pi, ri) > self.consumed(pi, ri) {
-                    return Err(format!("pool {}: region {r} returned more than it consumed", pool.id));
+                    return Err(format!(
+                        "pool {}: region {r} returned more than it consumed",
+                        pool.id
+                    ));
                 }
-                total += i128::from(self.available(pi, ri)) + i128::from(self.consumed(pi, ri) - self.returned(pi, ri));
+                total += i128::from(self.available(pi, ri))
+                    + i128::from(self.consumed(pi, ri) - self.returned(pi, ri));
             }
             if total != i128::from(pool.capacity()) {
-                return Err(format!("pool {}: conservation broken, {total} != {}", pool.id, pool.capacity()));
+                return Err(format!(
+                    "pool {}: conservation broken, {total} != {}",
+                    pool.id,
+                    pool.capacity()
+                ));
             }
             for (s, o) in self.owners[p].iter().enumerate() {
                 let named = if o.epoch == 0 {
                     pool.initial_owner(s as SeatIdx) == o.owner
                 } else {
                     self.rows.iter().any(|row| {
-                        row.pools[p].seats.get(&(s as SeatIdx)).is_some_and(|x| x.epoch == o.epoch && x.to == o.owner)
+                        row.pools[p]
+                            .seats
+                            .get(&(s as SeatIdx))
+                            .is_some_and(|x| x.epoch == o.epoch && x.to == o.owner)
                     })
                 };
-                let max_epoch = self.rows.iter().filter_map(|row| row.pools[p].seats.get(&(s as SeatIdx)).map(|x| x.epoch)).max().unwrap_or(0);
+                let max_epoch = self
+                    .rows
+                    .iter()
+                    .filter_map(|row| row.pools[p].seats.get(&(s as SeatIdx)).map(|x| x.epoch))
+                    .max()
+                    .unwrap_or(0);
                 if !named || max_epoch != o.epoch {
-                    return Err(format!("pool {}: seat {s} owner is not the highest-epoch receiver", pool.id));
+                    return Err(format!(
+                        "pool {}: seat {s} owner is not the highest-epoch receiver",
+                        pool.id
+                    ));
                 }
             }
         }
@@ -500,7 +682,9 @@ impl Ledger {
 
 pub(crate) fn entry_value(e: &Entry) -> u64 {
     match *e {
-        Entry::GrantedOut { value, .. } | Entry::Consumed { value, .. } | Entry::Returned { value, .. } => value,
+        Entry::GrantedOut { value, .. }
+        | Entry::Consumed { value, .. }
+        | Entry::Returned { value, .. } => value,
         Entry::Seat { epoch, .. } => u64::from(epoch),
     }
 }

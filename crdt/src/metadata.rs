@@ -12,7 +12,9 @@
 use std::collections::BTreeMap;
 
 use automerge::transaction::Transactable;
-use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjType, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{
+    ActorId, AutoCommit, Change, ChangeHash, ObjType, ReadDoc, ScalarValue, Value, ROOT,
+};
 use serde::{Deserialize, Serialize};
 
 /// Field values as the API shows them.
@@ -85,7 +87,10 @@ impl std::fmt::Debug for MetaDoc {
 
 impl MetaDoc {
     /// The catalog region's first change: the whole structure at once.
-    pub fn create(actor: &ActorIncarnation, meta: &EventMeta) -> Result<(MetaDoc, Vec<u8>), MetaError> {
+    pub fn create(
+        actor: &ActorIncarnation,
+        meta: &EventMeta,
+    ) -> Result<(MetaDoc, Vec<u8>), MetaError> {
         let mut doc = AutoCommit::new().with_actor(actor.actor_id());
         doc.put(ROOT, "name", meta.name.as_str())?;
         doc.put(ROOT, "description", meta.description.as_str())?;
@@ -99,13 +104,22 @@ impl MetaDoc {
             doc.put(&prices, pool.as_str(), ScalarValue::Uint(*cents))?;
         }
         doc.commit();
-        let change = doc.get_last_local_change().ok_or(MetaError::Field("first change"))?.raw_bytes().to_vec();
+        let change = doc
+            .get_last_local_change()
+            .ok_or(MetaError::Field("first change"))?
+            .raw_bytes()
+            .to_vec();
         Ok((MetaDoc { doc }, change))
     }
 
     /// A replica built from changes received or persisted (the first one being the catalog's).
-    pub fn from_changes(actor: &ActorIncarnation, changes: &[Vec<u8>]) -> Result<MetaDoc, MetaError> {
-        let mut m = MetaDoc { doc: AutoCommit::new().with_actor(actor.actor_id()) };
+    pub fn from_changes(
+        actor: &ActorIncarnation,
+        changes: &[Vec<u8>],
+    ) -> Result<MetaDoc, MetaError> {
+        let mut m = MetaDoc {
+            doc: AutoCommit::new().with_actor(actor.actor_id()),
+        };
         m.apply(changes)?;
         m.read()?;
         Ok(m)
@@ -123,23 +137,41 @@ impl MetaDoc {
             }
         }
         let d = &mut self.doc;
-        if let Some(v) = &p.name { d.put(ROOT, "name", v.as_str())?; }
-        if let Some(v) = &p.description { d.put(ROOT, "description", v.as_str())?; }
-        if let Some(v) = &p.venue { d.put(ROOT, "venue", v.as_str())?; }
-        if let Some(v) = p.lat { d.put(ROOT, "lat", v)?; }
-        if let Some(v) = p.lon { d.put(ROOT, "lon", v)?; }
-        if let Some(v) = &p.starts_at { d.put(ROOT, "starts_at", v.as_str())?; }
-        if let Some(v) = p.hold_ttl_s { d.put(ROOT, "hold_ttl_s", ScalarValue::Uint(v))?; }
+        if let Some(v) = &p.name {
+            d.put(ROOT, "name", v.as_str())?;
+        }
+        if let Some(v) = &p.description {
+            d.put(ROOT, "description", v.as_str())?;
+        }
+        if let Some(v) = &p.venue {
+            d.put(ROOT, "venue", v.as_str())?;
+        }
+        if let Some(v) = p.lat {
+            d.put(ROOT, "lat", v)?;
+        }
+        if let Some(v) = p.lon {
+            d.put(ROOT, "lon", v)?;
+        }
+        if let Some(v) = &p.starts_at {
+            d.put(ROOT, "starts_at", v.as_str())?;
+        }
+        if let Some(v) = p.hold_ttl_s {
+            d.put(ROOT, "hold_ttl_s", ScalarValue::Uint(v))?;
+        }
         for (pool, cents) in &p.prices {
             d.put(&prices, pool.as_str(), ScalarValue::Uint(*cents))?;
         }
-        Ok(d.commit().map(|_| d.get_last_local_change().map(|c| c.raw_bytes().to_vec())).flatten())
+        Ok(d.commit()
+            .map(|_| d.get_last_local_change().map(|c| c.raw_bytes().to_vec()))
+            .flatten())
     }
 
     pub fn read(&self) -> Result<EventMeta, MetaError> {
         let s = |k: &'static str| -> Result<String, MetaError> {
             match self.doc.get(ROOT, k)? {
-                Some((Value::Scalar(v), _)) => v.as_str().map(str::to_owned).ok_or(MetaError::Field(k)),
+                Some((Value::Scalar(v), _)) => {
+                    v.as_str().map(str::to_owned).ok_or(MetaError::Field(k))
+                }
                 _ => Err(MetaError::Field(k)),
             }
         };
@@ -184,7 +216,11 @@ impl MetaDoc {
     /// The changes a peer at `heads` lacks, encoded.
     pub fn changes_since(&mut self, heads: &[[u8; 32]]) -> Vec<Vec<u8>> {
         let heads: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
-        self.doc.get_changes(&heads).into_iter().map(|c| c.raw_bytes().to_vec()).collect()
+        self.doc
+            .get_changes(&heads)
+            .into_iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect()
     }
 
     /// Applies encoded changes (duplicates are ignored by automerge). All changes are decoded
@@ -231,16 +267,28 @@ mod tests {
     }
 
     fn actor(r: &str, i: u64) -> ActorIncarnation {
-        ActorIncarnation { region: r.into(), incarnation: i }
+        ActorIncarnation {
+            region: r.into(),
+            incarnation: i,
+        }
     }
 
     #[test]
     fn concurrent_edits_of_different_fields_both_survive() {
         let (mut a, first) = MetaDoc::create(&actor("eu-west", 1), &meta()).unwrap();
         let mut b = MetaDoc::from_changes(&actor("us-east", 1), &[first]).unwrap();
-        let ca = a.patch(&MetaPatch { name: Some("Rock II".into()), ..Default::default() }).unwrap().unwrap();
+        let ca = a
+            .patch(&MetaPatch {
+                name: Some("Rock II".into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .unwrap();
         let cb = b
-            .patch(&MetaPatch { prices: [("floor".to_string(), 9900)].into(), ..Default::default() })
+            .patch(&MetaPatch {
+                prices: [("floor".to_string(), 9900)].into(),
+                ..Default::default()
+            })
             .unwrap()
             .unwrap();
         a.apply(&[cb.clone()]).unwrap();
@@ -256,7 +304,11 @@ mod tests {
         let (mut a, first) = MetaDoc::create(&actor("eu-west", 1), &meta()).unwrap();
         let mut b = MetaDoc::from_changes(&actor("us-east", 7), &[first]).unwrap();
         for i in 0..5 {
-            a.patch(&MetaPatch { hold_ttl_s: Some(60 + i), ..Default::default() }).unwrap();
+            a.patch(&MetaPatch {
+                hold_ttl_s: Some(60 + i),
+                ..Default::default()
+            })
+            .unwrap();
         }
         let missing = a.changes_since(&b.heads());
         assert_eq!(missing.len(), 5);
@@ -268,7 +320,11 @@ mod tests {
     fn editing_an_unknown_price_or_applying_garbage_changes_nothing() {
         let (mut a, _) = MetaDoc::create(&actor("eu-west", 1), &meta()).unwrap();
         let before = a.heads();
-        let p = MetaPatch { name: Some("x".into()), prices: [("vip".to_string(), 1)].into(), ..Default::default() };
+        let p = MetaPatch {
+            name: Some("x".into()),
+            prices: [("vip".to_string(), 1)].into(),
+            ..Default::default()
+        };
         assert!(matches!(a.patch(&p), Err(MetaError::UnknownPool(_))));
         assert!(a.apply(&[vec![1, 2, 3]]).is_err());
         assert_eq!(a.heads(), before);

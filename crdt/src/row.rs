@@ -60,7 +60,11 @@ pub struct Row {
 
 impl Row {
     pub fn new(writer: RegionIdx, regions: usize, pools: usize) -> Self {
-        Row { writer, seq: 0, pools: (0..pools).map(|_| PoolRow::new(regions)).collect() }
+        Row {
+            writer,
+            seq: 0,
+            pools: (0..pools).map(|_| PoolRow::new(regions)).collect(),
+        }
     }
 
     /// The entries changed after `since`, in canonical (key) order.
@@ -70,18 +74,45 @@ impl Row {
             let pool_idx = p as PoolIdx;
             for (to, g) in pool.granted_out.iter().enumerate() {
                 if g.seq > since {
-                    out.push((g.seq, Entry::GrantedOut { pool: pool_idx, to: to as RegionIdx, value: g.value }));
+                    out.push((
+                        g.seq,
+                        Entry::GrantedOut {
+                            pool: pool_idx,
+                            to: to as RegionIdx,
+                            value: g.value,
+                        },
+                    ));
                 }
             }
             if pool.consumed.seq > since {
-                out.push((pool.consumed.seq, Entry::Consumed { pool: pool_idx, value: pool.consumed.value }));
+                out.push((
+                    pool.consumed.seq,
+                    Entry::Consumed {
+                        pool: pool_idx,
+                        value: pool.consumed.value,
+                    },
+                ));
             }
             if pool.returned.seq > since {
-                out.push((pool.returned.seq, Entry::Returned { pool: pool_idx, value: pool.returned.value }));
+                out.push((
+                    pool.returned.seq,
+                    Entry::Returned {
+                        pool: pool_idx,
+                        value: pool.returned.value,
+                    },
+                ));
             }
             for (&seat, s) in &pool.seats {
                 if s.seq > since {
-                    out.push((s.seq, Entry::Seat { pool: pool_idx, seat, epoch: s.epoch, to: s.to }));
+                    out.push((
+                        s.seq,
+                        Entry::Seat {
+                            pool: pool_idx,
+                            seat,
+                            epoch: s.epoch,
+                            to: s.to,
+                        },
+                    ));
                 }
             }
         }
@@ -95,10 +126,25 @@ pub type Entries = SmallVec<[(u64, Entry); 2]>;
 /// One changed entry of a row, carrying its new (cumulative) value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Entry {
-    GrantedOut { pool: PoolIdx, to: RegionIdx, value: u64 },
-    Consumed { pool: PoolIdx, value: u64 },
-    Returned { pool: PoolIdx, value: u64 },
-    Seat { pool: PoolIdx, seat: SeatIdx, epoch: u32, to: RegionIdx },
+    GrantedOut {
+        pool: PoolIdx,
+        to: RegionIdx,
+        value: u64,
+    },
+    Consumed {
+        pool: PoolIdx,
+        value: u64,
+    },
+    Returned {
+        pool: PoolIdx,
+        value: u64,
+    },
+    Seat {
+        pool: PoolIdx,
+        seat: SeatIdx,
+        epoch: u32,
+        to: RegionIdx,
+    },
 }
 
 impl Entry {
@@ -140,10 +186,14 @@ impl Row {
         for &(seq, entry) in &d.entries {
             let p = &mut self.pools[entry.pool() as usize];
             match entry {
-                Entry::GrantedOut { to, value, .. } => p.granted_out[to as usize] = Stamped { value, seq },
+                Entry::GrantedOut { to, value, .. } => {
+                    p.granted_out[to as usize] = Stamped { value, seq }
+                }
                 Entry::Consumed { value, .. } => p.consumed = Stamped { value, seq },
                 Entry::Returned { value, .. } => p.returned = Stamped { value, seq },
-                Entry::Seat { seat, epoch, to, .. } => {
+                Entry::Seat {
+                    seat, epoch, to, ..
+                } => {
                     p.seats.insert(seat, SeatStamp { epoch, to, seq });
                 }
             }

@@ -94,7 +94,9 @@ impl VersionVector {
     /// Σ over regions of how far `self` is ahead of `other`: the number of row versions a peer
     /// at `other` has not seen yet.
     pub fn lag_behind(&self, other: &VersionVector) -> u64 {
-        (0..self.0.len()).map(|i| self.get(i).saturating_sub(other.get(i))).sum()
+        (0..self.0.len())
+            .map(|i| self.get(i).saturating_sub(other.get(i)))
+            .sum()
     }
 }
 

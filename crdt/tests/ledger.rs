@@ -6,10 +6,20 @@ use allot_crdt::*;
 use proptest::prelude::*;
 
 fn genesis() -> Arc<Genesis> {
-    let regions: Vec<String> = ["eu-west", "us-east", "ap-south"].map(String::from).to_vec();
+    let regions: Vec<String> = ["eu-west", "us-east", "ap-south"]
+        .map(String::from)
+        .to_vec();
     let pools = vec![
-        PoolSpec { id: "floor".into(), kind: PoolKind::General { capacity: 30 } },
-        PoolSpec { id: "stalls".into(), kind: PoolKind::Assigned { seats: (1..=6).map(|i| format!("A-{i}")).collect() } },
+        PoolSpec {
+            id: "floor".into(),
+            kind: PoolKind::General { capacity: 30 },
+        },
+        PoolSpec {
+            id: "stalls".into(),
+            kind: PoolKind::Assigned {
+                seats: (1..=6).map(|i| format!("A-{i}")).collect(),
+            },
+        },
     ];
     Arc::new(Genesis::build("rock", "EUR", &regions, pools, &Allotments::Even).unwrap())
 }
@@ -58,7 +68,8 @@ fn history(steps: &[Step]) -> Vec<Ledger> {
         }
     }
     for v in &seen {
-        v.check().expect("every view satisfies the single-view invariants");
+        v.check()
+            .expect("every view satisfies the single-view invariants");
     }
     seen
 }
@@ -115,7 +126,19 @@ proptest! {
 
 fn busy() -> (Ledger, RowDelta) {
     let mut l = Ledger::new(genesis());
-    for change in [Change::Consume { pool: 0, n: 3 }, Change::Grant { pool: 0, to: 1, n: 2 }, Change::GiveSeat { pool: 1, seat: 0, to: 2 }] {
+    for change in [
+        Change::Consume { pool: 0, n: 3 },
+        Change::Grant {
+            pool: 0,
+            to: 1,
+            n: 2,
+        },
+        Change::GiveSeat {
+            pool: 1,
+            seat: 0,
+            to: 2,
+        },
+    ] {
         let d = l.write(0, &[change]).unwrap();
         l.apply(&d).unwrap();
     }
@@ -141,13 +164,20 @@ fn hostile_rows_are_refused_and_change_nothing() {
     // A seq regression: an old version claiming more than the newer one.
     let mut x = d.clone();
     x.seq = 1;
-    x.entries = [(1, Entry::Consumed { pool: 0, value: 9 })].into_iter().collect();
-    assert!(matches!(refused(&mut l, &x), Refusal::Conflict { .. } | Refusal::Backwards { .. }));
+    x.entries = [(1, Entry::Consumed { pool: 0, value: 9 })]
+        .into_iter()
+        .collect();
+    assert!(matches!(
+        refused(&mut l, &x),
+        Refusal::Conflict { .. } | Refusal::Backwards { .. }
+    ));
     // A newer version whose number went backwards.
     let mut x = d.clone();
     x.since = 3;
     x.seq = 4;
-    x.entries = [(4, Entry::Consumed { pool: 0, value: 1 })].into_iter().collect();
+    x.entries = [(4, Entry::Consumed { pool: 0, value: 1 })]
+        .into_iter()
+        .collect();
     assert!(matches!(refused(&mut l, &x), Refusal::Backwards { .. }));
     // A writer that is not a region of the event.
     let mut x = d.clone();
@@ -156,24 +186,68 @@ fn hostile_rows_are_refused_and_change_nothing() {
     // Another genesis.
     let mut x = d.clone();
     x.genesis = GenesisHash([9; 32]);
-    assert!(matches!(refused(&mut l, &x), Refusal::GenesisMismatch { .. }));
+    assert!(matches!(
+        refused(&mut l, &x),
+        Refusal::GenesisMismatch { .. }
+    ));
     // Refunding more than was sold would mint seats.
     let mut x = d.clone();
     x.since = 3;
     x.seq = 4;
-    x.entries = [(4, Entry::Returned { pool: 0, value: 5 })].into_iter().collect();
+    x.entries = [(4, Entry::Returned { pool: 0, value: 5 })]
+        .into_iter()
+        .collect();
     assert!(matches!(refused(&mut l, &x), Refusal::Malformed { .. }));
     // Structural garbage.
     for (since, seq, entries) in [
         (3, 3, vec![]),
         (3, 4, vec![(9, Entry::Consumed { pool: 0, value: 9 })]),
         (3, 4, vec![(4, Entry::Consumed { pool: 5, value: 9 })]),
-        (3, 4, vec![(4, Entry::GrantedOut { pool: 0, to: 0, value: 9 })]),
-        (3, 4, vec![(4, Entry::Seat { pool: 0, seat: 0, epoch: 1, to: 1 })]),
-        (3, 4, vec![(4, Entry::Consumed { pool: 0, value: 9 }), (4, Entry::Consumed { pool: 0, value: 9 })]),
+        (
+            3,
+            4,
+            vec![(
+                4,
+                Entry::GrantedOut {
+                    pool: 0,
+                    to: 0,
+                    value: 9,
+                },
+            )],
+        ),
+        (
+            3,
+            4,
+            vec![(
+                4,
+                Entry::Seat {
+                    pool: 0,
+                    seat: 0,
+                    epoch: 1,
+                    to: 1,
+                },
+            )],
+        ),
+        (
+            3,
+            4,
+            vec![
+                (4, Entry::Consumed { pool: 0, value: 9 }),
+                (4, Entry::Consumed { pool: 0, value: 9 }),
+            ],
+        ),
     ] {
-        let x = RowDelta { genesis: l.hash(), writer: 0, since, seq, entries: entries.into_iter().collect() };
-        assert!(matches!(refused(&mut l, &x), Refusal::Malformed { .. }), "{x:?}");
+        let x = RowDelta {
+            genesis: l.hash(),
+            writer: 0,
+            since,
+            seq,
+            entries: entries.into_iter().collect(),
+        };
+        assert!(
+            matches!(refused(&mut l, &x), Refusal::Malformed { .. }),
+            "{x:?}"
+        );
     }
 }
 
@@ -181,10 +255,45 @@ fn hostile_rows_are_refused_and_change_nothing() {
 fn a_seat_given_away_by_a_region_that_does_not_own_it_is_refused() {
     let (mut l, _) = busy();
     // A-5 (index 4) belongs to ap-south at epoch 0; us-east claims to hand it to eu-west.
-    let theft = RowDelta { genesis: l.hash(), writer: 1, since: 0, seq: 1, entries: [(1, Entry::Seat { pool: 1, seat: 4, epoch: 1, to: 0 })].into_iter().collect() };
-    assert!(matches!(refused(&mut l, &theft), Refusal::SeatNotOwned { owner: 2, .. }));
+    let theft = RowDelta {
+        genesis: l.hash(),
+        writer: 1,
+        since: 0,
+        seq: 1,
+        entries: [(
+            1,
+            Entry::Seat {
+                pool: 1,
+                seat: 4,
+                epoch: 1,
+                to: 0,
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    assert!(matches!(
+        refused(&mut l, &theft),
+        Refusal::SeatNotOwned { owner: 2, .. }
+    ));
     // A-1 went to ap-south at epoch 1: a second epoch-1 give-away is a conflict.
-    let twice = RowDelta { genesis: l.hash(), writer: 1, since: 0, seq: 1, entries: [(1, Entry::Seat { pool: 1, seat: 0, epoch: 1, to: 1 + 1 })].into_iter().collect() };
+    let twice = RowDelta {
+        genesis: l.hash(),
+        writer: 1,
+        since: 0,
+        seq: 1,
+        entries: [(
+            1,
+            Entry::Seat {
+                pool: 1,
+                seat: 0,
+                epoch: 1,
+                to: 1 + 1,
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
     assert!(matches!(refused(&mut l, &twice), Refusal::Conflict { .. }));
 }
 
@@ -192,10 +301,43 @@ fn a_seat_given_away_by_a_region_that_does_not_own_it_is_refused() {
 fn only_the_owner_can_write_spending() {
     let (l, _) = busy();
     // eu-west no longer owns A-1; us-east never owned A-1; nobody has 100 units.
-    assert!(matches!(l.write(0, &[Change::GiveSeat { pool: 1, seat: 0, to: 1 }]), Err(Refusal::SeatNotOwned { .. })));
-    assert!(matches!(l.write(1, &[Change::GiveSeat { pool: 1, seat: 0, to: 0 }]), Err(Refusal::SeatNotOwned { .. })));
-    assert!(matches!(l.write(1, &[Change::Consume { pool: 0, n: 100 }]), Err(Refusal::Insufficient { .. })));
-    assert!(matches!(l.write(0, &[Change::Grant { pool: 1, to: 1, n: 1 }]), Err(Refusal::Malformed { .. })));
+    assert!(matches!(
+        l.write(
+            0,
+            &[Change::GiveSeat {
+                pool: 1,
+                seat: 0,
+                to: 1
+            }]
+        ),
+        Err(Refusal::SeatNotOwned { .. })
+    ));
+    assert!(matches!(
+        l.write(
+            1,
+            &[Change::GiveSeat {
+                pool: 1,
+                seat: 0,
+                to: 0
+            }]
+        ),
+        Err(Refusal::SeatNotOwned { .. })
+    ));
+    assert!(matches!(
+        l.write(1, &[Change::Consume { pool: 0, n: 100 }]),
+        Err(Refusal::Insufficient { .. })
+    ));
+    assert!(matches!(
+        l.write(
+            0,
+            &[Change::Grant {
+                pool: 1,
+                to: 1,
+                n: 1
+            }]
+        ),
+        Err(Refusal::Malformed { .. })
+    ));
 }
 
 #[test]
@@ -205,7 +347,12 @@ fn a_seat_give_away_keeps_counters_and_ownership_in_agreement() {
     assert_eq!(row.pools[1].granted_out[2].value, 1);
     assert_eq!(l.seat_owner(1, 0), SeatOwner { epoch: 1, owner: 2 });
     // The seat entry and the counter travel in one delta, at one seq.
-    let stamps: Vec<u64> = d.entries.iter().filter(|(_, e)| e.pool() == 1).map(|(s, _)| *s).collect();
+    let stamps: Vec<u64> = d
+        .entries
+        .iter()
+        .filter(|(_, e)| e.pool() == 1)
+        .map(|(s, _)| *s)
+        .collect();
     assert_eq!(stamps, vec![3, 3]);
     // ap-south, having received it, owns 2 + 1 seats; its available matches.
     let mut m = Ledger::new(l.genesis().clone());

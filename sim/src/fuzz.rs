@@ -14,12 +14,28 @@ pub fn schedule(base: &Scenario, seed: u64) -> (Scenario, Chaos) {
     let mut sc = base.clone();
     let n = sc.regions.len();
     let d = sc.duration_ms;
-    sc.faults.loss = if rng.random_bool(0.5) { rng.random_range(0.0..0.3) } else { 0.0 };
-    sc.faults.duplicate = if rng.random_bool(0.5) { rng.random_range(0.0..0.3) } else { 0.0 };
-    sc.jitter_ms = if rng.random_bool(0.5) { rng.random_range(0..200) } else { 0 };
+    sc.faults.loss = if rng.random_bool(0.5) {
+        rng.random_range(0.0..0.3)
+    } else {
+        0.0
+    };
+    sc.faults.duplicate = if rng.random_bool(0.5) {
+        rng.random_range(0.0..0.3)
+    } else {
+        0.0
+    };
+    sc.jitter_ms = if rng.random_bool(0.5) {
+        rng.random_range(0..200)
+    } else {
+        0
+    };
     // Slow disks half the time: a wide window between a change and its sync is where
     // durability bugs (publishing or spending what a crash can lose) show.
-    sc.disk_ms = if rng.random_bool(0.5) { rng.random_range(1..50) } else { rng.random_range(100..800) };
+    sc.disk_ms = if rng.random_bool(0.5) {
+        rng.random_range(1..50)
+    } else {
+        rng.random_range(100..800)
+    };
     sc.faults.partition.clear();
     if rng.random_bool(0.6) {
         for _ in 0..rng.random_range(1..4) {
@@ -30,25 +46,42 @@ pub fn schedule(base: &Scenario, seed: u64) -> (Scenario, Chaos) {
             for i in (1..names.len()).rev() {
                 names.swap(i, rng.random_range(0..=i));
             }
-            sc.faults.partition.push(Partition { a: names[..k].to_vec(), b: vec![], from_ms: from, to_ms: to });
+            sc.faults.partition.push(Partition {
+                a: names[..k].to_vec(),
+                b: vec![],
+                from_ms: from,
+                to_ms: to,
+            });
         }
     }
     sc.faults.crash.clear();
     if rng.random_bool(0.7) {
         for _ in 0..rng.random_range(1..6) {
             let at = rng.random_range(0..d);
-            sc.faults.crash.push(Crash { region: sc.regions[rng.random_range(0..n)].clone(), at_ms: at, restart_ms: at + rng.random_range(1..3000) });
+            sc.faults.crash.push(Crash {
+                region: sc.regions[rng.random_range(0..n)].clone(),
+                at_ms: at,
+                restart_ms: at + rng.random_range(1..3000),
+            });
         }
     }
     sc.faults.clock_skew_ms.clear();
     if rng.random_bool(0.3) {
         for r in &sc.regions {
-            sc.faults.clock_skew_ms.insert(r.clone(), rng.random_range(-5000..5000));
+            sc.faults
+                .clock_skew_ms
+                .insert(r.clone(), rng.random_range(-5000..5000));
         }
     }
     sc.demand.hold_fraction = rng.random_range(0.0..1.0);
     sc.demand.abandon = rng.random_range(0.0..0.5);
-    let chaos = Chaos { transfers_per_s: if rng.random_bool(0.7) { rng.random_range(0.5..10.0) } else { 0.0 } };
+    let chaos = Chaos {
+        transfers_per_s: if rng.random_bool(0.7) {
+            rng.random_range(0.5..10.0)
+        } else {
+            0.0
+        },
+    };
     (sc, chaos)
 }
 

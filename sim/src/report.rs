@@ -88,25 +88,82 @@ impl Report {
 
     pub(crate) fn finish(&mut self) {
         let round = |x: f64| (x * 100.0).round() / 100.0;
-        self.sell_through_pct = round(100.0 * self.sold_in_rows as f64 / self.capacity.max(1) as f64);
-        self.false_sold_out_pct = round(100.0 * self.false_sold_outs as f64 / self.answers.max(1) as f64);
+        self.sell_through_pct =
+            round(100.0 * self.sold_in_rows as f64 / self.capacity.max(1) as f64);
+        self.false_sold_out_pct =
+            round(100.0 * self.false_sold_outs as f64 / self.answers.max(1) as f64);
     }
 
     pub fn table(&self) -> String {
         let mut s = String::new();
         let row = |s: &mut String, k: &str, v: String| s.push_str(&format!("  {k:<24} {v}\n"));
-        s.push_str(&format!("{} · strategy {:?} · seed {}\n", self.scenario, self.strategy, self.seed));
-        row(&mut s, "sold / capacity", format!("{} / {} ({}% sell-through)", self.sold_in_rows, self.capacity, self.sell_through_pct));
+        s.push_str(&format!(
+            "{} · strategy {:?} · seed {}\n",
+            self.scenario, self.strategy, self.seed
+        ));
+        row(
+            &mut s,
+            "sold / capacity",
+            format!(
+                "{} / {} ({}% sell-through)",
+                self.sold_in_rows, self.capacity, self.sell_through_pct
+            ),
+        );
         row(&mut s, "oversold", self.oversold.to_string());
-        row(&mut s, "false sold-outs", format!("{} ({}% of {} answers)", self.false_sold_outs, self.false_sold_out_pct, self.answers));
-        row(&mut s, "sold-out answers", self.sold_out_answers.to_string());
-        row(&mut s, "latency ms p50/p90/p99/max", format!("{}/{}/{}/{}", self.latency_ms.p50, self.latency_ms.p90, self.latency_ms.p99, self.latency_ms.max));
-        row(&mut s, "time to sell out", self.sold_out_at_ms.map_or("not sold out".into(), |t| format!("{t} ms")));
+        row(
+            &mut s,
+            "false sold-outs",
+            format!(
+                "{} ({}% of {} answers)",
+                self.false_sold_outs, self.false_sold_out_pct, self.answers
+            ),
+        );
+        row(
+            &mut s,
+            "sold-out answers",
+            self.sold_out_answers.to_string(),
+        );
+        row(
+            &mut s,
+            "latency ms p50/p90/p99/max",
+            format!(
+                "{}/{}/{}/{}",
+                self.latency_ms.p50, self.latency_ms.p90, self.latency_ms.p99, self.latency_ms.max
+            ),
+        );
+        row(
+            &mut s,
+            "time to sell out",
+            self.sold_out_at_ms
+                .map_or("not sold out".into(), |t| format!("{t} ms")),
+        );
         row(&mut s, "handoffs", self.handoffs.to_string());
-        row(&mut s, "crashes", format!("{} ({} requests lost unacknowledged)", self.crashes, self.lost_unacknowledged));
-        row(&mut s, "convergence after heal", format!("{:?} ms ({} heals cut again before converging)", self.convergence_ms, self.interrupted_heals));
+        row(
+            &mut s,
+            "crashes",
+            format!(
+                "{} ({} requests lost unacknowledged)",
+                self.crashes, self.lost_unacknowledged
+            ),
+        );
+        row(
+            &mut s,
+            "convergence after heal",
+            format!(
+                "{:?} ms ({} heals cut again before converging)",
+                self.convergence_ms, self.interrupted_heals
+            ),
+        );
         row(&mut s, "gossip bytes", self.gossip_bytes.to_string());
-        row(&mut s, "violations", if self.violations.is_empty() { "none".into() } else { self.violations.join("; ") });
+        row(
+            &mut s,
+            "violations",
+            if self.violations.is_empty() {
+                "none".into()
+            } else {
+                self.violations.join("; ")
+            },
+        );
         s
     }
 }

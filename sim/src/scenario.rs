@@ -98,7 +98,11 @@ pub struct Phase {
 impl Demand {
     /// The rate multiplier at `t` ms after the sale opened.
     pub fn factor(&self, t: u64) -> f64 {
-        self.phases.iter().filter(|p| p.from_ms <= t && t < p.to_ms).map(|p| p.factor).product()
+        self.phases
+            .iter()
+            .filter(|p| p.from_ms <= t && t < p.to_ms)
+            .map(|p| p.factor)
+            .product()
     }
 }
 
@@ -183,7 +187,12 @@ impl Scenario {
             let mut t = f.from_ms;
             while t < f.to_ms {
                 let end = (t + f.period_ms).min(f.to_ms);
-                self.faults.partition.push(Partition { a: f.a.clone(), b: f.b.clone(), from_ms: t, to_ms: end });
+                self.faults.partition.push(Partition {
+                    a: f.a.clone(),
+                    b: f.b.clone(),
+                    from_ms: t,
+                    to_ms: end,
+                });
                 t += 2 * f.period_ms;
             }
         }
@@ -198,10 +207,20 @@ impl Scenario {
         for k in self.latency_ms.keys() {
             match k.split_once('/') {
                 Some((a, b)) if known(&a.to_owned()) && known(&b.to_owned()) => {}
-                _ => return bad(format!("latency key {k:?}: \"region/region\" of known regions")),
+                _ => {
+                    return bad(format!(
+                        "latency key {k:?}: \"region/region\" of known regions"
+                    ))
+                }
             }
         }
-        for r in self.demand.share.keys().chain(self.faults.clock_skew_ms.keys()).chain(self.faults.crash.iter().map(|c| &c.region)) {
+        for r in self
+            .demand
+            .share
+            .keys()
+            .chain(self.faults.clock_skew_ms.keys())
+            .chain(self.faults.crash.iter().map(|c| &c.region))
+        {
             if !known(r) {
                 return bad(format!("unknown region {r:?}"));
             }
@@ -212,20 +231,31 @@ impl Scenario {
             }
         }
         for f in &self.faults.flap {
-            if f.a.iter().chain(&f.b).any(|r| !known(r)) || f.from_ms >= f.to_ms || f.period_ms == 0 {
+            if f.a.iter().chain(&f.b).any(|r| !known(r)) || f.from_ms >= f.to_ms || f.period_ms == 0
+            {
                 return bad("flap: known regions, from_ms < to_ms and period_ms > 0".into());
             }
         }
-        if self.demand.phases.iter().any(|p| p.from_ms >= p.to_ms || !(0.0..=1000.0).contains(&p.factor)) {
+        if self
+            .demand
+            .phases
+            .iter()
+            .any(|p| p.from_ms >= p.to_ms || !(0.0..=1000.0).contains(&p.factor))
+        {
             return bad("demand phases: from_ms < to_ms and a factor in 0..=1000".into());
         }
-        if !(0.0..=1.0).contains(&self.faults.loss) || !(0.0..=1.0).contains(&self.faults.duplicate) {
+        if !(0.0..=1.0).contains(&self.faults.loss) || !(0.0..=1.0).contains(&self.faults.duplicate)
+        {
             return bad("loss and duplicate are probabilities".into());
         }
         if self.event.capacity == 0 && self.event.seats == 0 {
             return bad("the event needs capacity or seats".into());
         }
-        if self.demand.rate_per_s <= 0.0 || self.demand.min_quantity == 0 || self.demand.min_quantity > self.demand.max_quantity || self.demand.max_quantity > 20 {
+        if self.demand.rate_per_s <= 0.0
+            || self.demand.min_quantity == 0
+            || self.demand.min_quantity > self.demand.max_quantity
+            || self.demand.max_quantity > 20
+        {
             return bad("demand: rate > 0 and 1 <= min_quantity <= max_quantity <= 20".into());
         }
         if self.tick_ms == 0 || self.duration_ms == 0 {
@@ -239,7 +269,12 @@ impl Scenario {
         if a == b {
             return 0;
         }
-        let rtt = self.latency_ms.get(&format!("{a}/{b}")).or_else(|| self.latency_ms.get(&format!("{b}/{a}"))).copied().unwrap_or(0);
+        let rtt = self
+            .latency_ms
+            .get(&format!("{a}/{b}"))
+            .or_else(|| self.latency_ms.get(&format!("{b}/{a}")))
+            .copied()
+            .unwrap_or(0);
         rtt / 2
     }
 }

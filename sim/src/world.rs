@@ -34,14 +34,39 @@ pub struct Chaos {
 
 #[derive(Debug)]
 enum Ev {
-    Request { region: usize, command: Box<Command>, pending: Pending },
-    Arrival { region: usize },
-    Confirm { region: usize, hold: String, quantity: u64, pool: &'static str, client: usize },
-    Deliver { from: usize, to: usize, frame: GossipFrame },
-    Tick { region: usize },
-    Persist { region: usize },
-    Crash { region: usize, restart_at: u64 },
-    Restart { region: usize },
+    Request {
+        region: usize,
+        command: Box<Command>,
+        pending: Pending,
+    },
+    Arrival {
+        region: usize,
+    },
+    Confirm {
+        region: usize,
+        hold: String,
+        quantity: u64,
+        pool: &'static str,
+        client: usize,
+    },
+    Deliver {
+        from: usize,
+        to: usize,
+        frame: GossipFrame,
+    },
+    Tick {
+        region: usize,
+    },
+    Persist {
+        region: usize,
+    },
+    Crash {
+        region: usize,
+        restart_at: u64,
+    },
+    Restart {
+        region: usize,
+    },
     Rebalance,
     Transfer,
 }
@@ -102,7 +127,15 @@ impl World {
             .map(|n| {
                 let mut cfg = Config::new(n, &names);
                 cfg.max_holds_per_customer = u32::MAX;
-                Node { core: Some(Core::new(cfg.clone())), cfg, unpersisted: vec![], unpersisted_last: None, durable: vec![], persist_scheduled: false, pending: HashMap::new() }
+                Node {
+                    core: Some(Core::new(cfg.clone())),
+                    cfg,
+                    unpersisted: vec![],
+                    unpersisted_last: None,
+                    durable: vec![],
+                    persist_scheduled: false,
+                    pending: HashMap::new(),
+                }
             })
             .collect();
         let capacity = sc.event.capacity + sc.event.seats as u64;
@@ -137,18 +170,36 @@ impl World {
 
     /// The region's clock: virtual time plus its skew, never below zero.
     fn clock(&self, r: usize) -> u64 {
-        let skew = self.sc.faults.clock_skew_ms.get(&self.names[r]).copied().unwrap_or(0);
+        let skew = self
+            .sc
+            .faults
+            .clock_skew_ms
+            .get(&self.names[r])
+            .copied()
+            .unwrap_or(0);
         (self.now as i64 + skew).max(0) as u64 + 1_000_000
     }
 
     fn spec(&self) -> EventSpec {
         let mut pools = Vec::new();
         if self.sc.event.capacity > 0 {
-            pools.push(PoolInput { id: "floor".into(), kind: PoolKind::General { capacity: self.sc.event.capacity }, price_cents: 100 });
+            pools.push(PoolInput {
+                id: "floor".into(),
+                kind: PoolKind::General {
+                    capacity: self.sc.event.capacity,
+                },
+                price_cents: 100,
+            });
         }
         if self.sc.event.seats > 0 {
-            let seats = (1..=self.sc.event.seats).map(|i| format!("S-{i}")).collect();
-            pools.push(PoolInput { id: "seats".into(), kind: PoolKind::Assigned { seats }, price_cents: 200 });
+            let seats = (1..=self.sc.event.seats)
+                .map(|i| format!("S-{i}"))
+                .collect();
+            pools.push(PoolInput {
+                id: "seats".into(),
+                kind: PoolKind::Assigned { seats },
+                price_cents: 200,
+            });
         }
         let allotments = match (&self.sc.event.allotments, self.strategy) {
             (_, Strategy::Central) => Allotments::Explicit(self.all_to(0, &pools)),
@@ -161,7 +212,11 @@ impl World {
                         PoolKind::General { capacity } => *capacity,
                         PoolKind::Assigned { seats } => seats.len() as u64,
                     };
-                    let mut per: BTreeMap<String, u64> = self.names.iter().map(|r| (r.clone(), cap * share.get(r).copied().unwrap_or(0) / total)).collect();
+                    let mut per: BTreeMap<String, u64> = self
+                        .names
+                        .iter()
+                        .map(|r| (r.clone(), cap * share.get(r).copied().unwrap_or(0) / total))
+                        .collect();
                     let given: u64 = per.values().sum();
                     *per.get_mut(&self.names[0]).expect("a region") += cap - given;
                     m.insert(p.id.clone(), per);
@@ -192,7 +247,14 @@ impl World {
                     PoolKind::General { capacity } => *capacity,
                     PoolKind::Assigned { seats } => seats.len() as u64,
                 };
-                (p.id.clone(), self.names.iter().enumerate().map(|(i, r)| (r.clone(), if i == home { cap } else { 0 })).collect())
+                (
+                    p.id.clone(),
+                    self.names
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| (r.clone(), if i == home { cap } else { 0 }))
+                        .collect(),
+                )
             })
             .collect()
     }
@@ -212,7 +274,13 @@ impl World {
         }
         for c in self.sc.faults.crash.clone() {
             if let Some(r) = self.names.iter().position(|n| *n == c.region) {
-                self.at(open + c.at_ms, Ev::Crash { region: r, restart_at: open + c.restart_ms.max(c.at_ms + 1) });
+                self.at(
+                    open + c.at_ms,
+                    Ev::Crash {
+                        region: r,
+                        restart_at: open + c.restart_ms.max(c.at_ms + 1),
+                    },
+                );
             }
         }
         for p in self.sc.faults.partition.clone() {
@@ -234,10 +302,18 @@ impl World {
             self.now = t;
             if self.check_every_step {
                 // A core's own assertion is a violation found, not a crash of the simulator.
-                let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(ev)));
+                let stepped =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(ev)));
                 if let Err(panic) = stepped {
-                    let why = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-                    self.report.violations.push(format!("t={}ms step {}: a core assertion failed: {why}", self.now, self.steps));
+                    let why = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    self.report.violations.push(format!(
+                        "t={}ms step {}: a core assertion failed: {why}",
+                        self.now, self.steps
+                    ));
                     break;
                 }
             } else {
@@ -246,7 +322,9 @@ impl World {
             self.steps += 1;
             if self.check_every_step {
                 if let Err(v) = self.check() {
-                    self.report.violations.push(format!("t={}ms step {}: {v}", self.now, self.steps));
+                    self.report
+                        .violations
+                        .push(format!("t={}ms step {}: {v}", self.now, self.steps));
                     break;
                 }
             }
@@ -268,7 +346,14 @@ impl World {
             self.arrival_clock = vec![0.0; self.names.len()];
         }
         let total: f64 = self.sc.demand.share.values().sum();
-        let share = self.sc.demand.share.get(&self.names[r]).copied().unwrap_or(0.0) / total.max(f64::EPSILON);
+        let share = self
+            .sc
+            .demand
+            .share
+            .get(&self.names[r])
+            .copied()
+            .unwrap_or(0.0)
+            / total.max(f64::EPSILON);
         let since_open = from.saturating_sub(2_000);
         let rate = self.sc.demand.rate_per_s * share * self.sc.demand.factor(since_open);
         if rate <= 0.0 {
@@ -296,7 +381,13 @@ impl World {
                 return false;
             }
             let in_a = |n: &String| p.a.contains(n);
-            let in_b = |n: &String| if p.b.is_empty() { !p.a.contains(n) } else { p.b.contains(n) };
+            let in_b = |n: &String| {
+                if p.b.is_empty() {
+                    !p.a.contains(n)
+                } else {
+                    p.b.contains(n)
+                }
+            };
             (in_a(na) && in_b(nb)) || (in_a(nb) && in_b(na))
         })
     }
@@ -311,7 +402,11 @@ impl World {
 
     fn step(&mut self, ev: Ev) {
         match ev {
-            Ev::Request { region, command, pending } => {
+            Ev::Request {
+                region,
+                command,
+                pending,
+            } => {
                 self.request(region, *command, Some(pending));
             }
             Ev::Arrival { region } => {
@@ -323,12 +418,33 @@ impl World {
                     self.buyer(region);
                 }
             }
-            Ev::Confirm { region, hold, quantity, pool, client } => {
+            Ev::Confirm {
+                region,
+                hold,
+                quantity,
+                pool,
+                client,
+            } => {
                 // Latency is per request: this one leaves the buyer now.
-                let command = Command::Confirm { hold, payment_ref: "p".into() };
-                let pending = Pending { arrival: self.now, quantity, pool, client };
+                let command = Command::Confirm {
+                    hold,
+                    payment_ref: "p".into(),
+                };
+                let pending = Pending {
+                    arrival: self.now,
+                    quantity,
+                    pool,
+                    client,
+                };
                 let delay = self.sc.one_way(&self.names[client], &self.names[region]);
-                self.at(self.now + delay, Ev::Request { region, command: Box::new(command), pending });
+                self.at(
+                    self.now + delay,
+                    Ev::Request {
+                        region,
+                        command: Box::new(command),
+                        pending,
+                    },
+                );
             }
             Ev::Deliver { from, to, frame } => {
                 if self.nodes[to].core.is_some() && !self.partitioned(from, to) {
@@ -350,7 +466,11 @@ impl World {
             Ev::Persist { region } => {
                 let node = &mut self.nodes[region];
                 node.persist_scheduled = false;
-                let last = node.unpersisted.last().map(|r| r.index).or(node.unpersisted_last.take());
+                let last = node
+                    .unpersisted
+                    .last()
+                    .map(|r| r.index)
+                    .or(node.unpersisted_last.take());
                 if let Some(last) = last {
                     let recs = std::mem::take(&mut node.unpersisted);
                     node.durable.extend(recs);
@@ -377,7 +497,10 @@ impl World {
                 node.cfg.incarnation += 1;
                 match Core::recover(node.cfg.clone(), node.durable.iter().cloned()) {
                     Ok(core) => node.core = Some(core),
-                    Err(e) => self.report.violations.push(format!("t={}ms: {} cannot recover: {e}", self.now, self.names[region])),
+                    Err(e) => self.report.violations.push(format!(
+                        "t={}ms: {} cannot recover: {e}",
+                        self.now, self.names[region]
+                    )),
                 }
                 for p in 0..self.names.len() {
                     if p != region {
@@ -405,23 +528,49 @@ impl World {
     fn buyer(&mut self, client: usize) {
         let d = self.sc.demand.clone();
         let quantity = self.rng.random_range(d.min_quantity..=d.max_quantity);
-        let seats = self.sc.event.seats > 0 && (self.sc.event.capacity == 0 || self.rng.random_bool(d.seat_fraction.clamp(0.0, 1.0)));
+        let seats = self.sc.event.seats > 0
+            && (self.sc.event.capacity == 0
+                || self.rng.random_bool(d.seat_fraction.clamp(0.0, 1.0)));
         let pool: &'static str = if seats { "seats" } else { "floor" };
-        let want = Want::Quantity { pool: pool.into(), quantity };
+        let want = Want::Quantity {
+            pool: pool.into(),
+            quantity,
+        };
         let hold = self.rng.random_bool(d.hold_fraction.clamp(0.0, 1.0));
         let customer = format!("c-{}", self.next_request);
         let serving = self.serving(client);
         let delay = self.sc.one_way(&self.names[client], &self.names[serving]);
         let cmd = if hold {
-            Command::Hold { event: EVENT.into(), want, customer }
+            Command::Hold {
+                event: EVENT.into(),
+                want,
+                customer,
+            }
         } else {
-            Command::Purchase { event: EVENT.into(), want, customer, payment_ref: "p".into() }
+            Command::Purchase {
+                event: EVENT.into(),
+                want,
+                customer,
+                payment_ref: "p".into(),
+            }
         };
         let arrival = self.now;
-        let pending = Pending { arrival, quantity, pool, client };
+        let pending = Pending {
+            arrival,
+            quantity,
+            pool,
+            client,
+        };
         if delay > 0 {
             // Under `central` the request crosses the WAN first.
-            self.at(arrival + delay, Ev::Request { region: serving, command: Box::new(cmd), pending });
+            self.at(
+                arrival + delay,
+                Ev::Request {
+                    region: serving,
+                    command: Box::new(cmd),
+                    pending,
+                },
+            );
         } else {
             self.request(serving, cmd, Some(pending));
         }
@@ -437,13 +586,22 @@ impl World {
         if let Some(p) = pending {
             self.nodes[r].pending.insert(id, p);
         }
-        self.input(r, Input::Request { id, key: None, command });
+        self.input(
+            r,
+            Input::Request {
+                id,
+                key: None,
+                command,
+            },
+        );
     }
 
     /// Feeds an input to region `r` and routes everything it outputs.
     fn input(&mut self, r: usize, input: Input) {
         let now = self.clock(r);
-        let Some(core) = self.nodes[r].core.as_mut() else { return };
+        let Some(core) = self.nodes[r].core.as_mut() else {
+            return;
+        };
         core.handle(now, input);
         let mut ready = std::mem::take(&mut self.ready);
         core.ready_into(&mut ready);
@@ -463,22 +621,46 @@ impl World {
             }
         }
         for w in ready.warnings.drain(..) {
-            self.report.violations.push(format!("t={}ms {}: an honest peer was refused: {w}", self.now, self.names[r]));
+            self.report.violations.push(format!(
+                "t={}ms {}: an honest peer was refused: {w}",
+                self.now, self.names[r]
+            ));
         }
         let messages: Vec<_> = ready.messages.drain(..).collect();
         let replies: Vec<_> = ready.replies.drain(..).collect();
         self.ready = ready;
         for (peer, frame) in messages {
-            let to = self.names.iter().position(|n| *n == peer).expect("a known region");
-            self.report.gossip_bytes += postcard::to_stdvec(&frame).map(|b| b.len() as u64 + 8).unwrap_or(0);
+            let to = self
+                .names
+                .iter()
+                .position(|n| *n == peer)
+                .expect("a known region");
+            self.report.gossip_bytes += postcard::to_stdvec(&frame)
+                .map(|b| b.len() as u64 + 8)
+                .unwrap_or(0);
             if self.rng.random_bool(self.sc.faults.loss) {
                 continue;
             }
-            let copies = if self.rng.random_bool(self.sc.faults.duplicate) { 2 } else { 1 };
+            let copies = if self.rng.random_bool(self.sc.faults.duplicate) {
+                2
+            } else {
+                1
+            };
             for _ in 0..copies {
-                let jitter = if self.sc.jitter_ms > 0 { self.rng.random_range(0..=self.sc.jitter_ms) } else { 0 };
+                let jitter = if self.sc.jitter_ms > 0 {
+                    self.rng.random_range(0..=self.sc.jitter_ms)
+                } else {
+                    0
+                };
                 let t = self.now + self.sc.one_way(&self.names[r], &peer) + jitter + 1;
-                self.at(t, Ev::Deliver { from: r, to, frame: frame.clone() });
+                self.at(
+                    t,
+                    Ev::Deliver {
+                        from: r,
+                        to,
+                        frame: frame.clone(),
+                    },
+                );
             }
         }
         for (id, reply) in replies {
@@ -499,7 +681,16 @@ impl World {
                 } else {
                     let think = self.rng.random_range(0..=d.think_ms);
                     let hold = format_id(IdKind::Hold, &self.names[r], h.n);
-                    self.at(done + think, Ev::Confirm { region: r, hold, quantity: p.quantity, pool: p.pool, client: p.client });
+                    self.at(
+                        done + think,
+                        Ev::Confirm {
+                            region: r,
+                            hold,
+                            quantity: p.quantity,
+                            pool: p.pool,
+                            client: p.client,
+                        },
+                    );
                 }
             }
             Ok(Outcome::Order(o)) => {
@@ -507,8 +698,10 @@ impl World {
                 self.report.sold += o.quantity;
                 self.report.orders += 1;
                 let _ = self.latency.record(done.saturating_sub(p.arrival));
-                if self.total_sold() >= self.report.capacity && self.report.sold_out_at_ms.is_none() {
-                    self.report.sold_out_at_ms = Some(done.saturating_sub(self.report.opened_at_ms));
+                if self.total_sold() >= self.report.capacity && self.report.sold_out_at_ms.is_none()
+                {
+                    self.report.sold_out_at_ms =
+                        Some(done.saturating_sub(self.report.opened_at_ms));
                 }
             }
             Ok(_) => {}
@@ -532,7 +725,13 @@ impl World {
     fn total_sold(&self) -> u64 {
         self.nodes
             .iter()
-            .filter_map(|n| n.core.as_ref()?.event(EVENT).map(|e| (0..e.genesis().pools.len() as u16).map(|p| e.ledger.consumed(p, e.me) - e.ledger.returned(p, e.me)).sum::<u64>()))
+            .filter_map(|n| {
+                n.core.as_ref()?.event(EVENT).map(|e| {
+                    (0..e.genesis().pools.len() as u16)
+                        .map(|p| e.ledger.consumed(p, e.me) - e.ledger.returned(p, e.me))
+                        .sum::<u64>()
+                })
+            })
             .sum()
     }
 
@@ -551,7 +750,9 @@ impl World {
         let mut best: Option<(usize, i64)> = None;
         let mut worst: Option<(usize, i64)> = None;
         for (i, n) in self.nodes.iter().enumerate() {
-            let Some(e) = n.core.as_ref().and_then(|c| c.event(EVENT)) else { continue };
+            let Some(e) = n.core.as_ref().and_then(|c| c.event(EVENT)) else {
+                continue;
+            };
             if e.genesis().pools[0].is_assigned() {
                 return;
             }
@@ -563,12 +764,19 @@ impl World {
                 worst = Some((i, s));
             }
         }
-        let (Some((from, rich)), Some((to, poor))) = (best, worst) else { return };
+        let (Some((from, rich)), Some((to, poor))) = (best, worst) else {
+            return;
+        };
         let give = (rich - poor) / 2;
         if from == to || give <= 0 || poor as f64 > 0.2 * rich as f64 {
             return;
         }
-        let cmd = Command::Grant { event: EVENT.into(), pool: "floor".into(), to: self.names[to].clone(), amount: GrantAmount::Quantity(give as u64) };
+        let cmd = Command::Grant {
+            event: EVENT.into(),
+            pool: "floor".into(),
+            to: self.names[to].clone(),
+            amount: GrantAmount::Quantity(give as u64),
+        };
         self.report.handoffs += 1;
         self.request(from, cmd, None);
     }
@@ -578,12 +786,24 @@ impl World {
         let from = self.rng.random_range(0..n);
         let to = (from + self.rng.random_range(1..n)) % n;
         let to_name = self.names[to].clone();
-        let cmd = if self.sc.event.seats > 0 && (self.sc.event.capacity == 0 || self.rng.random_bool(0.5)) {
+        let cmd = if self.sc.event.seats > 0
+            && (self.sc.event.capacity == 0 || self.rng.random_bool(0.5))
+        {
             let seat = self.rng.random_range(1..=self.sc.event.seats);
-            Command::Grant { event: EVENT.into(), pool: "seats".into(), to: to_name, amount: GrantAmount::Seats(vec![format!("S-{seat}")]) }
+            Command::Grant {
+                event: EVENT.into(),
+                pool: "seats".into(),
+                to: to_name,
+                amount: GrantAmount::Seats(vec![format!("S-{seat}")]),
+            }
         } else {
             let q = self.rng.random_range(1..=5);
-            Command::Grant { event: EVENT.into(), pool: "floor".into(), to: to_name, amount: GrantAmount::Quantity(q) }
+            Command::Grant {
+                event: EVENT.into(),
+                pool: "floor".into(),
+                to: to_name,
+                amount: GrantAmount::Quantity(q),
+            }
         };
         self.report.handoffs += 1;
         self.request(from, cmd, None);
@@ -594,27 +814,54 @@ impl World {
             .nodes
             .iter()
             .map(|n| {
-                n.core.as_ref().and_then(|c| c.event(EVENT)).map_or(0, |e| (0..e.genesis().pools.len() as u16).map(|p| e.sellable(p)).sum())
+                n.core.as_ref().and_then(|c| c.event(EVENT)).map_or(0, |e| {
+                    (0..e.genesis().pools.len() as u16)
+                        .map(|p| e.sellable(p))
+                        .sum()
+                })
             })
             .collect();
-        self.report.series.push((self.now.saturating_sub(self.report.opened_at_ms.max(2_000)), row));
+        self.report.series.push((
+            self.now.saturating_sub(self.report.opened_at_ms.max(2_000)),
+            row,
+        ));
     }
 
     fn watch_convergence(&mut self) {
         let t = self.now;
         let since_open = t.saturating_sub(2_000);
-        if self.sc.faults.partition.iter().any(|p| p.from_ms <= since_open && since_open < p.to_ms) {
+        if self
+            .sc
+            .faults
+            .partition
+            .iter()
+            .any(|p| p.from_ms <= since_open && since_open < p.to_ms)
+        {
             // A new cut before the state converged: that heal has no convergence time.
             let before = self.heal_pending.len();
             self.heal_pending.retain(|h| *h > t);
             self.report.interrupted_heals += (before - self.heal_pending.len()) as u64;
             return;
         }
-        let due: Vec<u64> = self.heal_pending.iter().copied().filter(|h| *h <= t).collect();
+        let due: Vec<u64> = self
+            .heal_pending
+            .iter()
+            .copied()
+            .filter(|h| *h <= t)
+            .collect();
         if due.is_empty() || self.nodes.iter().any(|n| n.core.is_none()) {
             return;
         }
-        let rows: Vec<_> = self.nodes.iter().map(|n| n.core.as_ref().and_then(|c| c.event(EVENT)).map(|e| e.ledger.rows().to_vec())).collect();
+        let rows: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                n.core
+                    .as_ref()
+                    .and_then(|c| c.event(EVENT))
+                    .map(|e| e.ledger.rows().to_vec())
+            })
+            .collect();
         if rows.windows(2).all(|w| w[0] == w[1]) {
             for h in due {
                 self.report.convergence_ms.push(t - h);
@@ -627,7 +874,8 @@ impl World {
     pub fn check(&self) -> Result<(), String> {
         for (i, n) in self.nodes.iter().enumerate() {
             if let Some(c) = &n.core {
-                c.check_invariants().map_err(|e| format!("{}: {e}", self.names[i]))?;
+                c.check_invariants()
+                    .map_err(|e| format!("{}: {e}", self.names[i]))?;
             }
         }
         if self.nodes.iter().all(|n| n.core.is_some()) {
@@ -645,16 +893,25 @@ impl World {
         let mut sold_rows = 0u64;
         for n in &self.nodes {
             if let Some(e) = n.core.as_ref().and_then(|c| c.event(EVENT)) {
-                sold_rows += (0..e.genesis().pools.len() as u16).map(|p| e.ledger.consumed(p, e.me) - e.ledger.returned(p, e.me)).sum::<u64>();
+                sold_rows += (0..e.genesis().pools.len() as u16)
+                    .map(|p| e.ledger.consumed(p, e.me) - e.ledger.returned(p, e.me))
+                    .sum::<u64>();
             }
         }
         self.report.sold_in_rows = sold_rows;
         self.report.oversold = sold_rows.saturating_sub(self.report.capacity);
         if self.report.oversold > 0 {
-            self.report.violations.push(format!("oversold by {}", self.report.oversold));
+            self.report
+                .violations
+                .push(format!("oversold by {}", self.report.oversold));
         }
         let h = &self.latency;
-        self.report.latency_ms = Latency { p50: h.value_at_quantile(0.5), p90: h.value_at_quantile(0.9), p99: h.value_at_quantile(0.99), max: h.max() };
+        self.report.latency_ms = Latency {
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+        };
         self.report.finish();
         self.report
     }

@@ -22,8 +22,10 @@ fn first_caught(switch: &std::sync::atomic::AtomicBool) -> Option<(u64, String)>
 // One test, so the two switches (process-wide) never overlap.
 #[test]
 fn the_fuzz_mode_catches_each_injected_bug() {
-    let (seed, why) = first_caught(&bugs::SKIP_OWNER_CHECK).expect("skipping the owner check went unnoticed");
+    let (seed, why) =
+        first_caught(&bugs::SKIP_OWNER_CHECK).expect("skipping the owner check went unnoticed");
     eprintln!("skip owner check: caught at seed {seed}: {why}");
-    let (seed, why) = first_caught(&bugs::PUBLISH_BEFORE_DURABLE).expect("publishing before durable went unnoticed");
+    let (seed, why) = first_caught(&bugs::PUBLISH_BEFORE_DURABLE)
+        .expect("publishing before durable went unnoticed");
     eprintln!("publish before durable: caught at seed {seed}: {why}");
 }

@@ -27,23 +27,34 @@ fn the_same_seed_gives_byte_identical_json_and_seeds_differ() {
 #[test]
 fn every_scenario_runs_clean_under_every_strategy() {
     let dir = format!("{}/scenarios", env!("CARGO_MANIFEST_DIR"));
-    let mut names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     assert!(names.len() >= 4);
     for file in names {
-        let sc = Scenario::parse(&std::fs::read_to_string(format!("{dir}/{file}")).unwrap()).unwrap();
+        let sc =
+            Scenario::parse(&std::fs::read_to_string(format!("{dir}/{file}")).unwrap()).unwrap();
         // The high-rate scenario is for speed: its invariants are checked at the end only.
         let every_step = sc.name != "high-rate";
         for strategy in [Strategy::Static, Strategy::Rebalance, Strategy::Central] {
             let mut w = World::new(sc.clone(), strategy, 1, Default::default());
             w.check_every_step = every_step;
             let r = w.run();
-            assert!(r.violations.is_empty(), "{file} {strategy:?}: {:?}", r.violations);
+            assert!(
+                r.violations.is_empty(),
+                "{file} {strategy:?}: {:?}",
+                r.violations
+            );
             assert_eq!(r.oversold, 0);
             assert!(r.sold > 0, "{file} {strategy:?} sold nothing");
             assert!(r.sold_in_rows <= r.capacity);
             if strategy == Strategy::Central {
-                assert_eq!(r.false_sold_outs, 0, "{file}: one home region never refuses what it has");
+                assert_eq!(
+                    r.false_sold_outs, 0,
+                    "{file}: one home region never refuses what it has"
+                );
             }
         }
     }
@@ -53,7 +64,11 @@ fn every_scenario_runs_clean_under_every_strategy() {
 fn partitions_heal_into_identical_state() {
     let r = allot_sim::run(&scenario("partition"), Strategy::Static, 1);
     assert_eq!(r.convergence_ms.len(), 1, "{r:?}");
-    assert!(r.convergence_ms[0] <= 2 * 239 + 50 + 250, "converged in {} ms", r.convergence_ms[0]);
+    assert!(
+        r.convergence_ms[0] <= 2 * 239 + 50 + 250,
+        "converged in {} ms",
+        r.convergence_ms[0]
+    );
 }
 
 #[test]

@@ -28,7 +28,11 @@ fn bench_event() -> EventSpec {
         starts_at: "2027-06-01T19:00:00Z".into(),
         currency: "EUR".into(),
         hold_ttl_s: 600,
-        pools: vec![PoolInput { id: "floor".into(), kind: PoolKind::General { capacity: 1 << 39 }, price_cents: 8900 }],
+        pools: vec![PoolInput {
+            id: "floor".into(),
+            kind: PoolKind::General { capacity: 1 << 39 },
+            price_cents: 8900,
+        }],
         allotments: Allotments::Even,
     }
 }
@@ -37,7 +41,14 @@ fn core_with_event() -> Core {
     let names: Vec<String> = REGIONS.map(String::from).to_vec();
     let mut core = Core::new(Config::new("eu-west", &names));
     let spec = bench_event();
-    core.handle(1, Input::Request { id: RequestId(0), key: None, command: Command::CreateEvent(spec) });
+    core.handle(
+        1,
+        Input::Request {
+            id: RequestId(0),
+            key: None,
+            command: Command::CreateEvent(spec),
+        },
+    );
     let last = core.last_index();
     core.handle(1, Input::Persisted(last));
     core.ready();
@@ -50,7 +61,10 @@ fn purchase(i: u64) -> Vec<Input> {
         key: None,
         command: Command::Purchase {
             event: "rock".into(),
-            want: Want::Quantity { pool: "floor".into(), quantity: 1 },
+            want: Want::Quantity {
+                pool: "floor".into(),
+                quantity: 1,
+            },
             customer: "c-1".into(),
             payment_ref: "pay".into(),
         },
@@ -59,11 +73,29 @@ fn purchase(i: u64) -> Vec<Input> {
 
 /// Hold number `i` (holds are numbered from 1 in a fresh core), then its confirmation.
 fn hold_confirm(i: u64) -> Vec<Input> {
-    let hold = Command::Hold { event: "rock".into(), want: Want::Quantity { pool: "floor".into(), quantity: 1 }, customer: "c-1".into() };
-    let confirm = Command::Confirm { hold: format_id(IdKind::Hold, "eu-west", i), payment_ref: "pay".into() };
+    let hold = Command::Hold {
+        event: "rock".into(),
+        want: Want::Quantity {
+            pool: "floor".into(),
+            quantity: 1,
+        },
+        customer: "c-1".into(),
+    };
+    let confirm = Command::Confirm {
+        hold: format_id(IdKind::Hold, "eu-west", i),
+        payment_ref: "pay".into(),
+    };
     vec![
-        Input::Request { id: RequestId(2 * i), key: None, command: hold },
-        Input::Request { id: RequestId(2 * i + 1), key: None, command: confirm },
+        Input::Request {
+            id: RequestId(2 * i),
+            key: None,
+            command: hold,
+        },
+        Input::Request {
+            id: RequestId(2 * i + 1),
+            key: None,
+            command: confirm,
+        },
     ]
 }
 
@@ -75,7 +107,11 @@ fn run_op(core: &mut Core, ready: &mut Ready, inputs: Vec<Input>, now: u64) {
         let last = core.last_index();
         core.handle(now, Input::Persisted(last));
         core.ready_into(ready);
-        assert!(matches!(ready.replies.last(), Some((_, Ok(_)))), "operation refused: {:?}", ready.replies.last());
+        assert!(
+            matches!(ready.replies.last(), Some((_, Ok(_)))),
+            "operation refused: {:?}",
+            ready.replies.last()
+        );
         ready.records.clear();
         ready.replies.clear();
     }
@@ -88,7 +124,9 @@ fn baseline(n: u64) -> f64 {
     let mut orders = std::collections::BTreeMap::new();
     let mut elapsed = std::time::Duration::ZERO;
     for chunk in 0..n.div_ceil(BATCH) {
-        let inputs: Vec<(String, String)> = (0..BATCH).map(|_| (black_box("c-1").into(), black_box("pay").into())).collect();
+        let inputs: Vec<(String, String)> = (0..BATCH)
+            .map(|_| (black_box("c-1").into(), black_box("pay").into()))
+            .collect();
         let t = Instant::now();
         for (i, (customer, payment_ref)) in inputs.into_iter().enumerate() {
             assert!(remaining >= 1);
@@ -204,12 +242,19 @@ fn gossip_bytes_per_second(rate: u64) -> u64 {
         c.advance(50);
         for r in 0..3 {
             for i in 0..per_tick / 3 {
-                c.send(r, None, Command::Purchase {
-                    event: "rock".into(),
-                    want: Want::Quantity { pool: "floor".into(), quantity: 1 },
-                    customer: "c-1".into(),
-                    payment_ref: format!("p-{i}"),
-                });
+                c.send(
+                    r,
+                    None,
+                    Command::Purchase {
+                        event: "rock".into(),
+                        want: Want::Quantity {
+                            pool: "floor".into(),
+                            quantity: 1,
+                        },
+                        customer: "c-1".into(),
+                        payment_ref: format!("p-{i}"),
+                    },
+                );
             }
             c.persist(r);
             c.tick(r);
@@ -230,18 +275,34 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let n: u64 = std::env::var("ALLOT_BENCH_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000_000);
-    let reps: usize = std::env::var("ALLOT_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let n: u64 = std::env::var("ALLOT_BENCH_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000_000);
+    let reps: usize = std::env::var("ALLOT_BENCH_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     if std::env::var("ALLOT_BENCH_ONLY").as_deref() == Ok("purchase") {
         let (buy, h) = throughput(n, purchase);
-        println!("purchase {buy:.0}/s p50 {} p99 {}", pct(&h, 0.5), pct(&h, 0.99));
+        println!(
+            "purchase {buy:.0}/s p50 {} p99 {}",
+            pct(&h, 0.5),
+            pct(&h, 0.99)
+        );
         return;
     }
     println!("allot-node core benchmark: {reps} rounds of {n} operations each, one core.");
     println!("Each round measures the baseline, purchases and hold + confirm pairs back to back;");
-    println!("the table gives the median round (and the best) — the machine is shared and noisy.\n");
-    let (mut base, mut buy, mut hc, mut buy_ratio, mut hc_ratio) = (vec![], vec![], vec![], vec![], vec![]);
-    let (mut hb, mut hh) = (Histogram::<u64>::new(3).unwrap(), Histogram::<u64>::new(3).unwrap());
+    println!(
+        "the table gives the median round (and the best) — the machine is shared and noisy.\n"
+    );
+    let (mut base, mut buy, mut hc, mut buy_ratio, mut hc_ratio) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut hb, mut hh) = (
+        Histogram::<u64>::new(3).unwrap(),
+        Histogram::<u64>::new(3).unwrap(),
+    );
     for _ in 0..reps {
         let b = baseline(n);
         let (p, h1) = throughput(n, purchase);
@@ -257,8 +318,16 @@ fn main() {
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     println!("| operation | median ops/s | best ops/s | p50 ns | p99 ns | p99.9 ns | median ratio to baseline | median vs 2,000,000/s |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    println!("| baseline (counter + order map) | {:.0} | {:.0} | | | | 1.00 | {:.2} |", median(base.clone()), best(&base), median(base.clone()) / 2e6);
-    for (name, rates, ratios, h) in [("purchase", &buy, &buy_ratio, &hb), ("hold + confirm (pairs)", &hc, &hc_ratio, &hh)] {
+    println!(
+        "| baseline (counter + order map) | {:.0} | {:.0} | | | | 1.00 | {:.2} |",
+        median(base.clone()),
+        best(&base),
+        median(base.clone()) / 2e6
+    );
+    for (name, rates, ratios, h) in [
+        ("purchase", &buy, &buy_ratio, &hb),
+        ("hold + confirm (pairs)", &hc, &hc_ratio, &hh),
+    ] {
         println!(
             "| {name} | {:.0} | {:.0} | {} | {} | {} | {:.2} | {:.2} |",
             median(rates.clone()),
@@ -277,9 +346,17 @@ fn main() {
     println!("|---:|---:|---:|---:|");
     println!("| 1,000 sales | {s1:.0} | {y1:.0} | {b1} |");
     println!("| 100,000 sales | {s2:.0} | {y2:.0} | {b2} |");
-    println!("| ratio 100k / 1k | {:.2} | {:.2} | {:.2} |", s2 / s1, y2 / y1, b2 as f64 / b1 as f64);
+    println!(
+        "| ratio 100k / 1k | {:.2} | {:.2} | {:.2} |",
+        s2 / s1,
+        y2 / y1,
+        b2 as f64 / b1 as f64
+    );
     println!();
-    let (g1, g10) = (gossip_bytes_per_second(1_000), gossip_bytes_per_second(10_000));
+    let (g1, g10) = (
+        gossip_bytes_per_second(1_000),
+        gossip_bytes_per_second(10_000),
+    );
     println!("| sales/s (3 regions) | gossip bytes/s sent by one region (2 peers, 20 ticks/s) |");
     println!("|---:|---:|");
     println!("| 1,000 | {g1} |");

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use allot_crdt::{Allotments, GenesisError, MetaPatch, PoolKind, PoolIdx, SeatIdx};
+use allot_crdt::{Allotments, GenesisError, MetaPatch, PoolIdx, PoolKind, SeatIdx};
 use serde::{Deserialize, Serialize};
 
 pub type Millis = u64;
@@ -21,8 +21,14 @@ pub struct IdempotencyKey {
 /// What a buyer asks for: a quantity of a pool, or specific seats.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Want {
-    Quantity { pool: String, quantity: u64 },
-    Seats { pool: Option<String>, seats: Vec<String> },
+    Quantity {
+        pool: String,
+        quantity: u64,
+    },
+    Seats {
+        pool: Option<String>,
+        seats: Vec<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -87,13 +93,37 @@ pub enum GrantAmount {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     CreateEvent(EventSpec),
-    PatchEvent { event: String, patch: MetaPatch },
-    Hold { event: String, want: Want, customer: String },
-    Confirm { hold: String, payment_ref: String },
-    Release { hold: String },
-    Purchase { event: String, want: Want, customer: String, payment_ref: String },
-    Refund { order: String },
-    Grant { event: String, pool: String, to: String, amount: GrantAmount },
+    PatchEvent {
+        event: String,
+        patch: MetaPatch,
+    },
+    Hold {
+        event: String,
+        want: Want,
+        customer: String,
+    },
+    Confirm {
+        hold: String,
+        payment_ref: String,
+    },
+    Release {
+        hold: String,
+    },
+    Purchase {
+        event: String,
+        want: Want,
+        customer: String,
+        payment_ref: String,
+    },
+    Refund {
+        order: String,
+    },
+    Grant {
+        event: String,
+        pool: String,
+        to: String,
+        amount: GrantAmount,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,12 +167,24 @@ pub struct Order {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
-    EventCreated { event: String },
-    EventPatched { event: String },
+    EventCreated {
+        event: String,
+    },
+    EventPatched {
+        event: String,
+    },
     Held(Hold),
-    Released { hold: u64 },
+    Released {
+        hold: u64,
+    },
     Order(Order),
-    Granted { event: String, pool: PoolIdx, to: String, quantity: u64, seats: Vec<SeatIdx> },
+    Granted {
+        event: String,
+        pool: PoolIdx,
+        to: String,
+        quantity: u64,
+        seats: Vec<SeatIdx>,
+    },
 }
 
 /// Every way a command can fail. Each maps to one stable problem type (see [`CoreError::kind`]).

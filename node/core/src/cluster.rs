@@ -34,7 +34,10 @@ pub struct LocalCluster {
 impl LocalCluster {
     pub fn new(names: &[&str]) -> LocalCluster {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let cores = names.iter().map(|n| Core::new(Config::new(n, &names))).collect();
+        let cores = names
+            .iter()
+            .map(|n| Core::new(Config::new(n, &names)))
+            .collect();
         let n = names.len();
         LocalCluster {
             names,
@@ -50,7 +53,10 @@ impl LocalCluster {
     }
 
     pub fn index_of(&self, name: &str) -> usize {
-        self.names.iter().position(|n| n == name).expect("known region")
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .expect("known region")
     }
 
     /// Feeds one input to region `i` and collects its outputs.
@@ -63,7 +69,12 @@ impl LocalCluster {
             let to = self.index_of(&to);
             self.network.push(Envelope { from: i, to, frame });
         }
-        self.warnings.extend(ready.warnings.into_iter().map(|w| format!("{}: {w}", self.names[i])));
+        self.warnings.extend(
+            ready
+                .warnings
+                .into_iter()
+                .map(|w| format!("{}: {w}", self.names[i])),
+        );
     }
 
     /// Sends a command; returns its request id (the reply arrives once its records persist).
@@ -76,7 +87,9 @@ impl LocalCluster {
 
     /// Makes every record of region `i` durable, then tells the core.
     pub fn persist(&mut self, i: usize) {
-        let Some(last) = self.unpersisted[i].last().map(|r| r.index) else { return };
+        let Some(last) = self.unpersisted[i].last().map(|r| r.index) else {
+            return;
+        };
         let recs = std::mem::take(&mut self.unpersisted[i]);
         self.durable[i].extend(recs);
         self.step(i, Input::Persisted(last));
@@ -103,7 +116,8 @@ impl LocalCluster {
     pub fn call_keyed(&mut self, i: usize, key: Option<IdempotencyKey>, command: Command) -> Reply {
         let id = self.send(i, key, command);
         self.persist(i);
-        self.take_reply(i, id).expect("a persisted request has its reply")
+        self.take_reply(i, id)
+            .expect("a persisted request has its reply")
     }
 
     pub fn take_reply(&mut self, i: usize, id: RequestId) -> Option<Reply> {
@@ -118,7 +132,8 @@ impl LocalCluster {
         self.replies[i].clear();
         let mut cfg: Config = self.cores[i].config().clone();
         cfg.incarnation += 1;
-        self.cores[i] = Core::recover(cfg, self.durable[i].iter().cloned()).expect("the durable log replays");
+        self.cores[i] =
+            Core::recover(cfg, self.durable[i].iter().cloned()).expect("the durable log replays");
     }
 
     pub fn tick(&mut self, i: usize) {
@@ -129,7 +144,13 @@ impl LocalCluster {
     pub fn deliver(&mut self, k: usize) {
         let env = self.network.remove(k);
         let from = self.names[env.from].clone();
-        self.step(env.to, Input::Peer { from, frame: env.frame });
+        self.step(
+            env.to,
+            Input::Peer {
+                from,
+                frame: env.frame,
+            },
+        );
     }
 
     /// Persists everything, gossips and delivers until the network is quiet `rounds` times.
@@ -157,15 +178,29 @@ impl LocalCluster {
         let first = &self.cores[0];
         for (i, c) in self.cores.iter().enumerate().skip(1) {
             if c.events().count() != first.events().count() {
-                return Err(format!("{} knows {} events, {} knows {}", self.names[0], first.events().count(), self.names[i], c.events().count()));
+                return Err(format!(
+                    "{} knows {} events, {} knows {}",
+                    self.names[0],
+                    first.events().count(),
+                    self.names[i],
+                    c.events().count()
+                ));
             }
             for e in first.events() {
-                let other = c.event(&e.id).ok_or_else(|| format!("{} lacks event {}", self.names[i], e.id))?;
+                let other = c
+                    .event(&e.id)
+                    .ok_or_else(|| format!("{} lacks event {}", self.names[i], e.id))?;
                 if other.ledger.rows() != e.ledger.rows() {
-                    return Err(format!("event {}: rows of {} and {} differ", e.id, self.names[0], self.names[i]));
+                    return Err(format!(
+                        "event {}: rows of {} and {} differ",
+                        e.id, self.names[0], self.names[i]
+                    ));
                 }
                 if other.info != e.info {
-                    return Err(format!("event {}: metadata of {} and {} differ", e.id, self.names[0], self.names[i]));
+                    return Err(format!(
+                        "event {}: metadata of {} and {} differ",
+                        e.id, self.names[0], self.names[i]
+                    ));
                 }
             }
         }
@@ -175,7 +210,8 @@ impl LocalCluster {
     /// Every region's invariants, plus the global ones only a view of all regions can check.
     pub fn check(&self) -> Result<(), String> {
         for (i, c) in self.cores.iter().enumerate() {
-            c.check_invariants().map_err(|m| format!("{}: {m}", self.names[i]))?;
+            c.check_invariants()
+                .map_err(|m| format!("{}: {m}", self.names[i]))?;
         }
         check_global(&self.cores.iter().collect::<Vec<_>>())
     }
@@ -186,7 +222,9 @@ impl LocalCluster {
 /// `Σ sellable + Σ held + Σ (consumed − returned) + in_flight = capacity`, where `in_flight` is
 /// what givers have granted that receivers have not yet durably credited.
 pub fn check_global(cores: &[&Core]) -> Result<(), String> {
-    let Some(first) = cores.first() else { return Ok(()) };
+    let Some(first) = cores.first() else {
+        return Ok(());
+    };
     for e0 in first.events() {
         let g = e0.genesis().clone();
         let views: Vec<_> = cores.iter().filter_map(|c| c.event(&e0.id)).collect();
@@ -200,7 +238,9 @@ pub fn check_global(cores: &[&Core]) -> Result<(), String> {
             let mut held: u64 = 0;
             for v in &views {
                 let me = v.me;
-                total += i128::from(v.sellable(pi)) + i128::from(v.pending_credit[p]) + i128::from(v.held[p]);
+                total += i128::from(v.sellable(pi))
+                    + i128::from(v.pending_credit[p])
+                    + i128::from(v.held[p]);
                 let c = v.ledger.consumed(pi, me) - v.ledger.returned(pi, me);
                 total += i128::from(c);
                 sold += c;
@@ -211,15 +251,26 @@ pub fn check_global(cores: &[&Core]) -> Result<(), String> {
                     }
                     // What `me` granted to r (as me knows it) minus what r has seen of it.
                     let given = v.ledger.row(me).pools[p].granted_out[r as usize].value;
-                    let seen = views[r as usize].ledger.row(me).pools[p].granted_out[r as usize].value;
+                    let seen =
+                        views[r as usize].ledger.row(me).pools[p].granted_out[r as usize].value;
                     total += i128::from(given) - i128::from(seen);
                 }
             }
             if total != i128::from(pool.capacity()) {
-                return Err(format!("event {} pool {}: global conservation {total} != capacity {}", e0.id, pool.id, pool.capacity()));
+                return Err(format!(
+                    "event {} pool {}: global conservation {total} != capacity {}",
+                    e0.id,
+                    pool.id,
+                    pool.capacity()
+                ));
             }
             if sold + held > pool.capacity() {
-                return Err(format!("event {} pool {}: oversold, {sold} sold + {held} held > {}", e0.id, pool.id, pool.capacity()));
+                return Err(format!(
+                    "event {} pool {}: oversold, {sold} sold + {held} held > {}",
+                    e0.id,
+                    pool.id,
+                    pool.capacity()
+                ));
             }
             if pool.is_assigned() {
                 let mut seat_sold = vec![false; pool.seat_count()];
@@ -227,7 +278,10 @@ pub fn check_global(cores: &[&Core]) -> Result<(), String> {
                     for (s, st) in v.seats[p].iter().enumerate() {
                         if matches!(st, crate::event::SeatLocal::Sold(_)) {
                             if seat_sold[s] {
-                                return Err(format!("event {} pool {}: seat {s} sold twice", e0.id, pool.id));
+                                return Err(format!(
+                                    "event {} pool {}: seat {s} sold twice",
+                                    e0.id, pool.id
+                                ));
                             }
                             seat_sold[s] = true;
                         }

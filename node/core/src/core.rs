@@ -13,7 +13,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use allot_crdt::{Applied, Change, EventMeta, Genesis, MetaDoc, MetaPatch, PoolIdx, PoolKind, PoolSpec, RegionIdx, RowDelta, SeatIdx};
+use allot_crdt::{
+    Applied, Change, EventMeta, Genesis, MetaDoc, MetaPatch, PoolIdx, PoolKind, PoolSpec,
+    RegionIdx, RowDelta, SeatIdx,
+};
 
 use crate::api::*;
 use crate::event::{EventState, SeatLocal};
@@ -50,15 +53,24 @@ impl Config {
 }
 
 pub enum Input {
-    Request { id: RequestId, key: Option<IdempotencyKey>, command: Command },
-    Peer { from: String, frame: GossipFrame },
+    Request {
+        id: RequestId,
+        key: Option<IdempotencyKey>,
+        command: Command,
+    },
+    Peer {
+        from: String,
+        frame: GossipFrame,
+    },
     /// Expire holds and idempotency keys, and gossip to every peer.
     Tick,
     /// Records `1..=n` are durable.
     Persisted(u64),
     /// The link to `peer` was (re)established: forget what it was believed to have, so the
     /// next tick sends it everything (full anti-entropy).
-    PeerReset { peer: String },
+    PeerReset {
+        peer: String,
+    },
 }
 
 /// What the driver must do next, in order: persist `records`, then send the rest.
@@ -111,7 +123,9 @@ fn invalid<T>(why: impl Into<String>) -> Result<T, CoreError> {
 
 fn check_text(field: &str, s: &str, max: usize) -> Result<(), CoreError> {
     if s.len() > max || s.chars().any(char::is_control) {
-        return invalid(format!("{field}: at most {max} bytes, no control characters"));
+        return invalid(format!(
+            "{field}: at most {max} bytes, no control characters"
+        ));
     }
     Ok(())
 }
@@ -154,7 +168,10 @@ impl Core {
         let mut core = Core::new(cfg);
         for r in records {
             if r.index != core.last_index + 1 {
-                return Err(format!("record {} follows {}: records must be contiguous", r.index, core.last_index));
+                return Err(format!(
+                    "record {} follows {}: records must be contiguous",
+                    r.index, core.last_index
+                ));
             }
             core.now = core.now.max(r.at);
             core.apply_record(r.index, r.at, &r.body)?;
@@ -226,8 +243,16 @@ impl Core {
 
     fn request(&mut self, id: RequestId, key: Option<IdempotencyKey>, command: Command) {
         if let Some(k) = &key {
-            if k.key.is_empty() || k.key.len() > MAX_KEY_LEN || !k.key.bytes().all(|b| b.is_ascii_graphic()) {
-                return self.reply_now(id, invalid(format!("Idempotency-Key: 1-{MAX_KEY_LEN} visible ASCII characters")));
+            if k.key.is_empty()
+                || k.key.len() > MAX_KEY_LEN
+                || !k.key.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return self.reply_now(
+                    id,
+                    invalid(format!(
+                        "Idempotency-Key: 1-{MAX_KEY_LEN} visible ASCII characters"
+                    )),
+                );
             }
             if let Some(e) = self.idem.get(&k.key) {
                 if e.body_hash != k.body_hash {
@@ -241,12 +266,26 @@ impl Core {
         let result = match command {
             Command::CreateEvent(spec) => self.create_event(spec, key),
             Command::PatchEvent { event, patch } => self.patch_event(&event, patch, key),
-            Command::Hold { event, want, customer } => self.hold(&event, &want, customer, key),
+            Command::Hold {
+                event,
+                want,
+                customer,
+            } => self.hold(&event, &want, customer, key),
             Command::Confirm { hold, payment_ref } => self.confirm(&hold, payment_ref, key),
             Command::Release { hold } => self.release(&hold),
-            Command::Purchase { event, want, customer, payment_ref } => self.purchase(&event, &want, customer, payment_ref, key),
+            Command::Purchase {
+                event,
+                want,
+                customer,
+                payment_ref,
+            } => self.purchase(&event, &want, customer, payment_ref, key),
             Command::Refund { order } => self.refund(&order, key),
-            Command::Grant { event, pool, to, amount } => self.grant(&event, &pool, &to, amount, key),
+            Command::Grant {
+                event,
+                pool,
+                to,
+                amount,
+            } => self.grant(&event, &pool, &to, amount, key),
         };
         match result {
             Ok((index, outcome)) => self.reply_after(index, id, Ok(outcome)),
@@ -268,20 +307,35 @@ impl Core {
     }
 
     fn idem_record(key: Option<&IdempotencyKey>, outcome: &Outcome) -> Option<IdemRecord> {
-        key.map(|k| IdemRecord { key: k.clone(), outcome: outcome.clone() })
+        key.map(|k| IdemRecord {
+            key: k.clone(),
+            outcome: outcome.clone(),
+        })
     }
 
     fn event_idx(&self, event: &str) -> Result<usize, CoreError> {
-        self.by_id.get(event).copied().ok_or_else(|| CoreError::UnknownEvent(event.to_owned()))
+        self.by_id
+            .get(event)
+            .copied()
+            .ok_or_else(|| CoreError::UnknownEvent(event.to_owned()))
     }
 
     fn pool_idx(&self, ev: usize, pool: &str) -> Result<PoolIdx, CoreError> {
-        self.events[ev].genesis().pool_index(pool).ok_or_else(|| CoreError::UnknownPool(pool.to_owned()))
+        self.events[ev]
+            .genesis()
+            .pool_index(pool)
+            .ok_or_else(|| CoreError::UnknownPool(pool.to_owned()))
     }
 
-    fn create_event(&mut self, spec: EventSpec, key: Option<&IdempotencyKey>) -> Result<(u64, Outcome), CoreError> {
+    fn create_event(
+        &mut self,
+        spec: EventSpec,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<(u64, Outcome), CoreError> {
         if self.cfg.region != self.cfg.catalog_region {
-            return Err(CoreError::NotCatalog { catalog: self.cfg.catalog_region.clone() });
+            return Err(CoreError::NotCatalog {
+                catalog: self.cfg.catalog_region.clone(),
+            });
         }
         check_id("id", &spec.id)?;
         if self.by_id.contains_key(spec.id.as_str()) {
@@ -304,8 +358,21 @@ impl Core {
             }
             prices.insert(p.id.clone(), p.price_cents);
         }
-        let pools = spec.pools.iter().map(|p| PoolSpec { id: p.id.clone(), kind: p.kind.clone() }).collect();
-        let genesis = Genesis::build(&spec.id, &spec.currency, &self.cfg.regions, pools, &spec.allotments)?;
+        let pools = spec
+            .pools
+            .iter()
+            .map(|p| PoolSpec {
+                id: p.id.clone(),
+                kind: p.kind.clone(),
+            })
+            .collect();
+        let genesis = Genesis::build(
+            &spec.id,
+            &spec.currency,
+            &self.cfg.regions,
+            pools,
+            &spec.allotments,
+        )?;
         let meta = EventMeta {
             name: spec.name,
             description: spec.description,
@@ -317,21 +384,38 @@ impl Core {
             prices,
         };
         let actor = EventState::actor(&self.cfg.region, self.cfg.incarnation);
-        let (_, change) = MetaDoc::create(&actor, &meta).map_err(|e| CoreError::Meta(e.to_string()))?;
+        let (_, change) =
+            MetaDoc::create(&actor, &meta).map_err(|e| CoreError::Meta(e.to_string()))?;
         let outcome = Outcome::EventCreated { event: spec.id };
         let idem = Self::idem_record(key, &outcome);
-        let index = self.commit(RecordBody::EventCreated { genesis, meta: vec![change], idem });
+        let index = self.commit(RecordBody::EventCreated {
+            genesis,
+            meta: vec![change],
+            idem,
+        });
         Ok((index, outcome))
     }
 
-    fn patch_event(&mut self, event: &str, patch: MetaPatch, key: Option<&IdempotencyKey>) -> Result<(u64, Outcome), CoreError> {
+    fn patch_event(
+        &mut self,
+        event: &str,
+        patch: MetaPatch,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<(u64, Outcome), CoreError> {
         let ev = self.event_idx(event)?;
-        for (field, v, max) in [("name", &patch.name, 200), ("description", &patch.description, MAX_TEXT), ("venue", &patch.venue, 200), ("starts_at", &patch.starts_at, 40)] {
+        for (field, v, max) in [
+            ("name", &patch.name, 200),
+            ("description", &patch.description, MAX_TEXT),
+            ("venue", &patch.venue, 200),
+            ("starts_at", &patch.starts_at, 40),
+        ] {
             if let Some(v) = v {
                 check_text(field, v, max)?;
             }
         }
-        if patch.lat.is_some_and(|l| !(-90.0..=90.0).contains(&l)) || patch.lon.is_some_and(|l| !(-180.0..=180.0).contains(&l)) {
+        if patch.lat.is_some_and(|l| !(-90.0..=90.0).contains(&l))
+            || patch.lon.is_some_and(|l| !(-180.0..=180.0).contains(&l))
+        {
             return invalid("lat must be within ±90 and lon within ±180");
         }
         if patch.hold_ttl_s.is_some_and(|t| !(1..=86_400).contains(&t)) {
@@ -340,13 +424,22 @@ impl Core {
         if patch.prices.values().any(|&p| p > MAX_PRICE) {
             return invalid(format!("price_cents at most {MAX_PRICE}"));
         }
-        let change = self.events[ev].meta.patch(&patch).map_err(|e| CoreError::Meta(e.to_string()))?;
-        let outcome = Outcome::EventPatched { event: event.to_owned() };
+        let change = self.events[ev]
+            .meta
+            .patch(&patch)
+            .map_err(|e| CoreError::Meta(e.to_string()))?;
+        let outcome = Outcome::EventPatched {
+            event: event.to_owned(),
+        };
         let Some(change) = change else {
             return Ok((self.last_index, outcome));
         };
         let idem = Self::idem_record(key, &outcome);
-        let index = self.commit(RecordBody::MetaChanged { event: event.to_owned(), changes: vec![change], idem });
+        let index = self.commit(RecordBody::MetaChanged {
+            event: event.to_owned(),
+            changes: vec![change],
+            idem,
+        });
         Ok((index, outcome))
     }
 
@@ -361,17 +454,26 @@ impl Core {
                 }
                 let sellable = e.sellable(p);
                 if sellable < *quantity as i64 {
-                    return Err(CoreError::SoldOut { available: sellable.max(0) as u64, wanted: *quantity });
+                    return Err(CoreError::SoldOut {
+                        available: sellable.max(0) as u64,
+                        wanted: *quantity,
+                    });
                 }
                 let seats = if e.genesis().pool(p).is_assigned() {
                     let owners = e.ledger.seat_owners(p);
                     let picked: Vec<SeatIdx> = (0..owners.len())
-                        .filter(|&s| (owners[s].owner == e.me || crate::bugs::skip_owner_check()) && e.seats[p as usize][s] == SeatLocal::Free)
+                        .filter(|&s| {
+                            (owners[s].owner == e.me || crate::bugs::skip_owner_check())
+                                && e.seats[p as usize][s] == SeatLocal::Free
+                        })
                         .take(*quantity as usize)
                         .map(|s| s as SeatIdx)
                         .collect();
                     if (picked.len() as u64) < *quantity {
-                        return Err(CoreError::SoldOut { available: picked.len() as u64, wanted: *quantity });
+                        return Err(CoreError::SoldOut {
+                            available: picked.len() as u64,
+                            wanted: *quantity,
+                        });
                     }
                     picked
                 } else {
@@ -396,7 +498,10 @@ impl Core {
                 for (&s, id) in idx.iter().zip(seats) {
                     let owner = e.ledger.seat_owner(p, s).owner;
                     if owner != e.me && !crate::bugs::skip_owner_check() {
-                        return Err(CoreError::SeatElsewhere { seat: id.clone(), region: e.genesis().regions[owner as usize].clone() });
+                        return Err(CoreError::SeatElsewhere {
+                            seat: id.clone(),
+                            region: e.genesis().regions[owner as usize].clone(),
+                        });
                     }
                     if e.seats[p as usize][s as usize] != SeatLocal::Free {
                         return Err(CoreError::SeatTaken(id.clone()));
@@ -407,14 +512,21 @@ impl Core {
         }
     }
 
-    fn seat_indices(&self, ev: usize, p: PoolIdx, seats: &[String]) -> Result<Vec<SeatIdx>, CoreError> {
+    fn seat_indices(
+        &self,
+        ev: usize,
+        p: PoolIdx,
+        seats: &[String],
+    ) -> Result<Vec<SeatIdx>, CoreError> {
         let e = &self.events[ev];
         if !e.genesis().pool(p).is_assigned() {
             return invalid(format!("pool {} has no seat map", e.genesis().pool(p).id));
         }
         let mut idx = Vec::with_capacity(seats.len());
         for s in seats {
-            let i = *e.seat_index[p as usize].get(s).ok_or_else(|| CoreError::UnknownSeat(s.clone()))?;
+            let i = *e.seat_index[p as usize]
+                .get(s)
+                .ok_or_else(|| CoreError::UnknownSeat(s.clone()))?;
             if idx.contains(&i) {
                 return invalid(format!("seat {s} listed twice"));
             }
@@ -427,7 +539,13 @@ impl Core {
         self.events[ev].prices[p as usize].saturating_mul(quantity)
     }
 
-    fn hold(&mut self, event: &str, want: &Want, customer: String, key: Option<&IdempotencyKey>) -> Result<(u64, Outcome), CoreError> {
+    fn hold(
+        &mut self,
+        event: &str,
+        want: &Want,
+        customer: String,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<(u64, Outcome), CoreError> {
         let ev = self.event_idx(event)?;
         check_id("customer", &customer)?;
         let live = self.live_holds.get(customer.as_str()).copied().unwrap_or(0);
@@ -459,22 +577,41 @@ impl Core {
             IdKind::Order => CoreError::UnknownOrder(id.to_owned()),
         })?;
         if g.region != self.cfg.region {
-            return Err(CoreError::Foreign { id: id.to_owned(), region: g.region });
+            return Err(CoreError::Foreign {
+                id: id.to_owned(),
+                region: g.region,
+            });
         }
         Ok(g.n)
     }
 
-    fn confirm(&mut self, hold_id: &str, payment_ref: String, key: Option<&IdempotencyKey>) -> Result<(u64, Outcome), CoreError> {
+    fn confirm(
+        &mut self,
+        hold_id: &str,
+        payment_ref: String,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<(u64, Outcome), CoreError> {
         let n = self.local_id(IdKind::Hold, hold_id)?;
         if let Some(o) = self.order_of_hold.get(&n) {
-            return Ok((self.last_index, Outcome::Order(self.orders[(*o - 1) as usize].clone())));
+            return Ok((
+                self.last_index,
+                Outcome::Order(self.orders[(*o - 1) as usize].clone()),
+            ));
         }
         let Some(hold) = self.holds.get(&n) else {
-            return Err(if n < self.next_hold { CoreError::HoldExpired } else { CoreError::UnknownHold(hold_id.to_owned()) });
+            return Err(if n < self.next_hold {
+                CoreError::HoldExpired
+            } else {
+                CoreError::UnknownHold(hold_id.to_owned())
+            });
         };
         if self.now >= hold.expires_at {
             let event = hold.event.to_string();
-            self.commit(RecordBody::HoldsReleased { event, holds: vec![n], reason: ReleaseReason::Expired });
+            self.commit(RecordBody::HoldsReleased {
+                event,
+                holds: vec![n],
+                reason: ReleaseReason::Expired,
+            });
             return Err(CoreError::HoldExpired);
         }
         check_text("payment_ref", &payment_ref, 128)?;
@@ -485,18 +622,46 @@ impl Core {
         let ev = self.by_id[&hold.event];
         let row = self.events[ev]
             .ledger
-            .write(self.events[ev].me, &[Change::Consume { pool: hold.pool, n: hold.quantity }])
+            .write(
+                self.events[ev].me,
+                &[Change::Consume {
+                    pool: hold.pool,
+                    n: hold.quantity,
+                }],
+            )
             .expect("a live hold is covered by this region's quota");
-        let mut order = self.new_order(&hold.event, hold.pool, hold.quantity, hold.seats, hold.customer, hold.price_cents, payment_ref);
+        let mut order = self.new_order(
+            &hold.event,
+            hold.pool,
+            hold.quantity,
+            hold.seats,
+            hold.customer,
+            hold.price_cents,
+            payment_ref,
+        );
         order.hold = Some(n);
         let outcome = Outcome::Order(order.clone());
         let idem = Self::idem_record(key, &outcome);
-        let index = self.commit(RecordBody::OrderPlaced { order, hold: Some(n), row, idem });
+        let index = self.commit(RecordBody::OrderPlaced {
+            order,
+            hold: Some(n),
+            row,
+            idem,
+        });
         Ok((index, outcome))
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn new_order(&self, event: &Arc<str>, pool: PoolIdx, quantity: u64, seats: Vec<SeatIdx>, customer: Arc<str>, price_cents: u64, payment_ref: String) -> Order {
+    fn new_order(
+        &self,
+        event: &Arc<str>,
+        pool: PoolIdx,
+        quantity: u64,
+        seats: Vec<SeatIdx>,
+        customer: Arc<str>,
+        price_cents: u64,
+        payment_ref: String,
+    ) -> Order {
         Order {
             n: self.next_order,
             event: event.clone(),
@@ -520,7 +685,11 @@ impl Core {
         match self.holds.get(&n) {
             Some(h) => {
                 let event = h.event.to_string();
-                let index = self.commit(RecordBody::HoldsReleased { event, holds: vec![n], reason: ReleaseReason::Released });
+                let index = self.commit(RecordBody::HoldsReleased {
+                    event,
+                    holds: vec![n],
+                    reason: ReleaseReason::Released,
+                });
                 Ok((index, Outcome::Released { hold: n }))
             }
             None if n < self.next_hold => Ok((self.last_index, Outcome::Released { hold: n })),
@@ -528,7 +697,14 @@ impl Core {
         }
     }
 
-    fn purchase(&mut self, event: &str, want: &Want, customer: String, payment_ref: String, key: Option<&IdempotencyKey>) -> Result<(u64, Outcome), CoreError> {
+    fn purchase(
+        &mut self,
+        event: &str,
+        want: &Want,
+        customer: String,
+        payment_ref: String,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<(u64, Outcome), CoreError> {
         let ev = self.event_idx(event)?;
         check_id("customer", &customer)?;
         if payment_ref.is_empty() {
@@ -537,36 +713,81 @@ impl Core {
         check_text("payment_ref", &payment_ref, 128)?;
         let (pool, quantity, seats) = self.resolve(ev, want)?;
         let e = &self.events[ev];
-        let row = e.ledger.write(e.me, &[Change::Consume { pool, n: quantity }]).expect("resolve checked sellable");
-        let order = self.new_order(&e.id, pool, quantity, seats, customer.into(), self.price(ev, pool, quantity), payment_ref);
+        let row = e
+            .ledger
+            .write(e.me, &[Change::Consume { pool, n: quantity }])
+            .expect("resolve checked sellable");
+        let order = self.new_order(
+            &e.id,
+            pool,
+            quantity,
+            seats,
+            customer.into(),
+            self.price(ev, pool, quantity),
+            payment_ref,
+        );
         let outcome = Outcome::Order(order.clone());
         let idem = Self::idem_record(key, &outcome);
-        let index = self.commit(RecordBody::OrderPlaced { order, hold: None, row, idem });
+        let index = self.commit(RecordBody::OrderPlaced {
+            order,
+            hold: None,
+            row,
+            idem,
+        });
         Ok((index, outcome))
     }
 
-    fn refund(&mut self, order_id: &str, key: Option<&IdempotencyKey>) -> Result<(u64, Outcome), CoreError> {
+    fn refund(
+        &mut self,
+        order_id: &str,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<(u64, Outcome), CoreError> {
         let n = self.local_id(IdKind::Order, order_id)?;
-        let order = self.order(n).ok_or_else(|| CoreError::UnknownOrder(order_id.to_owned()))?;
+        let order = self
+            .order(n)
+            .ok_or_else(|| CoreError::UnknownOrder(order_id.to_owned()))?;
         if order.status == OrderStatus::Refunded {
             return Ok((self.last_index, Outcome::Order(order.clone())));
         }
         let ev = self.by_id[&order.event];
         let e = &self.events[ev];
-        let row = e.ledger.write(e.me, &[Change::Return { pool: order.pool, n: order.quantity }]).expect("an order's units were consumed here");
+        let row = e
+            .ledger
+            .write(
+                e.me,
+                &[Change::Return {
+                    pool: order.pool,
+                    n: order.quantity,
+                }],
+            )
+            .expect("an order's units were consumed here");
         let mut refunded = order.clone();
         refunded.status = OrderStatus::Refunded;
         let outcome = Outcome::Order(refunded.clone());
         let idem = Self::idem_record(key, &outcome);
-        let index = self.commit(RecordBody::Refunded { order: refunded, row, idem });
+        let index = self.commit(RecordBody::Refunded {
+            order: refunded,
+            row,
+            idem,
+        });
         Ok((index, outcome))
     }
 
-    fn grant(&mut self, event: &str, pool: &str, to: &str, amount: GrantAmount, key: Option<&IdempotencyKey>) -> Result<(u64, Outcome), CoreError> {
+    fn grant(
+        &mut self,
+        event: &str,
+        pool: &str,
+        to: &str,
+        amount: GrantAmount,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<(u64, Outcome), CoreError> {
         let ev = self.event_idx(event)?;
         let p = self.pool_idx(ev, pool)?;
         let e = &self.events[ev];
-        let to_idx = e.genesis().region_index(to).ok_or_else(|| CoreError::Invalid(format!("unknown region {to:?}")))?;
+        let to_idx = e
+            .genesis()
+            .region_index(to)
+            .ok_or_else(|| CoreError::Invalid(format!("unknown region {to:?}")))?;
         if to_idx == e.me {
             return invalid("a region cannot grant to itself");
         }
@@ -580,9 +801,21 @@ impl Core {
                 }
                 let sellable = e.sellable(p);
                 if sellable < q as i64 {
-                    return Err(CoreError::NotOwner(format!("{} can spare {} of {pool}, not {q}", self.cfg.region, sellable.max(0))));
+                    return Err(CoreError::NotOwner(format!(
+                        "{} can spare {} of {pool}, not {q}",
+                        self.cfg.region,
+                        sellable.max(0)
+                    )));
                 }
-                (vec![Change::Grant { pool: p, to: to_idx, n: q }], q, Vec::new())
+                (
+                    vec![Change::Grant {
+                        pool: p,
+                        to: to_idx,
+                        n: q,
+                    }],
+                    q,
+                    Vec::new(),
+                )
             }
             GrantAmount::Seats(ids) => {
                 if ids.is_empty() || ids.len() > 10_000 {
@@ -592,20 +825,43 @@ impl Core {
                 for (&s, id) in idx.iter().zip(&ids) {
                     let owner = e.ledger.seat_owner(p, s).owner;
                     if owner != e.me {
-                        return Err(CoreError::NotOwner(format!("seat {id} is owned by {}", e.genesis().regions[owner as usize])));
+                        return Err(CoreError::NotOwner(format!(
+                            "seat {id} is owned by {}",
+                            e.genesis().regions[owner as usize]
+                        )));
                     }
                     if e.seats[p as usize][s as usize] != SeatLocal::Free {
                         return Err(CoreError::SeatTaken(id.clone()));
                     }
                 }
-                let changes = idx.iter().map(|&seat| Change::GiveSeat { pool: p, seat, to: to_idx }).collect();
+                let changes = idx
+                    .iter()
+                    .map(|&seat| Change::GiveSeat {
+                        pool: p,
+                        seat,
+                        to: to_idx,
+                    })
+                    .collect();
                 (changes, idx.len() as u64, idx)
             }
         };
-        let row = e.ledger.write(e.me, &changes).map_err(|r| CoreError::NotOwner(r.to_string()))?;
-        let outcome = Outcome::Granted { event: event.to_owned(), pool: p, to: to.to_owned(), quantity, seats };
+        let row = e
+            .ledger
+            .write(e.me, &changes)
+            .map_err(|r| CoreError::NotOwner(r.to_string()))?;
+        let outcome = Outcome::Granted {
+            event: event.to_owned(),
+            pool: p,
+            to: to.to_owned(),
+            quantity,
+            seats,
+        };
         let idem = Self::idem_record(key, &outcome);
-        let index = self.commit(RecordBody::Granted { event: event.to_owned(), row, idem });
+        let index = self.commit(RecordBody::Granted {
+            event: event.to_owned(),
+            row,
+            idem,
+        });
         Ok((index, outcome))
     }
 
@@ -614,10 +870,16 @@ impl Core {
     /// Applies a record the live path built (so it cannot fail) and emits it.
     fn commit(&mut self, body: RecordBody) -> u64 {
         let index = self.last_index + 1;
-        let changed = self.apply_record(index, self.now, &body).expect("the live path builds only valid records");
+        let changed = self
+            .apply_record(index, self.now, &body)
+            .expect("the live path builds only valid records");
         assert!(changed, "a command's record always changes state");
         self.last_index = index;
-        self.out.records.push(Record { index, at: self.now, body });
+        self.out.records.push(Record {
+            index,
+            at: self.now,
+            body,
+        });
         index
     }
 
@@ -625,12 +887,18 @@ impl Core {
     /// may turn out to be old news, and then is not recorded).
     fn apply_record(&mut self, index: u64, at: Millis, body: &RecordBody) -> Result<bool, String> {
         match body {
-            RecordBody::EventCreated { genesis, meta, idem } => {
+            RecordBody::EventCreated {
+                genesis,
+                meta,
+                idem,
+            } => {
                 if self.by_id.contains_key(genesis.id.as_str()) {
                     return Err(format!("event {} created twice", genesis.id));
                 }
                 genesis.validate().map_err(|e| e.to_string())?;
-                let me = genesis.region_index(&self.cfg.region).ok_or("event does not include this region")?;
+                let me = genesis
+                    .region_index(&self.cfg.region)
+                    .ok_or("event does not include this region")?;
                 let actor = EventState::actor(&self.cfg.region, self.cfg.incarnation);
                 let doc = MetaDoc::from_changes(&actor, meta).map_err(|e| e.to_string())?;
                 let info = doc.read().map_err(|e| e.to_string())?;
@@ -639,7 +907,11 @@ impl Core {
                 self.events.push(ev);
                 self.remember(index, at, idem);
             }
-            RecordBody::MetaChanged { event, changes, idem } => {
+            RecordBody::MetaChanged {
+                event,
+                changes,
+                idem,
+            } => {
                 let ev = self.event_idx(event).map_err(|e| e.to_string())?;
                 let e = &mut self.events[ev];
                 e.meta.apply(changes).map_err(|e| e.to_string())?;
@@ -655,7 +927,11 @@ impl Core {
                 let p = hold.pool as usize;
                 e.held[p] += hold.quantity;
                 for &s in &hold.seats {
-                    assert_eq!(e.seats[p][s as usize], SeatLocal::Free, "held seat must be free");
+                    assert_eq!(
+                        e.seats[p][s as usize],
+                        SeatLocal::Free,
+                        "held seat must be free"
+                    );
                     e.seats[p][s as usize] = SeatLocal::Held(hold.n);
                 }
                 e.assert_pool(hold.pool);
@@ -667,11 +943,19 @@ impl Core {
             }
             RecordBody::HoldsReleased { holds, .. } => {
                 for n in holds {
-                    let h = self.holds.remove(n).ok_or_else(|| format!("release of unknown hold {n}"))?;
+                    let h = self
+                        .holds
+                        .remove(n)
+                        .ok_or_else(|| format!("release of unknown hold {n}"))?;
                     self.drop_hold(&h, SeatLocal::Free);
                 }
             }
-            RecordBody::OrderPlaced { order, hold, row, idem } => {
+            RecordBody::OrderPlaced {
+                order,
+                hold,
+                row,
+                idem,
+            } => {
                 let ev = self.event_idx(&order.event).map_err(|e| e.to_string())?;
                 if let Some(h) = hold {
                     let h = self.holds.remove(h).ok_or("confirm of an unknown hold")?;
@@ -680,7 +964,11 @@ impl Core {
                 } else {
                     let e = &mut self.events[ev];
                     for &s in &order.seats {
-                        assert_eq!(e.seats[order.pool as usize][s as usize], SeatLocal::Free, "sold seat must be free");
+                        assert_eq!(
+                            e.seats[order.pool as usize][s as usize],
+                            SeatLocal::Free,
+                            "sold seat must be free"
+                        );
                         e.seats[order.pool as usize][s as usize] = SeatLocal::Sold(order.n);
                     }
                 }
@@ -688,13 +976,21 @@ impl Core {
                 self.events[ev].assert_pool(order.pool);
                 self.next_order = self.next_order.max(order.n + 1);
                 if order.n != self.orders.len() as u64 + 1 {
-                    return Err(format!("order {} out of sequence after {}", order.n, self.orders.len()));
+                    return Err(format!(
+                        "order {} out of sequence after {}",
+                        order.n,
+                        self.orders.len()
+                    ));
                 }
                 self.orders.push(order.clone());
                 self.remember(index, at, idem);
             }
             RecordBody::Refunded { order, row, idem } => {
-                let o = order.n.checked_sub(1).and_then(|i| self.orders.get_mut(i as usize)).ok_or("refund of an unknown order")?;
+                let o = order
+                    .n
+                    .checked_sub(1)
+                    .and_then(|i| self.orders.get_mut(i as usize))
+                    .ok_or("refund of an unknown order")?;
                 o.status = OrderStatus::Refunded;
                 let (event, pool, seats) = (o.event.clone(), o.pool, o.seats.clone());
                 let ev = self.event_idx(&event).map_err(|e| e.to_string())?;
@@ -713,7 +1009,10 @@ impl Core {
                 }
                 self.remember(index, at, idem);
             }
-            RecordBody::RowRestored { .. } | RecordBody::OrderRestored { .. } | RecordBody::KeyRestored { .. } | RecordBody::CountersRestored { .. } => {
+            RecordBody::RowRestored { .. }
+            | RecordBody::OrderRestored { .. }
+            | RecordBody::KeyRestored { .. }
+            | RecordBody::CountersRestored { .. } => {
                 self.restore(index, at, body)?;
             }
             RecordBody::PeerRow { event, row } => {
@@ -727,12 +1026,15 @@ impl Core {
                     Applied::Advanced { credits, seats, .. } => {
                         for c in credits.iter().filter(|c| c.to == e.me) {
                             e.pending_credit[c.pool as usize] += c.amount;
-                            self.credit_pending.push_back((index, ev, c.pool, c.amount, None));
+                            self.credit_pending
+                                .push_back((index, ev, c.pool, c.amount, None));
                         }
                         for m in seats {
                             if m.to == e.me {
-                                e.seats[m.pool as usize][m.seat as usize] = SeatLocal::Arriving(index);
-                                self.credit_pending.push_back((index, ev, m.pool, 0, Some(m.seat)));
+                                e.seats[m.pool as usize][m.seat as usize] =
+                                    SeatLocal::Arriving(index);
+                                self.credit_pending
+                                    .push_back((index, ev, m.pool, 0, Some(m.seat)));
                             } else if m.from == e.me {
                                 return Err("a peer row moved a seat this region owns".into());
                             }
@@ -763,7 +1065,11 @@ impl Core {
             RecordBody::OrderRestored { order } => {
                 let ev = self.event_idx(&order.event).map_err(|e| e.to_string())?;
                 if order.n != self.orders.len() as u64 + 1 {
-                    return Err(format!("order {} out of sequence after {}", order.n, self.orders.len()));
+                    return Err(format!(
+                        "order {} out of sequence after {}",
+                        order.n,
+                        self.orders.len()
+                    ));
                 }
                 if order.status == OrderStatus::Confirmed {
                     let e = &mut self.events[ev];
@@ -778,7 +1084,14 @@ impl Core {
                 self.orders.push(order.clone());
             }
             RecordBody::KeyRestored { key, outcome } => {
-                self.remember(index, at, &Some(IdemRecord { key: key.clone(), outcome: outcome.clone() }));
+                self.remember(
+                    index,
+                    at,
+                    &Some(IdemRecord {
+                        key: key.clone(),
+                        outcome: outcome.clone(),
+                    }),
+                );
             }
             RecordBody::CountersRestored { next_hold } => {
                 self.next_hold = self.next_hold.max(*next_hold);
@@ -818,7 +1131,15 @@ impl Core {
 
     fn remember(&mut self, index: u64, at: Millis, idem: &Option<IdemRecord>) {
         if let Some(r) = idem {
-            self.idem.insert(r.key.key.clone(), IdemEntry { body_hash: r.key.body_hash, index, at, outcome: r.outcome.clone() });
+            self.idem.insert(
+                r.key.key.clone(),
+                IdemEntry {
+                    body_hash: r.key.body_hash,
+                    index,
+                    at,
+                    outcome: r.outcome.clone(),
+                },
+            );
             self.idem_order.push_back((at, r.key.key.clone()));
         }
     }
@@ -865,7 +1186,11 @@ impl Core {
             }
         }
         for (event, holds) in by_event {
-            self.commit(RecordBody::HoldsReleased { event, holds, reason: ReleaseReason::Expired });
+            self.commit(RecordBody::HoldsReleased {
+                event,
+                holds,
+                reason: ReleaseReason::Expired,
+            });
         }
     }
 
@@ -885,14 +1210,22 @@ impl Core {
     // ----- gossip ---------------------------------------------------------------------------
 
     fn gossip(&mut self) {
-        let peers: Vec<String> = self.cfg.regions.iter().filter(|r| **r != self.cfg.region).cloned().collect();
+        let peers: Vec<String> = self
+            .cfg
+            .regions
+            .iter()
+            .filter(|r| **r != self.cfg.region)
+            .cloned()
+            .collect();
         for peer in peers {
             let mut frame = GossipFrame::default();
             for e in &mut self.events {
                 if e.created_at_index > self.persisted {
                     continue;
                 }
-                let Some(p) = e.genesis().region_index(&peer) else { continue };
+                let Some(p) = e.genesis().region_index(&peer) else {
+                    continue;
+                };
                 let meta_durable = e.meta_index <= self.persisted;
                 let view = &e.peers[p as usize];
                 let genesis = match (&view.vv, meta_durable) {
@@ -920,12 +1253,13 @@ impl Core {
                     rows.extend(d);
                 }
                 let meta_heads = e.meta.heads();
-                let meta_changes = if meta_durable && view.vv.is_some() && view.meta_heads != meta_heads {
-                    let theirs = view.meta_heads.clone();
-                    e.meta.changes_since(&theirs)
-                } else {
-                    Vec::new()
-                };
+                let meta_changes =
+                    if meta_durable && view.vv.is_some() && view.meta_heads != meta_heads {
+                        let theirs = view.meta_heads.clone();
+                        e.meta.changes_since(&theirs)
+                    } else {
+                        Vec::new()
+                    };
                 frame.events.push(EventGossip {
                     event: e.id.to_string(),
                     genesis_hash: e.ledger.hash(),
@@ -946,26 +1280,37 @@ impl Core {
 
     fn peer(&mut self, from: &str, frame: GossipFrame) {
         if from == self.cfg.region || !self.cfg.regions.iter().any(|r| r == from) {
-            self.out.warnings.push(format!("gossip from unknown region {from:?} refused"));
+            self.out
+                .warnings
+                .push(format!("gossip from unknown region {from:?} refused"));
             return;
         }
         for g in frame.events {
             let ev = match self.by_id.get(g.event.as_str()) {
                 Some(&ev) => ev,
                 None => {
-                    let Some((genesis, meta)) = g.genesis else { continue };
+                    let Some((genesis, meta)) = g.genesis else {
+                        continue;
+                    };
                     if let Err(why) = self.learn_event(genesis, meta, g.genesis_hash, &g.event) {
-                        self.out.warnings.push(format!("event {:?} from {from} refused: {why}", g.event));
+                        self.out
+                            .warnings
+                            .push(format!("event {:?} from {from} refused: {why}", g.event));
                         continue;
                     }
                     self.by_id[g.event.as_str()]
                 }
             };
             if self.events[ev].ledger.hash() != g.genesis_hash {
-                self.out.warnings.push(format!("event {:?} from {from}: genesis {} differs from ours; refused", g.event, g.genesis_hash));
+                self.out.warnings.push(format!(
+                    "event {:?} from {from}: genesis {} differs from ours; refused",
+                    g.event, g.genesis_hash
+                ));
                 continue;
             }
-            let Some(p) = self.events[ev].genesis().region_index(from) else { continue };
+            let Some(p) = self.events[ev].genesis().region_index(from) else {
+                continue;
+            };
             let me = self.events[ev].me;
             {
                 let view = &mut self.events[ev].peers[p as usize];
@@ -979,24 +1324,51 @@ impl Core {
                 if row.writer == me {
                     continue;
                 }
-                self.commit_peer(RecordBody::PeerRow { event: g.event.clone(), row }, from);
+                self.commit_peer(
+                    RecordBody::PeerRow {
+                        event: g.event.clone(),
+                        row,
+                    },
+                    from,
+                );
             }
             if !g.meta_changes.is_empty() && self.events[ev].meta.has_new(&g.meta_changes) {
-                self.commit_peer(RecordBody::MetaChanged { event: g.event.clone(), changes: g.meta_changes, idem: None }, from);
+                self.commit_peer(
+                    RecordBody::MetaChanged {
+                        event: g.event.clone(),
+                        changes: g.meta_changes,
+                        idem: None,
+                    },
+                    from,
+                );
             }
         }
     }
 
-    fn learn_event(&mut self, genesis: Genesis, meta: Vec<Vec<u8>>, hash: allot_crdt::GenesisHash, id: &str) -> Result<(), String> {
+    fn learn_event(
+        &mut self,
+        genesis: Genesis,
+        meta: Vec<Vec<u8>>,
+        hash: allot_crdt::GenesisHash,
+        id: &str,
+    ) -> Result<(), String> {
         genesis.validate().map_err(|e| e.to_string())?;
         if genesis.hash() != hash || genesis.id != id {
             return Err("genesis does not match its hash or id".into());
         }
         let index = self.last_index + 1;
-        let body = RecordBody::EventCreated { genesis, meta, idem: None };
+        let body = RecordBody::EventCreated {
+            genesis,
+            meta,
+            idem: None,
+        };
         self.apply_record(index, self.now, &body)?;
         self.last_index = index;
-        self.out.records.push(Record { index, at: self.now, body });
+        self.out.records.push(Record {
+            index,
+            at: self.now,
+            body,
+        });
         Ok(())
     }
 
@@ -1006,10 +1378,17 @@ impl Core {
         match self.apply_record(index, self.now, &body) {
             Ok(true) => {
                 self.last_index = index;
-                self.out.records.push(Record { index, at: self.now, body });
+                self.out.records.push(Record {
+                    index,
+                    at: self.now,
+                    body,
+                });
             }
             Ok(false) => {}
-            Err(why) => self.out.warnings.push(format!("from {from}: refused: {why}")),
+            Err(why) => self
+                .out
+                .warnings
+                .push(format!("from {from}: refused: {why}")),
         }
     }
 
@@ -1062,30 +1441,61 @@ impl Core {
                 if e.sellable(pi) < 0 {
                     return fail(format!("sellable {} < 0", e.sellable(pi)));
                 }
-                let held: u64 = self.holds.values().filter(|h| h.event == e.id && h.pool == pi).map(|h| h.quantity).sum();
+                let held: u64 = self
+                    .holds
+                    .values()
+                    .filter(|h| h.event == e.id && h.pool == pi)
+                    .map(|h| h.quantity)
+                    .sum();
                 if held != e.held[p] {
                     return fail(format!("held {} but live holds sum to {held}", e.held[p]));
                 }
-                let mine: Vec<&Order> = self.orders.iter().filter(|o| o.event == e.id && o.pool == pi).collect();
-                let sold: u64 = mine.iter().filter(|o| o.status == OrderStatus::Confirmed).map(|o| o.quantity).sum();
-                let refunded: u64 = mine.iter().filter(|o| o.status == OrderStatus::Refunded).map(|o| o.quantity).sum();
+                let mine: Vec<&Order> = self
+                    .orders
+                    .iter()
+                    .filter(|o| o.event == e.id && o.pool == pi)
+                    .collect();
+                let sold: u64 = mine
+                    .iter()
+                    .filter(|o| o.status == OrderStatus::Confirmed)
+                    .map(|o| o.quantity)
+                    .sum();
+                let refunded: u64 = mine
+                    .iter()
+                    .filter(|o| o.status == OrderStatus::Refunded)
+                    .map(|o| o.quantity)
+                    .sum();
                 let row = &e.ledger.row(e.me).pools[p];
                 if row.consumed.value != sold + refunded || row.returned.value != refunded {
-                    return fail(format!("row says consumed {} returned {}, orders say {} and {refunded}", row.consumed.value, row.returned.value, sold + refunded));
+                    return fail(format!(
+                        "row says consumed {} returned {}, orders say {} and {refunded}",
+                        row.consumed.value,
+                        row.returned.value,
+                        sold + refunded
+                    ));
                 }
                 // No oversell in this view: what every region has sold, plus what is held here,
                 // fits the capacity.
-                let sold_all: u64 = (0..g.regions.len() as RegionIdx).map(|r| e.ledger.consumed(pi, r) - e.ledger.returned(pi, r)).sum();
+                let sold_all: u64 = (0..g.regions.len() as RegionIdx)
+                    .map(|r| e.ledger.consumed(pi, r) - e.ledger.returned(pi, r))
+                    .sum();
                 if sold_all + e.held[p] > pool.capacity() {
-                    return fail(format!("oversold: {sold_all} sold + {} held > {}", e.held[p], pool.capacity()));
+                    return fail(format!(
+                        "oversold: {sold_all} sold + {} held > {}",
+                        e.held[p],
+                        pool.capacity()
+                    ));
                 }
-                if e.published.seq > e.ledger.row(e.me).seq || e.published.pools[p].consumed.value > row.consumed.value {
+                if e.published.seq > e.ledger.row(e.me).seq
+                    || e.published.pools[p].consumed.value > row.consumed.value
+                {
                     return fail("published row is ahead of the live row".into());
                 }
                 if let PoolKind::Assigned { .. } = pool.kind {
                     let owners = e.ledger.seat_owners(pi);
                     let owned = owners.iter().filter(|o| o.owner == e.me).count() as i64;
-                    let expect = e.ledger.available(pi, e.me) + (row.consumed.value - row.returned.value) as i64;
+                    let expect = e.ledger.available(pi, e.me)
+                        + (row.consumed.value - row.returned.value) as i64;
                     if owned != expect {
                         return fail(format!("owns {owned} seats but counters say {expect}"));
                     }
@@ -1095,19 +1505,30 @@ impl Core {
                             if !sold_seats.insert(s) {
                                 return fail(format!("seat {s} sold twice"));
                             }
-                            if owners[s as usize].owner != e.me || e.seats[p][s as usize] != SeatLocal::Sold(o.n) {
-                                return fail(format!("sold seat {s} is not recorded as sold by its owner"));
+                            if owners[s as usize].owner != e.me
+                                || e.seats[p][s as usize] != SeatLocal::Sold(o.n)
+                            {
+                                return fail(format!(
+                                    "sold seat {s} is not recorded as sold by its owner"
+                                ));
                             }
                         }
                     }
                     for (s, st) in e.seats[p].iter().enumerate() {
                         let ok = match *st {
                             SeatLocal::Free | SeatLocal::Arriving(_) => true,
-                            SeatLocal::Held(h) => self.holds.get(&h).is_some_and(|h| h.seats.contains(&(s as SeatIdx))),
-                            SeatLocal::Sold(o) => self.order(o).is_some_and(|o| o.status == OrderStatus::Confirmed),
+                            SeatLocal::Held(h) => self
+                                .holds
+                                .get(&h)
+                                .is_some_and(|h| h.seats.contains(&(s as SeatIdx))),
+                            SeatLocal::Sold(o) => self
+                                .order(o)
+                                .is_some_and(|o| o.status == OrderStatus::Confirmed),
                         };
                         if !ok || (*st != SeatLocal::Free && owners[s].owner != e.me) {
-                            return fail(format!("seat {s} state {st:?} disagrees with holds, orders or ownership"));
+                            return fail(format!(
+                                "seat {s} state {st:?} disagrees with holds, orders or ownership"
+                            ));
                         }
                     }
                 }
@@ -1126,13 +1547,28 @@ impl Core {
         let mut s = String::new();
         use std::fmt::Write;
         for e in &self.events {
-            let _ = writeln!(s, "event {} {:?} {:?} {:?}", e.id, e.ledger.rows(), e.info, e.held);
+            let _ = writeln!(
+                s,
+                "event {} {:?} {:?} {:?}",
+                e.id,
+                e.ledger.rows(),
+                e.info,
+                e.held
+            );
             let _ = writeln!(s, "  seats {:?} published {:?}", e.seats, e.published);
         }
         let mut holds: Vec<_> = self.holds.values().collect();
         holds.sort_by_key(|h| h.n);
-        let _ = writeln!(s, "holds {holds:?}\norders {:?}\nnext {} {}", self.orders, self.next_hold, self.next_order);
-        let mut keys: Vec<_> = self.idem.iter().map(|(k, e)| (k.clone(), e.index, format!("{:?}", e.outcome))).collect();
+        let _ = writeln!(
+            s,
+            "holds {holds:?}\norders {:?}\nnext {} {}",
+            self.orders, self.next_hold, self.next_order
+        );
+        let mut keys: Vec<_> = self
+            .idem
+            .iter()
+            .map(|(k, e)| (k.clone(), e.index, format!("{:?}", e.outcome)))
+            .collect();
         keys.sort();
         let _ = writeln!(s, "idem {keys:?}");
         s

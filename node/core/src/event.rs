@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use allot_crdt::{ActorIncarnation, EventMeta, Genesis, Ledger, MetaDoc, PoolIdx, RegionIdx, Row, SeatIdx, VersionVector};
+use allot_crdt::{
+    ActorIncarnation, EventMeta, Genesis, Ledger, MetaDoc, PoolIdx, RegionIdx, Row, SeatIdx,
+    VersionVector,
+};
 
 use crate::api::Millis;
 
@@ -63,18 +66,30 @@ pub struct EventState {
 }
 
 impl EventState {
-    pub fn new(genesis: Genesis, me: RegionIdx, meta: MetaDoc, info: EventMeta, index: u64) -> Self {
+    pub fn new(
+        genesis: Genesis,
+        me: RegionIdx,
+        meta: MetaDoc,
+        info: EventMeta,
+        index: u64,
+    ) -> Self {
         let genesis = Arc::new(genesis);
         let (n, p) = (genesis.regions.len(), genesis.pools.len());
-        let seats = genesis.pools.iter().map(|pool| vec![SeatLocal::Free; pool.seat_count()]).collect();
+        let seats = genesis
+            .pools
+            .iter()
+            .map(|pool| vec![SeatLocal::Free; pool.seat_count()])
+            .collect();
         let seat_index = genesis
             .pools
             .iter()
             .map(|pool| match &pool.kind {
                 allot_crdt::PoolKind::General { .. } => HashMap::new(),
-                allot_crdt::PoolKind::Assigned { seats } => {
-                    seats.iter().enumerate().map(|(i, s)| (s.clone(), i as SeatIdx)).collect()
-                }
+                allot_crdt::PoolKind::Assigned { seats } => seats
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (s.clone(), i as SeatIdx))
+                    .collect(),
             })
             .collect();
         let mut ev = EventState {
@@ -103,7 +118,11 @@ impl EventState {
         for (p, r) in self.rates.iter_mut().enumerate() {
             let consumed = self.ledger.consumed(p as PoolIdx, self.me);
             if r.window_start == 0 {
-                *r = SaleRate { window_start: now, consumed_at_start: consumed, per_min: 0 };
+                *r = SaleRate {
+                    window_start: now,
+                    consumed_at_start: consumed,
+                    per_min: 0,
+                };
             } else if now >= r.window_start + 1000 {
                 r.per_min = (consumed - r.consumed_at_start) * 60_000 / (now - r.window_start);
                 r.window_start = now;
@@ -137,22 +156,40 @@ impl EventState {
         let p = pool as usize;
         let regions = self.genesis().regions.len() as RegionIdx;
         let available: i64 = (0..regions).map(|r| self.ledger.available(pool, r)).sum();
-        let peers_held: u64 = self.peers.iter().map(|v| v.held.get(p).copied().unwrap_or(0)).sum();
-        (available - self.held[p] as i64 - self.pending_credit[p] as i64 - peers_held as i64).max(0) as u64
+        let peers_held: u64 = self
+            .peers
+            .iter()
+            .map(|v| v.held.get(p).copied().unwrap_or(0))
+            .sum();
+        (available - self.held[p] as i64 - self.pending_credit[p] as i64 - peers_held as i64).max(0)
+            as u64
     }
 
     /// Checks the O(regions) invariants of one pool; cheap enough for every sale.
     #[inline]
     pub fn assert_pool(&self, pool: PoolIdx) {
-        assert!(self.sellable(pool) >= 0, "sellable < 0 in {} pool {pool}", self.id);
+        assert!(
+            self.sellable(pool) >= 0,
+            "sellable < 0 in {} pool {pool}",
+            self.id
+        );
         let mut total: i64 = 0;
         for r in 0..self.genesis().regions.len() as RegionIdx {
-            total += self.ledger.available(pool, r) + (self.ledger.consumed(pool, r) - self.ledger.returned(pool, r)) as i64;
+            total += self.ledger.available(pool, r)
+                + (self.ledger.consumed(pool, r) - self.ledger.returned(pool, r)) as i64;
         }
-        assert_eq!(total as u64, self.genesis().pool(pool).capacity(), "conservation broken in {} pool {pool}", self.id);
+        assert_eq!(
+            total as u64,
+            self.genesis().pool(pool).capacity(),
+            "conservation broken in {} pool {pool}",
+            self.id
+        );
     }
 
     pub fn actor(region: &str, incarnation: u64) -> ActorIncarnation {
-        ActorIncarnation { region: region.to_owned(), incarnation }
+        ActorIncarnation {
+            region: region.to_owned(),
+            incarnation,
+        }
     }
 }

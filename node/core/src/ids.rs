@@ -33,10 +33,18 @@ impl GlobalId {
     pub fn parse(kind: IdKind, s: &str) -> Option<GlobalId> {
         let rest = s.strip_prefix(kind.prefix())?;
         let (region, n) = rest.rsplit_once('-')?;
-        if !valid_id(region) || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || n.len() > 19 {
+        if !valid_id(region)
+            || n.is_empty()
+            || !n.bytes().all(|b| b.is_ascii_digit())
+            || n.len() > 19
+        {
             return None;
         }
-        Some(GlobalId { kind, region: region.to_owned(), n: n.parse().ok()? })
+        Some(GlobalId {
+            kind,
+            region: region.to_owned(),
+            n: n.parse().ok()?,
+        })
     }
 }
 
@@ -47,7 +55,12 @@ impl fmt::Display for GlobalId {
 }
 
 pub fn format_id(kind: IdKind, region: &str, n: u64) -> String {
-    GlobalId { kind, region: region.to_owned(), n }.to_string()
+    GlobalId {
+        kind,
+        region: region.to_owned(),
+        n,
+    }
+    .to_string()
 }
 
 #[cfg(test)]
@@ -58,8 +71,18 @@ mod tests {
     fn ids_round_trip_and_reject_garbage() {
         let id = format_id(IdKind::Order, "eu-west", 42);
         assert_eq!(id, "o-eu-west-42");
-        assert_eq!(GlobalId::parse(IdKind::Order, &id).unwrap().region, "eu-west");
-        for bad in ["o-eu-west-", "h-eu-west-1", "o--1", "o-eu west-1", "o-eu-west-99999999999999999999", "x"] {
+        assert_eq!(
+            GlobalId::parse(IdKind::Order, &id).unwrap().region,
+            "eu-west"
+        );
+        for bad in [
+            "o-eu-west-",
+            "h-eu-west-1",
+            "o--1",
+            "o-eu west-1",
+            "o-eu-west-99999999999999999999",
+            "x",
+        ] {
             assert_eq!(GlobalId::parse(IdKind::Order, bad), None, "{bad}");
         }
     }

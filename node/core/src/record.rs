@@ -35,26 +35,67 @@ pub enum ReleaseReason {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum RecordBody {
     /// A new event, made here (catalog region) or learned from a peer.
-    EventCreated { genesis: Genesis, meta: Vec<Vec<u8>>, idem: Option<IdemRecord> },
+    EventCreated {
+        genesis: Genesis,
+        meta: Vec<Vec<u8>>,
+        idem: Option<IdemRecord>,
+    },
     /// Automerge changes to an event's metadata, local or from a peer.
-    MetaChanged { event: String, changes: Vec<Vec<u8>>, idem: Option<IdemRecord> },
-    HoldPlaced { hold: Hold, idem: Option<IdemRecord> },
-    HoldsReleased { event: String, holds: Vec<u64>, reason: ReleaseReason },
+    MetaChanged {
+        event: String,
+        changes: Vec<Vec<u8>>,
+        idem: Option<IdemRecord>,
+    },
+    HoldPlaced {
+        hold: Hold,
+        idem: Option<IdemRecord>,
+    },
+    HoldsReleased {
+        event: String,
+        holds: Vec<u64>,
+        reason: ReleaseReason,
+    },
     /// A confirmed hold or a one-step purchase, with the row version recording the sale.
-    OrderPlaced { order: Order, hold: Option<u64>, row: RowDelta, idem: Option<IdemRecord> },
+    OrderPlaced {
+        order: Order,
+        hold: Option<u64>,
+        row: RowDelta,
+        idem: Option<IdemRecord>,
+    },
     /// The order as it is after the refund.
-    Refunded { order: Order, row: RowDelta, idem: Option<IdemRecord> },
+    Refunded {
+        order: Order,
+        row: RowDelta,
+        idem: Option<IdemRecord>,
+    },
     /// Quota this region gave away.
-    Granted { event: String, row: RowDelta, idem: Option<IdemRecord> },
+    Granted {
+        event: String,
+        row: RowDelta,
+        idem: Option<IdemRecord>,
+    },
     /// A peer's row version this region applied.
-    PeerRow { event: String, row: RowDelta },
+    PeerRow {
+        event: String,
+        row: RowDelta,
+    },
     // ----- Restoring from a state store --------------------------------------------------
     // A driver that keeps state (not a log) rebuilds a core from these, after the events:
     // rows, then orders, then live holds (as `HoldPlaced`), then keys, then counters.
     /// A whole row as stored (a delta from version 0), of any writer, this region's included.
-    RowRestored { event: String, row: RowDelta },
-    OrderRestored { order: Order },
-    KeyRestored { key: IdempotencyKey, outcome: Outcome },
+    RowRestored {
+        event: String,
+        row: RowDelta,
+    },
+    OrderRestored {
+        order: Order,
+    },
+    KeyRestored {
+        key: IdempotencyKey,
+        outcome: Outcome,
+    },
     /// Numbers already given out, so ids are never reused after a restart.
-    CountersRestored { next_hold: u64 },
+    CountersRestored {
+        next_hold: u64,
+    },
 }

@@ -61,31 +61,66 @@ fn run(c: &mut LocalCluster, op: &Op) {
             c.send(r % n, None, hold_qty(&format!("c-{customer}"), "floor", q));
         }
         Op::HoldSeat { r, seat, customer } => {
-            c.send(r % n, None, hold_seats(&format!("c-{customer}"), &[&format!("A-{}", seat + 1)]));
+            c.send(
+                r % n,
+                None,
+                hold_seats(&format!("c-{customer}"), &[&format!("A-{}", seat + 1)]),
+            );
         }
         Op::Confirm { r, k } | Op::Release { r, k } => {
             let mut holds: Vec<u64> = c.cores[r % n].holds().map(|h| h.n).collect();
             holds.sort();
             if let Some(&h) = holds.get(k % holds.len().max(1)) {
                 let hold = format_id(IdKind::Hold, &name(c, r), h);
-                let cmd = if matches!(op, Op::Confirm { .. }) { Command::Confirm { hold, payment_ref: "p".into() } } else { Command::Release { hold } };
+                let cmd = if matches!(op, Op::Confirm { .. }) {
+                    Command::Confirm {
+                        hold,
+                        payment_ref: "p".into(),
+                    }
+                } else {
+                    Command::Release { hold }
+                };
                 c.send(r % n, None, cmd);
             }
         }
         Op::Refund { r, k } => {
             let orders: Vec<u64> = c.cores[r % n].orders().map(|o| o.n).collect();
             if let Some(&o) = orders.get(k % orders.len().max(1)) {
-                c.send(r % n, None, Command::Refund { order: format_id(IdKind::Order, &name(c, r), o) });
+                c.send(
+                    r % n,
+                    None,
+                    Command::Refund {
+                        order: format_id(IdKind::Order, &name(c, r), o),
+                    },
+                );
             }
         }
         Op::Grant { r, to, q } => {
             let to = name(c, to);
-            c.send(r % n, None, Command::Grant { event: "rock".into(), pool: "floor".into(), to, amount: GrantAmount::Quantity(q) });
+            c.send(
+                r % n,
+                None,
+                Command::Grant {
+                    event: "rock".into(),
+                    pool: "floor".into(),
+                    to,
+                    amount: GrantAmount::Quantity(q),
+                },
+            );
         }
         Op::GiveSeat { r, to, seat } => {
             let to = name(c, to);
             let amount = GrantAmount::Seats(vec![format!("A-{}", seat + 1)]);
-            c.send(r % n, None, Command::Grant { event: "rock".into(), pool: "stalls".into(), to, amount });
+            c.send(
+                r % n,
+                None,
+                Command::Grant {
+                    event: "rock".into(),
+                    pool: "stalls".into(),
+                    to,
+                    amount,
+                },
+            );
         }
         Op::Advance { ms } => c.advance(ms),
         Op::Tick { r } => c.tick(r % n),
@@ -104,7 +139,11 @@ fn run(c: &mut LocalCluster, op: &Op) {
         Op::Duplicate { k } => {
             if !c.network.is_empty() {
                 let e = &c.network[k % c.network.len()];
-                let copy = allot_node::cluster::Envelope { from: e.from, to: e.to, frame: e.frame.clone() };
+                let copy = allot_node::cluster::Envelope {
+                    from: e.from,
+                    to: e.to,
+                    frame: e.frame.clone(),
+                };
                 c.network.push(copy);
             }
         }

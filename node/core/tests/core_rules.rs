@@ -10,11 +10,22 @@ use common::*;
 fn thirty_interleaved_holds_on_one_seat_one_wins() {
     let mut c = cluster_with(&REGIONS, 30, 6);
     // A-1 belongs to eu-west (blocks of 2). Thirty customers ask before anything is durable.
-    let ids: Vec<_> = (0..30).map(|i| c.send(0, None, hold_seats(&format!("c-{i}"), &["A-1"]))).collect();
+    let ids: Vec<_> = (0..30)
+        .map(|i| c.send(0, None, hold_seats(&format!("c-{i}"), &["A-1"])))
+        .collect();
     c.persist(0);
-    let replies: Vec<Reply> = ids.iter().map(|&id| c.take_reply(0, id).expect("reply")).collect();
-    let won = replies.iter().filter(|r| matches!(r, Ok(Outcome::Held(_)))).count();
-    let taken = replies.iter().filter(|r| matches!(r, Err(CoreError::SeatTaken(_)))).count();
+    let replies: Vec<Reply> = ids
+        .iter()
+        .map(|&id| c.take_reply(0, id).expect("reply"))
+        .collect();
+    let won = replies
+        .iter()
+        .filter(|r| matches!(r, Ok(Outcome::Held(_))))
+        .count();
+    let taken = replies
+        .iter()
+        .filter(|r| matches!(r, Err(CoreError::SeatTaken(_))))
+        .count();
     assert_eq!((won, taken), (1, 29));
     c.check().unwrap();
 }
@@ -23,11 +34,19 @@ fn thirty_interleaved_holds_on_one_seat_one_wins() {
 fn thirty_holds_for_the_last_general_admission_seat_one_wins() {
     let mut c = cluster_with(&REGIONS, 3, 0);
     // eu-west owns one of the three: it is the last seat this region can sell.
-    let ids: Vec<_> = (0..30).map(|i| c.send(0, None, hold_qty(&format!("c-{i}"), "floor", 1))).collect();
+    let ids: Vec<_> = (0..30)
+        .map(|i| c.send(0, None, hold_qty(&format!("c-{i}"), "floor", 1)))
+        .collect();
     c.persist(0);
     let replies: Vec<Reply> = ids.iter().map(|&id| c.take_reply(0, id).unwrap()).collect();
     assert_eq!(replies.iter().filter(|r| r.is_ok()).count(), 1);
-    assert!(replies.iter().filter(|r| r.is_err()).all(|r| matches!(r, Err(CoreError::SoldOut { available: 0, wanted: 1 }))));
+    assert!(replies.iter().filter(|r| r.is_err()).all(|r| matches!(
+        r,
+        Err(CoreError::SoldOut {
+            available: 0,
+            wanted: 1
+        })
+    )));
     c.check().unwrap();
 }
 
@@ -35,7 +54,10 @@ fn thirty_holds_for_the_last_general_admission_seat_one_wins() {
 fn replies_wait_for_their_records_to_be_durable() {
     let mut c = cluster_with(&REGIONS, 30, 0);
     let id = c.send(0, None, buy(1));
-    assert!(c.take_reply(0, id).is_none(), "no reply before the record is durable");
+    assert!(
+        c.take_reply(0, id).is_none(),
+        "no reply before the record is durable"
+    );
     c.persist(0);
     assert!(c.take_reply(0, id).unwrap().is_ok());
 }
@@ -51,35 +73,78 @@ fn only_the_owner_spends_or_grants_and_failures_change_nothing() {
         to: to.into(),
         amount: GrantAmount::Seats(seats.iter().map(|s| s.to_string()).collect()),
     };
-    assert!(matches!(c.call(1, give(&["A-1"], "ap-south")), Err(CoreError::NotOwner(_))));
-    assert!(matches!(c.call(1, give(&["A-3", "A-1"], "ap-south")), Err(CoreError::NotOwner(_))));
-    let too_much = Command::Grant { event: "rock".into(), pool: "floor".into(), to: "eu-west".into(), amount: GrantAmount::Quantity(11) };
+    assert!(matches!(
+        c.call(1, give(&["A-1"], "ap-south")),
+        Err(CoreError::NotOwner(_))
+    ));
+    assert!(matches!(
+        c.call(1, give(&["A-3", "A-1"], "ap-south")),
+        Err(CoreError::NotOwner(_))
+    ));
+    let too_much = Command::Grant {
+        event: "rock".into(),
+        pool: "floor".into(),
+        to: "eu-west".into(),
+        amount: GrantAmount::Quantity(11),
+    };
     assert!(matches!(c.call(1, too_much), Err(CoreError::NotOwner(_))));
-    assert!(matches!(c.call(1, hold_seats("c-1", &["A-1"])), Err(CoreError::SeatElsewhere { .. })));
-    assert!(matches!(c.call(1, give(&["A-3"], "us-east")), Err(CoreError::Invalid(_))));
-    assert_eq!(c.cores[1].snapshot(), before, "refused commands change nothing");
-    assert!(c.unpersisted[1].is_empty() && c.durable[1].len() == 1, "and write no record");
+    assert!(matches!(
+        c.call(1, hold_seats("c-1", &["A-1"])),
+        Err(CoreError::SeatElsewhere { .. })
+    ));
+    assert!(matches!(
+        c.call(1, give(&["A-3"], "us-east")),
+        Err(CoreError::Invalid(_))
+    ));
+    assert_eq!(
+        c.cores[1].snapshot(),
+        before,
+        "refused commands change nothing"
+    );
+    assert!(
+        c.unpersisted[1].is_empty() && c.durable[1].len() == 1,
+        "and write no record"
+    );
     c.check().unwrap();
 }
 
 #[test]
 fn a_seat_give_away_moves_ownership_and_counters_together() {
     let mut c = cluster_with(&REGIONS, 30, 6);
-    let give = Command::Grant { event: "rock".into(), pool: "stalls".into(), to: "ap-south".into(), amount: GrantAmount::Seats(vec!["A-1".into()]) };
+    let give = Command::Grant {
+        event: "rock".into(),
+        pool: "stalls".into(),
+        to: "ap-south".into(),
+        amount: GrantAmount::Seats(vec!["A-1".into()]),
+    };
     c.call(0, give).unwrap();
     let row = &c.cores[0].event("rock").unwrap().ledger.row(0).pools[1];
     assert_eq!(row.granted_out[2].value, 1);
     assert_eq!(row.seats[&0].epoch, 1);
     // ap-south cannot sell it until the grant's row arrives and is durable there.
-    assert!(matches!(c.call(2, hold_seats("c-2", &["A-1"])), Err(CoreError::SeatElsewhere { .. })));
+    assert!(matches!(
+        c.call(2, hold_seats("c-2", &["A-1"])),
+        Err(CoreError::SeatElsewhere { .. })
+    ));
     c.settle(2);
     c.converged().unwrap();
     c.check().unwrap();
     assert!(c.call(2, hold_seats("c-2", &["A-1"])).is_ok());
-    assert!(matches!(c.call(0, hold_seats("c-3", &["A-1"])), Err(CoreError::SeatElsewhere { .. })));
+    assert!(matches!(
+        c.call(0, hold_seats("c-3", &["A-1"])),
+        Err(CoreError::SeatElsewhere { .. })
+    ));
     // And ap-south may pass it on: the epoch grows, the new owner is the highest epoch.
-    c.call(2, Command::Grant { event: "rock".into(), pool: "stalls".into(), to: "us-east".into(), amount: GrantAmount::Seats(vec!["A-2".into()]) })
-        .expect_err("A-2 is still eu-west's");
+    c.call(
+        2,
+        Command::Grant {
+            event: "rock".into(),
+            pool: "stalls".into(),
+            to: "us-east".into(),
+            amount: GrantAmount::Seats(vec!["A-2".into()]),
+        },
+    )
+    .expect_err("A-2 is still eu-west's");
     c.settle(2);
     c.check().unwrap();
 }
@@ -87,7 +152,16 @@ fn a_seat_give_away_moves_ownership_and_counters_together() {
 #[test]
 fn a_granted_credit_is_not_spendable_until_durable() {
     let mut c = cluster_with(&REGIONS, 3, 0);
-    c.call(0, Command::Grant { event: "rock".into(), pool: "floor".into(), to: "us-east".into(), amount: GrantAmount::Quantity(1) }).unwrap();
+    c.call(
+        0,
+        Command::Grant {
+            event: "rock".into(),
+            pool: "floor".into(),
+            to: "us-east".into(),
+            amount: GrantAmount::Quantity(1),
+        },
+    )
+    .unwrap();
     c.tick(0);
     while !c.network.is_empty() {
         c.deliver(0);
@@ -109,9 +183,27 @@ fn holds_expire_return_quota_and_confirming_late_is_gone() {
     assert_eq!(c.cores[0].event("rock").unwrap().sellable(0), 0);
     c.advance(600_000);
     // Judged by the owner's clock even before the sweep.
-    assert_eq!(c.call(0, Command::Confirm { hold: id.clone(), payment_ref: "p".into() }), Err(CoreError::HoldExpired));
+    assert_eq!(
+        c.call(
+            0,
+            Command::Confirm {
+                hold: id.clone(),
+                payment_ref: "p".into()
+            }
+        ),
+        Err(CoreError::HoldExpired)
+    );
     assert_eq!(c.cores[0].event("rock").unwrap().sellable(0), 1);
-    assert_eq!(c.call(0, Command::Confirm { hold: id, payment_ref: "p".into() }), Err(CoreError::HoldExpired));
+    assert_eq!(
+        c.call(
+            0,
+            Command::Confirm {
+                hold: id,
+                payment_ref: "p".into()
+            }
+        ),
+        Err(CoreError::HoldExpired)
+    );
     // The sweep releases others.
     c.call(0, hold_qty("c-1", "floor", 1)).unwrap();
     c.advance(600_000);
@@ -125,7 +217,10 @@ fn holds_expire_return_quota_and_confirming_late_is_gone() {
 fn confirm_twice_returns_the_same_order_and_release_returns_quota() {
     let mut c = cluster_with(&REGIONS, 30, 0);
     let id = hold_id(&c.call(0, hold_qty("c-1", "floor", 2)), "eu-west");
-    let confirm = Command::Confirm { hold: id.clone(), payment_ref: "p".into() };
+    let confirm = Command::Confirm {
+        hold: id.clone(),
+        payment_ref: "p".into(),
+    };
     let a = c.call(0, confirm.clone());
     let b = c.call(0, confirm);
     assert_eq!(order_of(&a), order_of(&b));
@@ -134,10 +229,24 @@ fn confirm_twice_returns_the_same_order_and_release_returns_quota() {
     assert_eq!(c.cores[0].event("rock").unwrap().sellable(0), 5);
     assert!(c.call(0, Command::Release { hold: id2.clone() }).is_ok());
     assert_eq!(c.cores[0].event("rock").unwrap().sellable(0), 8);
-    assert!(c.call(0, Command::Release { hold: id2 }).is_ok(), "release is idempotent");
-    assert!(matches!(c.call(0, Command::Release { hold: id }), Err(CoreError::Invalid(_))));
+    assert!(
+        c.call(0, Command::Release { hold: id2 }).is_ok(),
+        "release is idempotent"
+    );
+    assert!(matches!(
+        c.call(0, Command::Release { hold: id }),
+        Err(CoreError::Invalid(_))
+    ));
     // Another region's hold is not ours to touch.
-    assert!(matches!(c.call(1, Command::Release { hold: "h-eu-west-1".into() }), Err(CoreError::Foreign { .. })));
+    assert!(matches!(
+        c.call(
+            1,
+            Command::Release {
+                hold: "h-eu-west-1".into()
+            }
+        ),
+        Err(CoreError::Foreign { .. })
+    ));
     c.check().unwrap();
 }
 
@@ -147,7 +256,10 @@ fn the_hold_cap_is_per_customer() {
     for _ in 0..5 {
         c.call(0, hold_qty("c-1", "floor", 1)).unwrap();
     }
-    assert_eq!(c.call(0, hold_qty("c-1", "floor", 1)), Err(CoreError::HoldLimit(5)));
+    assert_eq!(
+        c.call(0, hold_qty("c-1", "floor", 1)),
+        Err(CoreError::HoldLimit(5))
+    );
     assert!(c.call(0, hold_qty("c-2", "floor", 1)).is_ok());
 }
 
@@ -156,13 +268,26 @@ fn refunds_return_quota_to_the_seller() {
     let mut c = cluster_with(&REGIONS, 30, 6);
     let r = c.call(0, hold_seats("c-1", &["A-1", "A-2"]));
     let id = hold_id(&r, "eu-west");
-    let o = order_of(&c.call(0, Command::Confirm { hold: id, payment_ref: "p".into() })).clone();
+    let o = order_of(&c.call(
+        0,
+        Command::Confirm {
+            hold: id,
+            payment_ref: "p".into(),
+        },
+    ))
+    .clone();
     assert_eq!(o.seats, vec![0, 1]);
-    assert!(matches!(c.call(0, hold_seats("c-2", &["A-2"])), Err(CoreError::SeatTaken(_))));
+    assert!(matches!(
+        c.call(0, hold_seats("c-2", &["A-2"])),
+        Err(CoreError::SeatTaken(_))
+    ));
     let oid = format_id(IdKind::Order, "eu-west", o.n);
     let refunded = c.call(0, Command::Refund { order: oid.clone() });
     assert_eq!(order_of(&refunded).status, OrderStatus::Refunded);
-    assert_eq!(order_of(&c.call(0, Command::Refund { order: oid })).status, OrderStatus::Refunded);
+    assert_eq!(
+        order_of(&c.call(0, Command::Refund { order: oid })).status,
+        OrderStatus::Refunded
+    );
     assert!(c.call(0, hold_seats("c-2", &["A-2"])).is_ok());
     c.settle(2);
     c.converged().unwrap();
@@ -172,14 +297,25 @@ fn refunds_return_quota_to_the_seller() {
 #[test]
 fn idempotency_keys_return_the_first_answer() {
     let mut c = cluster_with(&REGIONS, 30, 0);
-    let key = |h: u8| Some(IdempotencyKey { key: "k-1".into(), body_hash: [h; 32] });
+    let key = |h: u8| {
+        Some(IdempotencyKey {
+            key: "k-1".into(),
+            body_hash: [h; 32],
+        })
+    };
     let a = c.call_keyed(0, key(1), buy(1));
     let b = c.call_keyed(0, key(1), buy(1));
     assert_eq!(a, b);
     assert_eq!(c.cores[0].orders().count(), 1);
-    assert_eq!(c.call_keyed(0, key(2), buy(1)), Err(CoreError::IdempotencyMismatch));
+    assert_eq!(
+        c.call_keyed(0, key(2), buy(1)),
+        Err(CoreError::IdempotencyMismatch)
+    );
     // A concurrent duplicate waits for the first request's record.
-    let k2 = Some(IdempotencyKey { key: "k-2".into(), body_hash: [1; 32] });
+    let k2 = Some(IdempotencyKey {
+        key: "k-2".into(),
+        body_hash: [1; 32],
+    });
     let r1 = c.send(0, k2.clone(), buy(2));
     let r2 = c.send(0, k2, buy(2));
     assert!(c.take_reply(0, r2).is_none());
@@ -197,27 +333,74 @@ fn bad_input_is_refused_with_a_typed_error() {
     let cases = vec![
         (buy(0), "invalid-input"),
         (buy(21), "invalid-input"),
-        (Command::Purchase { event: "nope".into(), want: Want::Quantity { pool: "floor".into(), quantity: 1 }, customer: "c".into(), payment_ref: "p".into() }, "unknown-event"),
+        (
+            Command::Purchase {
+                event: "nope".into(),
+                want: Want::Quantity {
+                    pool: "floor".into(),
+                    quantity: 1,
+                },
+                customer: "c".into(),
+                payment_ref: "p".into(),
+            },
+            "unknown-event",
+        ),
         (hold_qty("c-1", "vip", 1), "unknown-pool"),
         (hold_seats("c-1", &["Z-9"]), "unknown-seat"),
         (hold_seats("c-1", &["A-1", "A-1"]), "invalid-input"),
         (hold_qty("bad customer", "floor", 1), "invalid-input"),
-        (Command::Confirm { hold: "h-eu-west-999".into(), payment_ref: "p".into() }, "unknown-hold"),
-        (Command::Confirm { hold: "garbage".into(), payment_ref: "p".into() }, "unknown-hold"),
-        (Command::Refund { order: "o-eu-west-7".into() }, "unknown-order"),
+        (
+            Command::Confirm {
+                hold: "h-eu-west-999".into(),
+                payment_ref: "p".into(),
+            },
+            "unknown-hold",
+        ),
+        (
+            Command::Confirm {
+                hold: "garbage".into(),
+                payment_ref: "p".into(),
+            },
+            "unknown-hold",
+        ),
+        (
+            Command::Refund {
+                order: "o-eu-west-7".into(),
+            },
+            "unknown-order",
+        ),
         (Command::CreateEvent(spec("rock", 1, 0)), "event-exists"),
-        (Command::PatchEvent { event: "rock".into(), patch: MetaPatch { prices: [("vip".to_string(), 1)].into(), ..Default::default() } }, "invalid-metadata"),
+        (
+            Command::PatchEvent {
+                event: "rock".into(),
+                patch: MetaPatch {
+                    prices: [("vip".to_string(), 1)].into(),
+                    ..Default::default()
+                },
+            },
+            "invalid-metadata",
+        ),
     ];
     let before = c.cores[0].snapshot();
     for (cmd, kind) in cases {
         let r = c.call(0, cmd.clone());
-        assert_eq!(r.as_ref().map_err(CoreError::kind).err(), Some(kind), "{cmd:?} -> {r:?}");
+        assert_eq!(
+            r.as_ref().map_err(CoreError::kind).err(),
+            Some(kind),
+            "{cmd:?} -> {r:?}"
+        );
     }
     assert_eq!(c.cores[0].snapshot(), before);
     let mut dup = spec("twice", 0, 0);
     dup.pools.push(dup.pools[0].clone());
-    assert!(matches!(c.call(0, Command::CreateEvent(dup)), Err(CoreError::Genesis(_))));
-    assert!(matches!(c.call(1, Command::CreateEvent(spec("elsewhere", 5, 0))), Err(CoreError::NotCatalog { .. })));
+    assert!(matches!(
+        c.call(0, Command::CreateEvent(dup)),
+        Err(CoreError::Genesis(_))
+    ));
+    assert!(matches!(
+        c.call(1, Command::CreateEvent(spec("elsewhere", 5, 0))),
+        Err(CoreError::NotCatalog { .. })
+    ));
 }
 
 #[test]
@@ -226,11 +409,56 @@ fn recover_rebuilds_the_same_core() {
     c.call(0, buy(3)).unwrap();
     let h = hold_id(&c.call(0, hold_seats("c-1", &["A-1", "A-2"])), "eu-west");
     c.call(0, hold_qty("c-2", "floor", 2)).unwrap();
-    c.call(0, Command::Confirm { hold: h, payment_ref: "p".into() }).unwrap();
-    c.call(0, Command::Grant { event: "rock".into(), pool: "floor".into(), to: "us-east".into(), amount: GrantAmount::Quantity(5) }).unwrap();
-    c.call(1, Command::Grant { event: "rock".into(), pool: "stalls".into(), to: "eu-west".into(), amount: GrantAmount::Seats(vec!["A-5".into()]) }).unwrap();
-    c.call_keyed(0, Some(IdempotencyKey { key: "k".into(), body_hash: [0; 32] }), Command::Refund { order: "o-eu-west-1".into() }).unwrap();
-    c.call(0, Command::PatchEvent { event: "rock".into(), patch: MetaPatch { name: Some("Renamed".into()), ..Default::default() } }).unwrap();
+    c.call(
+        0,
+        Command::Confirm {
+            hold: h,
+            payment_ref: "p".into(),
+        },
+    )
+    .unwrap();
+    c.call(
+        0,
+        Command::Grant {
+            event: "rock".into(),
+            pool: "floor".into(),
+            to: "us-east".into(),
+            amount: GrantAmount::Quantity(5),
+        },
+    )
+    .unwrap();
+    c.call(
+        1,
+        Command::Grant {
+            event: "rock".into(),
+            pool: "stalls".into(),
+            to: "eu-west".into(),
+            amount: GrantAmount::Seats(vec!["A-5".into()]),
+        },
+    )
+    .unwrap();
+    c.call_keyed(
+        0,
+        Some(IdempotencyKey {
+            key: "k".into(),
+            body_hash: [0; 32],
+        }),
+        Command::Refund {
+            order: "o-eu-west-1".into(),
+        },
+    )
+    .unwrap();
+    c.call(
+        0,
+        Command::PatchEvent {
+            event: "rock".into(),
+            patch: MetaPatch {
+                name: Some("Renamed".into()),
+                ..Default::default()
+            },
+        },
+    )
+    .unwrap();
     c.settle(3);
     for i in 0..3 {
         let before = c.cores[i].snapshot();
@@ -243,7 +471,10 @@ fn recover_rebuilds_the_same_core() {
     let acked = c.call(0, buy(2)).unwrap();
     c.send(0, None, buy(4));
     c.crash(0);
-    let o = match acked { Outcome::Order(o) => o, _ => panic!() };
+    let o = match acked {
+        Outcome::Order(o) => o,
+        _ => panic!(),
+    };
     assert_eq!(c.cores[0].order(o.n), Some(&o));
     c.settle(2);
     c.converged().unwrap();
@@ -266,7 +497,10 @@ fn gossip_bytes_to_catch_up_do_not_grow_with_history() {
         postcard::to_stdvec(frame).unwrap().len() as i64
     };
     let (small, big) = (size_after(10), size_after(100_000));
-    assert!((big - small).abs() <= 16, "10 sales: {small} bytes, 100,000 sales: {big} bytes");
+    assert!(
+        (big - small).abs() <= 16,
+        "10 sales: {small} bytes, 100,000 sales: {big} bytes"
+    );
 }
 
 #[test]
@@ -276,26 +510,54 @@ fn unpublished_rows_never_leave_the_region() {
     c.tick(0); // the sale's record is not durable yet
     for env in &c.network {
         for e in &env.frame.events {
-            assert!(e.rows.iter().all(|r| r.writer != 0), "a non-durable row version was gossiped");
+            assert!(
+                e.rows.iter().all(|r| r.writer != 0),
+                "a non-durable row version was gossiped"
+            );
         }
     }
     c.persist(0);
     c.network.clear();
     c.tick(0);
-    assert!(c.network.iter().all(|env| env.frame.events[0].rows.iter().any(|r| r.writer == 0)));
+    assert!(c
+        .network
+        .iter()
+        .all(|env| env.frame.events[0].rows.iter().any(|r| r.writer == 0)));
 }
 
 #[test]
 fn concurrent_metadata_edits_merge() {
     let mut c = cluster_with(&REGIONS, 30, 0);
-    let patch = |p: MetaPatch| Command::PatchEvent { event: "rock".into(), patch: p };
-    c.call(1, patch(MetaPatch { name: Some("Rock Night".into()), ..Default::default() })).unwrap();
-    c.call(2, patch(MetaPatch { prices: [("floor".to_string(), 9900)].into(), ..Default::default() })).unwrap();
+    let patch = |p: MetaPatch| Command::PatchEvent {
+        event: "rock".into(),
+        patch: p,
+    };
+    c.call(
+        1,
+        patch(MetaPatch {
+            name: Some("Rock Night".into()),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    c.call(
+        2,
+        patch(MetaPatch {
+            prices: [("floor".to_string(), 9900)].into(),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
     c.settle(3);
     c.converged().unwrap();
     let info = &c.cores[0].event("rock").unwrap().info;
-    assert_eq!((info.name.as_str(), info.prices["floor"]), ("Rock Night", 9900));
+    assert_eq!(
+        (info.name.as_str(), info.prices["floor"]),
+        ("Rock Night", 9900)
+    );
     // The new price applies to new holds everywhere.
-    let Ok(Outcome::Held(h)) = c.call(0, hold_qty("c-1", "floor", 1)) else { panic!() };
+    let Ok(Outcome::Held(h)) = c.call(0, hold_qty("c-1", "floor", 1)) else {
+        panic!()
+    };
     assert_eq!(h.price_cents, 9900);
 }

@@ -46,10 +46,17 @@ pub struct Outcome {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
-fn start_node(dir: &Path, commit: Commit, token: &str, http_threads: Option<usize>) -> anyhow::Result<(Child, String)> {
+fn start_node(
+    dir: &Path,
+    commit: Commit,
+    token: &str,
+    http_threads: Option<usize>,
+) -> anyhow::Result<(Child, String)> {
     let port = free_port()?;
     let config = dir.join("regions.toml");
     std::fs::write(
@@ -62,7 +69,9 @@ fn start_node(dir: &Path, commit: Commit, token: &str, http_threads: Option<usiz
         Commit::PerRequest => "per-request",
     };
     let mut cmd = Command::new(exe);
-    cmd.args(["node", "--config"]).arg(&config).args(["--region", "eu-west", "--commit", mode]);
+    cmd.args(["node", "--config"])
+        .arg(&config)
+        .args(["--region", "eu-west", "--commit", mode]);
     if let Some(n) = http_threads {
         cmd.args(["--http-threads", &n.to_string()]);
     }
@@ -101,8 +110,15 @@ pub async fn run(args: &HttpBench) -> anyhow::Result<Vec<Outcome>> {
     Ok(out)
 }
 
-async fn measure(base: &str, token: &str, commit: Commit, args: &HttpBench) -> anyhow::Result<Outcome> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
+async fn measure(
+    base: &str,
+    token: &str,
+    commit: Commit,
+    args: &HttpBench,
+) -> anyhow::Result<Outcome> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
     wait_ready(&client, base).await?;
     let event = json!({
         "id": "bench", "name": "Bench", "venue": "Loopback", "lat": 0.0, "lon": 0.0,
@@ -110,12 +126,23 @@ async fn measure(base: &str, token: &str, commit: Commit, args: &HttpBench) -> a
         "pools": [{"id": "floor", "capacity": 1_000_000_000u64, "price_cents": 100}],
         "allotments": "even"
     });
-    let r = client.post(format!("{base}/v1/admin/events")).bearer_auth(token).json(&event).send().await?;
+    let r = client
+        .post(format!("{base}/v1/admin/events"))
+        .bearer_auth(token)
+        .json(&event)
+        .send()
+        .await?;
     if !r.status().is_success() {
-        bail!("creating the bench event: {} {}", r.status(), r.text().await.unwrap_or_default());
+        bail!(
+            "creating the bench event: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
     }
     let url = Arc::new(format!("{base}/v1/events/bench/purchases"));
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let warmup = Duration::from_secs(1);
     let total = warmup + Duration::from_secs(args.seconds);
@@ -126,10 +153,18 @@ async fn measure(base: &str, token: &str, commit: Commit, args: &HttpBench) -> a
     let mut sent = 0;
     while start.elapsed() < total {
         // Send everything whose intended time has come, then sleep to the next.
-        while let Some(intended) = Some(start + interval * i as u32).filter(|t| *t <= Instant::now()) {
+        while let Some(intended) =
+            Some(start + interval * i as u32).filter(|t| *t <= Instant::now())
+        {
             let measured = intended >= start + warmup;
             sent += u64::from(measured);
-            let (client, url, hist, ok, failed) = (client.clone(), url.clone(), hist.clone(), ok.clone(), failed.clone());
+            let (client, url, hist, ok, failed) = (
+                client.clone(),
+                url.clone(),
+                hist.clone(),
+                ok.clone(),
+                failed.clone(),
+            );
             let body = json!({"pool": "floor", "quantity": 1, "customer": "c-1", "payment_ref": format!("p-{i}")});
             tasks.push(tokio::spawn(async move {
                 let r = client.post(url.as_str()).json(&body).send().await;
@@ -140,7 +175,11 @@ async fn measure(base: &str, token: &str, commit: Commit, args: &HttpBench) -> a
                 if measured {
                     let us = intended.elapsed().as_micros() as u64;
                     hist.lock().expect("histogram").saturating_record(us.max(1));
-                    if good { ok.fetch_add(1, Ordering::Relaxed) } else { failed.fetch_add(1, Ordering::Relaxed) };
+                    if good {
+                        ok.fetch_add(1, Ordering::Relaxed)
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    };
                 }
             }));
             i += 1;
@@ -153,7 +192,14 @@ async fn measure(base: &str, token: &str, commit: Commit, args: &HttpBench) -> a
     }
     let seconds = start.elapsed().saturating_sub(warmup).as_secs_f64();
     let latency = hist.lock().expect("histogram").clone();
-    Ok(Outcome { commit, sent, ok: ok.load(Ordering::Relaxed), failed: failed.load(Ordering::Relaxed), seconds, latency })
+    Ok(Outcome {
+        commit,
+        sent,
+        ok: ok.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+        seconds,
+        latency,
+    })
 }
 
 pub fn table(args: &HttpBench, results: &[Outcome]) -> String {
@@ -162,7 +208,10 @@ pub fn table(args: &HttpBench, results: &[Outcome]) -> String {
         args.rate, args.seconds
     );
     s += "| commit | sent | 201 | errors | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | achieved vs first row |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-    let first = results.first().map(|r| r.ok as f64 / r.seconds).unwrap_or(1.0);
+    let first = results
+        .first()
+        .map(|r| r.ok as f64 / r.seconds)
+        .unwrap_or(1.0);
     for r in results {
         let ms = |q: f64| r.latency.value_at_quantile(q) as f64 / 1000.0;
         let rate = r.ok as f64 / r.seconds;

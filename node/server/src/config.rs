@@ -62,8 +62,10 @@ pub struct ClusterConfig {
 
 impl ClusterConfig {
     pub fn load(path: &Path) -> anyhow::Result<ClusterConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut cfg: ClusterConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut cfg: ClusterConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for r in &mut cfg.regions {
             if r.data_dir.is_relative() {
@@ -90,7 +92,10 @@ impl ClusterConfig {
         }
         for (i, r) in self.regions.iter().enumerate() {
             if !allot_crdt::valid_id(&r.name) {
-                bail!("region name {:?}: 1-64 characters of A-Z a-z 0-9 - _ .", r.name);
+                bail!(
+                    "region name {:?}: 1-64 characters of A-Z a-z 0-9 - _ .",
+                    r.name
+                );
             }
             if self.regions[..i].iter().any(|o| o.name == r.name) {
                 bail!("region {:?} is listed twice", r.name);
@@ -112,10 +117,18 @@ impl ClusterConfig {
         self.regions
             .iter()
             .find(|r| r.name == name)
-            .with_context(|| format!("region {name:?} is not in the config (regions: {})", self.region_names().join(", ")))
+            .with_context(|| {
+                format!(
+                    "region {name:?} is not in the config (regions: {})",
+                    self.region_names().join(", ")
+                )
+            })
     }
 
     pub fn catalog_region(&self) -> String {
-        self.cluster.catalog_region.clone().unwrap_or_else(|| self.regions[0].name.clone())
+        self.cluster
+            .catalog_region
+            .clone()
+            .unwrap_or_else(|| self.regions[0].name.clone())
     }
 }

@@ -15,7 +15,9 @@ use crate::node::{serve, NodeOptions, Peer};
 const REGIONS: [&str; 3] = ["eu-west", "us-east", "ap-south"];
 
 fn sample_event() -> Value {
-    let seats: Vec<String> = (0..60).map(|i| format!("{}-{}", (b'A' + i / 10) as char, i % 10 + 1)).collect();
+    let seats: Vec<String> = (0..60)
+        .map(|i| format!("{}-{}", (b'A' + i / 10) as char, i % 10 + 1))
+        .collect();
     json!({
         "id": "rock-2027", "name": "Rock in the Park", "description": "A sample event for the demo",
         "venue": "Tempelhofer Feld", "lat": 52.47, "lon": 13.40, "starts_at": "2027-06-01T19:00:00Z",
@@ -39,7 +41,10 @@ fn token() -> anyhow::Result<String> {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 }
@@ -58,16 +63,32 @@ pub async fn run(data: Option<PathBuf>, seconds: Option<u64>, rate: u64) -> anyh
     for _ in 0..3 {
         listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
     }
-    let http: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
+    let http: Vec<SocketAddr> = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<_, _>>()?;
     let quic: Vec<SocketAddr> = (0..3)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()))
         .collect::<Result<_, _>>()?;
     let mut stops = Vec::new();
     let mut tasks = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
-        let mut opts = NodeOptions::local(&names[i], &names, http[i], root.join("data").join(&names[i]), Some(token.clone()));
+        let mut opts = NodeOptions::local(
+            &names[i],
+            &names,
+            http[i],
+            root.join("data").join(&names[i]),
+            Some(token.clone()),
+        );
         opts.quic = quic[i];
-        opts.peers = (0..3).filter(|&j| j != i).map(|j| Peer { name: names[j].clone(), http: http[j], quic: quic[j] }).collect();
+        opts.peers = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| Peer {
+                name: names[j].clone(),
+                http: http[j],
+                quic: quic[j],
+            })
+            .collect();
         opts.tls_dir = Some(certs.clone());
         let (stop, rx) = oneshot::channel::<()>();
         tasks.push(tokio::spawn(serve(opts, listener, async move {
@@ -75,22 +96,44 @@ pub async fn run(data: Option<PathBuf>, seconds: Option<u64>, rate: u64) -> anyh
         })));
         stops.push(stop);
     }
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
     let bases: Vec<String> = http.iter().map(|a| format!("http://{a}")).collect();
     for b in &bases {
         wait_ready(&client, b).await?;
     }
-    let r = client.post(format!("{}/v1/admin/events", bases[0])).bearer_auth(&token).json(&sample_event()).send().await?;
+    let r = client
+        .post(format!("{}/v1/admin/events", bases[0]))
+        .bearer_auth(&token)
+        .json(&sample_event())
+        .send()
+        .await?;
     if r.status() != reqwest::StatusCode::CREATED && r.status() != reqwest::StatusCode::CONFLICT {
-        bail!("creating the sample event: {} {}", r.status(), r.text().await.unwrap_or_default());
+        bail!(
+            "creating the sample event: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
     }
     println!("allot demo: three regions on loopback, gossiping over QUIC with mutual TLS.");
-    println!("  data and certificates: {}{}", root.display(), if root == temp.path() { " (deleted on exit)" } else { "" });
+    println!(
+        "  data and certificates: {}{}",
+        root.display(),
+        if root == temp.path() {
+            " (deleted on exit)"
+        } else {
+            ""
+        }
+    );
     for (i, b) in bases.iter().enumerate() {
         println!("  {:<9} {b}/v1/events/rock-2027/availability", names[i]);
     }
     println!("  operator token (shown once): {token}");
-    println!("  e.g. curl -H 'Authorization: Bearer <token>' {}/v1/admin/events/rock-2027/ledger", bases[0]);
+    println!(
+        "  e.g. curl -H 'Authorization: Bearer <token>' {}/v1/admin/events/rock-2027/ledger",
+        bases[0]
+    );
     println!("Selling rock-2027 (floor: 3000, stalls: 60 seats, even allotments) at ~{rate} purchases/s, 70/20/10 across regions. Ctrl-C stops.\n");
 
     let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
@@ -110,14 +153,25 @@ pub async fn run(data: Option<PathBuf>, seconds: Option<u64>, rate: u64) -> anyh
             _ = tokio::time::sleep(interval) => {}
         }
         let roll = rng.next() % 100;
-        let r = if roll < 70 { 0 } else if roll < 90 { 1 } else { 2 };
+        let r = if roll < 70 {
+            0
+        } else if roll < 90 {
+            1
+        } else {
+            2
+        };
         n += 1;
         let body = if rng.next() % 5 == 0 {
             json!({"pool": "stalls", "quantity": 1 + rng.next() % 2, "customer": format!("c-{n}"), "payment_ref": format!("pay-{n}")})
         } else {
             json!({"pool": "floor", "quantity": 1 + rng.next() % 4, "customer": format!("c-{n}"), "payment_ref": format!("pay-{n}")})
         };
-        let resp = client.post(format!("{}/v1/events/rock-2027/purchases", bases[r])).header("Idempotency-Key", format!("demo-{n}")).json(&body).send().await?;
+        let resp = client
+            .post(format!("{}/v1/events/rock-2027/purchases", bases[r]))
+            .header("Idempotency-Key", format!("demo-{n}"))
+            .json(&body)
+            .send()
+            .await?;
         if resp.status() == reqwest::StatusCode::CONFLICT {
             sold_out[r] += 1;
         }
@@ -146,7 +200,12 @@ pub async fn run(data: Option<PathBuf>, seconds: Option<u64>, rate: u64) -> anyh
 
 async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     for _ in 0..200 {
-        if client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -155,20 +214,49 @@ async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> 
 }
 
 /// Prints every region's view of the floor pool; returns the replicated part of each view.
-async fn print_views(client: &reqwest::Client, bases: &[String], token: &str) -> anyhow::Result<Vec<Value>> {
-    println!("{:<16}| {:<20}| {:<20}| {:<20}| version vector", "view of", "eu-west", "us-east", "ap-south");
+async fn print_views(
+    client: &reqwest::Client,
+    bases: &[String],
+    token: &str,
+) -> anyhow::Result<Vec<Value>> {
+    println!(
+        "{:<16}| {:<20}| {:<20}| {:<20}| version vector",
+        "view of", "eu-west", "us-east", "ap-south"
+    );
     let mut out = Vec::new();
     for (i, b) in bases.iter().enumerate() {
-        let l: Value = client.get(format!("{b}/v1/admin/events/rock-2027/ledger")).bearer_auth(token).send().await?.json().await.context("ledger")?;
-        let regions = l["pools"][0]["regions"].as_array().cloned().unwrap_or_default();
+        let l: Value = client
+            .get(format!("{b}/v1/admin/events/rock-2027/ledger"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await
+            .context("ledger")?;
+        let regions = l["pools"][0]["regions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let cells: Vec<String> = regions
             .iter()
             .map(|r| {
-                let avail = r["initial"].as_i64().unwrap_or(0) + r["granted_in"].as_i64().unwrap_or(0) - r["granted_out"].as_i64().unwrap_or(0) - r["consumed"].as_i64().unwrap_or(0) + r["returned"].as_i64().unwrap_or(0);
-                format!("left {avail:>4} sold {:>4}", r["consumed"].as_i64().unwrap_or(0) - r["returned"].as_i64().unwrap_or(0))
+                let avail = r["initial"].as_i64().unwrap_or(0)
+                    + r["granted_in"].as_i64().unwrap_or(0)
+                    - r["granted_out"].as_i64().unwrap_or(0)
+                    - r["consumed"].as_i64().unwrap_or(0)
+                    + r["returned"].as_i64().unwrap_or(0);
+                format!(
+                    "left {avail:>4} sold {:>4}",
+                    r["consumed"].as_i64().unwrap_or(0) - r["returned"].as_i64().unwrap_or(0)
+                )
             })
             .collect();
-        println!("{:<9} sees  | {} | {}", REGIONS[i], cells.join(" | "), l["version_vector"]);
+        println!(
+            "{:<9} sees  | {} | {}",
+            REGIONS[i],
+            cells.join(" | "),
+            l["version_vector"]
+        );
         out.push(json!({"rows": regions.iter().map(|r| json!([r["consumed"], r["returned"], r["granted_in"], r["granted_out"]])).collect::<Vec<_>>(), "vv": l["version_vector"]}));
     }
     Ok(out)

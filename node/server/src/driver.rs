@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use allot_node::{Command, Config, Core, GossipFrame, IdempotencyKey, Input, Record, Reply, RequestId};
+use allot_node::{
+    Command, Config, Core, GossipFrame, IdempotencyKey, Input, Record, Reply, RequestId,
+};
 use crossbeam_channel::{Receiver, Sender};
 use rocksdb::WriteBatch;
 use tokio::sync::{oneshot, watch};
@@ -34,9 +36,16 @@ type ReadFn = Box<dyn FnOnce(&Core) + Send>;
 type DoneFn = Box<dyn FnOnce(&Core, Reply) + Send>;
 
 enum ToCore {
-    Request { key: Option<IdempotencyKey>, command: Command, done: DoneFn },
+    Request {
+        key: Option<IdempotencyKey>,
+        command: Command,
+        done: DoneFn,
+    },
     Read(ReadFn),
-    Peer { from: String, frame: GossipFrame },
+    Peer {
+        from: String,
+        frame: GossipFrame,
+    },
     PeerReset(String),
 }
 
@@ -59,7 +68,10 @@ pub struct CoreHandle {
 }
 
 pub fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl CoreHandle {
@@ -85,7 +97,10 @@ impl CoreHandle {
     }
 
     /// Runs `f` on the core's thread, between inputs.
-    pub async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Core) -> T + Send + 'static) -> Option<T> {
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Core) -> T + Send + 'static,
+    ) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         let job: ReadFn = Box::new(move |core: &Core| {
             let _ = tx.send(f(core));
@@ -129,13 +144,22 @@ impl Running {
 }
 
 /// Recovers the core from the store and starts the core and writer threads.
-pub fn start(mut cfg: Config, store: Store, tick: Duration, commit: Commit, faults: Faults, outbound: Outbound) -> anyhow::Result<Running> {
+pub fn start(
+    mut cfg: Config,
+    store: Store,
+    tick: Duration,
+    commit: Commit,
+    faults: Faults,
+    outbound: Outbound,
+) -> anyhow::Result<Running> {
     let incarnation = store.next_incarnation()?;
     cfg.incarnation = incarnation;
     let loaded = store.load(incarnation)?;
     let restored = loaded.records.len();
-    let core = Core::recover(cfg, loaded.records).map_err(|e| anyhow::anyhow!("recovering from the store: {e}"))?;
-    core.check_invariants().map_err(|e| anyhow::anyhow!("recovered state breaks an invariant: {e}"))?;
+    let core = Core::recover(cfg, loaded.records)
+        .map_err(|e| anyhow::anyhow!("recovering from the store: {e}"))?;
+    core.check_invariants()
+        .map_err(|e| anyhow::anyhow!("recovered state breaks an invariant: {e}"))?;
     tracing::info!(incarnation, restored, clock = loaded.clock, "recovered");
 
     let (tx, rx) = crossbeam_channel::unbounded::<ToCore>();
@@ -143,7 +167,11 @@ pub fn start(mut cfg: Config, store: Store, tick: Duration, commit: Commit, faul
     let (wtx, wrx) = crossbeam_channel::unbounded::<Vec<Record>>();
     let ready = Arc::new(AtomicBool::new(true));
     let (changes_tx, changes_rx) = watch::channel(0u64);
-    let handle = CoreHandle { tx, ready: ready.clone(), changes: changes_rx };
+    let handle = CoreHandle {
+        tx,
+        ready: ready.clone(),
+        changes: changes_rx,
+    };
 
     let writer_ready = ready.clone();
     let writer_thread = std::thread::Builder::new()
@@ -152,11 +180,24 @@ pub fn start(mut cfg: Config, store: Store, tick: Duration, commit: Commit, faul
     let core_thread = std::thread::Builder::new()
         .name("allot-core".into())
         .spawn(move || core_loop(core, rx, prx, wtx, changes_tx, tick, ready, outbound))?;
-    Ok(Running { handle, core_thread, writer_thread })
+    Ok(Running {
+        handle,
+        core_thread,
+        writer_thread,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
-fn core_loop(mut core: Core, rx: Receiver<ToCore>, prx: Receiver<u64>, wtx: Sender<Vec<Record>>, changes: watch::Sender<u64>, tick: Duration, healthy: Arc<AtomicBool>, outbound: Outbound) {
+fn core_loop(
+    mut core: Core,
+    rx: Receiver<ToCore>,
+    prx: Receiver<u64>,
+    wtx: Sender<Vec<Record>>,
+    changes: watch::Sender<u64>,
+    tick: Duration,
+    healthy: Arc<AtomicBool>,
+    outbound: Outbound,
+) {
     let mut waiting: HashMap<RequestId, DoneFn> = HashMap::new();
     let mut next_id = 1u64;
     let mut last_tick = Instant::now();
@@ -220,7 +261,8 @@ fn core_loop(mut core: Core, rx: Receiver<ToCore>, prx: Receiver<u64>, wtx: Send
             // 503) instead of letting them time out.
             waiting.clear();
         }
-        if !open && (core.persisted_index() == core.last_index() || !healthy.load(Ordering::SeqCst)) {
+        if !open && (core.persisted_index() == core.last_index() || !healthy.load(Ordering::SeqCst))
+        {
             break;
         }
     }
@@ -240,7 +282,14 @@ fn step(core: &mut Core, waiting: &mut HashMap<RequestId, DoneFn>, next_id: &mut
     }
 }
 
-fn write_loop(store: Store, rx: Receiver<Vec<Record>>, core: Sender<u64>, ready: Arc<AtomicBool>, commit: Commit, faults: Faults) {
+fn write_loop(
+    store: Store,
+    rx: Receiver<Vec<Record>>,
+    core: Sender<u64>,
+    ready: Arc<AtomicBool>,
+    commit: Commit,
+    faults: Faults,
+) {
     let mut writes = 0u64;
     while let Ok(mut records) = rx.recv() {
         if commit == Commit::Group {
@@ -253,7 +302,9 @@ fn write_loop(store: Store, rx: Receiver<Vec<Record>>, core: Sender<u64>, ready:
             Commit::PerRequest => records.into_iter().map(|r| vec![r]).collect(),
         };
         for group in groups {
-            let Some(last) = group.last().map(|r| r.index) else { continue };
+            let Some(last) = group.last().map(|r| r.index) else {
+                continue;
+            };
             let mut batch = WriteBatch::default();
             store.batch(&mut batch, &group);
             writes += 1;
@@ -262,7 +313,9 @@ fn write_loop(store: Store, rx: Receiver<Vec<Record>>, core: Sender<u64>, ready:
                 _ => store.write(batch).map_err(|e| e.to_string()),
             };
             if let Err(e) = result {
-                tracing::error!("synced write failed: {e}; the node is unready and acknowledges nothing more");
+                tracing::error!(
+                    "synced write failed: {e}; the node is unready and acknowledges nothing more"
+                );
                 ready.store(false, Ordering::SeqCst);
                 // Keep draining so the core never blocks, but never report anything durable.
                 while rx.recv().is_ok() {}

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allot_crdt::{Allotments, PoolKind};
-use allot_node::{Command, EventSpec, GlobalId, GrantAmount, IdKind, IdempotencyKey, Outcome, PoolInput, Want};
+use allot_node::{
+    Command, EventSpec, GlobalId, GrantAmount, IdKind, IdempotencyKey, Outcome, PoolInput, Want,
+};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
@@ -51,7 +53,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events", get(list_events))
         .route("/v1/events/{event}", get(event_detail))
         .route("/v1/events/{event}/availability", get(availability))
-        .route("/v1/events/{event}/availability/stream", get(availability_stream))
+        .route(
+            "/v1/events/{event}/availability/stream",
+            get(availability_stream),
+        )
         .route("/v1/events/{event}/seats", get(seats))
         .route("/v1/events/{event}/holds", post(create_hold))
         .route("/v1/events/{event}/purchases", post(purchase))
@@ -59,7 +64,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/holds/{hold}", delete(release))
         .route("/v1/orders/{order}", get(get_order))
         .route("/v1/admin/events", post(create_event))
-        .route("/v1/admin/events/{event}", axum::routing::patch(patch_event))
+        .route(
+            "/v1/admin/events/{event}",
+            axum::routing::patch(patch_event),
+        )
         .route("/v1/admin/events/{event}/ledger", get(ledger))
         .route("/v1/admin/events/{event}/transfers", post(transfer))
         .route("/v1/admin/orders", get(list_orders))
@@ -68,7 +76,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { Problem::not_found("not-found", "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), proxy))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(15)))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(15),
+        ))
         .with_state(state)
 }
 
@@ -80,24 +91,48 @@ const FORWARDED_HEADERS: [&str; 4] = ["content-type", "idempotency-key", "author
 
 /// Answers that belong to another region (its hold, its order, the catalog's event creation)
 /// are fetched from that region, once: a proxied request is never proxied again.
-async fn proxy(State(s): St, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn proxy(
+    State(s): St,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let proxied = req.headers().contains_key(PROXIED);
     let (parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", format!("request bodies are limited to {MAX_BODY} bytes")).into_response();
+        return Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            format!("request bodies are limited to {MAX_BODY} bytes"),
+        )
+        .into_response();
     };
     // Keep only what a forward needs; the request itself goes to the handler.
     let (method, uri) = (parts.method.clone(), parts.uri.clone());
-    let forwarded: Vec<(&'static str, axum::http::HeaderValue)> =
-        FORWARDED_HEADERS.iter().filter_map(|h| parts.headers.get(*h).map(|v| (*h, v.clone()))).collect();
-    let mut resp = next.run(axum::extract::Request::from_parts(parts, bytes.clone().into())).await;
-    let Some(owner) = resp.headers_mut().remove(crate::problem::OWNER_HEADER) else { return resp };
-    let Some(addr) = owner.to_str().ok().and_then(|o| s.peers.get(o)) else { return resp };
+    let forwarded: Vec<(&'static str, axum::http::HeaderValue)> = FORWARDED_HEADERS
+        .iter()
+        .filter_map(|h| parts.headers.get(*h).map(|v| (*h, v.clone())))
+        .collect();
+    let mut resp = next
+        .run(axum::extract::Request::from_parts(
+            parts,
+            bytes.clone().into(),
+        ))
+        .await;
+    let Some(owner) = resp.headers_mut().remove(crate::problem::OWNER_HEADER) else {
+        return resp;
+    };
+    let Some(addr) = owner.to_str().ok().and_then(|o| s.peers.get(o)) else {
+        return resp;
+    };
     if proxied {
         return resp;
     }
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut fwd = s.client.request(method, format!("http://{addr}{path}")).header(PROXIED, &s.region).body(bytes);
+    let mut fwd = s
+        .client
+        .request(method, format!("http://{addr}{path}"))
+        .header(PROXIED, &s.region)
+        .body(bytes);
     for (h, v) in forwarded {
         fwd = fwd.header(h, v);
     }
@@ -118,17 +153,27 @@ async fn proxy(State(s): St, req: axum::extract::Request, next: axum::middleware
                     }
                     out
                 }
-                Err(e) => Problem::unavailable(format!("region {owner} answered incompletely: {e}")).into_response(),
+                Err(e) => {
+                    Problem::unavailable(format!("region {owner} answered incompletely: {e}"))
+                        .into_response()
+                }
             }
         }
-        Err(e) => Problem::unavailable(format!("region {owner}, which owns this, is unreachable: {e}")).into_response(),
+        Err(e) => Problem::unavailable(format!(
+            "region {owner}, which owns this, is unreachable: {e}"
+        ))
+        .into_response(),
     }
 }
 
 fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
     b.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", format!("request bodies are limited to {MAX_BODY} bytes"))
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                format!("request bodies are limited to {MAX_BODY} bytes"),
+            )
         } else {
             Problem::bad_request(e.body_text())
         }
@@ -144,20 +189,38 @@ fn parse<T: serde::de::DeserializeOwned>(b: &Bytes) -> Result<T, Problem> {
 
 /// The `Idempotency-Key` with a hash of what it guards: method, path and body, so the same
 /// key reused for anything else is told apart.
-fn idempotency(headers: &HeaderMap, method: &Method, uri: &Uri, body: &[u8]) -> Result<Option<IdempotencyKey>, Problem> {
-    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
-    let key = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()));
-    let key = key.ok_or_else(|| Problem::invalid("Idempotency-Key: 1-128 visible ASCII characters"))?;
+fn idempotency(
+    headers: &HeaderMap,
+    method: &Method,
+    uri: &Uri,
+    body: &[u8],
+) -> Result<Option<IdempotencyKey>, Problem> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()));
+    let key =
+        key.ok_or_else(|| Problem::invalid("Idempotency-Key: 1-128 visible ASCII characters"))?;
     let mut h = Sha256::new();
     h.update(method.as_str());
     h.update([0]);
     h.update(uri.path());
     h.update([0]);
     h.update(body);
-    Ok(Some(IdempotencyKey { key: key.to_owned(), body_hash: h.finalize().into() }))
+    Ok(Some(IdempotencyKey {
+        key: key.to_owned(),
+        body_hash: h.finalize().into(),
+    }))
 }
 
-async fn call(s: &AppState, key: Option<IdempotencyKey>, command: Command) -> Result<Outcome, Problem> {
+async fn call(
+    s: &AppState,
+    key: Option<IdempotencyKey>,
+    command: Command,
+) -> Result<Outcome, Problem> {
     call_render(s, key, command, |_, o| o).await
 }
 
@@ -169,26 +232,42 @@ async fn call_render<T: Send + 'static>(
     render: fn(&allot_node::Core, Outcome) -> T,
 ) -> Result<T, Problem> {
     if !s.core.is_ready() {
-        return Err(Problem::unavailable("this node cannot make writes durable and accepts none"));
+        return Err(Problem::unavailable(
+            "this node cannot make writes durable and accepts none",
+        ));
     }
-    let answer = s.core.call_render(key, command, move |core, reply| reply.map(|o| render(core, o)));
+    let answer = s.core.call_render(key, command, move |core, reply| {
+        reply.map(|o| render(core, o))
+    });
     match tokio::time::timeout(CALL_TIMEOUT, answer).await {
         Ok(Some(Ok(outcome))) => Ok(outcome),
         Ok(Some(Err(e))) => Err(e.into()),
-        Ok(None) if !s.core.is_ready() => Err(Problem::unavailable("a synced write failed: this node acknowledges nothing until restarted")),
+        Ok(None) if !s.core.is_ready() => Err(Problem::unavailable(
+            "a synced write failed: this node acknowledges nothing until restarted",
+        )),
         Ok(None) => Err(Problem::unavailable("the node is shutting down")),
-        Err(_) => Err(Problem::unavailable("the write was not made durable in time")),
+        Err(_) => Err(Problem::unavailable(
+            "the write was not made durable in time",
+        )),
     }
 }
 
-async fn read<T: Send + 'static>(s: &AppState, f: impl FnOnce(&allot_node::Core) -> T + Send + 'static) -> Result<T, Problem> {
-    s.core.read(f).await.ok_or_else(|| Problem::unavailable("the node is shutting down"))
+async fn read<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&allot_node::Core) -> T + Send + 'static,
+) -> Result<T, Problem> {
+    s.core
+        .read(f)
+        .await
+        .ok_or_else(|| Problem::unavailable("the node is shutting down"))
 }
 
 fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
     let unauthorized = |d: &str| Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", d);
     let Some(token) = &s.admin_token else {
-        return Err(unauthorized("no operator token is configured on this node (ALLOT_ADMIN_TOKEN)"));
+        return Err(unauthorized(
+            "no operator token is configured on this node (ALLOT_ADMIN_TOKEN)",
+        ));
     };
     let given = headers
         .get("authorization")
@@ -197,7 +276,10 @@ fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
         .ok_or_else(|| unauthorized("operator endpoints need Authorization: Bearer <token>"))?;
     // Constant-time comparison: the time taken does not reveal how much of the token matched.
     let (a, b) = (given.as_bytes(), token.as_bytes());
-    let diff = a.len() ^ b.len() | a.iter().zip(b.iter().cycle()).fold(0usize, |d, (x, y)| d | usize::from(x ^ y));
+    let diff = a.len() ^ b.len()
+        | a.iter()
+            .zip(b.iter().cycle())
+            .fold(0usize, |d, (x, y)| d | usize::from(x ^ y));
     if diff != 0 || b.is_empty() {
         return Err(unauthorized("wrong operator token"));
     }
@@ -222,7 +304,10 @@ async fn readyz(State(s): St) -> Response {
     if s.core.is_ready() {
         Json(json!({"status": "ready", "region": s.region})).into_response()
     } else {
-        Problem::unavailable("a synced write failed: this node acknowledges nothing until restarted").into_response()
+        Problem::unavailable(
+            "a synced write failed: this node acknowledges nothing until restarted",
+        )
+        .into_response()
     }
 }
 
@@ -237,12 +322,23 @@ struct ListQuery {
 }
 
 fn parse_time(field: &str, v: &str) -> Result<OffsetDateTime, Problem> {
-    OffsetDateTime::parse(v, &Rfc3339).map_err(|_| Problem::invalid(format!("{field}: an RFC 3339 time, like 2027-06-01T19:00:00Z")))
+    OffsetDateTime::parse(v, &Rfc3339).map_err(|_| {
+        Problem::invalid(format!(
+            "{field}: an RFC 3339 time, like 2027-06-01T19:00:00Z"
+        ))
+    })
 }
 
-async fn list_events(State(s): St, q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult {
+async fn list_events(
+    State(s): St,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
     let Query(q) = q.map_err(|e| Problem::invalid(e.body_text()))?;
-    let from = q.from.as_deref().map(|v| parse_time("from", v)).transpose()?;
+    let from = q
+        .from
+        .as_deref()
+        .map(|v| parse_time("from", v))
+        .transpose()?;
     let to = q.to.as_deref().map(|v| parse_time("to", v)).transpose()?;
     let text = q.q.map(|t| t.to_lowercase());
     if text.as_ref().is_some_and(|t| t.len() > 200) {
@@ -253,9 +349,17 @@ async fn list_events(State(s): St, q: Result<Query<ListQuery>, axum::extract::re
             .events()
             .filter(|e| {
                 let starts = OffsetDateTime::parse(&e.info.starts_at, &Rfc3339).ok();
-                let in_range = from.is_none_or(|f| starts.is_some_and(|t| t >= f)) && to.is_none_or(|f| starts.is_some_and(|t| t < f));
+                let in_range = from.is_none_or(|f| starts.is_some_and(|t| t >= f))
+                    && to.is_none_or(|f| starts.is_some_and(|t| t < f));
                 let matches = text.as_ref().is_none_or(|t| {
-                    [e.id.as_ref(), e.info.name.as_str(), e.info.venue.as_str(), e.info.description.as_str()].iter().any(|f| f.to_lowercase().contains(t))
+                    [
+                        e.id.as_ref(),
+                        e.info.name.as_str(),
+                        e.info.venue.as_str(),
+                        e.info.description.as_str(),
+                    ]
+                    .iter()
+                    .any(|f| f.to_lowercase().contains(t))
                 });
                 in_range && matches
             })
@@ -274,38 +378,55 @@ fn unknown_event(event: &str) -> Problem {
 
 async fn event_detail(State(s): St, Path(event): Path<String>) -> ApiResult {
     let ev = event.clone();
-    let v = read(&s, move |core| core.event(&ev).map(|e| views::event_detail(core, e))).await?;
+    let v = read(&s, move |core| {
+        core.event(&ev).map(|e| views::event_detail(core, e))
+    })
+    .await?;
     Ok(Json(v.ok_or_else(|| unknown_event(&event))?).into_response())
 }
 
 async fn availability(State(s): St, Path(event): Path<String>) -> ApiResult {
     let ev = event.clone();
-    let v = read(&s, move |core| core.event(&ev).map(|e| views::availability(core, e))).await?;
+    let v = read(&s, move |core| {
+        core.event(&ev).map(|e| views::availability(core, e))
+    })
+    .await?;
     Ok(Json(v.ok_or_else(|| unknown_event(&event))?).into_response())
 }
 
-async fn availability_stream(State(s): St, Path(event): Path<String>) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
+async fn availability_stream(
+    State(s): St,
+    Path(event): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
     let ev = event.clone();
     if !read(&s, move |core| core.event(&ev).is_some()).await? {
         return Err(unknown_event(&event));
     }
     let changes = s.core.changes();
     let state = s.clone();
-    let stream = futures_util::stream::unfold((changes, state, event, None::<String>, true), |(mut changes, s, event, last, first)| async move {
-        loop {
-            if !first && changes.changed().await.is_err() {
-                return None;
+    let stream = futures_util::stream::unfold(
+        (changes, state, event, None::<String>, true),
+        |(mut changes, s, event, last, first)| async move {
+            loop {
+                if !first && changes.changed().await.is_err() {
+                    return None;
+                }
+                let ev = event.clone();
+                let v = s
+                    .core
+                    .read(move |core| core.event(&ev).map(|e| views::availability(core, e)))
+                    .await??;
+                // Staleness ages change all the time; send only when the figures change.
+                let figures = v["pools"].to_string();
+                if last.as_deref() != Some(figures.as_str()) || first {
+                    let item = SseEvent::default()
+                        .event("availability")
+                        .data(v.to_string());
+                    return Some((Ok(item), (changes, s, event, Some(figures), false)));
+                }
             }
-            let ev = event.clone();
-            let v = s.core.read(move |core| core.event(&ev).map(|e| views::availability(core, e))).await??;
-            // Staleness ages change all the time; send only when the figures change.
-            let figures = v["pools"].to_string();
-            if last.as_deref() != Some(figures.as_str()) || first {
-                let item = SseEvent::default().event("availability").data(v.to_string());
-                return Some((Ok(item), (changes, s, event, Some(figures), false)));
-            }
-        }
-    });
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
@@ -315,14 +436,23 @@ struct SeatsQuery {
     pool: String,
 }
 
-async fn seats(State(s): St, Path(event): Path<String>, q: Result<Query<SeatsQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult {
+async fn seats(
+    State(s): St,
+    Path(event): Path<String>,
+    q: Result<Query<SeatsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
     let Query(q) = q.map_err(|_| Problem::invalid("query parameter pool= is required"))?;
     let ev = event.clone();
     let v = read(&s, move |core| {
         let e = core.event(&ev).ok_or_else(|| unknown_event(&ev))?;
-        let p = e.genesis().pool_index(&q.pool).ok_or_else(|| Problem::not_found("unknown-pool", format!("event has no pool {:?}", q.pool)))?;
+        let p = e.genesis().pool_index(&q.pool).ok_or_else(|| {
+            Problem::not_found("unknown-pool", format!("event has no pool {:?}", q.pool))
+        })?;
         match views::seat_map(e, p) {
-            Value::Null => Err(Problem::invalid(format!("pool {:?} is general admission: it has no seat map", q.pool))),
+            Value::Null => Err(Problem::invalid(format!(
+                "pool {:?} is general admission: it has no seat map",
+                q.pool
+            ))),
             v => Ok(v),
         }
     })
@@ -343,30 +473,81 @@ struct WantBody {
 impl WantBody {
     fn want(&self) -> Result<Want, Problem> {
         match (&self.pool, self.quantity, &self.seats) {
-            (Some(pool), Some(quantity), None) => Ok(Want::Quantity { pool: pool.clone(), quantity }),
-            (pool, None, Some(seats)) => Ok(Want::Seats { pool: pool.clone(), seats: seats.clone() }),
-            _ => Err(Problem::invalid("give either pool and quantity, or seats (with an optional pool)")),
+            (Some(pool), Some(quantity), None) => Ok(Want::Quantity {
+                pool: pool.clone(),
+                quantity,
+            }),
+            (pool, None, Some(seats)) => Ok(Want::Seats {
+                pool: pool.clone(),
+                seats: seats.clone(),
+            }),
+            _ => Err(Problem::invalid(
+                "give either pool and quantity, or seats (with an optional pool)",
+            )),
         }
     }
 }
 
-async fn create_hold(State(s): St, Path(event): Path<String>, method: Method, uri: Uri, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+async fn create_hold(
+    State(s): St,
+    Path(event): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     let b = body(b)?;
     let key = idempotency(&headers, &method, &uri, &b)?;
     let w: WantBody = parse(&b)?;
     if w.payment_ref.is_some() {
-        return Err(Problem::invalid("a hold takes no payment_ref; confirm it with one"));
+        return Err(Problem::invalid(
+            "a hold takes no payment_ref; confirm it with one",
+        ));
     }
-    Ok(created(call_render(&s, key, Command::Hold { event, want: w.want()?, customer: w.customer }, order_view).await?))
+    Ok(created(
+        call_render(
+            &s,
+            key,
+            Command::Hold {
+                event,
+                want: w.want()?,
+                customer: w.customer,
+            },
+            order_view,
+        )
+        .await?,
+    ))
 }
 
-async fn purchase(State(s): St, Path(event): Path<String>, method: Method, uri: Uri, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+async fn purchase(
+    State(s): St,
+    Path(event): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     let b = body(b)?;
     let key = idempotency(&headers, &method, &uri, &b)?;
     let w: WantBody = parse(&b)?;
     let want = w.want()?;
-    let payment_ref = w.payment_ref.ok_or_else(|| Problem::invalid("payment_ref is required"))?;
-    Ok(created(call_render(&s, key, Command::Purchase { event, want, customer: w.customer, payment_ref }, order_view).await?))
+    let payment_ref = w
+        .payment_ref
+        .ok_or_else(|| Problem::invalid("payment_ref is required"))?;
+    Ok(created(
+        call_render(
+            &s,
+            key,
+            Command::Purchase {
+                event,
+                want,
+                customer: w.customer,
+                payment_ref,
+            },
+            order_view,
+        )
+        .await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -375,11 +556,29 @@ struct ConfirmBody {
     payment_ref: String,
 }
 
-async fn confirm(State(s): St, Path(hold): Path<String>, method: Method, uri: Uri, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+async fn confirm(
+    State(s): St,
+    Path(hold): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     let b = body(b)?;
     let key = idempotency(&headers, &method, &uri, &b)?;
     let c: ConfirmBody = parse(&b)?;
-    Ok(created(call_render(&s, key, Command::Confirm { hold, payment_ref: c.payment_ref }, order_view).await?))
+    Ok(created(
+        call_render(
+            &s,
+            key,
+            Command::Confirm {
+                hold,
+                payment_ref: c.payment_ref,
+            },
+            order_view,
+        )
+        .await?,
+    ))
 }
 
 async fn release(State(s): St, Path(hold): Path<String>) -> ApiResult {
@@ -388,9 +587,14 @@ async fn release(State(s): St, Path(hold): Path<String>) -> ApiResult {
 }
 
 fn local_number(s: &AppState, kind: IdKind, id: &str) -> Result<u64, Problem> {
-    let g = GlobalId::parse(kind, id).ok_or_else(|| Problem::not_found("unknown-order", format!("no order {id:?}")))?;
+    let g = GlobalId::parse(kind, id)
+        .ok_or_else(|| Problem::not_found("unknown-order", format!("no order {id:?}")))?;
     if g.region != s.region {
-        return Err(allot_node::CoreError::Foreign { id: id.to_owned(), region: g.region }.into());
+        return Err(allot_node::CoreError::Foreign {
+            id: id.to_owned(),
+            region: g.region,
+        }
+        .into());
     }
     Ok(g.n)
 }
@@ -398,7 +602,10 @@ fn local_number(s: &AppState, kind: IdKind, id: &str) -> Result<u64, Problem> {
 async fn get_order(State(s): St, Path(order): Path<String>) -> ApiResult {
     let n = local_number(&s, IdKind::Order, &order)?;
     let v = read(&s, move |core| core.order(n).map(|o| views::order(core, o))).await?;
-    Ok(Json(v.ok_or_else(|| Problem::not_found("unknown-order", format!("no order {order:?}")))?).into_response())
+    Ok(
+        Json(v.ok_or_else(|| Problem::not_found("unknown-order", format!("no order {order:?}")))?)
+            .into_response(),
+    )
 }
 
 // ----- operators ------------------------------------------------------------------------------
@@ -441,7 +648,13 @@ fn default_ttl() -> u64 {
     600
 }
 
-async fn create_event(State(s): St, method: Method, uri: Uri, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+async fn create_event(
+    State(s): St,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     authorize(&s, &headers)?;
     let b = body(b)?;
     let key = idempotency(&headers, &method, &uri, &b)?;
@@ -449,7 +662,11 @@ async fn create_event(State(s): St, method: Method, uri: Uri, headers: HeaderMap
     parse_time("starts_at", &c.starts_at)?;
     let allotments = match c.allotments {
         AllotmentsBody::Named(n) if n == "even" => Allotments::Even,
-        AllotmentsBody::Named(n) => return Err(Problem::invalid(format!("allotments: \"even\" or an object per pool and region, not {n:?}"))),
+        AllotmentsBody::Named(n) => {
+            return Err(Problem::invalid(format!(
+                "allotments: \"even\" or an object per pool and region, not {n:?}"
+            )))
+        }
         AllotmentsBody::Explicit(m) => Allotments::Explicit(m),
     };
     let mut pools = Vec::with_capacity(c.pools.len());
@@ -457,9 +674,18 @@ async fn create_event(State(s): St, method: Method, uri: Uri, headers: HeaderMap
         let kind = match (p.capacity, p.seats) {
             (Some(capacity), None) => PoolKind::General { capacity },
             (None, Some(seats)) => PoolKind::Assigned { seats },
-            _ => return Err(Problem::invalid(format!("pool {:?}: give either capacity or seats", p.id))),
+            _ => {
+                return Err(Problem::invalid(format!(
+                    "pool {:?}: give either capacity or seats",
+                    p.id
+                )))
+            }
         };
-        pools.push(PoolInput { id: p.id, kind, price_cents: p.price_cents });
+        pools.push(PoolInput {
+            id: p.id,
+            kind,
+            price_cents: p.price_cents,
+        });
     }
     let spec = EventSpec {
         id: c.id,
@@ -478,7 +704,10 @@ async fn create_event(State(s): St, method: Method, uri: Uri, headers: HeaderMap
         return Err(Problem::unavailable("unexpected answer from the core"));
     };
     let ev = event.clone();
-    let v = read(&s, move |core| core.event(&ev).map(|e| views::event_detail(core, e))).await?;
+    let v = read(&s, move |core| {
+        core.event(&ev).map(|e| views::event_detail(core, e))
+    })
+    .await?;
     Ok(created(v.ok_or_else(|| unknown_event(&event))?))
 }
 
@@ -496,7 +725,14 @@ struct PatchBody {
     prices: BTreeMap<String, u64>,
 }
 
-async fn patch_event(State(s): St, Path(event): Path<String>, method: Method, uri: Uri, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+async fn patch_event(
+    State(s): St,
+    Path(event): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     authorize(&s, &headers)?;
     let b = body(b)?;
     let key = idempotency(&headers, &method, &uri, &b)?;
@@ -514,10 +750,18 @@ async fn patch_event(State(s): St, Path(event): Path<String>, method: Method, ur
         hold_ttl_s: p.hold_ttl_s,
         prices: p.prices,
     };
-    let v = call_render(&s, key, Command::PatchEvent { event, patch }, |core, o| match o {
-        Outcome::EventPatched { event } => core.event(&event).map(|e| views::event_detail(core, e)).unwrap_or_default(),
-        _ => Value::Null,
-    })
+    let v = call_render(
+        &s,
+        key,
+        Command::PatchEvent { event, patch },
+        |core, o| match o {
+            Outcome::EventPatched { event } => core
+                .event(&event)
+                .map(|e| views::event_detail(core, e))
+                .unwrap_or_default(),
+            _ => Value::Null,
+        },
+    )
     .await?;
     Ok(Json(v).into_response())
 }
@@ -525,7 +769,10 @@ async fn patch_event(State(s): St, Path(event): Path<String>, method: Method, ur
 async fn ledger(State(s): St, Path(event): Path<String>, headers: HeaderMap) -> ApiResult {
     authorize(&s, &headers)?;
     let ev = event.clone();
-    let v = read(&s, move |core| core.event(&ev).map(|e| views::ledger(core, e))).await?;
+    let v = read(&s, move |core| {
+        core.event(&ev).map(|e| views::ledger(core, e))
+    })
+    .await?;
     Ok(Json(v.ok_or_else(|| unknown_event(&event))?).into_response())
 }
 
@@ -539,29 +786,66 @@ struct TransferBody {
     seats: Option<Vec<String>>,
 }
 
-async fn transfer(State(s): St, Path(event): Path<String>, method: Method, uri: Uri, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+async fn transfer(
+    State(s): St,
+    Path(event): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     authorize(&s, &headers)?;
     let b = body(b)?;
     let key = idempotency(&headers, &method, &uri, &b)?;
     let t: TransferBody = parse(&b)?;
     if t.from != s.region {
-        return Err(allot_node::CoreError::NotOwner(format!("only {} can give away its quota; send the transfer to that region", t.from)).into());
+        return Err(allot_node::CoreError::NotOwner(format!(
+            "only {} can give away its quota; send the transfer to that region",
+            t.from
+        ))
+        .into());
     }
     let amount = match (t.quantity, t.seats) {
         (Some(q), None) => GrantAmount::Quantity(q),
         (None, Some(seats)) => GrantAmount::Seats(seats),
         _ => return Err(Problem::invalid("give either quantity or seats")),
     };
-    let outcome = call(&s, key, Command::Grant { event, pool: t.pool.clone(), to: t.to, amount }).await?;
-    let Outcome::Granted { event, to, quantity, seats, pool } = outcome else {
+    let outcome = call(
+        &s,
+        key,
+        Command::Grant {
+            event,
+            pool: t.pool.clone(),
+            to: t.to,
+            amount,
+        },
+    )
+    .await?;
+    let Outcome::Granted {
+        event,
+        to,
+        quantity,
+        seats,
+        pool,
+    } = outcome
+    else {
         return Err(Problem::unavailable("unexpected answer from the core"));
     };
     let ev = event.clone();
     let seat_ids = read(&s, move |core| {
-        core.event(&ev).map(|e| seats.iter().filter_map(|&x| e.genesis().pool(pool).seat_id(x).map(str::to_owned)).collect::<Vec<_>>()).unwrap_or_default()
+        core.event(&ev)
+            .map(|e| {
+                seats
+                    .iter()
+                    .filter_map(|&x| e.genesis().pool(pool).seat_id(x).map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
     })
     .await?;
-    Ok(created(json!({ "event": event, "pool": t.pool, "from": s.region, "to": to, "quantity": quantity, "seats": seat_ids })))
+    Ok(created(
+        json!({ "event": event, "pool": t.pool, "from": s.region, "to": to, "quantity": quantity, "seats": seat_ids }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -572,7 +856,11 @@ struct OrdersQuery {
     limit: Option<usize>,
 }
 
-async fn list_orders(State(s): St, headers: HeaderMap, q: Result<Query<OrdersQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult {
+async fn list_orders(
+    State(s): St,
+    headers: HeaderMap,
+    q: Result<Query<OrdersQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
     authorize(&s, &headers)?;
     let Query(q) = q.map_err(|e| Problem::invalid(e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
@@ -581,20 +869,37 @@ async fn list_orders(State(s): St, headers: HeaderMap, q: Result<Query<OrdersQue
     }
     let after = match q.after.as_deref() {
         None => 0,
-        Some(c) => c.parse::<u64>().map_err(|_| Problem::invalid("after: the `next` cursor of a previous page"))?,
+        Some(c) => c
+            .parse::<u64>()
+            .map_err(|_| Problem::invalid("after: the `next` cursor of a previous page"))?,
     };
     let v = read(&s, move |core| {
         let page = core.orders_after(q.event.as_deref(), after, limit + 1);
         let more = page.len() > limit;
-        let orders: Vec<Value> = page.iter().take(limit).map(|o| views::order(core, o)).collect();
-        let next = if more { page.get(limit - 1).map(|o| o.n.to_string()) } else { None };
+        let orders: Vec<Value> = page
+            .iter()
+            .take(limit)
+            .map(|o| views::order(core, o))
+            .collect();
+        let next = if more {
+            page.get(limit - 1).map(|o| o.n.to_string())
+        } else {
+            None
+        };
         json!({ "orders": orders, "next": next })
     })
     .await?;
     Ok(Json(v).into_response())
 }
 
-async fn refund(State(s): St, Path(order): Path<String>, method: Method, uri: Uri, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+async fn refund(
+    State(s): St,
+    Path(order): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     authorize(&s, &headers)?;
     let b = body(b)?;
     let key = idempotency(&headers, &method, &uri, &b)?;
@@ -611,7 +916,13 @@ fn peer_vvs(core: &allot_node::Core, peer: &str) -> Value {
         .filter_map(|e| {
             let p = e.genesis().region_index(peer)?;
             let vv = e.peers[p as usize].vv.as_ref()?;
-            let named: serde_json::Map<String, Value> = e.genesis().regions.iter().enumerate().map(|(i, n)| (n.clone(), json!(vv.get(i)))).collect();
+            let named: serde_json::Map<String, Value> = e
+                .genesis()
+                .regions
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), json!(vv.get(i))))
+                .collect();
             Some((e.id.to_string(), Value::Object(named)))
         })
         .collect();
@@ -621,7 +932,10 @@ fn peer_vvs(core: &allot_node::Core, peer: &str) -> Value {
 async fn cluster(State(s): St, headers: HeaderMap) -> ApiResult {
     authorize(&s, &headers)?;
     let ready = s.core.is_ready();
-    let links = s.transport.as_ref().map(|t| t.lock().expect("status").clone());
+    let links = s
+        .transport
+        .as_ref()
+        .map(|t| t.lock().expect("status").clone());
     let v = read(&s, move |core| {
         let cfg = core.config();
         let now = crate::driver::wall_ms();

@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "allot", version, about = "Sell a fixed stock of seats from several regions at once, without overbooking.")]
+#[command(
+    name = "allot",
+    version,
+    about = "Sell a fixed stock of seats from several regions at once, without overbooking."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Verb,
@@ -94,7 +98,6 @@ enum Verb {
     Bench(BenchVerb),
 }
 
-
 fn report(verb: &str, r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,23 +108,37 @@ fn report(verb: &str, r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn run_node(config: &std::path::Path, region: &str, commit: driver::Commit, http_threads: Option<usize>) -> anyhow::Result<()> {
+fn run_node(
+    config: &std::path::Path,
+    region: &str,
+    commit: driver::Commit,
+    http_threads: Option<usize>,
+) -> anyhow::Result<()> {
     let opts = node::NodeOptions::from_config(config, region, commit)?;
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let threads = http_threads.unwrap_or(cpus.saturating_sub(1)).max(1);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
     rt.block_on(node::run(opts, node::signal()))
 }
 
 fn run_demo(data: Option<PathBuf>, seconds: Option<u64>, rate: u64) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(demo::run(data, seconds, rate))
 }
 
 fn make_certs(config: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
     let cfg = allot::config::ClusterConfig::load(config)?;
     allot::tls::generate(&cfg.region_names(), out)?;
-    println!("wrote ca.pem, ca.key and a certificate and key for {} into {}", cfg.region_names().join(", "), out.display());
+    println!(
+        "wrote ca.pem, ca.key and a certificate and key for {} into {}",
+        cfg.region_names().join(", "),
+        out.display()
+    );
     Ok(())
 }
 
@@ -135,7 +152,8 @@ fn run_sim(
     max_seconds: Option<u64>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let sc = allot_sim::Scenario::parse(&text)?;
     let strategy = match strategy {
         SimStrategy::Static => allot_sim::Strategy::Static,
@@ -144,7 +162,10 @@ fn run_sim(
     };
     if let Some(range) = seeds {
         let (a, b) = range.split_once("..").context("--seeds A..B")?;
-        let (a, b): (u64, u64) = (a.parse().context("--seeds A..B: A")?, b.parse().context("--seeds A..B: B")?);
+        let (a, b): (u64, u64) = (
+            a.parse().context("--seeds A..B: A")?,
+            b.parse().context("--seeds A..B: B")?,
+        );
         let start = std::time::Instant::now();
         let mut done = 0u64;
         for s in a..b {
@@ -166,12 +187,20 @@ fn run_sim(
             if done % 20 == 0 || s + 1 == b {
                 let total = (b - a).max(1);
                 let filled = (done * 30 / total) as usize;
-                eprint!("\r[{}{}] {done}/{total} seeds, no violation", "#".repeat(filled), " ".repeat(30 - filled.min(30)));
+                eprint!(
+                    "\r[{}{}] {done}/{total} seeds, no violation",
+                    "#".repeat(filled),
+                    " ".repeat(30 - filled.min(30))
+                );
             }
         }
         let secs = start.elapsed().as_secs_f64();
         eprintln!();
-        println!("{done} seeds ({a}..{}), zero violations, {:.0} seeds/minute", a + done, done as f64 * 60.0 / secs.max(1e-9));
+        println!(
+            "{done} seeds ({a}..{}), zero violations, {:.0} seeds/minute",
+            a + done,
+            done as f64 * 60.0 / secs.max(1e-9)
+        );
         return Ok(());
     }
     let seed = seed.unwrap_or(1);
@@ -179,9 +208,16 @@ fn run_sim(
     let r = allot_sim::run(&sc, strategy, seed);
     let secs = start.elapsed().as_secs_f64();
     print!("{}", r.table());
-    println!("  {:<24} {:.0} simulated sales/s ({} orders in {:.2} s)", "speed", r.orders as f64 / secs.max(1e-9), r.orders, secs);
+    println!(
+        "  {:<24} {:.0} simulated sales/s ({} orders in {:.2} s)",
+        "speed",
+        r.orders as f64 / secs.max(1e-9),
+        r.orders,
+        secs
+    );
     if let Some(p) = json {
-        std::fs::write(p, serde_json::to_string_pretty(&r)? + "\n").with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, serde_json::to_string_pretty(&r)? + "\n")
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(p) = plot {
         let svg = allot_sim::plot::svg(&r).map_err(|e| anyhow::anyhow!("plotting: {e}"))?;
@@ -194,7 +230,9 @@ fn run_sim(
 }
 
 fn run_bench(args: &bench::HttpBench) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let results = rt.block_on(bench::run(args))?;
     let table = bench::table(args, &results);
     println!("{table}");
@@ -206,17 +244,45 @@ fn run_bench(args: &bench::HttpBench) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Verb::Demo { data, seconds, rate } => report("demo", run_demo(data, seconds, rate)),
-        Verb::Node { config, region, commit, http_threads } => report("node", run_node(&config, &region, commit, http_threads)),
+        Verb::Demo {
+            data,
+            seconds,
+            rate,
+        } => report("demo", run_demo(data, seconds, rate)),
+        Verb::Node {
+            config,
+            region,
+            commit,
+            http_threads,
+        } => report("node", run_node(&config, &region, commit, http_threads)),
         Verb::Certs { config, out } => report("certs", make_certs(&config, &out)),
-        Verb::Sim { scenario, seed, seeds, strategy, json, plot, max_seconds } => {
-            report("sim", run_sim(&scenario, seed, seeds.as_deref(), strategy, json.as_deref(), plot.as_deref(), max_seconds))
-        }
+        Verb::Sim {
+            scenario,
+            seed,
+            seeds,
+            strategy,
+            json,
+            plot,
+            max_seconds,
+        } => report(
+            "sim",
+            run_sim(
+                &scenario,
+                seed,
+                seeds.as_deref(),
+                strategy,
+                json.as_deref(),
+                plot.as_deref(),
+                max_seconds,
+            ),
+        ),
         Verb::Bench(BenchVerb::Http(args)) => report("bench http", run_bench(&args)),
     }
 }

@@ -49,11 +49,20 @@ pub struct NodeOptions {
 impl NodeOptions {
     /// A node on loopback with the defaults of `regions.toml` (first region as catalog, group
     /// commit, 50 ms ticks, no peers, no TLS): the demo and tests adjust what they need.
-    pub fn local(region: &str, regions: &[String], http: SocketAddr, data_dir: PathBuf, admin_token: Option<String>) -> NodeOptions {
+    pub fn local(
+        region: &str,
+        regions: &[String],
+        http: SocketAddr,
+        data_dir: PathBuf,
+        admin_token: Option<String>,
+    ) -> NodeOptions {
         NodeOptions {
             region: region.to_owned(),
             regions: regions.to_vec(),
-            catalog_region: regions.first().cloned().unwrap_or_else(|| region.to_owned()),
+            catalog_region: regions
+                .first()
+                .cloned()
+                .unwrap_or_else(|| region.to_owned()),
             http,
             data_dir,
             tick: Duration::from_millis(50),
@@ -74,8 +83,15 @@ impl NodeOptions {
         let cfg = ClusterConfig::load(path)?;
         let r = cfg.region(region)?;
         let admin_token = match &cfg.cluster.admin_token_file {
-            Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("reading the operator token file {}", f.display()))?.trim().to_owned()),
-            None => std::env::var("ALLOT_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("reading the operator token file {}", f.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => std::env::var("ALLOT_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
         };
         Ok(NodeOptions {
             region: region.to_owned(),
@@ -90,7 +106,16 @@ impl NodeOptions {
             max_quantity: cfg.cluster.max_quantity,
             faults: Faults::default(),
             quic: r.quic,
-            peers: cfg.regions.iter().filter(|p| p.name != region).map(|p| Peer { name: p.name.clone(), http: p.http, quic: p.quic }).collect(),
+            peers: cfg
+                .regions
+                .iter()
+                .filter(|p| p.name != region)
+                .map(|p| Peer {
+                    name: p.name.clone(),
+                    http: p.http,
+                    quic: p.quic,
+                })
+                .collect(),
             tls_dir: cfg.cluster.tls_dir.clone(),
             reconnect_max: Duration::from_millis(cfg.cluster.reconnect_max_ms.max(1)),
             net_faults: Arc::default(),
@@ -100,26 +125,49 @@ impl NodeOptions {
 
 /// Runs a node until `shutdown` resolves, then stops accepting requests, lets in-flight ones
 /// finish and their writes land, and returns.
-pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(opts.http).await.with_context(|| format!("binding {}", opts.http))?;
+pub async fn run(
+    opts: NodeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(opts.http)
+        .await
+        .with_context(|| format!("binding {}", opts.http))?;
     serve(opts, listener, shutdown).await
 }
 
-pub async fn serve(opts: NodeOptions, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    opts: NodeOptions,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let store = Store::open(&opts.data_dir)?;
     let mut cfg = Config::new(&opts.region, &opts.regions);
     cfg.catalog_region = opts.catalog_region.clone();
     cfg.max_holds_per_customer = opts.max_holds_per_customer;
     cfg.max_quantity = opts.max_quantity;
     let outbound: Outbound = Arc::default();
-    let running = driver::start(cfg, store, opts.tick, opts.commit, opts.faults, outbound.clone())?;
+    let running = driver::start(
+        cfg,
+        store,
+        opts.tick,
+        opts.commit,
+        opts.faults,
+        outbound.clone(),
+    )?;
     if opts.admin_token.is_none() {
         tracing::warn!("no operator token (ALLOT_ADMIN_TOKEN): operator endpoints answer 401");
     }
     let transport = match (&opts.tls_dir, opts.peers.is_empty()) {
         (Some(dir), false) => {
             let identity = Identity::load(dir, &opts.region)?;
-            let peers = opts.peers.iter().map(|p| PeerAddr { name: p.name.clone(), quic: p.quic }).collect();
+            let peers = opts
+                .peers
+                .iter()
+                .map(|p| PeerAddr {
+                    name: p.name.clone(),
+                    quic: p.quic,
+                })
+                .collect();
             let (h1, h2) = (running.handle.clone(), running.handle.clone());
             let t = Arc::new(Transport::start(
                 &opts.region,
@@ -146,14 +194,23 @@ pub async fn serve(opts: NodeOptions, listener: tokio::net::TcpListener, shutdow
         core: running.handle.clone(),
         region: opts.region.clone(),
         admin_token: opts.admin_token,
-        peers: opts.peers.iter().map(|p| (p.name.clone(), p.http)).collect(),
-        client: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
+        peers: opts
+            .peers
+            .iter()
+            .map(|p| (p.name.clone(), p.http))
+            .collect(),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?,
         transport: transport.as_ref().map(|t| t.status.clone()),
     });
     let app = http::router(state);
     let addr = listener.local_addr()?;
     tracing::info!(region = %opts.region, %addr, commit = ?opts.commit, "serving");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")?;
     tracing::info!("HTTP stopped; finishing in-flight writes");
     if let Some(t) = &transport {
         t.close();

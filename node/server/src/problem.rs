@@ -1,8 +1,8 @@
 //! RFC 9457 problem details: every error the HTTP API returns.
 
+use allot_node::CoreError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use allot_node::CoreError;
 
 /// Set on an answer that another region should give; the proxy layer forwards the request.
 pub const OWNER_HEADER: &str = "x-allot-owner";
@@ -20,7 +20,13 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Problem {
-        Problem { status, kind, detail: detail.into(), retry_after_s: None, owner: None }
+        Problem {
+            status,
+            kind,
+            detail: detail.into(),
+            retry_after_s: None,
+            owner: None,
+        }
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Problem {
@@ -32,7 +38,10 @@ impl Problem {
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Problem {
-        Problem { retry_after_s: Some(1), ..Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail) }
+        Problem {
+            retry_after_s: Some(1),
+            ..Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+        }
     }
 
     pub fn not_found(kind: &'static str, detail: impl Into<String>) -> Problem {
@@ -44,9 +53,20 @@ impl From<CoreError> for Problem {
     fn from(e: CoreError) -> Problem {
         use StatusCode as S;
         let status = match &e {
-            CoreError::Invalid(_) | CoreError::Genesis(_) | CoreError::Meta(_) | CoreError::IdempotencyMismatch => S::UNPROCESSABLE_ENTITY,
-            CoreError::EventExists(_) | CoreError::SoldOut { .. } | CoreError::SeatTaken(_) | CoreError::SeatElsewhere { .. } | CoreError::NotOwner(_) => S::CONFLICT,
-            CoreError::UnknownEvent(_) | CoreError::UnknownPool(_) | CoreError::UnknownSeat(_) | CoreError::UnknownHold(_) | CoreError::UnknownOrder(_) => S::NOT_FOUND,
+            CoreError::Invalid(_)
+            | CoreError::Genesis(_)
+            | CoreError::Meta(_)
+            | CoreError::IdempotencyMismatch => S::UNPROCESSABLE_ENTITY,
+            CoreError::EventExists(_)
+            | CoreError::SoldOut { .. }
+            | CoreError::SeatTaken(_)
+            | CoreError::SeatElsewhere { .. }
+            | CoreError::NotOwner(_) => S::CONFLICT,
+            CoreError::UnknownEvent(_)
+            | CoreError::UnknownPool(_)
+            | CoreError::UnknownSeat(_)
+            | CoreError::UnknownHold(_)
+            | CoreError::UnknownOrder(_) => S::NOT_FOUND,
             CoreError::HoldLimit(_) => S::TOO_MANY_REQUESTS,
             CoreError::HoldExpired => S::GONE,
             // Proxying to the owning region (or the catalog) comes with gossip between
@@ -59,7 +79,13 @@ impl From<CoreError> for Problem {
             CoreError::Foreign { region, .. } => Some(region.clone()),
             _ => None,
         };
-        Problem { status, kind: e.kind(), detail: e.to_string(), retry_after_s: retry, owner }
+        Problem {
+            status,
+            kind: e.kind(),
+            detail: e.to_string(),
+            retry_after_s: retry,
+            owner,
+        }
     }
 }
 
@@ -73,15 +99,24 @@ impl IntoResponse for Problem {
             "detail": self.detail,
         });
         let mut r = (self.status, body.to_string()).into_response();
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Some(s) = self.retry_after_s {
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
-        if let Some(owner) = self.owner.as_deref().and_then(|o| HeaderValue::from_str(o).ok()) {
+        if let Some(owner) = self
+            .owner
+            .as_deref()
+            .and_then(|o| HeaderValue::from_str(o).ok())
+        {
             r.headers_mut().insert(OWNER_HEADER, owner);
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         r
     }

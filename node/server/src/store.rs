@@ -11,7 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use allot_crdt::{Entry, Genesis, RowDelta};
 use allot_node::{Hold, IdempotencyKey, Millis, Order, Outcome, Record, RecordBody};
 use anyhow::Context;
-use rocksdb::{ColumnFamilyDescriptor, CompactionDecision, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, CompactionDecision, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use sha2::{Digest, Sha256};
 
 const EVENTS: &str = "events";
@@ -30,7 +32,10 @@ pub struct Store {
 }
 
 fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -47,7 +52,10 @@ fn row_prefix(event: &str, writer: u16) -> Vec<u8> {
 
 /// Drops idempotency keys older than the TTL when RocksDB compacts.
 fn expire_keys(_level: u32, _key: &[u8], value: &[u8]) -> CompactionDecision {
-    match value.get(..8).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes"))) {
+    match value
+        .get(..8)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+    {
         Some(at) if at.saturating_add(KEY_TTL_MS) < wall_ms() => CompactionDecision::Remove,
         _ => CompactionDecision::Keep,
     }
@@ -73,12 +81,15 @@ impl Store {
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()))
             .chain([ColumnFamilyDescriptor::new(KEYS, keys)]);
-        let db = DB::open_cf_descriptors(&opts, dir, cfs).with_context(|| format!("opening RocksDB in {}", dir.display()))?;
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)
+            .with_context(|| format!("opening RocksDB in {}", dir.display()))?;
         Ok(Store { db })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column families are created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
     }
 
     /// Bumps and syncs the incarnation (part of the automerge actor id), so a restarted node
@@ -95,7 +106,11 @@ impl Store {
     fn node_u64(&self, key: &[u8]) -> anyhow::Result<u64> {
         match self.db.get_cf(self.cf(NODE), key)? {
             None => Ok(0),
-            Some(v) => Ok(u64::from_be_bytes(v.as_slice().try_into().context("a node counter is 8 bytes")?)),
+            Some(v) => Ok(u64::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .context("a node counter is 8 bytes")?,
+            )),
         }
     }
 
@@ -125,12 +140,20 @@ impl Store {
             }
         };
         match &r.body {
-            RecordBody::EventCreated { genesis, meta, idem } => {
+            RecordBody::EventCreated {
+                genesis,
+                meta,
+                idem,
+            } => {
                 b.put_cf(self.cf(EVENTS), genesis.id.as_bytes(), enc(genesis));
                 self.meta(b, &genesis.id, meta);
                 key(b, idem);
             }
-            RecordBody::MetaChanged { event, changes, idem } => {
+            RecordBody::MetaChanged {
+                event,
+                changes,
+                idem,
+            } => {
                 self.meta(b, event, changes);
                 key(b, idem);
             }
@@ -144,7 +167,12 @@ impl Store {
                     b.delete_cf(self.cf(HOLDS), n.to_be_bytes());
                 }
             }
-            RecordBody::OrderPlaced { order, hold, row, idem } => {
+            RecordBody::OrderPlaced {
+                order,
+                hold,
+                row,
+                idem,
+            } => {
                 b.put_cf(self.cf(ORDERS), order.n.to_be_bytes(), enc(order));
                 if let Some(h) = hold {
                     b.delete_cf(self.cf(HOLDS), h.to_be_bytes());
@@ -162,8 +190,13 @@ impl Store {
                 key(b, idem);
             }
             RecordBody::PeerRow { event, row } => self.row(b, event, row),
-            RecordBody::RowRestored { .. } | RecordBody::OrderRestored { .. } | RecordBody::KeyRestored { .. } | RecordBody::CountersRestored { .. } => {
-                unreachable!("restore records are made by the store, never emitted by a running core")
+            RecordBody::RowRestored { .. }
+            | RecordBody::OrderRestored { .. }
+            | RecordBody::KeyRestored { .. }
+            | RecordBody::CountersRestored { .. } => {
+                unreachable!(
+                    "restore records are made by the store, never emitted by a running core"
+                )
             }
         }
     }
@@ -212,8 +245,16 @@ impl Store {
                 }
                 meta.push(v.to_vec());
             }
-            events.push((genesis.id.clone(), genesis.regions.len() as u16, genesis.hash()));
-            bodies.push(RecordBody::EventCreated { genesis, meta, idem: None });
+            events.push((
+                genesis.id.clone(),
+                genesis.regions.len() as u16,
+                genesis.hash(),
+            ));
+            bodies.push(RecordBody::EventCreated {
+                genesis,
+                meta,
+                idem: None,
+            });
         }
         for (event, regions, hash) in &events {
             for writer in 0..*regions {
@@ -226,14 +267,28 @@ impl Store {
                         break;
                     }
                     match k.get(prefix.len()) {
-                        Some(0) => entries.push(postcard::from_bytes::<(u64, Entry)>(&v).context("decoding a row entry")?),
-                        Some(1) => seq = u64::from_be_bytes(v.as_ref().try_into().context("row seq")?),
+                        Some(0) => entries.push(
+                            postcard::from_bytes::<(u64, Entry)>(&v)
+                                .context("decoding a row entry")?,
+                        ),
+                        Some(1) => {
+                            seq = u64::from_be_bytes(v.as_ref().try_into().context("row seq")?)
+                        }
                         _ => anyhow::bail!("unknown row key in event {event}"),
                     }
                 }
                 if seq > 0 {
-                    let row = RowDelta { genesis: *hash, writer, since: 0, seq, entries };
-                    bodies.push(RecordBody::RowRestored { event: event.clone(), row });
+                    let row = RowDelta {
+                        genesis: *hash,
+                        writer,
+                        since: 0,
+                        seq,
+                        entries,
+                    };
+                    bodies.push(RecordBody::RowRestored {
+                        event: event.clone(),
+                        row,
+                    });
                 }
             }
         }
@@ -251,20 +306,47 @@ impl Store {
         let mut keys = Vec::new();
         for item in self.db.iterator_cf(self.cf(KEYS), IteratorMode::Start) {
             let (k, v) = item?;
-            let at = u64::from_be_bytes(v.get(..8).context("key timestamp")?.try_into().expect("8 bytes"));
+            let at = u64::from_be_bytes(
+                v.get(..8)
+                    .context("key timestamp")?
+                    .try_into()
+                    .expect("8 bytes"),
+            );
             if at.saturating_add(KEY_TTL_MS) < now {
                 continue;
             }
-            let (body_hash, outcome): ([u8; 32], Outcome) = postcard::from_bytes(&v[8..]).context("decoding a key")?;
-            let key = IdempotencyKey { key: String::from_utf8(k.to_vec()).context("key text")?, body_hash };
+            let (body_hash, outcome): ([u8; 32], Outcome) =
+                postcard::from_bytes(&v[8..]).context("decoding a key")?;
+            let key = IdempotencyKey {
+                key: String::from_utf8(k.to_vec()).context("key text")?,
+                body_hash,
+            };
             keys.push((at, RecordBody::KeyRestored { key, outcome }));
         }
-        bodies.push(RecordBody::CountersRestored { next_hold: self.node_u64(b"next_hold")?.max(1) });
+        bodies.push(RecordBody::CountersRestored {
+            next_hold: self.node_u64(b"next_hold")?.max(1),
+        });
         let clock = self.node_u64(b"clock")?;
         // Keys keep their own time, so they expire 24 h after they were made, not after restart.
         keys.sort_by_key(|(at, _)| *at);
-        let timed = bodies.into_iter().map(|b| (clock, b)).chain(keys).collect::<Vec<_>>();
-        let records = timed.into_iter().enumerate().map(|(i, (at, body))| Record { index: i as u64 + 1, at, body }).collect();
-        Ok(Loaded { records, incarnation, clock })
+        let timed = bodies
+            .into_iter()
+            .map(|b| (clock, b))
+            .chain(keys)
+            .collect::<Vec<_>>();
+        let records = timed
+            .into_iter()
+            .enumerate()
+            .map(|(i, (at, body))| Record {
+                index: i as u64 + 1,
+                at,
+                body,
+            })
+            .collect();
+        Ok(Loaded {
+            records,
+            incarnation,
+            clock,
+        })
     }
 }

@@ -7,7 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -23,8 +26,13 @@ pub fn generate(regions: &[String], out: &Path) -> anyhow::Result<()> {
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.distinguished_name.push(DnType::CommonName, "allot cluster CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.distinguished_name
+        .push(DnType::CommonName, "allot cluster CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_cert = ca.self_signed(&ca_key)?;
     write(out, "ca.pem", &ca_cert.pem())?;
     write_secret(out, "ca.key", &ca_key.serialize_pem())?;
@@ -33,7 +41,10 @@ pub fn generate(regions: &[String], out: &Path) -> anyhow::Result<()> {
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::new(vec![r.clone()])?;
         p.distinguished_name.push(DnType::CommonName, r.as_str());
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let cert = p.signed_by(&key, &issuer)?;
         write(out, &format!("{r}.pem"), &cert.pem())?;
@@ -43,14 +54,21 @@ pub fn generate(regions: &[String], out: &Path) -> anyhow::Result<()> {
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
-    std::fs::write(dir.join(name), text).with_context(|| format!("writing {}", dir.join(name).display()))
+    std::fs::write(dir.join(name), text)
+        .with_context(|| format!("writing {}", dir.join(name).display()))
 }
 
 fn write_secret(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(name);
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).with_context(|| format!("writing {}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
     f.write_all(text.as_bytes())?;
     Ok(())
 }
@@ -64,11 +82,13 @@ pub struct Identity {
 
 impl Identity {
     pub fn load(dir: &Path, region: &str) -> anyhow::Result<Identity> {
-        let ca = CertificateDer::from_pem_file(dir.join("ca.pem")).with_context(|| format!("reading {}/ca.pem (run `allot certs`)", dir.display()))?;
+        let ca = CertificateDer::from_pem_file(dir.join("ca.pem"))
+            .with_context(|| format!("reading {}/ca.pem (run `allot certs`)", dir.display()))?;
         let chain = CertificateDer::pem_file_iter(dir.join(format!("{region}.pem")))
             .with_context(|| format!("reading {}/{region}.pem", dir.display()))?
             .collect::<Result<Vec<_>, _>>()?;
-        let key = PrivateKeyDer::from_pem_file(dir.join(format!("{region}.key"))).with_context(|| format!("reading {}/{region}.key", dir.display()))?;
+        let key = PrivateKeyDer::from_pem_file(dir.join(format!("{region}.key")))
+            .with_context(|| format!("reading {}/{region}.key", dir.display()))?;
         if chain.is_empty() {
             bail!("{}/{region}.pem holds no certificate", dir.display());
         }
@@ -82,7 +102,9 @@ impl Identity {
     }
 
     pub fn server_config(&self) -> anyhow::Result<quinn::ServerConfig> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider()).build()?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
+                .build()?;
         let mut tls = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
@@ -110,6 +132,9 @@ pub fn peer_region(conn: &quinn::Connection, regions: &[String]) -> Option<Strin
     let leaf = webpki::EndEntityCert::try_from(certs.first()?).ok()?;
     regions
         .iter()
-        .find(|r| ServerName::try_from(r.as_str()).is_ok_and(|name| leaf.verify_is_valid_for_subject_name(&name).is_ok()))
+        .find(|r| {
+            ServerName::try_from(r.as_str())
+                .is_ok_and(|name| leaf.verify_is_valid_for_subject_name(&name).is_ok())
+        })
         .cloned()
 }

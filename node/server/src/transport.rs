@@ -73,19 +73,50 @@ impl Transport {
         let mut endpoint = quinn::Endpoint::server(identity.server_config()?, bind)?;
         endpoint.set_default_client_config(identity.client_config()?);
         let status: Arc<Mutex<BTreeMap<String, PeerStatus>>> = Arc::new(Mutex::new(
-            peers.iter().map(|p| (p.name.clone(), PeerStatus { outgoing: "connecting", ..Default::default() })).collect(),
+            peers
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        PeerStatus {
+                            outgoing: "connecting",
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect(),
         ));
         let names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
         let deliver = Arc::new(deliver);
         let reconnected = Arc::new(reconnected);
-        tokio::spawn(accept_loop(endpoint.clone(), me.to_owned(), names, status.clone(), faults.clone(), deliver));
+        tokio::spawn(accept_loop(
+            endpoint.clone(),
+            me.to_owned(),
+            names,
+            status.clone(),
+            faults.clone(),
+            deliver,
+        ));
         let mut outboxes = BTreeMap::new();
         for p in peers {
             let (tx, rx) = watch::channel(None);
             outboxes.insert(p.name.clone(), tx);
-            tokio::spawn(dial_loop(endpoint.clone(), p, rx, status.clone(), faults.clone(), reconnect_max, reconnected.clone()));
+            tokio::spawn(dial_loop(
+                endpoint.clone(),
+                p,
+                rx,
+                status.clone(),
+                faults.clone(),
+                reconnect_max,
+                reconnected.clone(),
+            ));
         }
-        Ok(Transport { outboxes, status, faults, endpoint })
+        Ok(Transport {
+            outboxes,
+            status,
+            faults,
+            endpoint,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -104,7 +135,11 @@ impl Transport {
     }
 }
 
-fn update(status: &Mutex<BTreeMap<String, PeerStatus>>, peer: &str, f: impl FnOnce(&mut PeerStatus)) {
+fn update(
+    status: &Mutex<BTreeMap<String, PeerStatus>>,
+    peer: &str,
+    f: impl FnOnce(&mut PeerStatus),
+) {
     if let Some(s) = status.lock().expect("status").get_mut(peer) {
         f(s);
     }
@@ -166,7 +201,9 @@ async fn dial_loop(
                 conn.close(1u32.into(), b"partitioned by a test");
                 break;
             }
-            let Some(frame) = rx.borrow_and_update().clone() else { continue };
+            let Some(frame) = rx.borrow_and_update().clone() else {
+                continue;
+            };
             let bytes = match wire::encode(&frame) {
                 Ok(b) => b,
                 Err(e) => {
@@ -206,7 +243,13 @@ async fn accept_loop(
     deliver: Arc<dyn Fn(String, GossipFrame) + Send + Sync>,
 ) {
     while let Some(incoming) = endpoint.accept().await {
-        let (regions, status, faults, deliver, me) = (regions.clone(), status.clone(), faults.clone(), deliver.clone(), me.clone());
+        let (regions, status, faults, deliver, me) = (
+            regions.clone(),
+            status.clone(),
+            faults.clone(),
+            deliver.clone(),
+            me.clone(),
+        );
         tokio::spawn(async move {
             let conn = match incoming.await {
                 Ok(c) => c,

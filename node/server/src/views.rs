@@ -18,7 +18,11 @@ pub fn order(core: &Core, o: &Order) -> Value {
     let region = &core.config().region;
     let e = core.event(&o.event);
     let pool = e.map(|e| e.genesis().pool(o.pool));
-    let seats: Vec<&str> = o.seats.iter().filter_map(|&s| pool.and_then(|p| p.seat_id(s))).collect();
+    let seats: Vec<&str> = o
+        .seats
+        .iter()
+        .filter_map(|&s| pool.and_then(|p| p.seat_id(s)))
+        .collect();
     json!({
         "order_id": format_id(IdKind::Order, region, o.n),
         "event": &*o.event,
@@ -40,7 +44,11 @@ pub fn hold(core: &Core, h: &Hold) -> Value {
     let region = &core.config().region;
     let e = core.event(&h.event);
     let pool = e.map(|e| e.genesis().pool(h.pool));
-    let seats: Vec<&str> = h.seats.iter().filter_map(|&s| pool.and_then(|p| p.seat_id(s))).collect();
+    let seats: Vec<&str> = h
+        .seats
+        .iter()
+        .filter_map(|&s| pool.and_then(|p| p.seat_id(s)))
+        .collect();
     json!({
         "hold_id": format_id(IdKind::Hold, region, h.n),
         "event": &*h.event,
@@ -72,14 +80,20 @@ fn staleness(e: &EventState, now: Millis) -> Value {
     let mut ages = serde_json::Map::new();
     for (r, name) in g.regions.iter().enumerate() {
         versions.insert(name.clone(), json!(vv.get(r)));
-        let age = if r == e.me as usize { Some(0) } else { e.peers[r].heard_at.map(|t| now.saturating_sub(t)) };
+        let age = if r == e.me as usize {
+            Some(0)
+        } else {
+            e.peers[r].heard_at.map(|t| now.saturating_sub(t))
+        };
         ages.insert(name.clone(), json!(age));
     }
     json!({ "version_vector": versions, "age_ms": ages })
 }
 
 pub fn availability(core: &Core, e: &EventState) -> Value {
-    let pools: Vec<Value> = (0..e.genesis().pools.len() as PoolIdx).map(|p| pool_availability(e, p)).collect();
+    let pools: Vec<Value> = (0..e.genesis().pools.len() as PoolIdx)
+        .map(|p| pool_availability(e, p))
+        .collect();
     json!({ "event": &*e.id, "region": core.config().region, "pools": pools, "staleness": staleness(e, core.now()) })
 }
 
@@ -103,7 +117,14 @@ pub fn event_detail(core: &Core, e: &EventState) -> Value {
             let o = v.as_object_mut().expect("an object");
             o.insert("id".into(), json!(pool.id));
             o.remove("pool");
-            o.insert("kind".into(), json!(if pool.is_assigned() { "assigned" } else { "general" }));
+            o.insert(
+                "kind".into(),
+                json!(if pool.is_assigned() {
+                    "assigned"
+                } else {
+                    "general"
+                }),
+            );
             o.insert("capacity".into(), json!(pool.capacity()));
             o.insert("price_cents".into(), json!(e.prices[p]));
             v
@@ -120,7 +141,9 @@ pub fn event_detail(core: &Core, e: &EventState) -> Value {
 pub fn seat_map(e: &EventState, p: PoolIdx) -> Value {
     let g = e.genesis();
     let pool = g.pool(p);
-    let PoolKind::Assigned { seats } = &pool.kind else { return json!(null) };
+    let PoolKind::Assigned { seats } = &pool.kind else {
+        return json!(null);
+    };
     let owners = e.ledger.seat_owners(p);
     let list: Vec<Value> = seats
         .iter()
@@ -160,7 +183,12 @@ pub fn ledger(core: &Core, e: &EventState) -> Value {
                         let view = &e.peers[r as usize];
                         let held = view.held.get(p).copied().unwrap_or(0);
                         let rate = view.sale_rate_per_min.get(p).copied().unwrap_or(0);
-                        (held, l.available(pi, r) - held as i64, view.heard_at.map(|t| now.saturating_sub(t)), rate)
+                        (
+                            held,
+                            l.available(pi, r) - held as i64,
+                            view.heard_at.map(|t| now.saturating_sub(t)),
+                            rate,
+                        )
                     };
                     json!({
                         "region": g.regions[r as usize],
@@ -180,6 +208,11 @@ pub fn ledger(core: &Core, e: &EventState) -> Value {
         })
         .collect();
     let vv = e.ledger.version_vector();
-    let versions: serde_json::Map<String, Value> = g.regions.iter().enumerate().map(|(r, n)| (n.clone(), json!(vv.get(r)))).collect();
+    let versions: serde_json::Map<String, Value> = g
+        .regions
+        .iter()
+        .enumerate()
+        .map(|(r, n)| (n.clone(), json!(vv.get(r))))
+        .collect();
     json!({ "event": &*e.id, "region": core.config().region, "pools": pools, "version_vector": versions })
 }

@@ -57,7 +57,10 @@ pub fn decode(bytes: &[u8]) -> Result<GossipFrame, WireError> {
     let declared = u32::from_be_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
     let body = &bytes[HEADER..];
     if declared != body.len() {
-        return Err(WireError::Length { declared, actual: body.len() });
+        return Err(WireError::Length {
+            declared,
+            actual: body.len(),
+        });
     }
     postcard::from_bytes(body).map_err(|e| WireError::Decode(e.to_string()))
 }
@@ -78,7 +81,15 @@ mod tests {
                 genesis_hash: GenesisHash([7; 32]),
                 genesis: None,
                 vv,
-                rows: vec![RowDelta { genesis: GenesisHash([7; 32]), writer: 0, since: 40, seq: 42, entries: [(42, Entry::Consumed { pool: 0, value: 99 })].into_iter().collect() }],
+                rows: vec![RowDelta {
+                    genesis: GenesisHash([7; 32]),
+                    writer: 0,
+                    since: 40,
+                    seq: 42,
+                    entries: [(42, Entry::Consumed { pool: 0, value: 99 })]
+                        .into_iter()
+                        .collect(),
+                }],
                 meta_heads: vec![[1; 32]],
                 meta_changes: vec![],
                 held: vec![3, 0],
@@ -101,8 +112,14 @@ mod tests {
         let mut v2 = good.clone();
         v2[3] = 2;
         assert_eq!(decode(&v2), Err(WireError::Version(2)));
-        assert!(matches!(decode(&good[..good.len() - 1]), Err(WireError::Length { .. })));
-        assert!(matches!(decode(&vec![0; MAX_FRAME + 1]), Err(WireError::TooLarge(_))));
+        assert!(matches!(
+            decode(&good[..good.len() - 1]),
+            Err(WireError::Length { .. })
+        ));
+        assert!(matches!(
+            decode(&vec![0; MAX_FRAME + 1]),
+            Err(WireError::TooLarge(_))
+        ));
     }
 
     /// The seeds of the fuzz corpus (node/server/fuzz/corpus/decode) stay decodable or
@@ -115,13 +132,20 @@ mod tests {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("valid-frame"), &good).unwrap();
             std::fs::write(dir.join("truncated"), &good[..good.len() / 2]).unwrap();
-            std::fs::write(dir.join("empty-frame"), encode(&GossipFrame::default()).unwrap()).unwrap();
+            std::fs::write(
+                dir.join("empty-frame"),
+                encode(&GossipFrame::default()).unwrap(),
+            )
+            .unwrap();
         }
         for entry in std::fs::read_dir(&dir).unwrap() {
             let bytes = std::fs::read(entry.unwrap().path()).unwrap();
             let _ = decode(&bytes);
         }
-        assert_eq!(decode(&std::fs::read(dir.join("valid-frame")).unwrap()).unwrap(), sample());
+        assert_eq!(
+            decode(&std::fs::read(dir.join("valid-frame")).unwrap()).unwrap(),
+            sample()
+        );
     }
 
     proptest! {

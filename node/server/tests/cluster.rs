@@ -16,7 +16,10 @@ use tokio::sync::oneshot;
 const NAMES: [&str; 3] = ["eu-west", "us-east", "ap-south"];
 
 fn free_udp() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 struct Cluster {
@@ -39,13 +42,33 @@ impl Cluster {
         }
         let http: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
         let quic: Vec<SocketAddr> = (0..3).map(|_| free_udp()).collect();
-        let mut c = Cluster { bases: Vec::new(), faults: Vec::new(), stops: Vec::new(), tasks: Vec::new(), client: Client::new(), _dir: dir };
+        let mut c = Cluster {
+            bases: Vec::new(),
+            faults: Vec::new(),
+            stops: Vec::new(),
+            tasks: Vec::new(),
+            client: Client::new(),
+            _dir: dir,
+        };
         for (i, listener) in listeners.into_iter().enumerate() {
             let faults: Arc<NetFaults> = Arc::default();
-            let mut opts = NodeOptions::local(NAMES[i], &regions, http[i], c._dir.path().join(NAMES[i]), Some(TOKEN.into()));
+            let mut opts = NodeOptions::local(
+                NAMES[i],
+                &regions,
+                http[i],
+                c._dir.path().join(NAMES[i]),
+                Some(TOKEN.into()),
+            );
             opts.tick = Duration::from_millis(20);
             opts.quic = quic[i];
-            opts.peers = (0..3).filter(|&j| j != i).map(|j| Peer { name: NAMES[j].into(), http: http[j], quic: quic[j] }).collect();
+            opts.peers = (0..3)
+                .filter(|&j| j != i)
+                .map(|j| Peer {
+                    name: NAMES[j].into(),
+                    http: http[j],
+                    quic: quic[j],
+                })
+                .collect();
             opts.tls_dir = Some(c._dir.path().join("certs"));
             opts.reconnect_max = Duration::from_millis(100);
             opts.net_faults = faults.clone();
@@ -59,7 +82,12 @@ impl Cluster {
         }
         for b in &c.bases {
             for _ in 0..200 {
-                if c.client.get(format!("{b}/readyz")).send().await.is_ok_and(|r| r.status() == StatusCode::OK) {
+                if c.client
+                    .get(format!("{b}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == StatusCode::OK)
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -69,18 +97,39 @@ impl Cluster {
     }
 
     async fn get(&self, i: usize, path: &str) -> (StatusCode, Value) {
-        read(self.client.get(format!("{}{path}", self.bases[i])).bearer_auth(TOKEN).send().await.unwrap()).await
+        read(
+            self.client
+                .get(format!("{}{path}", self.bases[i]))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     async fn post(&self, i: usize, path: &str, body: Value) -> (StatusCode, Value) {
-        read(self.client.post(format!("{}{path}", self.bases[i])).bearer_auth(TOKEN).json(&body).send().await.unwrap()).await
+        read(
+            self.client
+                .post(format!("{}{path}", self.bases[i]))
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     /// Cuts region `i` off from the others, both ways.
     fn isolate(&self, i: usize, cut: bool) {
         for (j, f) in self.faults.iter().enumerate() {
             let mut set = f.cut.lock().unwrap();
-            let names: Vec<&str> = if j == i { NAMES.iter().copied().filter(|n| *n != NAMES[i]).collect() } else { vec![NAMES[i]] };
+            let names: Vec<&str> = if j == i {
+                NAMES.iter().copied().filter(|n| *n != NAMES[i]).collect()
+            } else {
+                vec![NAMES[i]]
+            };
             for n in names {
                 if cut {
                     set.insert(n.to_owned());
@@ -95,7 +144,9 @@ impl Cluster {
     async fn replicated(&self, event: &str) -> Vec<Value> {
         let mut out = Vec::new();
         for i in 0..3 {
-            let (s, mut l) = self.get(i, &format!("/v1/admin/events/{event}/ledger")).await;
+            let (s, mut l) = self
+                .get(i, &format!("/v1/admin/events/{event}/ledger"))
+                .await;
             if s != StatusCode::OK {
                 out.push(Value::Null);
                 continue;
@@ -121,7 +172,10 @@ impl Cluster {
             if views.iter().all(|v| *v == views[0] && !v.is_null()) {
                 return views[0].clone();
             }
-            assert!(start.elapsed() < within, "no convergence within {within:?}: {views:#?}");
+            assert!(
+                start.elapsed() < within,
+                "no convergence within {within:?}: {views:#?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -137,7 +191,13 @@ impl Cluster {
 }
 
 async fn buy(c: &Cluster, i: usize, pool: &str, q: u64) -> StatusCode {
-    c.post(i, "/v1/events/rock/purchases", json!({"pool": pool, "quantity": q, "customer": "c", "payment_ref": "p"})).await.0
+    c.post(
+        i,
+        "/v1/events/rock/purchases",
+        json!({"pool": pool, "quantity": q, "customer": "c", "payment_ref": "p"}),
+    )
+    .await
+    .0
 }
 
 fn even_event() -> Value {
@@ -153,8 +213,16 @@ fn conserved(ledger: &Value, full: &[Value]) {
         let mut total = 0;
         for view in full {
             let r = &view["pools"][p]["regions"];
-            let mine = r.as_array().unwrap().iter().find(|x| x["held_age_ms"] == 0).unwrap();
-            total += mine["available"].as_i64().unwrap() + mine["held"].as_i64().unwrap() + mine["consumed"].as_i64().unwrap() - mine["returned"].as_i64().unwrap();
+            let mine = r
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["held_age_ms"] == 0)
+                .unwrap();
+            total += mine["available"].as_i64().unwrap()
+                + mine["held"].as_i64().unwrap()
+                + mine["consumed"].as_i64().unwrap()
+                - mine["returned"].as_i64().unwrap();
         }
         assert_eq!(total, cap, "conservation in pool {p}");
     }
@@ -169,7 +237,10 @@ async fn three_regions_sell_and_converge() {
     for i in 1..3 {
         let start = std::time::Instant::now();
         while c.get(i, "/v1/events/rock").await.0 != StatusCode::OK {
-            assert!(start.elapsed() < Duration::from_secs(5), "event did not reach region {i}");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "event did not reach region {i}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -179,7 +250,13 @@ async fn three_regions_sell_and_converge() {
         }
     }
     let ledger = c.converge("rock", Duration::from_secs(5)).await;
-    let consumed: Vec<u64> = (0..3).map(|r| ledger["pools"][0]["regions"][r]["consumed"].as_u64().unwrap()).collect();
+    let consumed: Vec<u64> = (0..3)
+        .map(|r| {
+            ledger["pools"][0]["regions"][r]["consumed"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
     assert_eq!(consumed, vec![10, 10, 10]);
     // The cluster view shows every peer connected and, within a few gossip rounds, reporting
     // the version vector everyone converged on.
@@ -188,18 +265,42 @@ async fn three_regions_sell_and_converge() {
         let (_, cl) = c.get(0, "/v1/admin/cluster").await;
         let peers = cl["peers"].as_array().unwrap();
         let caught_up = peers.iter().all(|p| {
-            p["state"] == "connected" && p["frames_in"].as_u64().unwrap_or(0) > 0 && p["version_vectors"]["rock"] == ledger["version_vector"] && p["lag_versions"] == 0
+            p["state"] == "connected"
+                && p["frames_in"].as_u64().unwrap_or(0) > 0
+                && p["version_vectors"]["rock"] == ledger["version_vector"]
+                && p["lag_versions"] == 0
         });
         if caught_up {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "peers never reported the converged state: {cl}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "peers never reported the converged state: {cl}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Concurrent metadata edits in two regions merge.
-    let (s, _) = read(c.client.patch(format!("{}/v1/admin/events/rock", c.bases[1])).bearer_auth(TOKEN).json(&json!({"name": "Rock II"})).send().await.unwrap()).await;
+    let (s, _) = read(
+        c.client
+            .patch(format!("{}/v1/admin/events/rock", c.bases[1]))
+            .bearer_auth(TOKEN)
+            .json(&json!({"name": "Rock II"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = read(c.client.patch(format!("{}/v1/admin/events/rock", c.bases[2])).bearer_auth(TOKEN).json(&json!({"venue": "Stadium"})).send().await.unwrap()).await;
+    let (s, _) = read(
+        c.client
+            .patch(format!("{}/v1/admin/events/rock", c.bases[2]))
+            .bearer_auth(TOKEN)
+            .json(&json!({"venue": "Stadium"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     let start = std::time::Instant::now();
     loop {
@@ -208,15 +309,32 @@ async fn three_regions_sell_and_converge() {
             let (_, e) = c.get(i, "/v1/events/rock").await;
             seen.push((e["name"].clone(), e["venue"].clone()));
         }
-        if seen.iter().all(|x| *x == (json!("Rock II"), json!("Stadium"))) {
+        if seen
+            .iter()
+            .all(|x| *x == (json!("Rock II"), json!("Stadium")))
+        {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "metadata did not merge: {seen:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "metadata did not merge: {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Another region's order is proxied to its owner.
-    let (_, o) = c.post(2, "/v1/events/rock/purchases", json!({"pool": "floor", "quantity": 1, "customer": "c", "payment_ref": "p"})).await;
-    let (s, got) = c.get(0, &format!("/v1/orders/{}", o["order_id"].as_str().unwrap())).await;
+    let (_, o) = c
+        .post(
+            2,
+            "/v1/events/rock/purchases",
+            json!({"pool": "floor", "quantity": 1, "customer": "c", "payment_ref": "p"}),
+        )
+        .await;
+    let (s, got) = c
+        .get(
+            0,
+            &format!("/v1/orders/{}", o["order_id"].as_str().unwrap()),
+        )
+        .await;
     assert_eq!((s, &got), (StatusCode::OK, &o));
     // And event creation from a non-catalog region goes to the catalog.
     let mut other = even_event();
@@ -229,7 +347,10 @@ async fn three_regions_sell_and_converge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_region_keeps_selling_and_nobody_oversells() {
     let c = Cluster::start().await;
-    assert_eq!(c.post(0, "/v1/admin/events", even_event()).await.0, StatusCode::CREATED);
+    assert_eq!(
+        c.post(0, "/v1/admin/events", even_event()).await.0,
+        StatusCode::CREATED
+    );
     c.converge("rock", Duration::from_secs(5)).await;
     c.isolate(2, true);
     // Everyone sells until sold out locally; the isolated region too.
@@ -242,7 +363,11 @@ async fn a_partitioned_region_keeps_selling_and_nobody_oversells() {
             sold[i] += 1;
         }
     }
-    assert_eq!(sold, [100, 100, 100], "each region sells exactly its allotment");
+    assert_eq!(
+        sold,
+        [100, 100, 100],
+        "each region sells exactly its allotment"
+    );
     // The cut-off region has not seen the others' sales.
     let (_, l2) = c.get(2, "/v1/admin/events/rock/ledger").await;
     assert_eq!(l2["pools"][0]["regions"][0]["consumed"], 0);
@@ -255,7 +380,13 @@ async fn a_partitioned_region_keeps_selling_and_nobody_oversells() {
         views.push(c.get(i, "/v1/admin/events/rock/ledger").await.1);
     }
     conserved(&ledger, &views);
-    let total: u64 = (0..3).map(|r| ledger["pools"][0]["regions"][r]["consumed"].as_u64().unwrap()).sum();
+    let total: u64 = (0..3)
+        .map(|r| {
+            ledger["pools"][0]["regions"][r]["consumed"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
     assert_eq!(total, 300);
     c.stop().await;
 }

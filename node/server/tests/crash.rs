@@ -13,12 +13,22 @@ use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn(config: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_allot"))
-        .args(["node", "--config", config.to_str().unwrap(), "--region", "eu-west"])
+        .args([
+            "node",
+            "--config",
+            config.to_str().unwrap(),
+            "--region",
+            "eu-west",
+        ])
         .env("ALLOT_ADMIN_TOKEN", TOKEN)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -59,7 +69,16 @@ async fn sigkill_mid_load_loses_no_acknowledged_order() {
     wait_ready(&client, &base).await;
     let mut ev = event("rock", 100_000, 300, 600);
     ev["allotments"] = json!({"floor": {"eu-west": 100_000, "us-east": 0}, "stalls": {"eu-west": 300, "us-east": 0}});
-    let (s, v) = read(client.post(format!("{base}/v1/admin/events")).bearer_auth(TOKEN).json(&ev).send().await.unwrap()).await;
+    let (s, v) = read(
+        client
+            .post(format!("{base}/v1/admin/events"))
+            .bearer_auth(TOKEN)
+            .json(&ev)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
 
     let acked: Arc<Mutex<Vec<Value>>> = Arc::default();
@@ -92,40 +111,94 @@ async fn sigkill_mid_load_loses_no_acknowledged_order() {
         t.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 20, "the load should have made progress before the kill ({} orders)", acked.len());
+    assert!(
+        acked.len() > 20,
+        "the load should have made progress before the kill ({} orders)",
+        acked.len()
+    );
 
     let mut child = spawn(&config);
     wait_ready(&client, &base).await;
     for o in &acked {
         let id = o["order_id"].as_str().unwrap();
-        let (s, got) = read(client.get(format!("{base}/v1/orders/{id}")).send().await.unwrap()).await;
+        let (s, got) = read(
+            client
+                .get(format!("{base}/v1/orders/{id}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "acknowledged order {id} lost");
         assert_eq!(&got, o);
     }
     // Every order on disk, acknowledged or not, agrees with the ledger.
-    let (_, page) = read(client.get(format!("{base}/v1/admin/orders?limit=1000")).bearer_auth(TOKEN).send().await.unwrap()).await;
+    let (_, page) = read(
+        client
+            .get(format!("{base}/v1/admin/orders?limit=1000"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let mut orders: Vec<Value> = page["orders"].as_array().unwrap().clone();
     let mut next = page["next"].clone();
     while let Some(c) = next.as_str() {
-        let (_, p) = read(client.get(format!("{base}/v1/admin/orders?limit=1000&after={c}")).bearer_auth(TOKEN).send().await.unwrap()).await;
+        let (_, p) = read(
+            client
+                .get(format!("{base}/v1/admin/orders?limit=1000&after={c}"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         orders.extend(p["orders"].as_array().unwrap().iter().cloned());
         next = p["next"].clone();
     }
     assert!(orders.len() >= acked.len());
-    eprintln!("{} orders acknowledged before SIGKILL, {} on disk after restart", acked.len(), orders.len());
-    let (_, ledger) = read(client.get(format!("{base}/v1/admin/events/rock/ledger")).bearer_auth(TOKEN).send().await.unwrap()).await;
+    eprintln!(
+        "{} orders acknowledged before SIGKILL, {} on disk after restart",
+        acked.len(),
+        orders.len()
+    );
+    let (_, ledger) = read(
+        client
+            .get(format!("{base}/v1/admin/events/rock/ledger"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let mut seats = HashSet::new();
     for (p, pool) in ["floor", "stalls"].iter().enumerate() {
-        let sold: u64 = orders.iter().filter(|o| o["pool"] == *pool && o["status"] == "confirmed").map(|o| o["quantity"].as_u64().unwrap()).sum();
+        let sold: u64 = orders
+            .iter()
+            .filter(|o| o["pool"] == *pool && o["status"] == "confirmed")
+            .map(|o| o["quantity"].as_u64().unwrap())
+            .sum();
         let eu = &ledger["pools"][p]["regions"][0];
         let capacity = ledger["pools"][p]["capacity"].as_u64().unwrap();
         assert!(sold <= capacity, "oversold {pool}");
-        assert_eq!(eu["consumed"].as_u64().unwrap() - eu["returned"].as_u64().unwrap(), sold, "{pool}: ledger and orders disagree");
-        assert_eq!(eu["available"].as_u64().unwrap(), eu["initial"].as_u64().unwrap() - sold - eu["held"].as_u64().unwrap(), "{pool}");
+        assert_eq!(
+            eu["consumed"].as_u64().unwrap() - eu["returned"].as_u64().unwrap(),
+            sold,
+            "{pool}: ledger and orders disagree"
+        );
+        assert_eq!(
+            eu["available"].as_u64().unwrap(),
+            eu["initial"].as_u64().unwrap() - sold - eu["held"].as_u64().unwrap(),
+            "{pool}"
+        );
     }
     for o in orders.iter().filter(|o| o["pool"] == "stalls") {
         for s in o["seats"].as_array().unwrap() {
-            assert!(seats.insert(s.as_str().unwrap().to_owned()), "seat {s} sold twice");
+            assert!(
+                seats.insert(s.as_str().unwrap().to_owned()),
+                "seat {s} sold twice"
+            );
         }
     }
     child.kill().unwrap();
@@ -146,7 +219,16 @@ async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
     let client = Client::new();
     let mut child = spawn(&config);
     wait_ready(&client, &base).await;
-    let (s, _) = read(client.post(format!("{base}/v1/admin/events")).bearer_auth(TOKEN).json(&event("rock", 100_000, 1, 600)).send().await.unwrap()).await;
+    let (s, _) = read(
+        client
+            .post(format!("{base}/v1/admin/events"))
+            .bearer_auth(TOKEN)
+            .json(&event("rock", 100_000, 1, 600))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED);
     let acked: Arc<Mutex<Vec<Value>>> = Arc::default();
     let mut tasks = Vec::new();
@@ -166,10 +248,18 @@ async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(term.success());
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
-    assert!(status.success(), "allot node exits 0 on SIGTERM, got {status}");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        status.success(),
+        "allot node exits 0 on SIGTERM, got {status}"
+    );
     for t in tasks {
         t.await.unwrap();
     }
@@ -177,7 +267,17 @@ async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
     let mut child = spawn(&config);
     wait_ready(&client, &base).await;
     for o in &acked {
-        let (s, got) = read(client.get(format!("{base}/v1/orders/{}", o["order_id"].as_str().unwrap())).send().await.unwrap()).await;
+        let (s, got) = read(
+            client
+                .get(format!(
+                    "{base}/v1/orders/{}",
+                    o["order_id"].as_str().unwrap()
+                ))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!((s, &got), (StatusCode::OK, o));
     }
     child.kill().unwrap();

@@ -14,7 +14,9 @@ async fn the_buyer_path_end_to_end() {
     let n = TestNode::start().await;
     n.create_event(event("rock-2027", 100, 10, 600)).await;
 
-    let (s, v) = n.get("/v1/events?q=rock&from=2027-01-01T00:00:00Z&to=2028-01-01T00:00:00Z").await;
+    let (s, v) = n
+        .get("/v1/events?q=rock&from=2027-01-01T00:00:00Z&to=2028-01-01T00:00:00Z")
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["events"].as_array().unwrap().len(), 1);
     let (_, v) = n.get("/v1/events?q=jazz").await;
@@ -28,36 +30,84 @@ async fn the_buyer_path_end_to_end() {
     assert_eq!(v["pools"][0]["price_cents"], 8900);
 
     // Hold, confirm, confirm again.
-    let (s, hold) = n.post_keyed("/v1/events/rock-2027/holds", "h1", json!({"pool": "floor", "quantity": 2, "customer": "c-1"})).await;
+    let (s, hold) = n
+        .post_keyed(
+            "/v1/events/rock-2027/holds",
+            "h1",
+            json!({"pool": "floor", "quantity": 2, "customer": "c-1"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{hold}");
     assert_eq!(hold["price_cents"], 2 * 8900);
     let hold_id = hold["hold_id"].as_str().unwrap().to_owned();
     assert!(hold_id.starts_with("h-eu-west-"));
-    let (_, again) = n.post_keyed("/v1/events/rock-2027/holds", "h1", json!({"pool": "floor", "quantity": 2, "customer": "c-1"})).await;
+    let (_, again) = n
+        .post_keyed(
+            "/v1/events/rock-2027/holds",
+            "h1",
+            json!({"pool": "floor", "quantity": 2, "customer": "c-1"}),
+        )
+        .await;
     assert_eq!(again, hold, "the same key and body return the first answer");
     let (_, av) = n.get("/v1/events/rock-2027/availability").await;
     assert_eq!(av["pools"][0]["local_available"], 98);
-    let (s, order) = n.post(&format!("/v1/holds/{hold_id}/confirm"), json!({"payment_ref": "pay-1"})).await;
+    let (s, order) = n
+        .post(
+            &format!("/v1/holds/{hold_id}/confirm"),
+            json!({"payment_ref": "pay-1"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{order}");
     assert_eq!(order["status"], "confirmed");
     assert_eq!(order["region"], "eu-west");
-    let (_, order2) = n.post(&format!("/v1/holds/{hold_id}/confirm"), json!({"payment_ref": "pay-1"})).await;
+    let (_, order2) = n
+        .post(
+            &format!("/v1/holds/{hold_id}/confirm"),
+            json!({"payment_ref": "pay-1"}),
+        )
+        .await;
     assert_eq!(order2["order_id"], order["order_id"]);
 
     // Seats: hold two, release, buy one.
-    let (s, h2) = n.post("/v1/events/rock-2027/holds", json!({"seats": ["A-1", "A-2"], "customer": "c-2"})).await;
+    let (s, h2) = n
+        .post(
+            "/v1/events/rock-2027/holds",
+            json!({"seats": ["A-1", "A-2"], "customer": "c-2"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     let (_, map) = n.get("/v1/events/rock-2027/seats?pool=stalls").await;
     assert_eq!(map["seats"][0]["state"], "held");
-    let r = n.client.delete(n.url(&format!("/v1/holds/{}", h2["hold_id"].as_str().unwrap()))).send().await.unwrap();
+    let r = n
+        .client
+        .delete(n.url(&format!("/v1/holds/{}", h2["hold_id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let (s, bought) = n.post("/v1/events/rock-2027/purchases", json!({"seats": ["A-1"], "customer": "c-2", "payment_ref": "pay-2"})).await;
+    let (s, bought) = n
+        .post(
+            "/v1/events/rock-2027/purchases",
+            json!({"seats": ["A-1"], "customer": "c-2", "payment_ref": "pay-2"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{bought}");
     assert_eq!(bought["seats"], json!(["A-1"]));
     let (_, map) = n.get("/v1/events/rock-2027/seats?pool=stalls").await;
-    assert_eq!((map["seats"][0]["state"].as_str(), map["seats"][1]["state"].as_str()), (Some("sold"), Some("available")));
+    assert_eq!(
+        (
+            map["seats"][0]["state"].as_str(),
+            map["seats"][1]["state"].as_str()
+        ),
+        (Some("sold"), Some("available"))
+    );
 
-    let (s, got) = n.get(&format!("/v1/orders/{}", bought["order_id"].as_str().unwrap())).await;
+    let (s, got) = n
+        .get(&format!(
+            "/v1/orders/{}",
+            bought["order_id"].as_str().unwrap()
+        ))
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(got, bought);
 
@@ -65,14 +115,27 @@ async fn the_buyer_path_end_to_end() {
     let (s, l) = n.admin_get("/v1/admin/events/rock-2027/ledger").await;
     assert_eq!(s, StatusCode::OK);
     let eu = &l["pools"][0]["regions"][0];
-    assert_eq!((eu["consumed"].as_u64(), eu["available"].as_u64()), (Some(2), Some(98)));
+    assert_eq!(
+        (eu["consumed"].as_u64(), eu["available"].as_u64()),
+        (Some(2), Some(98))
+    );
     let (_, page) = n.admin_get("/v1/admin/orders?limit=1").await;
     assert_eq!(page["orders"].as_array().unwrap().len(), 1);
     let next = page["next"].as_str().unwrap().to_owned();
-    let (_, page2) = n.admin_get(&format!("/v1/admin/orders?limit=1&after={next}")).await;
+    let (_, page2) = n
+        .admin_get(&format!("/v1/admin/orders?limit=1&after={next}"))
+        .await;
     assert_eq!(page2["orders"][0]["order_id"], bought["order_id"]);
     assert_eq!(page2["next"], Value::Null);
-    let (s, refunded) = n.admin_post(&format!("/v1/admin/orders/{}/refund", order["order_id"].as_str().unwrap()), json!({})).await;
+    let (s, refunded) = n
+        .admin_post(
+            &format!(
+                "/v1/admin/orders/{}/refund",
+                order["order_id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(refunded["status"], "refunded");
     let (_, av) = n.get("/v1/events/rock-2027/availability").await;
@@ -91,44 +154,160 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     n.create_event(event("rock", 10, 4, 1)).await;
     let (_, before) = n.admin_get("/v1/admin/events/rock/ledger").await;
     let cases: Vec<(&str, Value, StatusCode, &str)> = vec![
-        ("/v1/events/nope/purchases", json!({"pool": "floor", "quantity": 1, "customer": "c", "payment_ref": "p"}), StatusCode::NOT_FOUND, "unknown-event"),
-        ("/v1/events/rock/purchases", json!({"pool": "floor", "quantity": 0, "customer": "c", "payment_ref": "p"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid-input"),
-        ("/v1/events/rock/purchases", json!({"pool": "floor", "quantity": 1_000_000_000u64, "customer": "c", "payment_ref": "p"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid-input"),
-        ("/v1/events/rock/purchases", json!({"pool": "floor", "quantity": -1, "customer": "c", "payment_ref": "p"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid-input"),
-        ("/v1/events/rock/purchases", json!({"pool": "floor", "quantity": 1, "customer": "c"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid-input"),
-        ("/v1/events/rock/purchases", json!({"pool": "vip", "quantity": 1, "customer": "c", "payment_ref": "p"}), StatusCode::NOT_FOUND, "unknown-pool"),
-        ("/v1/events/rock/holds", json!({"pool": "floor", "quantity": 1, "customer": "c", "extra": 1}), StatusCode::UNPROCESSABLE_ENTITY, "invalid-input"),
-        ("/v1/events/rock/holds", json!({"seats": ["Z-9"], "customer": "c"}), StatusCode::NOT_FOUND, "unknown-seat"),
-        ("/v1/events/rock/holds", json!({"pool": "floor", "quantity": 11, "customer": "c"}), StatusCode::CONFLICT, "sold-out"),
-        ("/v1/holds/h-eu-west-999/confirm", json!({"payment_ref": "p"}), StatusCode::NOT_FOUND, "unknown-hold"),
-        ("/v1/holds/h-us-east-1/confirm", json!({"payment_ref": "p"}), StatusCode::SERVICE_UNAVAILABLE, "foreign-id"),
+        (
+            "/v1/events/nope/purchases",
+            json!({"pool": "floor", "quantity": 1, "customer": "c", "payment_ref": "p"}),
+            StatusCode::NOT_FOUND,
+            "unknown-event",
+        ),
+        (
+            "/v1/events/rock/purchases",
+            json!({"pool": "floor", "quantity": 0, "customer": "c", "payment_ref": "p"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-input",
+        ),
+        (
+            "/v1/events/rock/purchases",
+            json!({"pool": "floor", "quantity": 1_000_000_000u64, "customer": "c", "payment_ref": "p"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-input",
+        ),
+        (
+            "/v1/events/rock/purchases",
+            json!({"pool": "floor", "quantity": -1, "customer": "c", "payment_ref": "p"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-input",
+        ),
+        (
+            "/v1/events/rock/purchases",
+            json!({"pool": "floor", "quantity": 1, "customer": "c"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-input",
+        ),
+        (
+            "/v1/events/rock/purchases",
+            json!({"pool": "vip", "quantity": 1, "customer": "c", "payment_ref": "p"}),
+            StatusCode::NOT_FOUND,
+            "unknown-pool",
+        ),
+        (
+            "/v1/events/rock/holds",
+            json!({"pool": "floor", "quantity": 1, "customer": "c", "extra": 1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-input",
+        ),
+        (
+            "/v1/events/rock/holds",
+            json!({"seats": ["Z-9"], "customer": "c"}),
+            StatusCode::NOT_FOUND,
+            "unknown-seat",
+        ),
+        (
+            "/v1/events/rock/holds",
+            json!({"pool": "floor", "quantity": 11, "customer": "c"}),
+            StatusCode::CONFLICT,
+            "sold-out",
+        ),
+        (
+            "/v1/holds/h-eu-west-999/confirm",
+            json!({"payment_ref": "p"}),
+            StatusCode::NOT_FOUND,
+            "unknown-hold",
+        ),
+        (
+            "/v1/holds/h-us-east-1/confirm",
+            json!({"payment_ref": "p"}),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "foreign-id",
+        ),
     ];
     for (path, body, status, kind) in cases {
         let (s, v) = n.post(path, body.clone()).await;
         assert_eq!(s, status, "{path} {body} -> {v}");
-        assert_eq!(v["type"], format!("urn:allot:problem:{kind}"), "{path} {body}");
+        assert_eq!(
+            v["type"],
+            format!("urn:allot:problem:{kind}"),
+            "{path} {body}"
+        );
         assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()));
     }
     // Malformed JSON and an oversized body.
-    let r = n.client.post(n.url("/v1/events/rock/holds")).header("content-type", "application/json").body("{\"pool\": ").send().await.unwrap();
+    let r = n
+        .client
+        .post(n.url("/v1/events/rock/holds"))
+        .header("content-type", "application/json")
+        .body("{\"pool\": ")
+        .send()
+        .await
+        .unwrap();
     let (s, v) = read(r).await;
-    assert_eq!((s, v["type"].as_str()), (StatusCode::BAD_REQUEST, Some("urn:allot:problem:malformed-request")));
-    let r = n.client.post(n.url("/v1/events/rock/holds")).body(vec![b' '; 100_000]).send().await.unwrap();
+    assert_eq!(
+        (s, v["type"].as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            Some("urn:allot:problem:malformed-request")
+        )
+    );
+    let r = n
+        .client
+        .post(n.url("/v1/events/rock/holds"))
+        .body(vec![b' '; 100_000])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(read(r).await.0, StatusCode::PAYLOAD_TOO_LARGE);
     // Wrong or missing operator token.
-    let r = n.client.get(n.url("/v1/admin/events/rock/ledger")).send().await.unwrap();
+    let r = n
+        .client
+        .get(n.url("/v1/admin/events/rock/ledger"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(read(r).await.0, StatusCode::UNAUTHORIZED);
-    let r = n.client.get(n.url("/v1/admin/events/rock/ledger")).bearer_auth("nope").send().await.unwrap();
+    let r = n
+        .client
+        .get(n.url("/v1/admin/events/rock/ledger"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(read(r).await.0, StatusCode::UNAUTHORIZED);
-    let r = n.client.post(n.url("/v1/admin/events")).bearer_auth("test-operator-tokeX").json(&event("x", 1, 1, 1)).send().await.unwrap();
+    let r = n
+        .client
+        .post(n.url("/v1/admin/events"))
+        .bearer_auth("test-operator-tokeX")
+        .json(&event("x", 1, 1, 1))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(read(r).await.0, StatusCode::UNAUTHORIZED);
     // A reused key with another body.
-    let (s, _) = n.post_keyed("/v1/events/rock/holds", "k", json!({"pool": "floor", "quantity": 1, "customer": "c-9"})).await;
+    let (s, _) = n
+        .post_keyed(
+            "/v1/events/rock/holds",
+            "k",
+            json!({"pool": "floor", "quantity": 1, "customer": "c-9"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED);
-    let (s, v) = n.post_keyed("/v1/events/rock/holds", "k", json!({"pool": "floor", "quantity": 2, "customer": "c-9"})).await;
-    assert_eq!((s, v["type"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("urn:allot:problem:idempotency-mismatch")));
+    let (s, v) = n
+        .post_keyed(
+            "/v1/events/rock/holds",
+            "k",
+            json!({"pool": "floor", "quantity": 2, "customer": "c-9"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["type"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("urn:allot:problem:idempotency-mismatch")
+        )
+    );
     // Creating a known id; an event that does not add up.
-    let (s, _) = n.admin_post("/v1/admin/events", event("rock", 10, 4, 1)).await;
+    let (s, _) = n
+        .admin_post("/v1/admin/events", event("rock", 10, 4, 1))
+        .await;
     assert_eq!(s, StatusCode::CONFLICT);
     let mut bad = event("bad", 10, 4, 1);
     bad["allotments"]["floor"]["eu-west"] = json!(9);
@@ -140,7 +319,10 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     // Nothing changed but the one hold.
     let (_, after) = n.admin_get("/v1/admin/events/rock/ledger").await;
-    assert_eq!(before["pools"][0]["regions"][0]["consumed"], after["pools"][0]["regions"][0]["consumed"]);
+    assert_eq!(
+        before["pools"][0]["regions"][0]["consumed"],
+        after["pools"][0]["regions"][0]["consumed"]
+    );
     assert_eq!(after["pools"][0]["regions"][0]["held"], 1);
     n.stop().await;
 }
@@ -149,26 +331,62 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
 async fn holds_expire_are_capped_and_release_quota() {
     let n = TestNode::start().await;
     n.create_event(event("rock", 10, 4, 1)).await;
-    let (s, h) = n.post("/v1/events/rock/holds", json!({"pool": "floor", "quantity": 3, "customer": "c-1"})).await;
+    let (s, h) = n
+        .post(
+            "/v1/events/rock/holds",
+            json!({"pool": "floor", "quantity": 3, "customer": "c-1"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     let (_, av) = n.get("/v1/events/rock/availability").await;
     assert_eq!(av["pools"][0]["local_available"], 7);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (s, v) = n.post(&format!("/v1/holds/{}/confirm", h["hold_id"].as_str().unwrap()), json!({"payment_ref": "p"})).await;
-    assert_eq!((s, v["type"].as_str()), (StatusCode::GONE, Some("urn:allot:problem:hold-expired")));
+    let (s, v) = n
+        .post(
+            &format!("/v1/holds/{}/confirm", h["hold_id"].as_str().unwrap()),
+            json!({"payment_ref": "p"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["type"].as_str()),
+        (StatusCode::GONE, Some("urn:allot:problem:hold-expired"))
+    );
     let (_, av) = n.get("/v1/events/rock/availability").await;
     assert_eq!(av["pools"][0]["local_available"], 10);
     // The sweep frees holds nobody touches.
-    n.post("/v1/events/rock/holds", json!({"pool": "floor", "quantity": 4, "customer": "c-2"})).await;
+    n.post(
+        "/v1/events/rock/holds",
+        json!({"pool": "floor", "quantity": 4, "customer": "c-2"}),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let (_, av) = n.get("/v1/events/rock/availability").await;
     assert_eq!(av["pools"][0]["local_available"], 10);
     // Five live holds per customer.
     for _ in 0..5 {
-        assert_eq!(n.post("/v1/events/rock/holds", json!({"pool": "floor", "quantity": 1, "customer": "c-3"})).await.0, StatusCode::CREATED);
+        assert_eq!(
+            n.post(
+                "/v1/events/rock/holds",
+                json!({"pool": "floor", "quantity": 1, "customer": "c-3"})
+            )
+            .await
+            .0,
+            StatusCode::CREATED
+        );
     }
-    let (s, v) = n.post("/v1/events/rock/holds", json!({"pool": "floor", "quantity": 1, "customer": "c-3"})).await;
-    assert_eq!((s, v["type"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("urn:allot:problem:hold-limit")));
+    let (s, v) = n
+        .post(
+            "/v1/events/rock/holds",
+            json!({"pool": "floor", "quantity": 1, "customer": "c-3"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["type"].as_str()),
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("urn:allot:problem:hold-limit")
+        )
+    );
     n.stop().await;
 }
 
@@ -191,7 +409,10 @@ async fn two_hundred_buyers_for_fifty_seats() {
         match s {
             StatusCode::CREATED => {
                 ok += 1;
-                assert!(seats.insert(v["seats"][0].as_str().unwrap().to_owned()), "seat sold twice: {v}");
+                assert!(
+                    seats.insert(v["seats"][0].as_str().unwrap().to_owned()),
+                    "seat sold twice: {v}"
+                );
             }
             StatusCode::CONFLICT => {
                 assert_eq!(v["type"], "urn:allot:problem:sold-out");
@@ -214,7 +435,15 @@ async fn thirty_buyers_for_one_seat() {
     for i in 0..30 {
         let (client, url) = (n.client.clone(), n.url("/v1/events/rock/holds"));
         tasks.push(tokio::spawn(async move {
-            read(client.post(url).json(&json!({"seats": ["A-3"], "customer": format!("c-{i}")})).send().await.unwrap()).await
+            read(
+                client
+                    .post(url)
+                    .json(&json!({"seats": ["A-3"], "customer": format!("c-{i}")}))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
         }));
     }
     let mut statuses = Vec::new();
@@ -225,8 +454,20 @@ async fn thirty_buyers_for_one_seat() {
         }
         statuses.push(s);
     }
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 1);
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count(), 29);
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        1
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CONFLICT)
+            .count(),
+        29
+    );
     n.stop().await;
 }
 
@@ -234,18 +475,42 @@ async fn thirty_buyers_for_one_seat() {
 async fn state_survives_a_clean_restart() {
     let n = TestNode::start().await;
     n.create_event(event("rock", 10, 4, 600)).await;
-    let (_, o) = n.post("/v1/events/rock/purchases", json!({"pool": "floor", "quantity": 2, "customer": "c", "payment_ref": "p"})).await;
-    let (_, h) = n.post_keyed("/v1/events/rock/holds", "key-1", json!({"seats": ["A-2"], "customer": "c"})).await;
+    let (_, o) = n
+        .post(
+            "/v1/events/rock/purchases",
+            json!({"pool": "floor", "quantity": 2, "customer": "c", "payment_ref": "p"}),
+        )
+        .await;
+    let (_, h) = n
+        .post_keyed(
+            "/v1/events/rock/holds",
+            "key-1",
+            json!({"seats": ["A-2"], "customer": "c"}),
+        )
+        .await;
     let dir = n.stop().await;
     let n = TestNode::start_with(|o| o.data_dir = dir.path().join("data")).await;
-    let (s, got) = n.get(&format!("/v1/orders/{}", o["order_id"].as_str().unwrap())).await;
+    let (s, got) = n
+        .get(&format!("/v1/orders/{}", o["order_id"].as_str().unwrap()))
+        .await;
     assert_eq!((s, &got), (StatusCode::OK, &o));
-    let (_, again) = n.post_keyed("/v1/events/rock/holds", "key-1", json!({"seats": ["A-2"], "customer": "c"})).await;
+    let (_, again) = n
+        .post_keyed(
+            "/v1/events/rock/holds",
+            "key-1",
+            json!({"seats": ["A-2"], "customer": "c"}),
+        )
+        .await;
     assert_eq!(again, h, "idempotency keys survive a restart");
     let (_, av) = n.get("/v1/events/rock/availability").await;
     assert_eq!(av["pools"][0]["local_available"], 8);
     // Hold numbers are never reused.
-    let (_, h2) = n.post("/v1/events/rock/holds", json!({"seats": ["A-3"], "customer": "c"})).await;
+    let (_, h2) = n
+        .post(
+            "/v1/events/rock/holds",
+            json!({"seats": ["A-3"], "customer": "c"}),
+        )
+        .await;
     assert_ne!(h2["hold_id"], h["hold_id"]);
     n.stop().await;
 }
@@ -258,8 +523,18 @@ async fn concurrent_duplicates_wait_for_the_first_answer() {
     for _ in 0..10 {
         let (client, url) = (n.client.clone(), n.url("/v1/events/rock/purchases"));
         tasks.push(tokio::spawn(async move {
-            let body = json!({"pool": "floor", "quantity": 2, "customer": "c-1", "payment_ref": "p"});
-            read(client.post(url).header("Idempotency-Key", "same").json(&body).send().await.unwrap()).await
+            let body =
+                json!({"pool": "floor", "quantity": 2, "customer": "c-1", "payment_ref": "p"});
+            read(
+                client
+                    .post(url)
+                    .header("Idempotency-Key", "same")
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
         }));
     }
     let mut ids = HashSet::new();
@@ -278,7 +553,12 @@ async fn concurrent_duplicates_wait_for_the_first_answer() {
 async fn availability_streams_as_server_sent_events() {
     let n = TestNode::start().await;
     n.create_event(event("rock", 10, 4, 600)).await;
-    let mut stream = n.client.get(n.url("/v1/events/rock/availability/stream")).send().await.unwrap();
+    let mut stream = n
+        .client
+        .get(n.url("/v1/events/rock/availability/stream"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(stream.headers()["content-type"], "text/event-stream");
     let mut seen = String::new();
     let mut next_event = async || -> Value {
@@ -291,12 +571,21 @@ async fn availability_streams_as_server_sent_events() {
                 }
                 continue;
             }
-            let chunk = tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await.expect("an event in time").unwrap().unwrap();
+            let chunk = tokio::time::timeout(Duration::from_secs(5), stream.chunk())
+                .await
+                .expect("an event in time")
+                .unwrap()
+                .unwrap();
             seen.push_str(std::str::from_utf8(&chunk).unwrap());
         }
     };
     assert_eq!(next_event().await["pools"][0]["local_available"], 10);
-    let (s, _) = n.post("/v1/events/rock/purchases", json!({"pool": "floor", "quantity": 3, "customer": "c", "payment_ref": "p"})).await;
+    let (s, _) = n
+        .post(
+            "/v1/events/rock/purchases",
+            json!({"pool": "floor", "quantity": 3, "customer": "c", "payment_ref": "p"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     assert_eq!(next_event().await["pools"][0]["local_available"], 7);
     drop(stream);
@@ -308,11 +597,28 @@ async fn a_failed_sync_makes_the_node_unready_and_acknowledge_nothing() {
     // The first synced write (the event) succeeds; every later one fails.
     let n = TestNode::start_with(|o| o.faults.fail_sync_after = Some(1)).await;
     n.create_event(event("rock", 10, 4, 600)).await;
-    let (s, v) = n.post("/v1/events/rock/purchases", json!({"pool": "floor", "quantity": 1, "customer": "c", "payment_ref": "p"})).await;
-    assert_eq!((s, v["type"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("urn:allot:problem:unavailable")), "{v}");
+    let (s, v) = n
+        .post(
+            "/v1/events/rock/purchases",
+            json!({"pool": "floor", "quantity": 1, "customer": "c", "payment_ref": "p"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["type"].as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("urn:allot:problem:unavailable")
+        ),
+        "{v}"
+    );
     let (s, _) = n.get("/readyz").await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-    let (s, _) = n.post("/v1/events/rock/purchases", json!({"pool": "floor", "quantity": 1, "customer": "c", "payment_ref": "p"})).await;
+    let (s, _) = n
+        .post(
+            "/v1/events/rock/purchases",
+            json!({"pool": "floor", "quantity": 1, "customer": "c", "payment_ref": "p"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     // After a restart (with a healthy disk) the unacknowledged sale is not there.
     let dir = n.stop().await;
@@ -327,15 +633,37 @@ async fn a_failed_sync_makes_the_node_unready_and_acknowledge_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_regions_ids_answer_503_when_it_is_unreachable() {
     let n = TestNode::start_with(|o| {
-        o.peers = vec![allot::node::Peer { name: "us-east".into(), http: "127.0.0.1:1".parse().unwrap(), quic: "127.0.0.1:1".parse().unwrap() }];
+        o.peers = vec![allot::node::Peer {
+            name: "us-east".into(),
+            http: "127.0.0.1:1".parse().unwrap(),
+            quic: "127.0.0.1:1".parse().unwrap(),
+        }];
     })
     .await;
-    for (method, path) in [("GET", "/v1/orders/o-us-east-4"), ("POST", "/v1/holds/h-us-east-1/confirm")] {
-        let req = n.client.request(method.parse().unwrap(), n.url(path)).json(&json!({"payment_ref": "p"}));
+    for (method, path) in [
+        ("GET", "/v1/orders/o-us-east-4"),
+        ("POST", "/v1/holds/h-us-east-1/confirm"),
+    ] {
+        let req = n
+            .client
+            .request(method.parse().unwrap(), n.url(path))
+            .json(&json!({"payment_ref": "p"}));
         let r = req.send().await.unwrap();
-        assert_eq!(r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned()), Some("1".into()));
+        assert_eq!(
+            r.headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            Some("1".into())
+        );
         let (s, v) = read(r).await;
-        assert_eq!((s, v["type"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("urn:allot:problem:unavailable")), "{v}");
+        assert_eq!(
+            (s, v["type"].as_str()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("urn:allot:problem:unavailable")
+            ),
+            "{v}"
+        );
         assert!(v["detail"].as_str().unwrap().contains("us-east"));
     }
     n.stop().await;

@@ -11,7 +11,10 @@ use allot::transport::{PeerAddr, Transport};
 use allot_node::GossipFrame;
 
 fn free_udp() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 fn names(n: &[&str]) -> Vec<String> {
@@ -21,7 +24,20 @@ fn names(n: &[&str]) -> Vec<String> {
 /// Starts `me` with identity from `certs`, dialing `target` as region `target_name`.
 fn dialer(me: &str, certs: &std::path::Path, target_name: &str, target: SocketAddr) -> Transport {
     let id = Identity::load(certs, me).unwrap();
-    Transport::start(me, free_udp(), vec![PeerAddr { name: target_name.into(), quic: target }], &id, Duration::from_millis(50), Arc::default(), |_, _| {}, |_| {}).unwrap()
+    Transport::start(
+        me,
+        free_udp(),
+        vec![PeerAddr {
+            name: target_name.into(),
+            quic: target,
+        }],
+        &id,
+        Duration::from_millis(50),
+        Arc::default(),
+        |_, _| {},
+        |_| {},
+    )
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,7 +46,11 @@ async fn only_the_cluster_ca_and_configured_regions_get_through() {
     let ours = dir.path().join("ours");
     let theirs = dir.path().join("theirs");
     // One CA signs the three regions and "mallory", who is not in the target's config.
-    generate(&names(&["eu-west", "us-east", "ap-south", "mallory"]), &ours).unwrap();
+    generate(
+        &names(&["eu-west", "us-east", "ap-south", "mallory"]),
+        &ours,
+    )
+    .unwrap();
     // Another CA signs a certificate that names a real region.
     generate(&names(&["us-east"]), &theirs).unwrap();
 
@@ -41,7 +61,16 @@ async fn only_the_cluster_ca_and_configured_regions_get_through() {
     let target = Transport::start(
         "eu-west",
         target_addr,
-        vec![PeerAddr { name: "us-east".into(), quic: free_udp() }, PeerAddr { name: "ap-south".into(), quic: free_udp() }],
+        vec![
+            PeerAddr {
+                name: "us-east".into(),
+                quic: free_udp(),
+            },
+            PeerAddr {
+                name: "ap-south".into(),
+                quic: free_udp(),
+            },
+        ],
         &Identity::load(&ours, "eu-west").unwrap(),
         Duration::from_millis(50),
         Arc::default(),
@@ -62,7 +91,11 @@ async fn only_the_cluster_ca_and_configured_regions_get_through() {
         stranger.send("eu-west", GossipFrame::default());
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(received.load(Ordering::SeqCst), 0, "a refused peer got a frame through");
+    assert_eq!(
+        received.load(Ordering::SeqCst),
+        0,
+        "a refused peer got a frame through"
+    );
     assert!(!target.status.lock().unwrap()["us-east"].incoming_connected);
 
     // The control: the real us-east, same target, gets through.
@@ -70,7 +103,10 @@ async fn only_the_cluster_ca_and_configured_regions_get_through() {
     let start = std::time::Instant::now();
     while from_us_east.load(Ordering::SeqCst) == 0 {
         honest.send("eu-west", GossipFrame::default());
-        assert!(start.elapsed() < Duration::from_secs(5), "the honest peer never got through");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the honest peer never got through"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     for t in [&target, &impostor, &stranger, &honest] {

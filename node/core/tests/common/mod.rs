@@ -7,11 +7,17 @@ use allot_node::*;
 pub const REGIONS: [&str; 3] = ["eu-west", "us-east", "ap-south"];
 
 pub fn spec(id: &str, ga: u64, seats: usize) -> EventSpec {
-    let mut pools = vec![PoolInput { id: "floor".into(), kind: PoolKind::General { capacity: ga }, price_cents: 8900 }];
+    let mut pools = vec![PoolInput {
+        id: "floor".into(),
+        kind: PoolKind::General { capacity: ga },
+        price_cents: 8900,
+    }];
     if seats > 0 {
         pools.push(PoolInput {
             id: "stalls".into(),
-            kind: PoolKind::Assigned { seats: (1..=seats).map(|i| format!("A-{i}")).collect() },
+            kind: PoolKind::Assigned {
+                seats: (1..=seats).map(|i| format!("A-{i}")).collect(),
+            },
             price_cents: 12900,
         });
     }
@@ -33,7 +39,8 @@ pub fn spec(id: &str, ga: u64, seats: usize) -> EventSpec {
 /// A cluster with one event everywhere, settled.
 pub fn cluster_with(names: &[&str], ga: u64, seats: usize) -> LocalCluster {
     let mut c = LocalCluster::new(names);
-    c.call(0, Command::CreateEvent(spec("rock", ga, seats))).expect("create");
+    c.call(0, Command::CreateEvent(spec("rock", ga, seats)))
+        .expect("create");
     c.settle(2);
     c.converged().expect("genesis spread");
     c
@@ -42,20 +49,33 @@ pub fn cluster_with(names: &[&str], ga: u64, seats: usize) -> LocalCluster {
 pub fn buy(quantity: u64) -> Command {
     Command::Purchase {
         event: "rock".into(),
-        want: Want::Quantity { pool: "floor".into(), quantity },
+        want: Want::Quantity {
+            pool: "floor".into(),
+            quantity,
+        },
         customer: "c-1".into(),
         payment_ref: "pay".into(),
     }
 }
 
 pub fn hold_qty(customer: &str, pool: &str, quantity: u64) -> Command {
-    Command::Hold { event: "rock".into(), want: Want::Quantity { pool: pool.into(), quantity }, customer: customer.into() }
+    Command::Hold {
+        event: "rock".into(),
+        want: Want::Quantity {
+            pool: pool.into(),
+            quantity,
+        },
+        customer: customer.into(),
+    }
 }
 
 pub fn hold_seats(customer: &str, seats: &[&str]) -> Command {
     Command::Hold {
         event: "rock".into(),
-        want: Want::Seats { pool: None, seats: seats.iter().map(|s| s.to_string()).collect() },
+        want: Want::Seats {
+            pool: None,
+            seats: seats.iter().map(|s| s.to_string()).collect(),
+        },
         customer: customer.into(),
     }
 }

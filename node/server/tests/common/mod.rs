@@ -18,7 +18,9 @@ pub struct TestNode {
 }
 
 pub fn regions() -> Vec<String> {
-    ["eu-west", "us-east", "ap-south"].map(String::from).to_vec()
+    ["eu-west", "us-east", "ap-south"]
+        .map(String::from)
+        .to_vec()
 }
 
 impl TestNode {
@@ -28,16 +30,30 @@ impl TestNode {
 
     pub async fn start_with(tune: impl FnOnce(&mut NodeOptions)) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free loopback port");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free loopback port");
         let addr = listener.local_addr().unwrap();
-        let mut opts = NodeOptions::local("eu-west", &regions(), addr, dir.path().join("data"), Some(TOKEN.into()));
+        let mut opts = NodeOptions::local(
+            "eu-west",
+            &regions(),
+            addr,
+            dir.path().join("data"),
+            Some(TOKEN.into()),
+        );
         opts.tick = Duration::from_millis(20);
         tune(&mut opts);
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(opts, listener, async move {
             let _ = rx.await;
         }));
-        let node = TestNode { base: format!("http://{addr}"), client: Client::new(), stop: Some(stop), task: Some(task), dir };
+        let node = TestNode {
+            base: format!("http://{addr}"),
+            client: Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+            dir,
+        };
         node.wait_ready().await;
         node
     }
@@ -69,19 +85,53 @@ impl TestNode {
     }
 
     pub async fn admin_get(&self, path: &str) -> (StatusCode, Value) {
-        read(self.client.get(self.url(path)).bearer_auth(TOKEN).send().await.unwrap()).await
+        read(
+            self.client
+                .get(self.url(path))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        read(self.client.post(self.url(path)).json(&body).send().await.unwrap()).await
+        read(
+            self.client
+                .post(self.url(path))
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     pub async fn post_keyed(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
-        read(self.client.post(self.url(path)).header("Idempotency-Key", key).json(&body).send().await.unwrap()).await
+        read(
+            self.client
+                .post(self.url(path))
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     pub async fn admin_post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        read(self.client.post(self.url(path)).bearer_auth(TOKEN).json(&body).send().await.unwrap()).await
+        read(
+            self.client
+                .post(self.url(path))
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     pub async fn create_event(&self, body: Value) {
@@ -93,11 +143,23 @@ impl TestNode {
 pub async fn read(r: Response) -> (StatusCode, Value) {
     let status = r.status();
     if status.is_client_error() || status.is_server_error() {
-        let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        assert_eq!(ct, "application/problem+json", "errors are problem+json (status {status})");
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        assert_eq!(
+            ct, "application/problem+json",
+            "errors are problem+json (status {status})"
+        );
     }
     let text = r.text().await.unwrap();
-    let v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    let v = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
     (status, v)
 }
 
