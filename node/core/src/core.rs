@@ -19,6 +19,7 @@ use allot_crdt::{
 };
 
 use crate::api::*;
+use crate::chunked::ChunkedVec;
 use crate::event::{EventState, SeatLocal};
 use crate::gossip::{EventGossip, GossipFrame};
 use crate::ids::{GlobalId, IdKind};
@@ -96,7 +97,7 @@ pub struct Core {
     by_id: HashMap<Arc<str>, usize>,
     holds: HashMap<u64, Hold>,
     /// Orders are numbered densely from 1 in each region: order `n` is at `n − 1`.
-    orders: Vec<Order>,
+    orders: ChunkedVec<Order>,
     order_of_hold: HashMap<u64, u64>,
     live_holds: HashMap<Arc<str>, u32>,
     expiry: BinaryHeap<Reverse<(Millis, u64)>>,
@@ -145,7 +146,7 @@ impl Core {
             events: Vec::new(),
             by_id: HashMap::new(),
             holds: HashMap::new(),
-            orders: Vec::new(),
+            orders: ChunkedVec::default(),
             order_of_hold: HashMap::new(),
             live_holds: HashMap::new(),
             expiry: BinaryHeap::new(),
@@ -595,7 +596,11 @@ impl Core {
         if let Some(o) = self.order_of_hold.get(&n) {
             return Ok((
                 self.last_index,
-                Outcome::Order(self.orders[(*o - 1) as usize].clone()),
+                Outcome::Order(
+                    self.order(*o)
+                        .cloned()
+                        .expect("a confirmed hold names an existing order"),
+                ),
             ));
         }
         let Some(hold) = self.holds.get(&n) else {
@@ -1417,8 +1422,7 @@ impl Core {
     /// Orders by number, after `after`, at most `limit`.
     pub fn orders_after(&self, event: Option<&str>, after: u64, limit: usize) -> Vec<&Order> {
         self.orders
-            .iter()
-            .skip(after.min(self.orders.len() as u64) as usize)
+            .iter_from(usize::try_from(after).unwrap_or(usize::MAX))
             .filter(|o| event.is_none_or(|e| &*o.event == e))
             .take(limit)
             .collect()

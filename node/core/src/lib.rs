@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod bugs;
+mod chunked;
 pub mod cluster;
 mod core;
 pub mod event;
