@@ -1,18 +1,19 @@
-//! The drivers around the sans-IO core: one thread owns the `Core`, one thread owns the disk.
+//! The drivers around the sans-IO core: the `Core` behind a lock, one thread owns the disk,
+//! one thread keeps the clock.
 //!
-//! Group commit falls out of the split: while the writer syncs one batch, the core keeps
-//! taking requests, and everything that piled up goes down in the next synced write. Replies
-//! leave the core only once the writer reports their records durable. If a sync fails, the
-//! node turns unready and never reports anything durable again, so nothing more is
+//! Group commit falls out of the split: while the writer syncs one batch, request handlers
+//! keep feeding the core, and everything that piled up goes down in the next synced write.
+//! Replies leave the core only once the writer reports their records durable. If a sync fails,
+//! the node turns unready and never reports anything durable again, so nothing more is
 //! acknowledged: an operator restarts it, and it recovers from what is on disk.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use allot_node::{
-    Command, Config, Core, GossipFrame, IdempotencyKey, Input, Record, Reply, RequestId,
+    Command, Config, Core, GossipFrame, IdempotencyKey, Input, Ready, Record, Reply, RequestId,
 };
 use crossbeam_channel::{Receiver, Sender};
 use rocksdb::WriteBatch;
@@ -29,25 +30,9 @@ pub enum Commit {
     PerRequest,
 }
 
-type ReadFn = Box<dyn FnOnce(&Core) + Send>;
-
-/// Runs on the core's thread when the reply is released, so the answer is rendered against
+/// Runs under the engine's lock when the reply is released, so the answer is rendered against
 /// the state that produced it, with no second trip to the core.
 type DoneFn = Box<dyn FnOnce(&Core, Reply) + Send>;
-
-enum ToCore {
-    Request {
-        key: Option<IdempotencyKey>,
-        command: Command,
-        done: DoneFn,
-    },
-    Read(ReadFn),
-    Peer {
-        from: String,
-        frame: GossipFrame,
-    },
-    PeerReset(String),
-}
 
 /// Where the core's gossip frames go (the QUIC transport, once it runs).
 pub type Outbound = Arc<std::sync::OnceLock<Box<dyn Fn(String, GossipFrame) + Send + Sync>>>;
@@ -59,10 +44,79 @@ pub struct Faults {
     pub fail_sync_after: Option<u64>,
 }
 
-/// What the HTTP layer holds to talk to the core.
+/// The core and the callers waiting on it, behind one lock.
+///
+/// Whoever holds the lock feeds the core one input and then routes everything the input made
+/// ready ([`Engine::pump`]): there is no core thread to hand requests to, so a request costs no
+/// thread switch on its way in. The lock is held for microseconds (the core does no IO).
+struct Engine {
+    core: Core,
+    waiting: HashMap<RequestId, DoneFn>,
+    next_id: u64,
+    /// Records go to the writer in the order the core emitted them: they are sent under the lock.
+    to_writer: Sender<ToWriter>,
+    outbound: Outbound,
+    changes: watch::Sender<u64>,
+    healthy: Arc<AtomicBool>,
+    ready: Ready,
+}
+
+enum ToWriter {
+    Records(Vec<Record>),
+    /// Everything sent before this is written; then the writer stops.
+    Stop,
+}
+
+impl Engine {
+    fn handle(&mut self, input: Input) {
+        self.core.handle(wall_ms(), input);
+        self.pump();
+    }
+
+    /// Routes what the core made ready: records to the writer, released replies to their
+    /// callers, gossip to the transport.
+    fn pump(&mut self) {
+        let mut ready = std::mem::take(&mut self.ready);
+        self.core.ready_into(&mut ready);
+        let changed = !ready.records.is_empty();
+        if changed {
+            let records = std::mem::take(&mut ready.records);
+            if self.to_writer.send(ToWriter::Records(records)).is_err() {
+                tracing::error!("the writer has stopped; no more acknowledgements");
+            }
+        }
+        for (id, reply) in ready.replies.drain(..) {
+            if let Some(done) = self.waiting.remove(&id) {
+                done(&self.core, reply);
+            }
+        }
+        for w in ready.warnings.drain(..) {
+            tracing::warn!("{w}");
+        }
+        match self.outbound.get() {
+            Some(send) => {
+                for (peer, frame) in ready.messages.drain(..) {
+                    send(peer, frame);
+                }
+            }
+            None => ready.messages.clear(),
+        }
+        self.ready = ready;
+        if changed {
+            self.changes.send_modify(|v| *v += 1);
+        }
+        if !self.healthy.load(Ordering::SeqCst) && !self.waiting.is_empty() {
+            // Nothing will be made durable again: tell every waiting caller now (they answer
+            // 503) instead of letting them time out.
+            self.waiting.clear();
+        }
+    }
+}
+
+/// What the HTTP layer and the transport hold to talk to the core.
 #[derive(Clone)]
 pub struct CoreHandle {
-    tx: Sender<ToCore>,
+    engine: Arc<Mutex<Engine>>,
     ready: Arc<AtomicBool>,
     changes: watch::Receiver<u64>,
 }
@@ -75,13 +129,19 @@ pub fn wall_ms() -> u64 {
 }
 
 impl CoreHandle {
+    /// The engine, unless a panic inside the core poisoned it: a core that broke an invariant
+    /// half-way takes no more input, and every caller is told it is unavailable.
+    fn engine(&self) -> Option<MutexGuard<'_, Engine>> {
+        self.engine.lock().ok()
+    }
+
     /// Sends a command; resolves once its reply is released (after its records are durable).
     /// `None` if the core has stopped.
     pub async fn call(&self, key: Option<IdempotencyKey>, command: Command) -> Option<Reply> {
         self.call_render(key, command, |_, reply| reply).await
     }
 
-    /// Like [`call`](Self::call), rendering the reply on the core's thread.
+    /// Like [`call`](Self::call), rendering the reply against the core that produced it.
     pub async fn call_render<T: Send + 'static>(
         &self,
         key: Option<IdempotencyKey>,
@@ -92,30 +152,32 @@ impl CoreHandle {
         let done: DoneFn = Box::new(move |core: &Core, reply: Reply| {
             let _ = tx.send(render(core, reply));
         });
-        self.tx.send(ToCore::Request { key, command, done }).ok()?;
+        {
+            let mut engine = self.engine()?;
+            let id = RequestId(engine.next_id);
+            engine.next_id += 1;
+            engine.waiting.insert(id, done);
+            engine.handle(Input::Request { id, key, command });
+        }
         rx.await.ok()
     }
 
-    /// Runs `f` on the core's thread, between inputs.
-    pub async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Core) -> T + Send + 'static,
-    ) -> Option<T> {
-        let (tx, rx) = oneshot::channel();
-        let job: ReadFn = Box::new(move |core: &Core| {
-            let _ = tx.send(f(core));
-        });
-        self.tx.send(ToCore::Read(job)).ok()?;
-        rx.await.ok()
+    /// Runs `f` against the core. `None` if the core has stopped.
+    pub fn read<T>(&self, f: impl FnOnce(&Core) -> T) -> Option<T> {
+        self.engine().map(|e| f(&e.core))
     }
 
     /// Hands a peer's gossip frame to the core.
     pub fn deliver(&self, from: String, frame: GossipFrame) {
-        let _ = self.tx.send(ToCore::Peer { from, frame });
+        if let Some(mut e) = self.engine() {
+            e.handle(Input::Peer { from, frame });
+        }
     }
 
     pub fn peer_reset(&self, peer: String) {
-        let _ = self.tx.send(ToCore::PeerReset(peer));
+        if let Some(mut e) = self.engine() {
+            e.handle(Input::PeerReset { peer });
+        }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -130,20 +192,25 @@ impl CoreHandle {
 
 pub struct Running {
     pub handle: CoreHandle,
-    core_thread: std::thread::JoinHandle<()>,
+    stop_ticker: Sender<()>,
+    ticker_thread: std::thread::JoinHandle<()>,
     writer_thread: std::thread::JoinHandle<()>,
 }
 
 impl Running {
-    /// Stops taking input, lets in-flight writes finish, and waits for both threads.
+    /// Stops the clock, lets every write already handed to the writer land, and waits for
+    /// both threads. Call it once nothing sends requests any more.
     pub fn shutdown(self) {
-        drop(self.handle);
-        let _ = self.core_thread.join();
+        drop(self.stop_ticker);
+        let _ = self.ticker_thread.join();
+        if let Some(e) = self.handle.engine() {
+            let _ = e.to_writer.send(ToWriter::Stop);
+        }
         let _ = self.writer_thread.join();
     }
 }
 
-/// Recovers the core from the store and starts the core and writer threads.
+/// Recovers the core from the store and starts the writer and the ticker.
 pub fn start(
     mut cfg: Config,
     store: Store,
@@ -162,139 +229,80 @@ pub fn start(
         .map_err(|e| anyhow::anyhow!("recovered state breaks an invariant: {e}"))?;
     tracing::info!(incarnation, restored, clock = loaded.clock, "recovered");
 
-    let (tx, rx) = crossbeam_channel::unbounded::<ToCore>();
-    let (ptx, prx) = crossbeam_channel::unbounded::<u64>();
-    let (wtx, wrx) = crossbeam_channel::unbounded::<Vec<Record>>();
+    let (wtx, wrx) = crossbeam_channel::unbounded::<ToWriter>();
     let ready = Arc::new(AtomicBool::new(true));
     let (changes_tx, changes_rx) = watch::channel(0u64);
+    let engine = Arc::new(Mutex::new(Engine {
+        core,
+        waiting: HashMap::new(),
+        next_id: 1,
+        to_writer: wtx,
+        outbound,
+        changes: changes_tx,
+        healthy: ready.clone(),
+        ready: Ready::default(),
+    }));
     let handle = CoreHandle {
-        tx,
+        engine,
         ready: ready.clone(),
         changes: changes_rx,
     };
+    // Tick once at start: holds that expired while the node was down are released now.
+    if let Some(mut e) = handle.engine() {
+        e.handle(Input::Tick);
+    }
 
-    let writer_ready = ready.clone();
+    let writer = handle.clone();
     let writer_thread = std::thread::Builder::new()
         .name("allot-writer".into())
-        .spawn(move || write_loop(store, wrx, ptx, writer_ready, commit, faults))?;
-    let core_thread = std::thread::Builder::new()
-        .name("allot-core".into())
-        .spawn(move || core_loop(core, rx, prx, wtx, changes_tx, tick, ready, outbound))?;
+        .spawn(move || write_loop(store, wrx, writer, commit, faults))?;
+    let (stop_ticker, stopped) = crossbeam_channel::bounded::<()>(0);
+    let ticker = handle.clone();
+    let ticker_thread = std::thread::Builder::new()
+        .name("allot-ticker".into())
+        .spawn(move || {
+            // Ticks until `Running::shutdown` drops the sender.
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick)
+            {
+                match ticker.engine() {
+                    Some(mut e) => e.handle(Input::Tick),
+                    None => return,
+                }
+            }
+        })?;
     Ok(Running {
         handle,
-        core_thread,
+        stop_ticker,
+        ticker_thread,
         writer_thread,
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn core_loop(
-    mut core: Core,
-    rx: Receiver<ToCore>,
-    prx: Receiver<u64>,
-    wtx: Sender<Vec<Record>>,
-    changes: watch::Sender<u64>,
-    tick: Duration,
-    healthy: Arc<AtomicBool>,
-    outbound: Outbound,
-) {
-    let mut waiting: HashMap<RequestId, DoneFn> = HashMap::new();
-    let mut next_id = 1u64;
-    let mut last_tick = Instant::now();
-    let mut requests = rx;
-    let mut open = true;
-    // Tick once at start: holds that expired while the node was down are released now.
-    core.handle(wall_ms(), Input::Tick);
-    loop {
-        let timeout = tick.saturating_sub(last_tick.elapsed());
-        let mut handled = 0;
-        crossbeam_channel::select! {
-            recv(requests) -> m => match m {
-                Ok(m) => { step(&mut core, &mut waiting, &mut next_id, m); handled += 1; }
-                Err(_) => {
-                    // Every handle is gone: take no more input, finish what is in flight.
-                    open = false;
-                    requests = crossbeam_channel::never();
-                }
-            },
-            recv(prx) -> n => if let Ok(n) = n { core.handle(wall_ms(), Input::Persisted(n)); },
-            default(timeout) => {},
-        }
-        // Take whatever else is queued, so it shares the next synced write.
-        while handled < 4096 {
-            if let Ok(n) = prx.try_recv() {
-                core.handle(wall_ms(), Input::Persisted(n));
-            }
-            match requests.try_recv() {
-                Ok(m) => step(&mut core, &mut waiting, &mut next_id, m),
-                Err(_) => break,
-            }
-            handled += 1;
-        }
-        if open && last_tick.elapsed() >= tick {
-            core.handle(wall_ms(), Input::Tick);
-            last_tick = Instant::now();
-        }
-        let ready = core.ready();
-        let changed = !ready.records.is_empty();
-        if changed && wtx.send(ready.records).is_err() {
-            tracing::error!("the writer has stopped; no more acknowledgements");
-        }
-        for (id, reply) in ready.replies {
-            if let Some(done) = waiting.remove(&id) {
-                done(&core, reply);
-            }
-        }
-        for w in ready.warnings {
-            tracing::warn!("{w}");
-        }
-        if let Some(send) = outbound.get() {
-            for (peer, frame) in ready.messages {
-                send(peer, frame);
-            }
-        }
-        if changed {
-            changes.send_modify(|v| *v += 1);
-        }
-        if !healthy.load(Ordering::SeqCst) && !waiting.is_empty() {
-            // Nothing will be made durable again: tell every waiting caller now (they answer
-            // 503) instead of letting them time out.
-            waiting.clear();
-        }
-        if !open && (core.persisted_index() == core.last_index() || !healthy.load(Ordering::SeqCst))
-        {
-            break;
-        }
-    }
-}
-
-fn step(core: &mut Core, waiting: &mut HashMap<RequestId, DoneFn>, next_id: &mut u64, msg: ToCore) {
-    match msg {
-        ToCore::Request { key, command, done } => {
-            let id = RequestId(*next_id);
-            *next_id += 1;
-            waiting.insert(id, done);
-            core.handle(wall_ms(), Input::Request { id, key, command });
-        }
-        ToCore::Read(f) => f(core),
-        ToCore::Peer { from, frame } => core.handle(wall_ms(), Input::Peer { from, frame }),
-        ToCore::PeerReset(peer) => core.handle(wall_ms(), Input::PeerReset { peer }),
-    }
-}
-
+/// Owns the disk. While one synced write is in flight, records pile up in the channel and go
+/// down together in the next one: that is the group commit.
 fn write_loop(
     store: Store,
-    rx: Receiver<Vec<Record>>,
-    core: Sender<u64>,
-    ready: Arc<AtomicBool>,
+    rx: Receiver<ToWriter>,
+    handle: CoreHandle,
     commit: Commit,
     faults: Faults,
 ) {
     let mut writes = 0u64;
-    while let Ok(mut records) = rx.recv() {
+    let mut stopping = false;
+    while !stopping {
+        let mut records = match rx.recv() {
+            Ok(ToWriter::Records(r)) => r,
+            Ok(ToWriter::Stop) | Err(_) => return,
+        };
         if commit == Commit::Group {
             while let Ok(more) = rx.try_recv() {
-                records.extend(more);
+                match more {
+                    ToWriter::Records(more) => records.extend(more),
+                    ToWriter::Stop => {
+                        stopping = true;
+                        break;
+                    }
+                }
             }
         }
         let groups: Vec<Vec<Record>> = match commit {
@@ -316,13 +324,18 @@ fn write_loop(
                 tracing::error!(
                     "synced write failed: {e}; the node is unready and acknowledges nothing more"
                 );
-                ready.store(false, Ordering::SeqCst);
-                // Keep draining so the core never blocks, but never report anything durable.
-                while rx.recv().is_ok() {}
+                handle.ready.store(false, Ordering::SeqCst);
+                if let Some(mut e) = handle.engine() {
+                    // Releases every waiting caller (they answer 503).
+                    e.pump();
+                }
+                // Keep draining so senders never block, but never report anything durable.
+                while let Ok(ToWriter::Records(_)) = rx.recv() {}
                 return;
             }
-            if core.send(last).is_err() {
-                return;
+            match handle.engine() {
+                Some(mut e) => e.handle(Input::Persisted(last)),
+                None => return,
             }
         }
     }

@@ -252,14 +252,10 @@ async fn call_render<T: Send + 'static>(
     }
 }
 
-async fn read<T: Send + 'static>(
-    s: &AppState,
-    f: impl FnOnce(&allot_node::Core) -> T + Send + 'static,
-) -> Result<T, Problem> {
+fn read<T>(s: &AppState, f: impl FnOnce(&allot_node::Core) -> T) -> Result<T, Problem> {
     s.core
         .read(f)
-        .await
-        .ok_or_else(|| Problem::unavailable("the node is shutting down"))
+        .ok_or_else(|| Problem::unavailable("the node's core has stopped"))
 }
 
 fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
@@ -367,8 +363,7 @@ async fn list_events(
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out.into_iter().map(|(_, v)| v).collect::<Vec<_>>()
-    })
-    .await?;
+    })?;
     Ok(Json(json!({ "events": events })).into_response())
 }
 
@@ -380,8 +375,7 @@ async fn event_detail(State(s): St, Path(event): Path<String>) -> ApiResult {
     let ev = event.clone();
     let v = read(&s, move |core| {
         core.event(&ev).map(|e| views::event_detail(core, e))
-    })
-    .await?;
+    })?;
     Ok(Json(v.ok_or_else(|| unknown_event(&event))?).into_response())
 }
 
@@ -389,8 +383,7 @@ async fn availability(State(s): St, Path(event): Path<String>) -> ApiResult {
     let ev = event.clone();
     let v = read(&s, move |core| {
         core.event(&ev).map(|e| views::availability(core, e))
-    })
-    .await?;
+    })?;
     Ok(Json(v.ok_or_else(|| unknown_event(&event))?).into_response())
 }
 
@@ -399,7 +392,7 @@ async fn availability_stream(
     Path(event): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
     let ev = event.clone();
-    if !read(&s, move |core| core.event(&ev).is_some()).await? {
+    if !read(&s, move |core| core.event(&ev).is_some())? {
         return Err(unknown_event(&event));
     }
     let changes = s.core.changes();
@@ -414,8 +407,7 @@ async fn availability_stream(
                 let ev = event.clone();
                 let v = s
                     .core
-                    .read(move |core| core.event(&ev).map(|e| views::availability(core, e)))
-                    .await??;
+                    .read(move |core| core.event(&ev).map(|e| views::availability(core, e)))??;
                 // Staleness ages change all the time; send only when the figures change.
                 let figures = v["pools"].to_string();
                 if last.as_deref() != Some(figures.as_str()) || first {
@@ -455,8 +447,7 @@ async fn seats(
             ))),
             v => Ok(v),
         }
-    })
-    .await??;
+    })??;
     Ok(Json(v).into_response())
 }
 
@@ -601,7 +592,7 @@ fn local_number(s: &AppState, kind: IdKind, id: &str) -> Result<u64, Problem> {
 
 async fn get_order(State(s): St, Path(order): Path<String>) -> ApiResult {
     let n = local_number(&s, IdKind::Order, &order)?;
-    let v = read(&s, move |core| core.order(n).map(|o| views::order(core, o))).await?;
+    let v = read(&s, move |core| core.order(n).map(|o| views::order(core, o)))?;
     Ok(
         Json(v.ok_or_else(|| Problem::not_found("unknown-order", format!("no order {order:?}")))?)
             .into_response(),
@@ -706,8 +697,7 @@ async fn create_event(
     let ev = event.clone();
     let v = read(&s, move |core| {
         core.event(&ev).map(|e| views::event_detail(core, e))
-    })
-    .await?;
+    })?;
     Ok(created(v.ok_or_else(|| unknown_event(&event))?))
 }
 
@@ -771,8 +761,7 @@ async fn ledger(State(s): St, Path(event): Path<String>, headers: HeaderMap) -> 
     let ev = event.clone();
     let v = read(&s, move |core| {
         core.event(&ev).map(|e| views::ledger(core, e))
-    })
-    .await?;
+    })?;
     Ok(Json(v.ok_or_else(|| unknown_event(&event))?).into_response())
 }
 
@@ -841,8 +830,7 @@ async fn transfer(
                     .collect::<Vec<_>>()
             })
             .unwrap_or_default()
-    })
-    .await?;
+    })?;
     Ok(created(
         json!({ "event": event, "pool": t.pool, "from": s.region, "to": to, "quantity": quantity, "seats": seat_ids }),
     ))
@@ -887,8 +875,7 @@ async fn list_orders(
             None
         };
         json!({ "orders": orders, "next": next })
-    })
-    .await?;
+    })?;
     Ok(Json(v).into_response())
 }
 
@@ -968,7 +955,13 @@ async fn cluster(State(s): St, headers: HeaderMap) -> ApiResult {
             .events()
             .map(|e| {
                 let vv = e.ledger.version_vector();
-                let versions: serde_json::Map<String, Value> = e.genesis().regions.iter().enumerate().map(|(r, n)| (n.clone(), json!(vv.get(r)))).collect();
+                let versions: serde_json::Map<String, Value> = e
+                    .genesis()
+                    .regions
+                    .iter()
+                    .enumerate()
+                    .map(|(r, n)| (n.clone(), json!(vv.get(r))))
+                    .collect();
                 json!({ "event": &*e.id, "version_vector": versions })
             })
             .collect();
@@ -976,7 +969,6 @@ async fn cluster(State(s): St, headers: HeaderMap) -> ApiResult {
             "region": cfg.region, "catalog_region": cfg.catalog_region, "incarnation": cfg.incarnation,
             "ready": ready, "durable_index": core.persisted_index(), "peers": peers, "events": events,
         })
-    })
-    .await?;
+    })?;
     Ok(Json(v).into_response())
 }
