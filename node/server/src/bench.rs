@@ -5,14 +5,17 @@
 //! Each configuration runs against a fresh node in a temp dir, one after the other in the same
 //! run, so their figures can be compared as ratios.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use bytes::Bytes;
 use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 
 use crate::driver::Commit;
@@ -34,6 +37,15 @@ pub struct HttpBench {
     /// HTTP threads of the node under test (default: the node's own default).
     #[arg(long)]
     pub http_threads: Option<usize>,
+    /// Keep-alive connections the generator spreads the load over.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Print the slowest answer of every 100 ms of the run, to tell steady latency from stalls.
+    #[arg(long)]
+    pub timeline: bool,
+    /// Threads of the load generator's runtime (it shares the machine with the node).
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: usize,
 }
 
 pub struct Outcome {
@@ -43,6 +55,7 @@ pub struct Outcome {
     pub failed: u64,
     pub seconds: f64,
     pub latency: Histogram<u64>,
+    pub lag: Histogram<u64>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -116,9 +129,7 @@ async fn measure(
     commit: Commit,
     args: &HttpBench,
 ) -> anyhow::Result<Outcome> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .build()?;
+    let client = reqwest::Client::new();
     wait_ready(&client, base).await?;
     let event = json!({
         "id": "bench", "name": "Bench", "venue": "Loopback", "lat": 0.0, "lon": 0.0,
@@ -139,67 +150,209 @@ async fn measure(
             r.text().await.unwrap_or_default()
         );
     }
-    let url = Arc::new(format!("{base}/v1/events/bench/purchases"));
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let addr: SocketAddr = base
+        .trim_start_matches("http://")
+        .parse()
+        .context("the node's address")?;
     let warmup = Duration::from_secs(1);
-    let total = warmup + Duration::from_secs(args.seconds);
-    let start = Instant::now();
-    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
-    let mut i: u64 = 0;
-    let mut tasks = Vec::new();
-    let mut sent = 0;
-    while start.elapsed() < total {
-        // Send everything whose intended time has come, then sleep to the next.
-        while let Some(intended) =
-            Some(start + interval * i as u32).filter(|t| *t <= Instant::now())
-        {
-            let measured = intended >= start + warmup;
-            sent += u64::from(measured);
-            let (client, url, hist, ok, failed) = (
-                client.clone(),
-                url.clone(),
-                hist.clone(),
-                ok.clone(),
-                failed.clone(),
-            );
-            let body = json!({"pool": "floor", "quantity": 1, "customer": "c-1", "payment_ref": format!("p-{i}")});
-            tasks.push(tokio::spawn(async move {
-                let r = client.post(url.as_str()).json(&body).send().await;
-                let good = matches!(&r, Ok(r) if r.status() == reqwest::StatusCode::CREATED);
-                if let Ok(r) = r {
-                    let _ = r.bytes().await;
-                }
-                if measured {
-                    let us = intended.elapsed().as_micros() as u64;
-                    hist.lock().expect("histogram").saturating_record(us.max(1));
-                    if good {
-                        ok.fetch_add(1, Ordering::Relaxed)
-                    } else {
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    };
-                }
-            }));
-            i += 1;
-        }
-        tokio::time::sleep_until((start + interval * i as u32).into()).await;
-        tasks.retain(|t| !t.is_finished());
+    let start = Instant::now() + Duration::from_millis(50);
+    let load = Load {
+        start,
+        measured_from: start + warmup,
+        end: start + warmup + Duration::from_secs(args.seconds),
+        interval: Duration::from_secs_f64(1.0 / args.rate as f64),
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let pacer = std::thread::Builder::new()
+        .name("bench-pacer".into())
+        .spawn(move || load.pace(tx))?;
+    let slots = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut connections = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let sender = connect(addr).await?;
+        connections.push(tokio::spawn(purchase_loop(
+            addr,
+            sender,
+            slots.clone(),
+            load,
+        )));
     }
-    for t in tasks {
-        let _ = t.await;
+    let mut total = Tally::new()?;
+    for c in connections {
+        total.add(&c.await??)?;
     }
-    let seconds = start.elapsed().saturating_sub(warmup).as_secs_f64();
-    let latency = hist.lock().expect("histogram").clone();
+    let _ = pacer.join();
+    if std::env::var("TIMELINE").is_ok() {
+        let v: Vec<String> = total
+            .windows
+            .iter()
+            .map(|w| format!("{:.1}", *w as f64 / 1000.0))
+            .collect();
+        eprintln!("timeline (max ms per 100ms): {}", v.join(" "));
+    }
+    let seconds = start
+        .elapsed()
+        .saturating_sub(warmup)
+        .as_secs_f64()
+        .max(args.seconds as f64);
     Ok(Outcome {
         commit,
-        sent,
-        ok: ok.load(Ordering::Relaxed),
-        failed: failed.load(Ordering::Relaxed),
+        sent: total.sent,
+        ok: total.ok,
+        failed: total.failed,
         seconds,
-        latency,
+        latency: total.latency,
+        lag: total.lag,
     })
+}
+
+/// The schedule of an open-loop run: request `i` is due at `start + i * interval`, whatever
+/// became of the ones before it.
+#[derive(Clone, Copy)]
+struct Load {
+    start: Instant,
+    measured_from: Instant,
+    end: Instant,
+    interval: Duration,
+}
+
+/// A request slot: its number and the instant it was due.
+type Slot = (u64, Instant);
+
+impl Load {
+    /// Releases every slot when it falls due, from a thread of its own, so that a busy
+    /// runtime cannot delay the schedule (tokio's timers tick in whole milliseconds). Sleeps
+    /// are at least 100 µs, so a slot leaves up to about that late; the lag is measured and
+    /// charged to the server, since latency counts from the due time.
+    fn pace(self, tx: tokio::sync::mpsc::UnboundedSender<Slot>) {
+        let step = self.interval.as_nanos() as u64;
+        for i in 0u64.. {
+            let due = self.start + Duration::from_nanos(step.saturating_mul(i));
+            if due >= self.end {
+                return;
+            }
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep((due - now).max(Duration::from_micros(100)));
+            }
+            if tx.send((i, due)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// What one connection saw.
+struct Tally {
+    sent: u64,
+    ok: u64,
+    failed: u64,
+    /// From each request's due time to its complete answer.
+    latency: Histogram<u64>,
+    /// From each request's due time to the moment it was written: waiting for the pacer and
+    /// for a free connection.
+    lag: Histogram<u64>,
+    /// The slowest answer (µs) of each 100 ms of due time.
+    windows: Vec<u64>,
+}
+
+impl Tally {
+    fn new() -> anyhow::Result<Tally> {
+        Ok(Tally {
+            sent: 0,
+            ok: 0,
+            failed: 0,
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            lag: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            windows: Vec::new(),
+        })
+    }
+
+    fn add(&mut self, other: &Tally) -> anyhow::Result<()> {
+        self.sent += other.sent;
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.latency.add(&other.latency)?;
+        self.lag.add(&other.lag)?;
+        if self.windows.len() < other.windows.len() {
+            self.windows.resize(other.windows.len(), 0);
+        }
+        for (mine, theirs) in self.windows.iter_mut().zip(&other.windows) {
+            *mine = (*mine).max(*theirs);
+        }
+        Ok(())
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// One keep-alive HTTP/1.1 connection, straight on hyper: the generator shares the machine
+/// with the node, so it spends as little as it can per request.
+async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(async move {
+        // A broken connection shows up as failed requests and a reconnect.
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// Takes the next due slot whenever this connection is free, like wrk2: with every
+/// connection busy, slots wait, and their wait counts in their latency.
+async fn purchase_loop(
+    addr: SocketAddr,
+    mut sender: Sender,
+    slots: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Slot>>>,
+    load: Load,
+) -> anyhow::Result<Tally> {
+    let mut tally = Tally::new()?;
+    let host = addr.to_string();
+    loop {
+        let next = slots.lock().await.recv().await;
+        let Some((i, due)) = next else {
+            return Ok(tally);
+        };
+        let body = format!(
+            r#"{{"pool":"floor","quantity":1,"customer":"c-{}","payment_ref":"p-{i}"}}"#,
+            i % 1000
+        );
+        let request = hyper::Request::post("/v1/events/bench/purchases")
+            .header(hyper::header::HOST, host.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        if sender.ready().await.is_err() {
+            sender = connect(addr).await?;
+        }
+        let written = Instant::now();
+        let good = match sender.send_request(request).await {
+            Ok(r) => {
+                let status = r.status();
+                r.into_body().collect().await.is_ok() && status == hyper::StatusCode::CREATED
+            }
+            Err(_) => false,
+        };
+        if due >= load.measured_from {
+            tally.sent += 1;
+            if good {
+                tally.ok += 1;
+            } else {
+                tally.failed += 1;
+            }
+            let us = |d: Duration| (d.as_micros() as u64).max(1);
+            let latency = us(due.elapsed());
+            tally.latency.saturating_record(latency);
+            let window = (due - load.measured_from).as_millis() as usize / 100;
+            if tally.windows.len() <= window {
+                tally.windows.resize(window + 1, 0);
+            }
+            tally.windows[window] = tally.windows[window].max(latency);
+            tally
+                .lag
+                .saturating_record(us(written.saturating_duration_since(due)));
+        }
+    }
 }
 
 pub fn table(args: &HttpBench, results: &[Outcome]) -> String {
@@ -207,7 +360,7 @@ pub fn table(args: &HttpBench, results: &[Outcome]) -> String {
         "Open loop at {} purchases/s for {} s per mode (after 1 s of warm-up); latency from each request's intended send time.\n\n",
         args.rate, args.seconds
     );
-    s += "| commit | sent | 201 | errors | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | achieved vs first row |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| commit | sent | 201 | errors | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | wait to send p99 ms | achieved vs first row |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     let first = results
         .first()
         .map(|r| r.ok as f64 / r.seconds)
@@ -216,7 +369,7 @@ pub fn table(args: &HttpBench, results: &[Outcome]) -> String {
         let ms = |q: f64| r.latency.value_at_quantile(q) as f64 / 1000.0;
         let rate = r.ok as f64 / r.seconds;
         s += &format!(
-            "| {:?} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            "| {:?} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
             r.commit,
             r.sent,
             r.ok,
@@ -226,6 +379,7 @@ pub fn table(args: &HttpBench, results: &[Outcome]) -> String {
             ms(0.99),
             ms(0.999),
             r.latency.max() as f64 / 1000.0,
+            r.lag.value_at_quantile(0.99) as f64 / 1000.0,
             rate / first
         );
     }

@@ -231,6 +231,7 @@ fn run_sim(
 
 fn run_bench(args: &bench::HttpBench) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads.max(1))
         .enable_all()
         .build()?;
     let results = rt.block_on(bench::run(args))?;
