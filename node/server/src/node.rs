@@ -207,6 +207,12 @@ pub async fn serve(
     let app = http::router(state);
     let addr = listener.local_addr()?;
     tracing::info!(region = %opts.region, %addr, commit = ?opts.commit, "serving");
+    // Answers are small and go out whole: no reason to let Nagle hold one back.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
