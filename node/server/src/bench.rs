@@ -46,9 +46,14 @@ pub struct HttpBench {
     /// Threads of the load generator's runtime (it shares the machine with the node).
     #[arg(long, default_value_t = 1)]
     pub client_threads: usize,
+    /// Measure every mode this many times, interleaved, and summarise by the median run: on
+    /// a shared machine one run can catch a stall of the host's disk or CPU.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
 }
 
 pub struct Outcome {
+    pub run: usize,
     pub commit: Commit,
     pub sent: u64,
     pub ok: u64,
@@ -111,14 +116,16 @@ async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> 
 
 pub async fn run(args: &HttpBench) -> anyhow::Result<Vec<Outcome>> {
     let mut out = Vec::new();
-    for &commit in &args.commit {
-        let dir = tempfile::tempdir()?;
-        let token = "bench-token";
-        let (mut child, base) = start_node(dir.path(), commit, token, args.http_threads)?;
-        let result = measure(&base, token, commit, args).await;
-        let _ = child.kill();
-        let _ = child.wait();
-        out.push(result?);
+    for run in 1..=args.runs.max(1) {
+        for &commit in &args.commit {
+            let dir = tempfile::tempdir()?;
+            let token = "bench-token";
+            let (mut child, base) = start_node(dir.path(), commit, token, args.http_threads)?;
+            let result = measure(&base, token, commit, args).await;
+            let _ = child.kill();
+            let _ = child.wait();
+            out.push(Outcome { run, ..result? });
+        }
     }
     Ok(out)
 }
@@ -196,6 +203,7 @@ async fn measure(
         .as_secs_f64()
         .max(args.seconds as f64);
     Ok(Outcome {
+        run: 1,
         commit,
         sent: total.sent,
         ok: total.ok,
@@ -355,32 +363,67 @@ async fn purchase_loop(
     }
 }
 
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.seconds
+    }
+
+    fn ms(&self, quantile: f64) -> f64 {
+        self.latency.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 pub fn table(args: &HttpBench, results: &[Outcome]) -> String {
     let mut s = format!(
-        "Open loop at {} purchases/s for {} s per mode (after 1 s of warm-up); latency from each request's intended send time.\n\n",
-        args.rate, args.seconds
+        "Open loop at {} purchases/s for {} s per mode (after 1 s of warm-up), {} connection(s); latency from each request's intended send time.\n\n",
+        args.rate, args.seconds, args.connections
     );
-    s += "| commit | sent | 201 | errors | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | wait to send p99 ms | achieved vs first row |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-    let first = results
-        .first()
-        .map(|r| r.ok as f64 / r.seconds)
-        .unwrap_or(1.0);
+    s += "| run | commit | sent | 201 | errors | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | wait to send p99 ms |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for r in results {
-        let ms = |q: f64| r.latency.value_at_quantile(q) as f64 / 1000.0;
-        let rate = r.ok as f64 / r.seconds;
         s += &format!(
-            "| {:?} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            "| {} | {:?} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            r.run,
             r.commit,
             r.sent,
             r.ok,
             r.failed,
-            rate,
-            ms(0.5),
-            ms(0.99),
-            ms(0.999),
+            r.rate(),
+            r.ms(0.5),
+            r.ms(0.99),
+            r.ms(0.999),
             r.latency.max() as f64 / 1000.0,
             r.lag.value_at_quantile(0.99) as f64 / 1000.0,
-            rate / first
+        );
+    }
+    // Medians over runs, and each mode's achieved rate against the first mode's.
+    let of = |c: Commit, f: &dyn Fn(&Outcome) -> f64| {
+        median(results.iter().filter(|r| r.commit == c).map(f).collect())
+    };
+    let Some(&first) = args.commit.first() else {
+        return s;
+    };
+    let base = of(first, &|r| r.rate());
+    s += &format!(
+        "\nMedian of {} run(s) per mode:\n\n| commit | achieved/s | p50 ms | p99 ms | p99.9 ms | achieved vs {first:?} |\n|---|---:|---:|---:|---:|---:|\n",
+        args.runs.max(1)
+    );
+    for &c in &args.commit {
+        let rate = of(c, &|r| r.rate());
+        s += &format!(
+            "| {c:?} | {rate:.0} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            of(c, &|r| r.ms(0.5)),
+            of(c, &|r| r.ms(0.99)),
+            of(c, &|r| r.ms(0.999)),
+            rate / base
         );
     }
     s
