@@ -5,6 +5,7 @@
 //! into the restore records `Core::recover` takes. One `WriteBatch` per group of records is
 //! written with `sync = true`: everything a reply depends on is in the synced WAL first.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,6 +24,9 @@ const HOLDS: &str = "holds";
 const ORDERS: &str = "orders";
 const KEYS: &str = "idempotency";
 const NODE: &str = "node";
+
+/// Row keys and values of one batch, last write wins.
+type Rows = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// How long an idempotency key is kept. The store's compaction drops older ones.
 pub const KEY_TTL_MS: u64 = 24 * 3600 * 1000;
@@ -124,14 +128,21 @@ impl Store {
     /// Adds the state changes of `records` to `batch`.
     pub fn batch(&self, batch: &mut WriteBatch, records: &[Record]) {
         let mut clock = 0;
+        // Row keys hold cumulative values, so within one batch only the last write of a key
+        // matters: twenty sales from one pool put its counter and its row's seq once each.
+        let mut rows = BTreeMap::new();
         for r in records {
             clock = clock.max(r.at);
-            self.record(batch, r);
+            self.record(batch, &mut rows, r);
+        }
+        let cf = self.cf(ROWS);
+        for (k, v) in rows {
+            batch.put_cf(cf, k, v);
         }
         batch.put_cf(self.cf(NODE), b"clock", clock.to_be_bytes());
     }
 
-    fn record(&self, b: &mut WriteBatch, r: &Record) {
+    fn record(&self, b: &mut WriteBatch, rows: &mut Rows, r: &Record) {
         let key = |b: &mut WriteBatch, idem: &Option<allot_node::IdemRecord>| {
             if let Some(i) = idem {
                 let mut v = r.at.to_be_bytes().to_vec();
@@ -177,19 +188,19 @@ impl Store {
                 if let Some(h) = hold {
                     b.delete_cf(self.cf(HOLDS), h.to_be_bytes());
                 }
-                self.row(b, &order.event, row);
+                self.row(rows, &order.event, row);
                 key(b, idem);
             }
             RecordBody::Refunded { order, row, idem } => {
                 b.put_cf(self.cf(ORDERS), order.n.to_be_bytes(), enc(order));
-                self.row(b, &order.event, row);
+                self.row(rows, &order.event, row);
                 key(b, idem);
             }
             RecordBody::Granted { event, row, idem } => {
-                self.row(b, event, row);
+                self.row(rows, event, row);
                 key(b, idem);
             }
-            RecordBody::PeerRow { event, row } => self.row(b, event, row),
+            RecordBody::PeerRow { event, row } => self.row(rows, event, row),
             RecordBody::RowRestored { .. }
             | RecordBody::OrderRestored { .. }
             | RecordBody::KeyRestored { .. }
@@ -212,7 +223,7 @@ impl Store {
 
     /// A row is stored entry by entry (key order = the canonical entry order), with its seq:
     /// a sale rewrites one small key, whatever the history.
-    fn row(&self, b: &mut WriteBatch, event: &str, row: &RowDelta) {
+    fn row(&self, rows: &mut Rows, event: &str, row: &RowDelta) {
         let prefix = row_prefix(event, row.writer);
         for (stamp, entry) in &row.entries {
             let (pool, kind, sub) = entry.key();
@@ -221,11 +232,11 @@ impl Store {
             k.extend_from_slice(&pool.to_be_bytes());
             k.push(kind);
             k.extend_from_slice(&sub.to_be_bytes());
-            b.put_cf(self.cf(ROWS), k, enc(&(stamp, entry)));
+            rows.insert(k, enc(&(stamp, entry)));
         }
         let mut k = prefix;
         k.push(1);
-        b.put_cf(self.cf(ROWS), k, row.seq.to_be_bytes());
+        rows.insert(k, row.seq.to_be_bytes().to_vec());
     }
 
     /// Reads the whole state back as restore records, in the order `Core::recover` needs.
