@@ -37,6 +37,9 @@ pub struct HttpBench {
     /// HTTP threads of the node under test (default: the node's own default).
     #[arg(long)]
     pub http_threads: Option<usize>,
+    /// The node's group commit window in microseconds (default: the node's own default).
+    #[arg(long)]
+    pub commit_window_us: Option<u64>,
     /// Keep-alive connections the generator spreads the load over.
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
@@ -46,6 +49,10 @@ pub struct HttpBench {
     /// Threads of the load generator's runtime (it shares the machine with the node).
     #[arg(long, default_value_t = 1)]
     pub client_threads: usize,
+    /// Run this `allot` binary as the node under test instead of this one: measures another
+    /// build with the same generator, in the same run, for a before/after ratio.
+    #[arg(long)]
+    pub node_binary: Option<std::path::PathBuf>,
     /// Measure every mode this many times, interleaved, and summarise by the median run: on
     /// a shared machine one run can catch a stall of the host's disk or CPU.
     #[arg(long, default_value_t = 1)]
@@ -73,7 +80,7 @@ fn start_node(
     dir: &Path,
     commit: Commit,
     token: &str,
-    http_threads: Option<usize>,
+    args: &HttpBench,
 ) -> anyhow::Result<(Child, String)> {
     let port = free_port()?;
     let config = dir.join("regions.toml");
@@ -81,7 +88,10 @@ fn start_node(
         &config,
         format!("[cluster]\nname = \"bench\"\n\n[[region]]\nname = \"eu-west\"\nhttp = \"127.0.0.1:{port}\"\nquic = \"127.0.0.1:0\"\ndata_dir = \"data\"\n"),
     )?;
-    let exe = std::env::current_exe().context("locating the allot binary")?;
+    let exe = match &args.node_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("locating the allot binary")?,
+    };
     let mode = match commit {
         Commit::Group => "group",
         Commit::PerRequest => "per-request",
@@ -90,8 +100,11 @@ fn start_node(
     cmd.args(["node", "--config"])
         .arg(&config)
         .args(["--region", "eu-west", "--commit", mode]);
-    if let Some(n) = http_threads {
+    if let Some(n) = args.http_threads {
         cmd.args(["--http-threads", &n.to_string()]);
+    }
+    if let Some(us) = args.commit_window_us {
+        cmd.args(["--commit-window-us", &us.to_string()]);
     }
     let child = cmd
         .env("ALLOT_ADMIN_TOKEN", token)
@@ -120,7 +133,7 @@ pub async fn run(args: &HttpBench) -> anyhow::Result<Vec<Outcome>> {
         for &commit in &args.commit {
             let dir = tempfile::tempdir()?;
             let token = "bench-token";
-            let (mut child, base) = start_node(dir.path(), commit, token, args.http_threads)?;
+            let (mut child, base) = start_node(dir.path(), commit, token, args)?;
             let result = measure(&base, token, commit, args).await;
             let _ = child.kill();
             let _ = child.wait();

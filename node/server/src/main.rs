@@ -63,6 +63,10 @@ enum Verb {
         /// threads use; fewer threads trading work means fewer context switches).
         #[arg(long)]
         http_threads: Option<usize>,
+        /// With group commit, at most one synced write per this many microseconds: fewer,
+        /// larger writes under load, at the price of up to one window of latency.
+        #[arg(long)]
+        commit_window_us: Option<u64>,
     },
     /// A cluster CA and one certificate per region.
     Certs {
@@ -113,8 +117,12 @@ fn run_node(
     region: &str,
     commit: driver::Commit,
     http_threads: Option<usize>,
+    commit_window_us: Option<u64>,
 ) -> anyhow::Result<()> {
-    let opts = node::NodeOptions::from_config(config, region, commit)?;
+    let mut opts = node::NodeOptions::from_config(config, region, commit)?;
+    if let Some(us) = commit_window_us {
+        opts.commit_window = std::time::Duration::from_micros(us);
+    }
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let threads = http_threads.unwrap_or(cpus.saturating_sub(1)).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -262,7 +270,11 @@ fn main() -> ExitCode {
             region,
             commit,
             http_threads,
-        } => report("node", run_node(&config, &region, commit, http_threads)),
+            commit_window_us,
+        } => report(
+            "node",
+            run_node(&config, &region, commit, http_threads, commit_window_us),
+        ),
         Verb::Certs { config, out } => report("certs", make_certs(&config, &out)),
         Verb::Sim {
             scenario,

@@ -9,11 +9,14 @@ use allot_node::Config;
 use anyhow::Context;
 
 use crate::config::ClusterConfig;
-use crate::driver::{self, Commit, Faults, Outbound};
+use crate::driver::{self, Commit, Durability, Faults, Outbound};
 use crate::http::{self, AppState};
 use crate::store::Store;
 use crate::tls::Identity;
 use crate::transport::{NetFaults, PeerAddr, Transport};
+
+/// See [`Durability::window`]; `allot node --commit-window-us` overrides it.
+pub const DEFAULT_COMMIT_WINDOW: Duration = Duration::from_micros(0);
 
 /// Another region, as this node reaches it.
 #[derive(Clone, Debug)]
@@ -33,6 +36,8 @@ pub struct NodeOptions {
     pub tick: Duration,
     pub admin_token: Option<String>,
     pub commit: Commit,
+    /// See [`Durability::window`].
+    pub commit_window: Duration,
     pub max_holds_per_customer: u32,
     pub max_quantity: u64,
     /// Test-only fault injection; `Faults::default()` everywhere else.
@@ -68,6 +73,7 @@ impl NodeOptions {
             tick: Duration::from_millis(50),
             admin_token,
             commit: Commit::Group,
+            commit_window: DEFAULT_COMMIT_WINDOW,
             max_holds_per_customer: 5,
             max_quantity: 20,
             faults: Faults::default(),
@@ -102,6 +108,7 @@ impl NodeOptions {
             tick: Duration::from_millis(cfg.cluster.gossip_interval_ms.max(1)),
             admin_token,
             commit,
+            commit_window: DEFAULT_COMMIT_WINDOW,
             max_holds_per_customer: cfg.cluster.max_holds_per_customer,
             max_quantity: cfg.cluster.max_quantity,
             faults: Faults::default(),
@@ -150,7 +157,10 @@ pub async fn serve(
         cfg,
         store,
         opts.tick,
-        opts.commit,
+        Durability {
+            commit: opts.commit,
+            window: opts.commit_window,
+        },
         opts.faults,
         outbound.clone(),
     )?;
