@@ -87,6 +87,10 @@ mod tests {
             v.push(i);
         }
         assert_eq!(v.len(), n);
+        assert!(
+            v.chunks.iter().all(|c| c.capacity() == CHUNK),
+            "a chunk never grows, so nothing is ever copied"
+        );
         assert_eq!(v.get(CHUNK - 1), Some(&(CHUNK - 1)));
         assert_eq!(v.get(CHUNK), Some(&CHUNK));
         assert_eq!(v.get(n), None);
