@@ -191,8 +191,10 @@ impl CoreHandle {
         }
     }
 
+    /// False once a synced write failed or the core panicked: either way the node
+    /// acknowledges nothing more until it is restarted.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && !self.engine.is_poisoned()
     }
 
     /// A counter bumped whenever the core's state changes (for server-sent events).

@@ -301,7 +301,7 @@ async fn readyz(State(s): St) -> Response {
         Json(json!({"status": "ready", "region": s.region})).into_response()
     } else {
         Problem::unavailable(
-            "a synced write failed: this node acknowledges nothing until restarted",
+            "a synced write failed or the core stopped: this node acknowledges nothing until restarted",
         )
         .into_response()
     }
