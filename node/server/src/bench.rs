@@ -49,6 +49,10 @@ pub struct HttpBench {
     /// Threads of the load generator's runtime (it shares the machine with the node).
     #[arg(long, default_value_t = 1)]
     pub client_threads: usize,
+    /// Send an `Idempotency-Key` with every purchase (the node then hashes the request and
+    /// stores the key with the order).
+    #[arg(long)]
+    pub idempotency_keys: bool,
     /// Run this `allot` binary as the node under test instead of this one: measures another
     /// build with the same generator, in the same run, for a before/after ratio.
     #[arg(long)]
@@ -181,6 +185,7 @@ async fn measure(
         measured_from: start + warmup,
         end: start + warmup + Duration::from_secs(args.seconds),
         interval: Duration::from_secs_f64(1.0 / args.rate as f64),
+        idempotency_keys: args.idempotency_keys,
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let pacer = std::thread::Builder::new()
@@ -202,13 +207,16 @@ async fn measure(
         total.add(&c.await??)?;
     }
     let _ = pacer.join();
-    if std::env::var("TIMELINE").is_ok() {
-        let v: Vec<String> = total
+    if args.timeline {
+        let worst: Vec<String> = total
             .windows
             .iter()
             .map(|w| format!("{:.1}", *w as f64 / 1000.0))
             .collect();
-        eprintln!("timeline (max ms per 100ms): {}", v.join(" "));
+        eprintln!(
+            "{commit:?}: slowest answer (ms) per 100 ms of due time: {}",
+            worst.join(" ")
+        );
     }
     let seconds = start
         .elapsed()
@@ -235,6 +243,8 @@ struct Load {
     measured_from: Instant,
     end: Instant,
     interval: Duration,
+    /// Send an `Idempotency-Key` with every purchase, as a careful front end does.
+    idempotency_keys: bool,
 }
 
 /// A request slot: its number and the instant it was due.
@@ -339,10 +349,13 @@ async fn purchase_loop(
             r#"{{"pool":"floor","quantity":1,"customer":"c-{}","payment_ref":"p-{i}"}}"#,
             i % 1000
         );
-        let request = hyper::Request::post("/v1/events/bench/purchases")
+        let mut request = hyper::Request::post("/v1/events/bench/purchases")
             .header(hyper::header::HOST, host.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))?;
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if load.idempotency_keys {
+            request = request.header("idempotency-key", format!("bench-{i}"));
+        }
+        let request = request.body(Full::new(Bytes::from(body)))?;
         if sender.ready().await.is_err() {
             sender = connect(addr).await?;
         }
@@ -397,8 +410,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn table(args: &HttpBench, results: &[Outcome]) -> String {
     let mut s = format!(
-        "Open loop at {} purchases/s for {} s per mode (after 1 s of warm-up), {} connection(s); latency from each request's intended send time.\n\n",
-        args.rate, args.seconds, args.connections
+        "Open loop at {} purchases/s for {} s per mode (after 1 s of warm-up), {} connection(s){}; latency from each request's intended send time.\n\n",
+        args.rate,
+        args.seconds,
+        args.connections,
+        if args.idempotency_keys {
+            ", an Idempotency-Key on every purchase"
+        } else {
+            ""
+        }
     );
     s += "| run | commit | sent | 201 | errors | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | wait to send p99 ms |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for r in results {
