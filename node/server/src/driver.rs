@@ -39,9 +39,10 @@ type DoneFn = Box<dyn FnOnce(&Core, Reply) + Send>;
 pub struct Durability {
     pub commit: Commit,
     /// With group commit, at most one synced write per window: under load a sync is shared
-    /// by more records (a sync costs the writer about as much CPU as 10 records, and a virtual
-    /// disk two device round trips), at the price of up to one window of latency. A request
-    /// that finds the disk idle for a window is written at once.
+    /// by more records (on the benchmark VM a sync cost the writer about as much CPU as seven
+    /// records, and the virtual disk two round trips: data, then the file's new size), at the
+    /// price of up to one window of latency. A request that finds the disk idle for a window
+    /// is written at once.
     pub window: Duration,
 }
 
