@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
+use clap::ValueEnum;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -102,14 +103,17 @@ fn start_node(
         Some(path) => path.clone(),
         None => std::env::current_exe().context("locating the allot binary")?,
     };
-    let mode = match commit {
-        Commit::Group => "group",
-        Commit::PerRequest => "per-request",
-    };
+    // The node's own spelling of the mode, from the same `ValueEnum` that parses it.
+    let mode = commit
+        .to_possible_value()
+        .context("every commit mode has a name")?;
     let mut cmd = Command::new(exe);
-    cmd.args(["node", "--config"])
-        .arg(&config)
-        .args(["--region", "eu-west", "--commit", mode]);
+    cmd.args(["node", "--config"]).arg(&config).args([
+        "--region",
+        "eu-west",
+        "--commit",
+        mode.get_name(),
+    ]);
     if let Some(n) = args.http_threads {
         cmd.args(["--http-threads", &n.to_string()]);
     }
@@ -144,10 +148,10 @@ pub async fn run(args: &HttpBench) -> anyhow::Result<Vec<Outcome>> {
             let dir = tempfile::tempdir()?;
             let token = "bench-token";
             let (mut child, base) = start_node(dir.path(), commit, token, args)?;
-            let result = measure(&base, token, commit, args).await;
+            let result = measure(&base, token, run, commit, args).await;
             let _ = child.kill();
             let _ = child.wait();
-            out.push(Outcome { run, ..result? });
+            out.push(result?);
         }
     }
     Ok(out)
@@ -156,6 +160,7 @@ pub async fn run(args: &HttpBench) -> anyhow::Result<Vec<Outcome>> {
 async fn measure(
     base: &str,
     token: &str,
+    run: usize,
     commit: Commit,
     args: &HttpBench,
 ) -> anyhow::Result<Outcome> {
@@ -231,9 +236,9 @@ async fn measure(
         .as_secs_f64()
         .max(args.seconds as f64);
     Ok(Outcome {
-        run: 1,
+        run,
         commit,
-        sent: total.sent,
+        sent: total.ok + total.failed,
         ok: total.ok,
         failed: total.failed,
         seconds,
@@ -284,7 +289,6 @@ impl Load {
 
 /// What one connection saw.
 struct Tally {
-    sent: u64,
     ok: u64,
     failed: u64,
     /// From each request's due time to its complete answer.
@@ -299,7 +303,6 @@ struct Tally {
 impl Tally {
     fn new() -> anyhow::Result<Tally> {
         Ok(Tally {
-            sent: 0,
             ok: 0,
             failed: 0,
             latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
@@ -309,7 +312,6 @@ impl Tally {
     }
 
     fn add(&mut self, other: &Tally) -> anyhow::Result<()> {
-        self.sent += other.sent;
         self.ok += other.ok;
         self.failed += other.failed;
         self.latency.add(&other.latency)?;
@@ -377,7 +379,6 @@ async fn purchase_loop(
             Err(_) => false,
         };
         if due >= load.measured_from {
-            tally.sent += 1;
             if good {
                 tally.ok += 1;
             } else {
