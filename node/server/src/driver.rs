@@ -69,7 +69,8 @@ struct Engine {
     to_writer: Sender<ToWriter>,
     outbound: Outbound,
     changes: watch::Sender<u64>,
-    healthy: Arc<AtomicBool>,
+    /// The same flag as [`CoreHandle`]'s: false once a synced write failed.
+    ready_flag: Arc<AtomicBool>,
     ready: Ready,
 }
 
@@ -117,7 +118,7 @@ impl Engine {
         if changed {
             self.changes.send_modify(|v| *v += 1);
         }
-        if !self.healthy.load(Ordering::SeqCst) && !self.waiting.is_empty() {
+        if !self.ready_flag.load(Ordering::SeqCst) && !self.waiting.is_empty() {
             // Nothing will be made durable again: tell every waiting caller now (they answer
             // 503) instead of letting them time out.
             self.waiting.clear();
@@ -253,7 +254,7 @@ pub fn start(
         to_writer: wtx,
         outbound,
         changes: changes_tx,
-        healthy: ready.clone(),
+        ready_flag: ready.clone(),
         ready: Ready::default(),
     }));
     let handle = CoreHandle {
@@ -350,7 +351,8 @@ fn write_loop(
                     // Releases every waiting caller (they answer 503).
                     e.pump();
                 }
-                // Keep draining so senders never block, but never report anything durable.
+                // Hold the channel open until shutdown, so the core does not log a lost writer
+                // for every record, but never report anything durable again.
                 while let Ok(ToWriter::Records(_)) = rx.recv() {}
                 return;
             }
