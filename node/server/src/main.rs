@@ -251,6 +251,16 @@ fn run_bench(args: &bench::HttpBench) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Transparent huge pages off for this process. mimalloc asks for them on its arenas, and a
+/// fault on a fresh huge page zeroes 2 MiB in one go: on the benchmark VM that held a request
+/// handler for 5-7 ms about every 10,000 sales, which was most of the p99 at 20,000
+/// purchases/s (docs/benchmarks.md). With 4 KiB pages the same cost is spread thinly.
+fn no_huge_page_stalls() {
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::debug!("cannot turn transparent huge pages off: {e}");
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -258,6 +268,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    no_huge_page_stalls();
     let cli = Cli::parse();
     match cli.command {
         Verb::Demo {

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::ops::{Deref, DerefMut};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,8 +21,32 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_allot"))
+/// A node process, killed when dropped: a test that fails half-way leaves no orphan behind
+/// (an orphan holds the test's output pipe, and the CI job with it, open).
+struct NodeProcess(Child);
+
+impl Deref for NodeProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for NodeProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(config: &std::path::Path) -> NodeProcess {
+    let child = Command::new(env!("CARGO_BIN_EXE_allot"))
         .args([
             "node",
             "--config",
@@ -34,7 +59,17 @@ fn spawn(config: &std::path::Path) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start allot node")
+        .expect("start allot node");
+    NodeProcess(child)
+}
+
+/// The node turns transparent huge pages off for itself (a fault on a fresh huge page stalled
+/// a request handler for milliseconds; docs/benchmarks.md). Kernels before 5.0 do not report it.
+fn assert_no_huge_pages(pid: u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
 }
 
 async fn wait_ready(client: &Client, base: &str) {
@@ -219,6 +254,7 @@ async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
     let client = Client::new();
     let mut child = spawn(&config);
     wait_ready(&client, &base).await;
+    assert_no_huge_pages(child.id());
     let (s, _) = read(
         client
             .post(format!("{base}/v1/admin/events"))
