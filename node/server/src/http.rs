@@ -11,10 +11,8 @@ use allot_crdt::{Allotments, PoolKind};
 use allot_node::{
     Command, EventSpec, GlobalId, GrantAmount, IdKind, IdempotencyKey, Outcome, PoolInput, Want,
 };
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -22,11 +20,11 @@ use axum::{Json, Router};
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::driver::CoreHandle;
+use crate::extract::{parse, Keyed, Operator, Posted};
 use crate::problem::Problem;
 use crate::views;
 
@@ -166,56 +164,6 @@ async fn proxy(
     }
 }
 
-fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
-    b.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                format!("request bodies are limited to {MAX_BODY} bytes"),
-            )
-        } else {
-            Problem::bad_request(e.body_text())
-        }
-    })
-}
-
-fn parse<T: serde::de::DeserializeOwned>(b: &Bytes) -> Result<T, Problem> {
-    serde_json::from_slice(b).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => Problem::invalid(format!("invalid body: {e}")),
-        _ => Problem::bad_request(format!("malformed JSON: {e}")),
-    })
-}
-
-/// The `Idempotency-Key` with a hash of what it guards: method, path and body, so the same
-/// key reused for anything else is told apart.
-fn idempotency(
-    headers: &HeaderMap,
-    method: &Method,
-    uri: &Uri,
-    body: &[u8],
-) -> Result<Option<IdempotencyKey>, Problem> {
-    let Some(v) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = v
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()));
-    let key =
-        key.ok_or_else(|| Problem::invalid("Idempotency-Key: 1-128 visible ASCII characters"))?;
-    let mut h = Sha256::new();
-    h.update(method.as_str());
-    h.update([0]);
-    h.update(uri.path());
-    h.update([0]);
-    h.update(body);
-    Ok(Some(IdempotencyKey {
-        key: key.to_owned(),
-        body_hash: h.finalize().into(),
-    }))
-}
-
 async fn call(
     s: &AppState,
     key: Option<IdempotencyKey>,
@@ -256,30 +204,6 @@ fn read<T>(s: &AppState, f: impl FnOnce(&allot_node::Core) -> T) -> Result<T, Pr
     s.core
         .read(f)
         .ok_or_else(|| Problem::unavailable("the node's core has stopped"))
-}
-
-fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
-    let unauthorized = |d: &str| Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", d);
-    let Some(token) = &s.admin_token else {
-        return Err(unauthorized(
-            "no operator token is configured on this node (ALLOT_ADMIN_TOKEN)",
-        ));
-    };
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| unauthorized("operator endpoints need Authorization: Bearer <token>"))?;
-    // Constant-time comparison: the time taken does not reveal how much of the token matched.
-    let (a, b) = (given.as_bytes(), token.as_bytes());
-    let diff = a.len() ^ b.len()
-        | a.iter()
-            .zip(b.iter().cycle())
-            .fold(0usize, |d, (x, y)| d | usize::from(x ^ y));
-    if diff != 0 || b.is_empty() {
-        return Err(unauthorized("wrong operator token"));
-    }
-    Ok(())
 }
 
 fn created(v: Value) -> Response {
@@ -482,14 +406,8 @@ impl WantBody {
 async fn create_hold(
     State(s): St,
     Path(event): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
+    Posted { key, body: w }: Posted<WantBody>,
 ) -> ApiResult {
-    let b = body(b)?;
-    let key = idempotency(&headers, &method, &uri, &b)?;
-    let w: WantBody = parse(&b)?;
     if w.payment_ref.is_some() {
         return Err(Problem::invalid(
             "a hold takes no payment_ref; confirm it with one",
@@ -513,14 +431,8 @@ async fn create_hold(
 async fn purchase(
     State(s): St,
     Path(event): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
+    Posted { key, body: w }: Posted<WantBody>,
 ) -> ApiResult {
-    let b = body(b)?;
-    let key = idempotency(&headers, &method, &uri, &b)?;
-    let w: WantBody = parse(&b)?;
     let want = w.want()?;
     let payment_ref = w
         .payment_ref
@@ -550,14 +462,8 @@ struct ConfirmBody {
 async fn confirm(
     State(s): St,
     Path(hold): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
+    Posted { key, body: c }: Posted<ConfirmBody>,
 ) -> ApiResult {
-    let b = body(b)?;
-    let key = idempotency(&headers, &method, &uri, &b)?;
-    let c: ConfirmBody = parse(&b)?;
     Ok(created(
         call_render(
             &s,
@@ -641,15 +547,9 @@ fn default_ttl() -> u64 {
 
 async fn create_event(
     State(s): St,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
+    _: Operator,
+    Posted { key, body: c }: Posted<CreateEventBody>,
 ) -> ApiResult {
-    authorize(&s, &headers)?;
-    let b = body(b)?;
-    let key = idempotency(&headers, &method, &uri, &b)?;
-    let c: CreateEventBody = parse(&b)?;
     parse_time("starts_at", &c.starts_at)?;
     let allotments = match c.allotments {
         AllotmentsBody::Named(n) if n == "even" => Allotments::Even,
@@ -718,15 +618,9 @@ struct PatchBody {
 async fn patch_event(
     State(s): St,
     Path(event): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
+    _: Operator,
+    Posted { key, body: p }: Posted<PatchBody>,
 ) -> ApiResult {
-    authorize(&s, &headers)?;
-    let b = body(b)?;
-    let key = idempotency(&headers, &method, &uri, &b)?;
-    let p: PatchBody = parse(&b)?;
     if let Some(t) = &p.starts_at {
         parse_time("starts_at", t)?;
     }
@@ -756,8 +650,7 @@ async fn patch_event(
     Ok(Json(v).into_response())
 }
 
-async fn ledger(State(s): St, Path(event): Path<String>, headers: HeaderMap) -> ApiResult {
-    authorize(&s, &headers)?;
+async fn ledger(State(s): St, _: Operator, Path(event): Path<String>) -> ApiResult {
     let ev = event.clone();
     let v = read(&s, move |core| {
         core.event(&ev).map(|e| views::ledger(core, e))
@@ -778,15 +671,9 @@ struct TransferBody {
 async fn transfer(
     State(s): St,
     Path(event): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
+    _: Operator,
+    Posted { key, body: t }: Posted<TransferBody>,
 ) -> ApiResult {
-    authorize(&s, &headers)?;
-    let b = body(b)?;
-    let key = idempotency(&headers, &method, &uri, &b)?;
-    let t: TransferBody = parse(&b)?;
     if t.from != s.region {
         return Err(allot_node::CoreError::NotOwner(format!(
             "only {} can give away its quota; send the transfer to that region",
@@ -846,10 +733,9 @@ struct OrdersQuery {
 
 async fn list_orders(
     State(s): St,
-    headers: HeaderMap,
+    _: Operator,
     q: Result<Query<OrdersQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
-    authorize(&s, &headers)?;
     let Query(q) = q.map_err(|e| Problem::invalid(e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -882,16 +768,12 @@ async fn list_orders(
 async fn refund(
     State(s): St,
     Path(order): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
+    _: Operator,
+    Keyed { key, body }: Keyed,
 ) -> ApiResult {
-    authorize(&s, &headers)?;
-    let b = body(b)?;
-    let key = idempotency(&headers, &method, &uri, &b)?;
-    if !b.is_empty() && !b.iter().all(u8::is_ascii_whitespace) {
-        let _: serde_json::Map<String, Value> = parse(&b)?;
+    // The body is optional; when there is one, it is a JSON object.
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let _: serde_json::Map<String, Value> = parse(&body)?;
     }
     Ok(Json(call_render(&s, key, Command::Refund { order }, order_view).await?).into_response())
 }
@@ -916,8 +798,7 @@ fn peer_vvs(core: &allot_node::Core, peer: &str) -> Value {
     Value::Object(m)
 }
 
-async fn cluster(State(s): St, headers: HeaderMap) -> ApiResult {
-    authorize(&s, &headers)?;
+async fn cluster(State(s): St, _: Operator) -> ApiResult {
     let ready = s.core.is_ready();
     let links = s
         .transport

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod driver;
+pub mod extract;
 pub mod http;
 pub mod node;
 pub mod problem;

@@ -317,6 +317,66 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     dup["pools"][1]["seats"] = json!(["A-1", "A-1"]);
     let (s, _) = n.admin_post("/v1/admin/events", dup).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    // Wrong in several ways at once: the first check in the documented order answers
+    // (body size, operator token, Idempotency-Key, JSON).
+    let big = vec![b' '; 100_000];
+    let r = n
+        .client
+        .post(n.url("/v1/admin/events"))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read(r).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    let r = n
+        .client
+        .post(n.url("/v1/admin/events"))
+        .header("idempotency-key", "two words")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read(r).await.0, StatusCode::UNAUTHORIZED);
+    let r = n
+        .client
+        .post(n.url("/v1/events/rock/holds"))
+        .header("idempotency-key", "two words")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read(r).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    let r = n
+        .client
+        .post(n.url("/v1/events/rock/holds"))
+        .header("idempotency-key", "two words")
+        .body("{\"pool\": ")
+        .send()
+        .await
+        .unwrap();
+    let (s, v) = read(r).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("Idempotency-Key")),
+        "{v}"
+    );
+    // A refund's body is optional, but when given it is a JSON object.
+    for (body, status) in [
+        ("nope", StatusCode::BAD_REQUEST),
+        ("[1]", StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let r = n
+            .client
+            .post(n.url("/v1/admin/orders/o-eu-west-1/refund"))
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read(r).await.0, status, "refund with body {body}");
+    }
     // Nothing changed but the one hold.
     let (_, after) = n.admin_get("/v1/admin/events/rock/ledger").await;
     assert_eq!(
