@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use allot::node::{serve, NodeOptions, Peer};
 use allot::transport::NetFaults;
-use common::{event, read, TOKEN};
+use common::{event, send, TOKEN};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -97,26 +97,20 @@ impl Cluster {
     }
 
     async fn get(&self, i: usize, path: &str) -> (StatusCode, Value) {
-        read(
+        send(
             self.client
                 .get(format!("{}{path}", self.bases[i]))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap(),
+                .bearer_auth(TOKEN),
         )
         .await
     }
 
     async fn post(&self, i: usize, path: &str, body: Value) -> (StatusCode, Value) {
-        read(
+        send(
             self.client
                 .post(format!("{}{path}", self.bases[i]))
                 .bearer_auth(TOKEN)
-                .json(&body)
-                .send()
-                .await
-                .unwrap(),
+                .json(&body),
         )
         .await
     }
@@ -280,25 +274,19 @@ async fn three_regions_sell_and_converge() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Concurrent metadata edits in two regions merge.
-    let (s, _) = read(
+    let (s, _) = send(
         c.client
             .patch(format!("{}/v1/admin/events/rock", c.bases[1]))
             .bearer_auth(TOKEN)
-            .json(&json!({"name": "Rock II"}))
-            .send()
-            .await
-            .unwrap(),
+            .json(&json!({"name": "Rock II"})),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = read(
+    let (s, _) = send(
         c.client
             .patch(format!("{}/v1/admin/events/rock", c.bases[2]))
             .bearer_auth(TOKEN)
-            .json(&json!({"venue": "Stadium"}))
-            .send()
-            .await
-            .unwrap(),
+            .json(&json!({"venue": "Stadium"})),
     )
     .await;
     assert_eq!(s, StatusCode::OK);

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{event, read, TOKEN};
+use common::{event, send, TOKEN};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
@@ -104,14 +104,11 @@ async fn sigkill_mid_load_loses_no_acknowledged_order() {
     wait_ready(&client, &base).await;
     let mut ev = event("rock", 100_000, 300, 600);
     ev["allotments"] = json!({"floor": {"eu-west": 100_000, "us-east": 0}, "stalls": {"eu-west": 300, "us-east": 0}});
-    let (s, v) = read(
+    let (s, v) = send(
         client
             .post(format!("{base}/v1/admin/events"))
             .bearer_auth(TOKEN)
-            .json(&ev)
-            .send()
-            .await
-            .unwrap(),
+            .json(&ev),
     )
     .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
@@ -156,37 +153,24 @@ async fn sigkill_mid_load_loses_no_acknowledged_order() {
     wait_ready(&client, &base).await;
     for o in &acked {
         let id = o["order_id"].as_str().unwrap();
-        let (s, got) = read(
-            client
-                .get(format!("{base}/v1/orders/{id}"))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (s, got) = send(client.get(format!("{base}/v1/orders/{id}"))).await;
         assert_eq!(s, StatusCode::OK, "acknowledged order {id} lost");
         assert_eq!(&got, o);
     }
     // Every order on disk, acknowledged or not, agrees with the ledger.
-    let (_, page) = read(
+    let (_, page) = send(
         client
             .get(format!("{base}/v1/admin/orders?limit=1000"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap(),
+            .bearer_auth(TOKEN),
     )
     .await;
     let mut orders: Vec<Value> = page["orders"].as_array().unwrap().clone();
     let mut next = page["next"].clone();
     while let Some(c) = next.as_str() {
-        let (_, p) = read(
+        let (_, p) = send(
             client
                 .get(format!("{base}/v1/admin/orders?limit=1000&after={c}"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap(),
+                .bearer_auth(TOKEN),
         )
         .await;
         orders.extend(p["orders"].as_array().unwrap().iter().cloned());
@@ -198,13 +182,10 @@ async fn sigkill_mid_load_loses_no_acknowledged_order() {
         acked.len(),
         orders.len()
     );
-    let (_, ledger) = read(
+    let (_, ledger) = send(
         client
             .get(format!("{base}/v1/admin/events/rock/ledger"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap(),
+            .bearer_auth(TOKEN),
     )
     .await;
     let mut seats = HashSet::new();
@@ -255,14 +236,11 @@ async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
     let mut child = spawn(&config);
     wait_ready(&client, &base).await;
     assert_no_huge_pages(child.id());
-    let (s, _) = read(
+    let (s, _) = send(
         client
             .post(format!("{base}/v1/admin/events"))
             .bearer_auth(TOKEN)
-            .json(&event("rock", 100_000, 1, 600))
-            .send()
-            .await
-            .unwrap(),
+            .json(&event("rock", 100_000, 1, 600)),
     )
     .await;
     assert_eq!(s, StatusCode::CREATED);
@@ -303,16 +281,10 @@ async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
     let mut child = spawn(&config);
     wait_ready(&client, &base).await;
     for o in &acked {
-        let (s, got) = read(
-            client
-                .get(format!(
-                    "{base}/v1/orders/{}",
-                    o["order_id"].as_str().unwrap()
-                ))
-                .send()
-                .await
-                .unwrap(),
-        )
+        let (s, got) = send(client.get(format!(
+            "{base}/v1/orders/{}",
+            o["order_id"].as_str().unwrap()
+        )))
         .await;
         assert_eq!((s, &got), (StatusCode::OK, o));
     }

@@ -232,15 +232,13 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()));
     }
     // Malformed JSON and an oversized body.
-    let r = n
-        .client
-        .post(n.url("/v1/events/rock/holds"))
-        .header("content-type", "application/json")
-        .body("{\"pool\": ")
-        .send()
-        .await
-        .unwrap();
-    let (s, v) = read(r).await;
+    let (s, v) = send(
+        n.client
+            .post(n.url("/v1/events/rock/holds"))
+            .header("content-type", "application/json")
+            .body("{\"pool\": "),
+    )
+    .await;
     assert_eq!(
         (s, v["type"].as_str()),
         (
@@ -248,39 +246,44 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             Some("urn:allot:problem:malformed-request")
         )
     );
-    let r = n
-        .client
-        .post(n.url("/v1/events/rock/holds"))
-        .body(vec![b' '; 100_000])
-        .send()
+    assert_eq!(
+        send(
+            n.client
+                .post(n.url("/v1/events/rock/holds"))
+                .body(vec![b' '; 100_000])
+        )
         .await
-        .unwrap();
-    assert_eq!(read(r).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+        .0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
     // Wrong or missing operator token.
-    let r = n
-        .client
-        .get(n.url("/v1/admin/events/rock/ledger"))
-        .send()
+    assert_eq!(
+        send(n.client.get(n.url("/v1/admin/events/rock/ledger")))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(
+            n.client
+                .get(n.url("/v1/admin/events/rock/ledger"))
+                .bearer_auth("nope")
+        )
         .await
-        .unwrap();
-    assert_eq!(read(r).await.0, StatusCode::UNAUTHORIZED);
-    let r = n
-        .client
-        .get(n.url("/v1/admin/events/rock/ledger"))
-        .bearer_auth("nope")
-        .send()
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(
+            n.client
+                .post(n.url("/v1/admin/events"))
+                .bearer_auth("test-operator-tokeX")
+                .json(&event("x", 1, 1, 1))
+        )
         .await
-        .unwrap();
-    assert_eq!(read(r).await.0, StatusCode::UNAUTHORIZED);
-    let r = n
-        .client
-        .post(n.url("/v1/admin/events"))
-        .bearer_auth("test-operator-tokeX")
-        .json(&event("x", 1, 1, 1))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(read(r).await.0, StatusCode::UNAUTHORIZED);
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
     // A reused key with another body.
     let (s, _) = n
         .post_keyed(
@@ -320,41 +323,41 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     // Wrong in several ways at once: the first check in the documented order answers
     // (body size, operator token, Idempotency-Key, JSON).
     let big = vec![b' '; 100_000];
-    let r = n
-        .client
-        .post(n.url("/v1/admin/events"))
-        .body(big.clone())
-        .send()
+    assert_eq!(
+        send(n.client.post(n.url("/v1/admin/events")).body(big.clone()))
+            .await
+            .0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(
+        send(
+            n.client
+                .post(n.url("/v1/admin/events"))
+                .header("idempotency-key", "two words")
+                .body("{")
+        )
         .await
-        .unwrap();
-    assert_eq!(read(r).await.0, StatusCode::PAYLOAD_TOO_LARGE);
-    let r = n
-        .client
-        .post(n.url("/v1/admin/events"))
-        .header("idempotency-key", "two words")
-        .body("{")
-        .send()
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(
+            n.client
+                .post(n.url("/v1/events/rock/holds"))
+                .header("idempotency-key", "two words")
+                .body(big)
+        )
         .await
-        .unwrap();
-    assert_eq!(read(r).await.0, StatusCode::UNAUTHORIZED);
-    let r = n
-        .client
-        .post(n.url("/v1/events/rock/holds"))
-        .header("idempotency-key", "two words")
-        .body(big)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(read(r).await.0, StatusCode::PAYLOAD_TOO_LARGE);
-    let r = n
-        .client
-        .post(n.url("/v1/events/rock/holds"))
-        .header("idempotency-key", "two words")
-        .body("{\"pool\": ")
-        .send()
-        .await
-        .unwrap();
-    let (s, v) = read(r).await;
+        .0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let (s, v) = send(
+        n.client
+            .post(n.url("/v1/events/rock/holds"))
+            .header("idempotency-key", "two words")
+            .body("{\"pool\": "),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert!(
         v["detail"]
@@ -367,15 +370,18 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         ("nope", StatusCode::BAD_REQUEST),
         ("[1]", StatusCode::UNPROCESSABLE_ENTITY),
     ] {
-        let r = n
-            .client
-            .post(n.url("/v1/admin/orders/o-eu-west-1/refund"))
-            .bearer_auth(TOKEN)
-            .body(body)
-            .send()
+        assert_eq!(
+            send(
+                n.client
+                    .post(n.url("/v1/admin/orders/o-eu-west-1/refund"))
+                    .bearer_auth(TOKEN)
+                    .body(body)
+            )
             .await
-            .unwrap();
-        assert_eq!(read(r).await.0, status, "refund with body {body}");
+            .0,
+            status,
+            "refund with body {body}"
+        );
     }
     // Nothing changed but the one hold.
     let (_, after) = n.admin_get("/v1/admin/events/rock/ledger").await;
@@ -459,7 +465,7 @@ async fn two_hundred_buyers_for_fifty_seats() {
         let (client, url) = (n.client.clone(), n.url("/v1/events/rock/purchases"));
         tasks.push(tokio::spawn(async move {
             let body = json!({"pool": "stalls", "quantity": 1, "customer": format!("c-{i}"), "payment_ref": format!("p-{i}")});
-            read(client.post(url).json(&body).send().await.unwrap()).await
+            send(client.post(url).json(&body)).await
         }));
     }
     let mut seats = HashSet::new();
@@ -495,13 +501,10 @@ async fn thirty_buyers_for_one_seat() {
     for i in 0..30 {
         let (client, url) = (n.client.clone(), n.url("/v1/events/rock/holds"));
         tasks.push(tokio::spawn(async move {
-            read(
+            send(
                 client
                     .post(url)
-                    .json(&json!({"seats": ["A-3"], "customer": format!("c-{i}")}))
-                    .send()
-                    .await
-                    .unwrap(),
+                    .json(&json!({"seats": ["A-3"], "customer": format!("c-{i}")})),
             )
             .await
         }));
@@ -585,14 +588,11 @@ async fn concurrent_duplicates_wait_for_the_first_answer() {
         tasks.push(tokio::spawn(async move {
             let body =
                 json!({"pool": "floor", "quantity": 2, "customer": "c-1", "payment_ref": "p"});
-            read(
+            send(
                 client
                     .post(url)
                     .header("Idempotency-Key", "same")
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap(),
+                    .json(&body),
             )
             .await
         }));

@@ -81,55 +81,33 @@ impl TestNode {
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        read(self.client.get(self.url(path)).send().await.unwrap()).await
+        send(self.client.get(self.url(path))).await
     }
 
     pub async fn admin_get(&self, path: &str) -> (StatusCode, Value) {
-        read(
-            self.client
-                .get(self.url(path))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
+        send(self.client.get(self.url(path)).bearer_auth(TOKEN)).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        read(
-            self.client
-                .post(self.url(path))
-                .json(&body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
+        send(self.client.post(self.url(path)).json(&body)).await
     }
 
     pub async fn post_keyed(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
-        read(
+        send(
             self.client
                 .post(self.url(path))
                 .header("Idempotency-Key", key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap(),
+                .json(&body),
         )
         .await
     }
 
     pub async fn admin_post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        read(
+        send(
             self.client
                 .post(self.url(path))
                 .bearer_auth(TOKEN)
-                .json(&body)
-                .send()
-                .await
-                .unwrap(),
+                .json(&body),
         )
         .await
     }
@@ -140,6 +118,12 @@ impl TestNode {
     }
 }
 
+/// Sends a request and reads its answer.
+pub async fn send(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    read(req.send().await.unwrap()).await
+}
+
+/// The answer's status and JSON body; an error must be `application/problem+json`.
 pub async fn read(r: Response) -> (StatusCode, Value) {
     let status = r.status();
     if status.is_client_error() || status.is_server_error() {
