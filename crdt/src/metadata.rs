@@ -162,8 +162,7 @@ impl MetaDoc {
             d.put(&prices, pool.as_str(), ScalarValue::Uint(*cents))?;
         }
         Ok(d.commit()
-            .map(|_| d.get_last_local_change().map(|c| c.raw_bytes().to_vec()))
-            .flatten())
+            .and_then(|_| d.get_last_local_change().map(|c| c.raw_bytes().to_vec())))
     }
 
     pub fn read(&self) -> Result<EventMeta, MetaError> {

@@ -161,7 +161,7 @@ pub async fn run(data: Option<PathBuf>, seconds: Option<u64>, rate: u64) -> anyh
             2
         };
         n += 1;
-        let body = if rng.next() % 5 == 0 {
+        let body = if rng.next().is_multiple_of(5) {
             json!({"pool": "stalls", "quantity": 1 + rng.next() % 2, "customer": format!("c-{n}"), "payment_ref": format!("pay-{n}")})
         } else {
             json!({"pool": "floor", "quantity": 1 + rng.next() % 4, "customer": format!("c-{n}"), "payment_ref": format!("pay-{n}")})

@@ -192,7 +192,7 @@ fn run_sim(
                     s + 1
                 );
             }
-            if done % 20 == 0 || s + 1 == b {
+            if done.is_multiple_of(20) || s + 1 == b {
                 let total = (b - a).max(1);
                 let filled = (done * 30 / total) as usize;
                 eprint!(
