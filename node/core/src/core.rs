@@ -9,8 +9,7 @@
 //! Every state change goes through [`Core::apply_record`]: the live path builds a record,
 //! applies it and emits it, and [`Core::recover`] applies the same records again.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use allot_crdt::{
@@ -102,7 +101,10 @@ pub struct Core {
     orders: ChunkedVec<Order>,
     order_of_hold: BTreeMap<u64, u64>,
     live_holds: BTreeMap<Arc<str>, u32>,
-    expiry: BinaryHeap<Reverse<(Millis, u64)>>,
+    /// Live holds by (expiry, hold number), soonest first. A B-tree like the maps above (a
+    /// heap grows by doubling), and a hold leaves it when it is confirmed or released, so it
+    /// holds the live holds only.
+    expiry: BTreeSet<(Millis, u64)>,
     idem: BTreeMap<String, IdemEntry>,
     /// Keys by (time remembered, record index), oldest first, for expiry.
     idem_order: BTreeMap<(Millis, u64), String>,
@@ -152,7 +154,7 @@ impl Core {
             orders: ChunkedVec::default(),
             order_of_hold: BTreeMap::new(),
             live_holds: BTreeMap::new(),
-            expiry: BinaryHeap::new(),
+            expiry: BTreeSet::new(),
             idem: BTreeMap::new(),
             idem_order: BTreeMap::new(),
             next_hold: 1,
@@ -944,7 +946,7 @@ impl Core {
                 }
                 e.assert_pool(hold.pool);
                 *self.live_holds.entry(hold.customer.clone()).or_insert(0) += 1;
-                self.expiry.push(Reverse((hold.expires_at, hold.n)));
+                self.expiry.insert((hold.expires_at, hold.n));
                 self.next_hold = self.next_hold.max(hold.n + 1);
                 self.holds.insert(hold.n, hold.clone());
                 self.remember(index, at, idem);
@@ -1123,6 +1125,7 @@ impl Core {
     }
 
     fn drop_hold(&mut self, h: &Hold, seat_state: SeatLocal) {
+        self.expiry.remove(&(h.expires_at, h.n));
         let ev = self.by_id[&h.event];
         let e = &mut self.events[ev];
         e.held[h.pool as usize] -= h.quantity;
@@ -1181,15 +1184,13 @@ impl Core {
 
     fn expire_holds(&mut self) {
         let mut by_event: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        while let Some(Reverse((at, n))) = self.expiry.peek().copied() {
+        while let Some(&(at, n)) = self.expiry.first() {
             if at > self.now {
                 break;
             }
-            self.expiry.pop();
+            self.expiry.pop_first();
             if let Some(h) = self.holds.get(&n) {
-                if h.expires_at == at {
-                    by_event.entry(h.event.to_string()).or_default().push(n);
-                }
+                by_event.entry(h.event.to_string()).or_default().push(n);
             }
         }
         for (event, holds) in by_event {
@@ -1439,6 +1440,19 @@ impl Core {
 
     /// Checks the whole state against DESIGN's invariants, as this region sees them.
     pub fn check_invariants(&self) -> Result<(), String> {
+        // Every live hold, and nothing else, waits in the expiry queue.
+        if self.expiry.len() != self.holds.len()
+            || self
+                .holds
+                .values()
+                .any(|h| !self.expiry.contains(&(h.expires_at, h.n)))
+        {
+            return Err(format!(
+                "expiry queue of {} for {} live holds",
+                self.expiry.len(),
+                self.holds.len()
+            ));
+        }
         for e in &self.events {
             let g = e.genesis().clone();
             e.ledger.check().map_err(|m| format!("{}: {m}", e.id))?;
