@@ -18,7 +18,7 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::http::{AppState, MAX_BODY};
+use crate::http::AppState;
 use crate::problem::Problem;
 
 /// The request carries this node's operator token.
@@ -71,11 +71,7 @@ impl<S: Send + Sync> FromRequest<S> for Keyed {
         let key = req.headers().get("idempotency-key").cloned();
         let body = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Problem::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body-too-large",
-                    format!("request bodies are limited to {MAX_BODY} bytes"),
-                )
+                Problem::body_too_large()
             } else {
                 Problem::bad_request(e.body_text())
             }

@@ -97,12 +97,7 @@ async fn proxy(
     let proxied = req.headers().contains_key(PROXIED);
     let (parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
-            format!("request bodies are limited to {MAX_BODY} bytes"),
-        )
-        .into_response();
+        return Problem::body_too_large().into_response();
     };
     // Keep only what a forward needs; the request itself goes to the handler.
     let (method, uri) = (parts.method.clone(), parts.uri.clone());

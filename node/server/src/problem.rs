@@ -33,6 +33,18 @@ impl Problem {
         Problem::new(StatusCode::BAD_REQUEST, "malformed-request", detail)
     }
 
+    /// A body over [`crate::http::MAX_BODY`].
+    pub fn body_too_large() -> Problem {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            format!(
+                "request bodies are limited to {} bytes",
+                crate::http::MAX_BODY
+            ),
+        )
+    }
+
     pub fn invalid(detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", detail)
     }
