@@ -780,17 +780,21 @@ fn peer_vvs(core: &allot_node::Core, peer: &str) -> Value {
         .filter_map(|e| {
             let p = e.genesis().region_index(peer)?;
             let vv = e.peers[p as usize].vv.as_ref()?;
-            let named: serde_json::Map<String, Value> = e
-                .genesis()
-                .regions
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (n.clone(), json!(vv.get(i))))
-                .collect();
-            Some((e.id.to_string(), Value::Object(named)))
+            Some((e.id.to_string(), by_region(&e.genesis().regions, vv)))
         })
         .collect();
     Value::Object(m)
+}
+
+/// A version vector as `{region: count}`, in the event's region order.
+fn by_region(regions: &[String], vv: &allot_crdt::VersionVector) -> Value {
+    Value::Object(
+        regions
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), json!(vv.get(i))))
+            .collect(),
+    )
 }
 
 async fn cluster(State(s): St, _: Operator) -> ApiResult {
@@ -830,14 +834,7 @@ async fn cluster(State(s): St, _: Operator) -> ApiResult {
         let events: Vec<Value> = core
             .events()
             .map(|e| {
-                let vv = e.ledger.version_vector();
-                let versions: serde_json::Map<String, Value> = e
-                    .genesis()
-                    .regions
-                    .iter()
-                    .enumerate()
-                    .map(|(r, n)| (n.clone(), json!(vv.get(r))))
-                    .collect();
+                let versions = by_region(&e.genesis().regions, &e.ledger.version_vector());
                 json!({ "event": &*e.id, "version_vector": versions })
             })
             .collect();
