@@ -42,6 +42,23 @@ pub enum Refusal {
         seat: SeatIdx,
         owner: RegionIdx,
     },
+    #[error("a single change of {n} in pool {pool} is outside 1..={capacity}, its capacity")]
+    ChangeOutOfBounds {
+        pool: PoolIdx,
+        n: u64,
+        capacity: u64,
+    },
+    #[error("writer {writer}: a counter of pool {pool} would overflow")]
+    Overflow { writer: RegionIdx, pool: PoolIdx },
+    #[error(
+        "writer {writer} claims {outstanding} of pool {pool} sold, its capacity is {capacity}"
+    )]
+    OverCapacity {
+        writer: RegionIdx,
+        pool: PoolIdx,
+        outstanding: u64,
+        capacity: u64,
+    },
     #[error("region {writer} has {available} of pool {pool}, not {wanted}")]
     Insufficient {
         writer: RegionIdx,
@@ -82,6 +99,8 @@ pub struct SeatMove {
     pub seat: SeatIdx,
     pub from: RegionIdx,
     pub to: RegionIdx,
+    /// The ownership epoch the seat moves at.
+    pub epoch: u32,
 }
 
 /// A change a region makes to its own row.
@@ -191,11 +210,24 @@ impl Ledger {
 
     /// `initial + Σs granted_out[s][r] − Σs granted_out[r][s] − consumed + returned`.
     /// Negative only in a view that has seen `r` spend a grant whose giver's row it lacks.
+    ///
+    /// Computed in 128 bits: every counter is a `u64` that only grows, and a sum of them must
+    /// never wrap into a quota that does not exist. Counters are bounded where they change
+    /// (one change at most a pool's capacity), so the clamp to `i64` is never reached by any
+    /// state a ledger accepts.
     pub fn available(&self, pool: PoolIdx, r: RegionIdx) -> i64 {
+        let wide = self.available_wide(pool, r);
+        i64::try_from(wide).unwrap_or(if wide < 0 { i64::MIN } else { i64::MAX })
+    }
+
+    fn available_wide(&self, pool: PoolIdx, r: RegionIdx) -> i128 {
         let p = pool as usize;
         let row = &self.rows[r as usize].pools[p];
-        (self.initial(pool, r) + self.granted_in[p][r as usize] + row.returned.value) as i64
-            - (self.granted_out[p][r as usize] + row.consumed.value) as i64
+        i128::from(self.initial(pool, r))
+            + i128::from(self.granted_in[p][r as usize])
+            + i128::from(row.returned.value)
+            - i128::from(self.granted_out[p][r as usize])
+            - i128::from(row.consumed.value)
     }
 
     pub fn seat_owner(&self, pool: PoolIdx, seat: SeatIdx) -> SeatOwner {
@@ -221,7 +253,7 @@ impl Ledger {
         // Units each pool loses; writes touch one or two pools, so a short list is enough.
         let mut spent: SmallVec<[(usize, u64); 2]> = SmallVec::new();
         let mut spend = |p: usize, n: u64| match spent.iter_mut().find(|(q, _)| *q == p) {
-            Some(s) => s.1 += n,
+            Some(s) => s.1 = s.1.saturating_add(n),
             None => spent.push((p, n)),
         };
         for change in changes {
@@ -232,23 +264,39 @@ impl Ledger {
                 | Change::GiveSeat { pool, .. } => pool,
             };
             let p = pool as usize;
-            if p >= self.genesis.pools.len() {
+            let Some(genesis_pool) = self.genesis.pools.get(p) else {
                 return Err(Refusal::Malformed {
                     writer,
                     why: "unknown pool",
                 });
+            };
+            // One change moves at most the whole pool: anything larger is a wrapped or hostile
+            // number, never a sale, refund or grant (cumulative counters may still pass the
+            // capacity after many of them).
+            let capacity = genesis_pool.capacity();
+            if let Change::Consume { n, .. } | Change::Return { n, .. } | Change::Grant { n, .. } =
+                *change
+            {
+                if n == 0 || n > capacity {
+                    return Err(Refusal::ChangeOutOfBounds { pool, n, capacity });
+                }
             }
             let prow = &row.pools[p];
+            let overflow = Refusal::Overflow { writer, pool };
             let bump = |entries: &mut Entries,
                         key: (PoolIdx, u8, u32),
                         make: &dyn Fn(u64) -> Entry,
                         base: u64,
-                        n: u64| {
+                        n: u64|
+             -> Result<(), Refusal> {
                 if let Some(e) = entries.iter_mut().find(|(_, e)| e.key() == key) {
-                    e.1 = make(entry_value(&e.1) + n);
+                    let v = entry_value(&e.1).checked_add(n).ok_or(overflow.clone())?;
+                    e.1 = make(v);
                 } else {
-                    entries.push((seq, make(base + n)));
+                    let v = base.checked_add(n).ok_or(overflow.clone())?;
+                    entries.push((seq, make(v)));
                 }
+                Ok(())
             };
             match *change {
                 Change::Consume { n, .. } => {
@@ -259,10 +307,10 @@ impl Ledger {
                         &|v| Entry::Consumed { pool, value: v },
                         prow.consumed.value,
                         n,
-                    );
+                    )?;
                 }
                 Change::Return { n, .. } => {
-                    let outstanding = prow.consumed.value - prow.returned.value;
+                    let outstanding = prow.consumed.value.saturating_sub(prow.returned.value);
                     if n > outstanding {
                         return Err(Refusal::Malformed {
                             writer,
@@ -275,7 +323,7 @@ impl Ledger {
                         &|v| Entry::Returned { pool, value: v },
                         prow.returned.value,
                         n,
-                    );
+                    )?;
                 }
                 Change::Grant { to, n, .. } => {
                     if to == writer || to as usize >= self.rows.len() {
@@ -298,7 +346,7 @@ impl Ledger {
                         &|v| Entry::GrantedOut { pool, to, value: v },
                         base,
                         n,
-                    );
+                    )?;
                 }
                 Change::GiveSeat { seat, to, .. } => {
                     if to == writer || to as usize >= self.rows.len() {
@@ -333,7 +381,7 @@ impl Ledger {
                         Entry::Seat {
                             pool,
                             seat,
-                            epoch: owner.epoch + 1,
+                            epoch: owner.epoch.checked_add(1).ok_or(overflow.clone())?,
                             to,
                         },
                     ));
@@ -344,13 +392,13 @@ impl Ledger {
                         &|v| Entry::GrantedOut { pool, to, value: v },
                         base,
                         1,
-                    );
+                    )?;
                 }
             }
         }
         for &(p, n) in &spent {
             let available = self.available(p as PoolIdx, writer);
-            if n > 0 && available < n as i64 {
+            if n > 0 && i128::from(available) < i128::from(n) {
                 return Err(Refusal::Insufficient {
                     writer,
                     pool: p as PoolIdx,
@@ -369,9 +417,11 @@ impl Ledger {
         })
     }
 
-    /// Applies a delta of any writer's row (a peer's, or this region's own on recovery).
-    /// All checks run before anything is changed, so a refused delta changes nothing.
-    pub fn apply(&mut self, d: &RowDelta) -> Result<Applied, Refusal> {
+    /// What applying `d` would do, without doing it: every check [`apply`](Self::apply) makes,
+    /// and the credits and seat moves it would bring. A caller with rules of its own over
+    /// those (the region core refuses a peer row that moves a seat it owns, or credits it
+    /// more than a pool holds) decides before anything changes.
+    pub fn preview(&self, d: &RowDelta) -> Result<Applied, Refusal> {
         self.validate(d)?;
         let w = d.writer as usize;
         let have = self.rows[w].seq;
@@ -384,18 +434,62 @@ impl Ledger {
         let mut credits = Vec::new();
         let mut seats = Vec::new();
         for &(stamp, entry) in &d.entries {
-            let prow = &mut self.rows[w].pools[entry.pool() as usize];
+            let prow = &self.rows[w].pools[entry.pool() as usize];
             match entry {
                 Entry::GrantedOut { pool, to, value } => {
+                    let held = prow.granted_out[to as usize];
+                    if stamp > held.seq && value > held.value {
+                        credits.push(Credit {
+                            pool,
+                            to,
+                            amount: value - held.value,
+                        });
+                    }
+                }
+                Entry::Seat {
+                    pool,
+                    seat,
+                    epoch,
+                    to,
+                } => {
+                    let newer = prow.seats.get(&seat).is_none_or(|s| stamp > s.seq);
+                    let owner = self.owners[pool as usize][seat as usize];
+                    if newer && epoch > owner.epoch {
+                        seats.push(SeatMove {
+                            pool,
+                            seat,
+                            from: owner.owner,
+                            to,
+                            epoch,
+                        });
+                    }
+                }
+                Entry::Consumed { .. } | Entry::Returned { .. } => {}
+            }
+        }
+        Ok(Applied::Advanced {
+            from: have,
+            to: d.seq,
+            credits,
+            seats,
+        })
+    }
+
+    /// Applies a delta of any writer's row (a peer's, or this region's own on recovery).
+    /// All checks run before anything is changed, so a refused delta changes nothing.
+    pub fn apply(&mut self, d: &RowDelta) -> Result<Applied, Refusal> {
+        let applied = self.preview(d)?;
+        let Applied::Advanced { credits, seats, .. } = &applied else {
+            return Ok(applied);
+        };
+        let w = d.writer as usize;
+        for &(stamp, entry) in &d.entries {
+            let prow = &mut self.rows[w].pools[entry.pool() as usize];
+            match entry {
+                Entry::GrantedOut { to, value, .. } => {
                     let held = &mut prow.granted_out[to as usize];
                     if stamp > held.seq {
-                        let amount = value - held.value;
                         *held = Stamped { value, seq: stamp };
-                        if amount > 0 {
-                            self.granted_in[pool as usize][to as usize] += amount;
-                            self.granted_out[pool as usize][w] += amount;
-                            credits.push(Credit { pool, to, amount });
-                        }
                     }
                 }
                 Entry::Consumed { value, .. } => {
@@ -409,13 +503,9 @@ impl Ledger {
                     }
                 }
                 Entry::Seat {
-                    pool,
-                    seat,
-                    epoch,
-                    to,
+                    seat, epoch, to, ..
                 } => {
-                    let newer = prow.seats.get(&seat).is_none_or(|s| stamp > s.seq);
-                    if newer {
+                    if prow.seats.get(&seat).is_none_or(|s| stamp > s.seq) {
                         prow.seats.insert(
                             seat,
                             SeatStamp {
@@ -424,27 +514,23 @@ impl Ledger {
                                 seq: stamp,
                             },
                         );
-                        let owner = &mut self.owners[pool as usize][seat as usize];
-                        if epoch > owner.epoch {
-                            seats.push(SeatMove {
-                                pool,
-                                seat,
-                                from: owner.owner,
-                                to,
-                            });
-                            *owner = SeatOwner { epoch, owner: to };
-                        }
                     }
                 }
             }
         }
+        // `validate` checked these sums cannot overflow.
+        for c in credits {
+            self.granted_in[c.pool as usize][c.to as usize] += c.amount;
+            self.granted_out[c.pool as usize][w] += c.amount;
+        }
+        for m in seats {
+            self.owners[m.pool as usize][m.seat as usize] = SeatOwner {
+                epoch: m.epoch,
+                owner: m.to,
+            };
+        }
         self.rows[w].seq = d.seq;
-        Ok(Applied::Advanced {
-            from: have,
-            to: d.seq,
-            credits,
-            seats,
-        })
+        Ok(applied)
     }
 
     fn validate(&self, d: &RowDelta) -> Result<(), Refusal> {
@@ -466,6 +552,8 @@ impl Ledger {
         let row = &self.rows[w];
         let have = row.seq;
         let mut last_key = None;
+        // Counters this delta would raise, and by how much (bounded below, before any change).
+        let mut rises: SmallVec<[(Entry, u64); 2]> = SmallVec::new();
         for &(stamp, entry) in &d.entries {
             if stamp <= d.since || stamp > d.seq {
                 return malformed("entry stamped outside (since, seq]");
@@ -504,6 +592,9 @@ impl Ledger {
                 }
             };
             let value = entry_value(&entry);
+            if stamp > held.seq && value > held.value {
+                rises.push((entry, value - held.value));
+            }
             if stamp == held.seq && value != held.value {
                 return Err(Refusal::Conflict { writer, seq: stamp });
             }
@@ -519,6 +610,9 @@ impl Ledger {
                     return Err(Refusal::Backwards { writer, seq: stamp });
                 }
             }
+        }
+        if d.seq > have && d.since <= have {
+            self.check_rises(d, have, &rises)?;
         }
         // A row's consumption can never be refunded beyond what it sold: a hostile row that
         // tries would let the refund mint seats.
@@ -540,6 +634,63 @@ impl Ledger {
                 if value > consumed {
                     return malformed("returned exceeds consumed");
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bounds what an advancing delta would raise, so no sum the ledger keeps can wrap: each
+    /// version of a row changes an entry by at most its pool's capacity (what
+    /// [`write`](Self::write) allows), the grant aggregates must stay within `u64`, and after
+    /// the delta the writer may not have more sold and unrefunded than the pool holds.
+    fn check_rises(&self, d: &RowDelta, have: u64, rises: &[(Entry, u64)]) -> Result<(), Refusal> {
+        let writer = d.writer;
+        let w = writer as usize;
+        let versions = u128::from(d.seq - have);
+        let mut out_by_pool: SmallVec<[(PoolIdx, u64); 2]> = SmallVec::new();
+        for &(entry, rise) in rises {
+            let pool = entry.pool();
+            let capacity = self.genesis.pools[pool as usize].capacity();
+            if u128::from(rise) > u128::from(capacity) * versions {
+                return Err(Refusal::Malformed {
+                    writer,
+                    why: "a counter rose by more than its pool's capacity per version",
+                });
+            }
+            if let Entry::GrantedOut { to, .. } = entry {
+                let overflow = Refusal::Overflow { writer, pool };
+                self.granted_in[pool as usize][to as usize]
+                    .checked_add(rise)
+                    .ok_or(overflow.clone())?;
+                match out_by_pool.iter_mut().find(|(p, _)| *p == pool) {
+                    Some(o) => o.1 = o.1.checked_add(rise).ok_or(overflow)?,
+                    None => out_by_pool.push((pool, rise)),
+                }
+            }
+        }
+        for &(pool, rise) in &out_by_pool {
+            self.granted_out[pool as usize][w]
+                .checked_add(rise)
+                .ok_or(Refusal::Overflow { writer, pool })?;
+        }
+        for (p, pool) in self.genesis.pools.iter().enumerate() {
+            let prow = &self.rows[w].pools[p];
+            let after = |kind: u8, held: u64| {
+                d.entries
+                    .iter()
+                    .find(|(_, e)| e.key() == (p as PoolIdx, kind, 0))
+                    .map_or(held, |&(_, e)| entry_value(&e).max(held))
+            };
+            let consumed = after(1, prow.consumed.value);
+            let returned = after(2, prow.returned.value);
+            let outstanding = consumed.saturating_sub(returned);
+            if outstanding > pool.capacity() {
+                return Err(Refusal::OverCapacity {
+                    writer,
+                    pool: p as PoolIdx,
+                    outstanding,
+                    capacity: pool.capacity(),
+                });
             }
         }
         Ok(())
@@ -579,7 +730,7 @@ impl Ledger {
             // Only one region can hand a seat over at a given epoch: its owner at epoch − 1.
             return Err(Refusal::Conflict { writer, seq: stamp });
         }
-        if now.epoch + 1 == epoch && now.owner != writer {
+        if now.epoch.checked_add(1) == Some(epoch) && now.owner != writer {
             return Err(Refusal::SeatNotOwned {
                 writer,
                 pool,
@@ -619,17 +770,23 @@ impl Ledger {
             let mut total: i128 = 0;
             for r in 0..self.rows.len() {
                 let ri = r as RegionIdx;
-                let (gin, gout) = self.rows.iter().fold((0, 0), |(i, o), row| {
+                let (gin, gout) = self.rows.iter().fold((0u128, 0u128), |(i, o), row| {
                     (
-                        i + row.pools[p].granted_out[r].value,
+                        i + u128::from(row.pools[p].granted_out[r].value),
                         o + if row.writer == ri {
-                            row.pools[p].granted_out.iter().map(|g| g.value).sum()
+                            row.pools[p]
+                                .granted_out
+                                .iter()
+                                .map(|g| u128::from(g.value))
+                                .sum()
                         } else {
                             0
                         },
                     )
                 });
-                if gin != self.granted_in[p][r] || gout != self.granted_out[p][r] {
+                if gin != u128::from(self.granted_in[p][r])
+                    || gout != u128::from(self.granted_out[p][r])
+                {
                     return Err(format!(
                         "pool {}: grant aggregates of region {r} disagree with rows",
                         pool.id
@@ -641,7 +798,7 @@ impl Ledger {
                         pool.id
                     ));
                 }
-                total += i128::from(self.available(pi, ri))
+                total += self.available_wide(pi, ri)
                     + i128::from(self.consumed(pi, ri) - self.returned(pi, ri));
             }
             if total != i128::from(pool.capacity()) {

@@ -166,48 +166,71 @@ impl MetaDoc {
     }
 
     pub fn read(&self) -> Result<EventMeta, MetaError> {
-        let s = |k: &'static str| -> Result<String, MetaError> {
-            match self.doc.get(ROOT, k)? {
-                Some((Value::Scalar(v), _)) => {
-                    v.as_str().map(str::to_owned).ok_or(MetaError::Field(k))
-                }
-                _ => Err(MetaError::Field(k)),
-            }
-        };
-        let f = |k: &'static str| -> Result<f64, MetaError> {
-            match self.doc.get(ROOT, k)? {
-                Some((Value::Scalar(v), _)) => v.as_f64().ok_or(MetaError::Field(k)),
-                _ => Err(MetaError::Field(k)),
-            }
-        };
-        let hold_ttl_s = match self.doc.get(ROOT, "hold_ttl_s")? {
-            Some((Value::Scalar(v), _)) => v.as_u64().ok_or(MetaError::Field("hold_ttl_s"))?,
-            _ => return Err(MetaError::Field("hold_ttl_s")),
-        };
-        let mut prices = BTreeMap::new();
-        if let Some((Value::Object(ObjType::Map), id)) = self.doc.get(ROOT, "prices")? {
-            for key in self.doc.keys(&id) {
-                let cents = match self.doc.get(&id, key.as_str())? {
-                    Some((Value::Scalar(v), _)) => v.as_u64().ok_or(MetaError::Field("prices"))?,
-                    _ => return Err(MetaError::Field("prices")),
-                };
-                prices.insert(key, cents);
-            }
-        } else {
-            return Err(MetaError::Field("prices"));
-        }
-        Ok(EventMeta {
-            name: s("name")?,
-            description: s("description")?,
-            venue: s("venue")?,
-            lat: f("lat")?,
-            lon: f("lon")?,
-            starts_at: s("starts_at")?,
-            hold_ttl_s,
-            prices,
-        })
+        read_doc(&self.doc)
     }
 
+    /// Applies changes only if the document still reads as an event's metadata afterwards,
+    /// and returns what it reads; otherwise nothing changes (the changes are tried on a fork
+    /// first). For changes from a peer, which may be well-formed automerge and still wrong.
+    pub fn apply_checked(&mut self, changes: &[Vec<u8>]) -> Result<EventMeta, MetaError> {
+        let decoded = decode(changes)?;
+        let mut trial = self.doc.fork();
+        trial.apply_changes(decoded.clone())?;
+        let meta = read_doc(&trial)?;
+        self.doc.apply_changes(decoded)?;
+        Ok(meta)
+    }
+}
+
+fn decode(changes: &[Vec<u8>]) -> Result<Vec<Change>, MetaError> {
+    changes
+        .iter()
+        .map(|b| Change::from_bytes(b.clone()).map_err(|e| MetaError::Load(e.to_string())))
+        .collect()
+}
+
+fn read_doc(doc: &AutoCommit) -> Result<EventMeta, MetaError> {
+    let s = |k: &'static str| -> Result<String, MetaError> {
+        match doc.get(ROOT, k)? {
+            Some((Value::Scalar(v), _)) => v.as_str().map(str::to_owned).ok_or(MetaError::Field(k)),
+            _ => Err(MetaError::Field(k)),
+        }
+    };
+    let f = |k: &'static str| -> Result<f64, MetaError> {
+        match doc.get(ROOT, k)? {
+            Some((Value::Scalar(v), _)) => v.as_f64().ok_or(MetaError::Field(k)),
+            _ => Err(MetaError::Field(k)),
+        }
+    };
+    let hold_ttl_s = match doc.get(ROOT, "hold_ttl_s")? {
+        Some((Value::Scalar(v), _)) => v.as_u64().ok_or(MetaError::Field("hold_ttl_s"))?,
+        _ => return Err(MetaError::Field("hold_ttl_s")),
+    };
+    let mut prices = BTreeMap::new();
+    if let Some((Value::Object(ObjType::Map), id)) = doc.get(ROOT, "prices")? {
+        for key in doc.keys(&id) {
+            let cents = match doc.get(&id, key.as_str())? {
+                Some((Value::Scalar(v), _)) => v.as_u64().ok_or(MetaError::Field("prices"))?,
+                _ => return Err(MetaError::Field("prices")),
+            };
+            prices.insert(key, cents);
+        }
+    } else {
+        return Err(MetaError::Field("prices"));
+    }
+    Ok(EventMeta {
+        name: s("name")?,
+        description: s("description")?,
+        venue: s("venue")?,
+        lat: f("lat")?,
+        lon: f("lon")?,
+        starts_at: s("starts_at")?,
+        hold_ttl_s,
+        prices,
+    })
+}
+
+impl MetaDoc {
     pub fn heads(&mut self) -> Vec<[u8; 32]> {
         self.doc.get_heads().into_iter().map(|h| h.0).collect()
     }
@@ -225,11 +248,7 @@ impl MetaDoc {
     /// Applies encoded changes (duplicates are ignored by automerge). All changes are decoded
     /// before any is applied, so a malformed batch changes nothing.
     pub fn apply(&mut self, changes: &[Vec<u8>]) -> Result<(), MetaError> {
-        let decoded = changes
-            .iter()
-            .map(|b| Change::from_bytes(b.clone()).map_err(|e| MetaError::Load(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.doc.apply_changes(decoded)?;
+        self.doc.apply_changes(decode(changes)?)?;
         Ok(())
     }
 

@@ -96,7 +96,7 @@ impl VersionVector {
     pub fn lag_behind(&self, other: &VersionVector) -> u64 {
         (0..self.0.len())
             .map(|i| self.get(i).saturating_sub(other.get(i)))
-            .sum()
+            .fold(0u64, u64::saturating_add)
     }
 }
 

@@ -324,8 +324,12 @@ fn only_the_owner_can_write_spending() {
         Err(Refusal::SeatNotOwned { .. })
     ));
     assert!(matches!(
-        l.write(1, &[Change::Consume { pool: 0, n: 100 }]),
+        l.write(1, &[Change::Consume { pool: 0, n: 20 }]),
         Err(Refusal::Insufficient { .. })
+    ));
+    assert!(matches!(
+        l.write(1, &[Change::Consume { pool: 0, n: 100 }]),
+        Err(Refusal::ChangeOutOfBounds { .. })
     ));
     assert!(matches!(
         l.write(
@@ -372,4 +376,84 @@ fn a_delta_with_a_gap_is_ignored_until_the_missing_part_arrives() {
     m.apply(&l.delta_since(0, 0).unwrap()).unwrap();
     assert_eq!(m.apply(&late), Ok(Applied::Stale));
     assert_eq!(m, l);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A single change near the integer limits is refused by `write` and by `apply`, and the
+    /// ledger is the same after (before the fix a grant of 2^64 − 10 wrapped into new quota).
+    #[test]
+    fn single_changes_near_the_limits_are_refused_and_change_nothing(
+        n in prop_oneof![
+            (u64::MAX - 64)..=u64::MAX,
+            (i64::MAX as u64 - 64)..=(i64::MAX as u64 + 64),
+            31u64..=u64::MAX,
+        ],
+        kind in 0u8..3,
+    ) {
+        let mut l = Ledger::new(genesis());
+        l.apply(&l.write(1, &[Change::Consume { pool: 0, n: 3 }]).unwrap()).unwrap();
+        let before = l.clone();
+        let change = match kind {
+            0 => Change::Consume { pool: 0, n },
+            1 => Change::Return { pool: 0, n },
+            _ => Change::Grant { pool: 0, to: 0, n },
+        };
+        let refused = matches!(l.write(1, &[change]), Err(Refusal::ChangeOutOfBounds { .. }));
+        prop_assert!(refused);
+        // The same numbers arriving as a hostile delta of row 1.
+        let entry = match kind {
+            0 => Entry::Consumed { pool: 0, value: n },
+            1 => Entry::Returned { pool: 0, value: n },
+            _ => Entry::GrantedOut { pool: 0, to: 0, value: n },
+        };
+        let d = RowDelta {
+            genesis: l.hash(),
+            writer: 1,
+            since: 1,
+            seq: 2,
+            entries: [(2, entry)].into_iter().collect(),
+        };
+        prop_assert!(l.apply(&d).is_err());
+        prop_assert_eq!(&l, &before);
+        l.check().unwrap();
+    }
+
+    /// Sell/refund cycles and quota moved back and forth push cumulative counters far past
+    /// the capacity: every write is accepted, and replicas fed in any order converge.
+    #[test]
+    fn counters_past_capacity_are_accepted_and_converge(rounds in 10usize..60, q in 1u64..=10) {
+        let g = genesis();
+        let mut a = Ledger::new(g.clone());
+        let mut b = Ledger::new(g.clone());
+        let mut deltas = Vec::new();
+        for _ in 0..rounds {
+            for (w, change) in [
+                (0, Change::Grant { pool: 0, to: 1, n: q }),
+                (1, Change::Grant { pool: 0, to: 0, n: q }),
+                (0, Change::Consume { pool: 0, n: 10 }),
+                (0, Change::Return { pool: 0, n: 10 }),
+            ] {
+                // Writer 1 can pass on what writer 0 gave only once it has seen the grant.
+                let other = a.clone();
+                b.merge(&other).unwrap();
+                let view = if w == 0 { &mut a } else { &mut b };
+                let d = view.write(w, &[change]).unwrap();
+                view.apply(&d).unwrap();
+                deltas.push(d);
+                let other = b.clone();
+                a.merge(&other).unwrap();
+            }
+        }
+        prop_assert!(a.consumed(0, 0) > 30);
+        let mut c = Ledger::new(g);
+        for d in deltas.iter().rev().chain(deltas.iter()) {
+            c.apply(d).unwrap();
+        }
+        c.merge(&a).unwrap();
+        prop_assert_eq!(&c, &a);
+        a.check().unwrap();
+        prop_assert_eq!(a.available(0, 0), 10);
+    }
 }
