@@ -122,11 +122,15 @@ const EVENT: &str = "sim";
 impl World {
     pub fn new(sc: Scenario, strategy: Strategy, seed: u64, chaos: Chaos) -> World {
         let names = sc.regions.clone();
+        // Each region's id key comes from the seed (its own stream, so drawing it does not
+        // shift the main generator): a seed replays the same ids.
+        let mut keys = ChaCha8Rng::seed_from_u64(seed ^ 0x1d_6e75);
         let nodes = names
             .iter()
             .map(|n| {
                 let mut cfg = Config::new(n, &names);
                 cfg.max_holds_per_customer = u32::MAX;
+                cfg.id_key = IdKey::new(keys.random());
                 Node {
                     core: Some(Core::new(cfg.clone())),
                     cfg,
@@ -680,7 +684,10 @@ impl World {
                     self.report.abandoned += 1;
                 } else {
                     let think = self.rng.random_range(0..=d.think_ms);
-                    let hold = format_id(IdKind::Hold, &self.names[r], h.n);
+                    let hold = self.nodes[r]
+                        .cfg
+                        .id_key
+                        .format(IdKind::Hold, &self.names[r], h.n);
                     self.at(
                         done + think,
                         Ev::Confirm {

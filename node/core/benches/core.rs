@@ -82,7 +82,7 @@ fn hold_confirm(i: u64) -> Vec<Input> {
         customer: "c-1".into(),
     };
     let confirm = Command::Confirm {
-        hold: format_id(IdKind::Hold, "eu-west", i),
+        hold: IdKey::insecure_for_tests("eu-west").format(IdKind::Hold, "eu-west", i),
         payment_ref: "pay".into(),
     };
     vec![

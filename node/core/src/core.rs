@@ -21,7 +21,7 @@ use crate::api::*;
 use crate::chunked::ChunkedVec;
 use crate::event::{EventState, SeatLocal};
 use crate::gossip::{EventGossip, GossipFrame};
-use crate::ids::{GlobalId, IdKind};
+use crate::ids::{GlobalId, IdKey, IdKind};
 use crate::record::{IdemRecord, Record, RecordBody, ReleaseReason};
 
 /// Limits and identity of one region's core.
@@ -36,7 +36,23 @@ pub struct Config {
     pub max_holds_per_customer: u32,
     pub max_quantity: u64,
     pub idempotency_ttl_ms: Millis,
+    /// The secret that makes hold and order ids unguessable (see [`IdKey`]). Drivers set a
+    /// random one, kept across restarts; [`Config::new`] starts from a test key.
+    pub id_key: IdKey,
+    /// The most a gossip frame may encode to. One event's whole unit (its row deltas, plus
+    /// genesis and metadata while the peer lacks them) is never split, so an event that could
+    /// not fit is refused at creation; the rest waits for later ticks.
+    pub frame_budget_bytes: usize,
 }
+
+/// The default gossip frame budget: below the 8 MiB the wire accepts, with room for framing.
+pub const DEFAULT_FRAME_BUDGET: usize = 7 << 20;
+
+/// The most one seat's entry in a row delta can encode to (stamp, kind, pool, seat, epoch
+/// and region as postcard varints), for bounding an event's largest gossip unit.
+const SEAT_ENTRY_MAX_BYTES: usize = 24;
+/// The same for a counter entry (a grant, `consumed`, `returned`).
+const COUNTER_ENTRY_MAX_BYTES: usize = 24;
 
 impl Config {
     pub fn new(region: &str, regions: &[String]) -> Config {
@@ -48,6 +64,8 @@ impl Config {
             max_holds_per_customer: 5,
             max_quantity: 20,
             idempotency_ttl_ms: 24 * 3600 * 1000,
+            id_key: IdKey::insecure_for_tests(region),
+            frame_budget_bytes: DEFAULT_FRAME_BUDGET,
         }
     }
 }
@@ -115,6 +133,12 @@ pub struct Core {
     now: Millis,
     waiting: VecDeque<(u64, RequestId, Reply)>,
     own_pending: VecDeque<(u64, usize, RowDelta)>,
+    /// Orders whose records are not durable yet, as (record index, order number) in record
+    /// order. Readers do not see them: an answer may only show what a crash cannot undo.
+    unpublished_orders: VecDeque<(u64, u64)>,
+    /// Refunds not durable yet, by order number → record index: readers still see the order
+    /// as confirmed.
+    unpublished_refunds: BTreeMap<u64, u64>,
     credit_pending: VecDeque<(u64, usize, PoolIdx, u64, Option<SeatIdx>)>,
     out: Ready,
 }
@@ -144,6 +168,24 @@ fn check_id(field: &str, s: &str) -> Result<(), CoreError> {
     }
 }
 
+/// The most one event's gossip unit can grow to: its genesis and first metadata change, and
+/// every row with every seat given away and every counter changed.
+fn largest_gossip_unit(genesis: &Genesis, meta_bytes: usize) -> usize {
+    let regions = genesis.regions.len();
+    let genesis_bytes = postcard::experimental::serialized_size(genesis).unwrap_or(usize::MAX);
+    let rows: usize = genesis
+        .pools
+        .iter()
+        .map(|p| {
+            p.seat_count() * regions * SEAT_ENTRY_MAX_BYTES
+                + regions * (regions + 2) * COUNTER_ENTRY_MAX_BYTES
+        })
+        .sum();
+    genesis_bytes
+        .saturating_add(meta_bytes)
+        .saturating_add(rows)
+}
+
 impl Core {
     pub fn new(cfg: Config) -> Core {
         Core {
@@ -164,6 +206,8 @@ impl Core {
             now: 0,
             waiting: VecDeque::new(),
             own_pending: VecDeque::new(),
+            unpublished_orders: VecDeque::new(),
+            unpublished_refunds: BTreeMap::new(),
             credit_pending: VecDeque::new(),
             out: Ready::default(),
         }
@@ -392,6 +436,15 @@ impl Core {
         let actor = EventState::actor(&self.cfg.region, self.cfg.incarnation);
         let (_, change) =
             MetaDoc::create(&actor, &meta).map_err(|e| CoreError::Meta(e.to_string()))?;
+        let largest = largest_gossip_unit(&genesis, change.len());
+        // A quarter of the budget stays for the other events' digest entries in the frame.
+        let room = self.cfg.frame_budget_bytes - self.cfg.frame_budget_bytes / 4;
+        if largest > room {
+            return invalid(format!(
+                "the event could grow to {largest} bytes of gossip, more than the {room} one \
+                 frame carries: split its seats into fewer or smaller pools"
+            ));
+        }
         let outcome = Outcome::EventCreated { event: spec.id };
         let idem = Self::idem_record(key, &outcome);
         let index = self.commit(RecordBody::EventCreated {
@@ -459,7 +512,7 @@ impl Core {
                     return invalid(format!("quantity must be 1-{}", self.cfg.max_quantity));
                 }
                 let sellable = e.sellable(p);
-                if sellable < *quantity as i64 {
+                if i128::from(sellable) < i128::from(*quantity) {
                     return Err(CoreError::SoldOut {
                         available: sellable.max(0) as u64,
                         wanted: *quantity,
@@ -577,18 +630,33 @@ impl Core {
         Ok((index, outcome))
     }
 
+    /// The number of one of this region's holds or orders, from its id. A malformed id, one
+    /// that names no region of the cluster, and one whose tag this region did not make are
+    /// all simply unknown; another region's id is that region's to answer.
     fn local_id(&self, kind: IdKind, id: &str) -> Result<u64, CoreError> {
-        let g = GlobalId::parse(kind, id).ok_or_else(|| match kind {
+        let unknown = || match kind {
             IdKind::Hold => CoreError::UnknownHold(id.to_owned()),
             IdKind::Order => CoreError::UnknownOrder(id.to_owned()),
-        })?;
+        };
+        let g = GlobalId::parse(kind, id).ok_or_else(unknown)?;
         if g.region != self.cfg.region {
+            if !self.cfg.regions.contains(&g.region) {
+                return Err(unknown());
+            }
             return Err(CoreError::Foreign {
                 id: id.to_owned(),
                 region: g.region,
             });
         }
+        if !self.cfg.id_key.verifies(&g) {
+            return Err(unknown());
+        }
         Ok(g.n)
+    }
+
+    /// The id buyers and operators see for this region's hold or order `n`.
+    pub fn id_of(&self, kind: IdKind, n: u64) -> String {
+        self.cfg.id_key.format(kind, &self.cfg.region, n)
     }
 
     fn confirm(
@@ -806,11 +874,14 @@ impl Core {
                 if e.genesis().pool(p).is_assigned() {
                     return invalid("assigned seats move by seat id");
                 }
-                if q == 0 {
-                    return invalid("quantity must be at least 1");
+                let capacity = e.genesis().pool(p).capacity();
+                if q == 0 || q > capacity {
+                    return invalid(format!(
+                        "quantity must be 1-{capacity}, the capacity of {pool}"
+                    ));
                 }
                 let sellable = e.sellable(p);
-                if sellable < q as i64 {
+                if i128::from(sellable) < i128::from(q) {
                     return Err(CoreError::NotOwner(format!(
                         "{} can spare {} of {pool}, not {q}",
                         self.cfg.region,
@@ -924,8 +995,9 @@ impl Core {
             } => {
                 let ev = self.event_idx(event).map_err(|e| e.to_string())?;
                 let e = &mut self.events[ev];
-                e.meta.apply(changes).map_err(|e| e.to_string())?;
-                let info = e.meta.read().map_err(|e| e.to_string())?;
+                // Tried on a fork first: changes that leave the metadata unreadable change
+                // nothing.
+                let info = e.meta.apply_checked(changes).map_err(|e| e.to_string())?;
                 e.info = info;
                 e.refresh_prices();
                 e.meta_index = index;
@@ -993,6 +1065,7 @@ impl Core {
                     ));
                 }
                 self.orders.push(order.clone());
+                self.unpublished_orders.push_back((index, order.n));
                 self.remember(index, at, idem);
             }
             RecordBody::Refunded { order, row, idem } => {
@@ -1003,6 +1076,7 @@ impl Core {
                     .ok_or("refund of an unknown order")?;
                 o.status = OrderStatus::Refunded;
                 let (event, pool, seats) = (o.event.clone(), o.pool, o.seats.clone());
+                self.unpublished_refunds.insert(order.n, index);
                 let ev = self.event_idx(&event).map_err(|e| e.to_string())?;
                 for s in seats {
                     self.events[ev].seats[pool as usize][s as usize] = SeatLocal::Free;
@@ -1031,23 +1105,25 @@ impl Core {
                 if row.writer == e.me {
                     return Err("a peer row written by this region".into());
                 }
-                match e.ledger.apply(row).map_err(|r| r.to_string())? {
+                // Every rule is checked on the preview, before anything changes: a refused
+                // row leaves no trace (no half-applied ledger, no stray pending credit).
+                match e.ledger.preview(row).map_err(|r| r.to_string())? {
                     Applied::Stale | Applied::Gap { .. } => return Ok(false),
                     Applied::Advanced { credits, seats, .. } => {
+                        if seats.iter().any(|m| m.from == e.me) {
+                            return Err("a peer row moved a seat this region owns".into());
+                        }
+                        e.check_credits_fit(&credits)?;
+                        e.ledger.apply(row).map_err(|r| r.to_string())?;
                         for c in credits.iter().filter(|c| c.to == e.me) {
                             e.pending_credit[c.pool as usize] += c.amount;
                             self.credit_pending
                                 .push_back((index, ev, c.pool, c.amount, None));
                         }
-                        for m in seats {
-                            if m.to == e.me {
-                                e.seats[m.pool as usize][m.seat as usize] =
-                                    SeatLocal::Arriving(index);
-                                self.credit_pending
-                                    .push_back((index, ev, m.pool, 0, Some(m.seat)));
-                            } else if m.from == e.me {
-                                return Err("a peer row moved a seat this region owns".into());
-                            }
+                        for m in seats.iter().filter(|m| m.to == e.me) {
+                            e.seats[m.pool as usize][m.seat as usize] = SeatLocal::Arriving(index);
+                            self.credit_pending
+                                .push_back((index, ev, m.pool, 0, Some(m.seat)));
                         }
                     }
                 }
@@ -1164,6 +1240,12 @@ impl Core {
             let (_, ev, row) = self.own_pending.pop_front().expect("checked");
             self.events[ev].published.absorb(&row);
         }
+        while self.unpublished_orders.front().is_some_and(|o| o.0 <= upto) {
+            self.unpublished_orders.pop_front();
+        }
+        if !self.unpublished_refunds.is_empty() {
+            self.unpublished_refunds.retain(|_, index| *index > upto);
+        }
         while self.credit_pending.front().is_some_and(|c| c.0 <= upto) {
             let (_, ev, pool, amount, seat) = self.credit_pending.pop_front().expect("checked");
             let e = &mut self.events[ev];
@@ -1227,64 +1309,107 @@ impl Core {
             .cloned()
             .collect();
         for peer in peers {
-            let mut frame = GossipFrame::default();
-            for e in &mut self.events {
-                if e.created_at_index > self.persisted {
-                    continue;
-                }
-                let Some(p) = e.genesis().region_index(&peer) else {
-                    continue;
-                };
-                let meta_durable = e.meta_index <= self.persisted;
-                let view = &e.peers[p as usize];
-                let genesis = match (&view.vv, meta_durable) {
-                    (None, true) => Some(((**e.genesis()).clone(), e.meta.all_changes())),
-                    (None, false) => continue,
-                    _ => None,
-                };
-                let theirs = view.vv.clone().unwrap_or_default();
-                // Our own entry is the durable version: the one the rows we send can prove.
-                let mut vv = e.ledger.version_vector();
-                if !crate::bugs::publish_before_durable() {
-                    vv.set(e.me as usize, e.published.seq);
-                }
-                let mut rows = Vec::new();
-                for w in 0..e.genesis().regions.len() as RegionIdx {
-                    if w == p {
-                        continue;
-                    }
-                    let have = theirs.get(w as usize);
-                    let d = if w == e.me && !crate::bugs::publish_before_durable() {
-                        e.published.delta_since(e.ledger.hash(), have)
-                    } else {
-                        e.ledger.delta_since(w, have)
-                    };
-                    rows.extend(d);
-                }
-                let meta_heads = e.meta.heads();
-                let meta_changes =
-                    if meta_durable && view.vv.is_some() && view.meta_heads != meta_heads {
-                        let theirs = view.meta_heads.clone();
-                        e.meta.changes_since(&theirs)
-                    } else {
-                        Vec::new()
-                    };
-                frame.events.push(EventGossip {
-                    event: e.id.to_string(),
-                    genesis_hash: e.ledger.hash(),
-                    genesis,
-                    vv,
-                    rows,
-                    meta_heads,
-                    meta_changes,
-                    held: e.held.clone(),
-                    sale_rate_per_min: e.rates.iter().map(|r| r.per_min).collect(),
-                });
+            self.gossip_to(&peer);
+        }
+    }
+
+    /// Builds the frame for one peer within the frame budget. Each event is one unit, never
+    /// split (a row's entries keep only their last stamp, so part of a delta would pass for all
+    /// of it); units the peer has been owed longest go first, and what does not fit waits.
+    fn gossip_to(&mut self, peer: &str) {
+        let now = self.now;
+        let mut units: Vec<(Option<Millis>, usize, usize, EventGossip)> = Vec::new();
+        for (ev, e) in self.events.iter_mut().enumerate() {
+            if e.created_at_index > self.persisted {
+                continue;
             }
-            if !frame.events.is_empty() {
-                self.out.messages.push((peer, frame));
+            let Some(p) = e.genesis().region_index(peer) else {
+                continue;
+            };
+            let Some(unit) = Self::gossip_unit(e, p, self.persisted) else {
+                continue;
+            };
+            let size = postcard::experimental::serialized_size(&unit).unwrap_or(usize::MAX);
+            units.push((e.peers[p as usize].owed_since, size, ev, unit));
+        }
+        // Owed longest first; never-owed units after them, in event order.
+        units.sort_by_key(|u| (u.0.is_none(), u.0, u.2));
+        let budget = self.cfg.frame_budget_bytes;
+        // The frame's own length prefix is at most a few bytes.
+        let mut used = 8usize;
+        let mut frame = GossipFrame::default();
+        for (_, size, ev, unit) in units {
+            let e = &mut self.events[ev];
+            let p = e.genesis().region_index(peer).expect("checked above") as usize;
+            let payload =
+                unit.genesis.is_some() || !unit.rows.is_empty() || !unit.meta_changes.is_empty();
+            if used.saturating_add(size) <= budget {
+                used += size;
+                if payload {
+                    e.peers[p].owed_since = None;
+                }
+                frame.events.push(unit);
+            } else if payload {
+                e.peers[p].owed_since.get_or_insert(now);
             }
         }
+        debug_assert!(
+            postcard::experimental::serialized_size(&frame).unwrap_or(usize::MAX) <= budget,
+            "a gossip frame over its budget"
+        );
+        if !frame.events.is_empty() {
+            self.out.messages.push((peer.to_owned(), frame));
+        }
+    }
+
+    /// What one event tells peer `p`: its digest entry (version vector, ephemeral figures),
+    /// the row deltas the peer lacks, and the genesis and metadata while it lacks them.
+    fn gossip_unit(e: &mut EventState, p: RegionIdx, persisted: u64) -> Option<EventGossip> {
+        let meta_durable = e.meta_index <= persisted;
+        let view = &e.peers[p as usize];
+        let genesis = match (&view.vv, meta_durable) {
+            (None, true) => Some(((**e.genesis()).clone(), e.meta.all_changes())),
+            (None, false) => return None,
+            _ => None,
+        };
+        let theirs = view.vv.clone().unwrap_or_default();
+        // Our own entry is the durable version: the one the rows we send can prove.
+        let mut vv = e.ledger.version_vector();
+        if !crate::bugs::publish_before_durable() {
+            vv.set(e.me as usize, e.published.seq);
+        }
+        let mut rows = Vec::new();
+        for w in 0..e.genesis().regions.len() as RegionIdx {
+            if w == p {
+                continue;
+            }
+            let have = theirs.get(w as usize);
+            let d = if w == e.me && !crate::bugs::publish_before_durable() {
+                e.published.delta_since(e.ledger.hash(), have)
+            } else {
+                e.ledger.delta_since(w, have)
+            };
+            rows.extend(d);
+        }
+        let meta_heads = e.meta.heads();
+        let view = &e.peers[p as usize];
+        let meta_changes = if meta_durable && view.vv.is_some() && view.meta_heads != meta_heads {
+            let theirs = view.meta_heads.clone();
+            e.meta.changes_since(&theirs)
+        } else {
+            Vec::new()
+        };
+        Some(EventGossip {
+            event: e.id.to_string(),
+            genesis_hash: e.ledger.hash(),
+            genesis,
+            vv,
+            rows,
+            meta_heads,
+            meta_changes,
+            held: e.held.clone(),
+            sale_rate_per_min: e.rates.iter().map(|r| r.per_min).collect(),
+        })
     }
 
     fn peer(&mut self, from: &str, frame: GossipFrame) {
@@ -1294,11 +1419,11 @@ impl Core {
                 .push(format!("gossip from unknown region {from:?} refused"));
             return;
         }
-        for g in frame.events {
+        for mut g in frame.events {
             let ev = match self.by_id.get(g.event.as_str()) {
                 Some(&ev) => ev,
                 None => {
-                    let Some((genesis, meta)) = g.genesis else {
+                    let Some((genesis, meta)) = g.genesis.take() else {
                         continue;
                     };
                     if let Err(why) = self.learn_event(genesis, meta, g.genesis_hash, &g.event) {
@@ -1320,6 +1445,12 @@ impl Core {
             let Some(p) = self.events[ev].genesis().region_index(from) else {
                 continue;
             };
+            if let Err(why) = self.events[ev].check_gossip(&g) {
+                self.out
+                    .warnings
+                    .push(format!("event {:?} from {from}: refused: {why}", g.event));
+                continue;
+            }
             let me = self.events[ev].me;
             {
                 let view = &mut self.events[ev].peers[p as usize];
@@ -1419,15 +1550,50 @@ impl Core {
         self.holds.values()
     }
 
+    /// Order `n` as the core's rules see it, durable or not. Readers use
+    /// [`durable_order`](Self::durable_order).
     pub fn order(&self, n: u64) -> Option<&Order> {
         n.checked_sub(1).and_then(|i| self.orders.get(i as usize))
     }
 
-    /// Orders by number, after `after`, at most `limit`.
-    pub fn orders_after(&self, event: Option<&str>, after: u64, limit: usize) -> Vec<&Order> {
+    /// Order `n` as far as it is durable: `None` until the record that placed it is synced
+    /// (a failed sync must not leave a readable order that a restart forgets), and shown
+    /// confirmed until its refund is synced.
+    pub fn durable_order(&self, n: u64) -> Option<std::borrow::Cow<'_, Order>> {
+        if self
+            .unpublished_orders
+            .front()
+            .is_some_and(|&(_, first)| n >= first)
+        {
+            return None;
+        }
+        let o = self.order(n)?;
+        if self.unpublished_refunds.contains_key(&n) {
+            let mut before = o.clone();
+            before.status = OrderStatus::Confirmed;
+            return Some(std::borrow::Cow::Owned(before));
+        }
+        Some(std::borrow::Cow::Borrowed(o))
+    }
+
+    /// A durable order by its id, for readers: unknown, another region's, or the order.
+    pub fn durable_order_by_id(&self, id: &str) -> Result<std::borrow::Cow<'_, Order>, CoreError> {
+        let n = self.local_id(IdKind::Order, id)?;
+        self.durable_order(n)
+            .ok_or_else(|| CoreError::UnknownOrder(id.to_owned()))
+    }
+
+    /// Durable orders by number, after `after`, at most `limit`.
+    pub fn orders_after(
+        &self,
+        event: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Vec<std::borrow::Cow<'_, Order>> {
         self.orders
             .iter_from(usize::try_from(after).unwrap_or(usize::MAX))
             .filter(|o| event.is_none_or(|e| &*o.event == e))
+            .map_while(|o| self.durable_order(o.n))
             .take(limit)
             .collect()
     }

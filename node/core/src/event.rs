@@ -30,6 +30,10 @@ pub struct PeerView {
     pub held: Vec<u64>,
     pub sale_rate_per_min: Vec<u64>,
     pub heard_at: Option<Millis>,
+    /// Since when this peer has been owed a delta of the event that did not fit a frame:
+    /// the longest-owed events go first in the next frame, so catch-up after a reset spreads
+    /// over ticks without starving any event.
+    pub owed_since: Option<Millis>,
 }
 
 /// This region's recent sale rate of one pool, measured over windows of about a second.
@@ -147,7 +151,35 @@ impl EventState {
     #[inline]
     pub fn sellable(&self, pool: PoolIdx) -> i64 {
         let p = pool as usize;
-        self.ledger.available(pool, self.me) - self.held[p] as i64 - self.pending_credit[p] as i64
+        let wide = i128::from(self.ledger.available(pool, self.me))
+            - i128::from(self.held[p])
+            - i128::from(self.pending_credit[p]);
+        i64::try_from(wide).unwrap_or(if wide < 0 { i64::MIN } else { i64::MAX })
+    }
+
+    /// Refuses credits that would give this region more of a pool than the pool holds. This
+    /// region's own row is always whole in its own view and the credits it knows are at most
+    /// the true ones, so its `ledger_available` can never honestly exceed the capacity: a row
+    /// that says otherwise is hostile or corrupt, and must not become quota to sell.
+    pub fn check_credits_fit(&self, credits: &[allot_crdt::Credit]) -> Result<(), String> {
+        for (p, pool) in self.genesis().pools.iter().enumerate() {
+            let incoming: i128 = credits
+                .iter()
+                .filter(|c| c.to == self.me && c.pool as usize == p)
+                .map(|c| i128::from(c.amount))
+                .sum();
+            if incoming == 0 {
+                continue;
+            }
+            let after = i128::from(self.ledger.available(p as PoolIdx, self.me)) + incoming;
+            if after > i128::from(pool.capacity()) {
+                return Err(format!(
+                    "a peer row credits pool {} with {incoming}, more than it holds",
+                    pool.id
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Units of a pool still unsold anywhere, from the merged ledger: every region's
@@ -155,14 +187,17 @@ impl EventState {
     pub fn global_available(&self, pool: PoolIdx) -> u64 {
         let p = pool as usize;
         let regions = self.genesis().regions.len() as RegionIdx;
-        let available: i64 = (0..regions).map(|r| self.ledger.available(pool, r)).sum();
-        let peers_held: u64 = self
+        let available: i128 = (0..regions)
+            .map(|r| i128::from(self.ledger.available(pool, r)))
+            .sum();
+        let peers_held: i128 = self
             .peers
             .iter()
-            .map(|v| v.held.get(p).copied().unwrap_or(0))
+            .map(|v| i128::from(v.held.get(p).copied().unwrap_or(0)))
             .sum();
-        (available - self.held[p] as i64 - self.pending_credit[p] as i64 - peers_held as i64).max(0)
-            as u64
+        let wide =
+            available - i128::from(self.held[p]) - i128::from(self.pending_credit[p]) - peers_held;
+        u64::try_from(wide.max(0)).unwrap_or(u64::MAX)
     }
 
     /// Checks the O(regions) invariants of one pool; cheap enough for every sale.
@@ -173,17 +208,41 @@ impl EventState {
             "sellable < 0 in {} pool {pool}",
             self.id
         );
-        let mut total: i64 = 0;
+        let mut total: i128 = 0;
         for r in 0..self.genesis().regions.len() as RegionIdx {
-            total += self.ledger.available(pool, r)
-                + (self.ledger.consumed(pool, r) - self.ledger.returned(pool, r)) as i64;
+            total += i128::from(self.ledger.available(pool, r))
+                + i128::from(self.ledger.consumed(pool, r) - self.ledger.returned(pool, r));
         }
         assert_eq!(
-            total as u64,
-            self.genesis().pool(pool).capacity(),
+            total,
+            i128::from(self.genesis().pool(pool).capacity()),
             "conservation broken in {} pool {pool}",
             self.id
         );
+    }
+
+    /// Checks the parts of a peer's gossip for this event that are not CRDT state (its
+    /// version vector and ephemeral figures) before any of it is believed: a frame with the
+    /// wrong shape or impossible numbers changes nothing.
+    pub fn check_gossip(&self, g: &crate::gossip::EventGossip) -> Result<(), String> {
+        let g_pools = &self.genesis().pools;
+        if g.vv.len() > self.genesis().regions.len() {
+            return Err("version vector names more regions than the event has".into());
+        }
+        if g.held.len() != g_pools.len() || g.sale_rate_per_min.len() != g_pools.len() {
+            return Err("held and sale rates must list every pool once".into());
+        }
+        if let Some((pool, held)) = g_pools
+            .iter()
+            .zip(&g.held)
+            .find(|(pool, &held)| held > pool.capacity())
+        {
+            return Err(format!(
+                "holds {held} of pool {}, more than its capacity",
+                pool.id
+            ));
+        }
+        Ok(())
     }
 
     pub fn actor(region: &str, incarnation: u64) -> ActorIncarnation {

@@ -1,12 +1,20 @@
 //! Hold and order ids. Each embeds the region that owns it, so any region can tell where to
-//! send a request about it without a lookup: `h-<region>-<n>`, `o-<region>-<n>`.
+//! send a request about it without a lookup, and a tag no one can guess, so knowing one id
+//! tells nothing about the next: `h-<region>-<n>-<tag>`, `o-<region>-<n>-<tag>`.
+//!
+//! The tag is the first 96 bits of SHA-256 over a secret key of the region and the id's kind
+//! and number. The key comes from the driver (random and kept in the store by the server,
+//! drawn from the seed by the simulator), so ids stay stable across restarts and a seed still
+//! replays byte for byte; and since the tag is recomputed, not stored, an id whose number
+//! exists but whose tag is wrong is refused exactly like an unknown id, even for a hold long
+//! released or expired.
 
 use std::fmt;
 
 use allot_crdt::valid_id;
-use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IdKind {
     Hold,
     Order,
@@ -21,17 +29,103 @@ impl IdKind {
     }
 }
 
-/// A parsed hold or order id.
+/// Bytes of the tag: 96 bits.
+const TAG_BYTES: usize = 12;
+
+/// The unguessable part of an id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdTag([u8; TAG_BYTES]);
+
+impl fmt::Debug for IdTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdTag({self})")
+    }
+}
+
+impl fmt::Display for IdTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl IdTag {
+    fn parse(s: &str) -> Option<IdTag> {
+        if s.len() != TAG_BYTES * 2 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let mut out = [0u8; TAG_BYTES];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(IdTag(out))
+    }
+}
+
+/// A region's secret for tagging ids. Never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IdKey([u8; 32]);
+
+impl fmt::Debug for IdKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IdKey(..)")
+    }
+}
+
+impl IdKey {
+    pub fn new(bytes: [u8; 32]) -> IdKey {
+        IdKey(bytes)
+    }
+
+    /// A key anyone can compute from the region's name: for unit tests only. Drivers give
+    /// the core a random key (see `Config::id_key`).
+    pub fn insecure_for_tests(region: &str) -> IdKey {
+        IdKey(Sha256::digest(format!("allot insecure test id key {region}")).into())
+    }
+
+    pub fn tag(&self, kind: IdKind, n: u64) -> IdTag {
+        let mut h = Sha256::new();
+        h.update(self.0);
+        h.update([kind as u8]);
+        h.update(n.to_be_bytes());
+        let digest = h.finalize();
+        let mut tag = [0u8; TAG_BYTES];
+        tag.copy_from_slice(&digest[..TAG_BYTES]);
+        IdTag(tag)
+    }
+
+    /// The id of hold or order `n` of `region` (whose key this is).
+    pub fn format(&self, kind: IdKind, region: &str, n: u64) -> String {
+        GlobalId {
+            kind,
+            region: region.to_owned(),
+            n,
+            tag: self.tag(kind, n),
+        }
+        .to_string()
+    }
+
+    /// Whether `id` was made with this key.
+    pub fn verifies(&self, id: &GlobalId) -> bool {
+        self.tag(id.kind, id.n) == id.tag
+    }
+}
+
+/// A parsed hold or order id: well-formed, not yet verified against the owner's key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct GlobalId {
     pub kind: IdKind,
     pub region: String,
     pub n: u64,
+    pub tag: IdTag,
 }
 
 impl GlobalId {
     pub fn parse(kind: IdKind, s: &str) -> Option<GlobalId> {
         let rest = s.strip_prefix(kind.prefix())?;
+        let (rest, tag) = rest.rsplit_once('-')?;
         let (region, n) = rest.rsplit_once('-')?;
         if !valid_id(region)
             || n.is_empty()
@@ -44,23 +138,22 @@ impl GlobalId {
             kind,
             region: region.to_owned(),
             n: n.parse().ok()?,
+            tag: IdTag::parse(tag)?,
         })
     }
 }
 
 impl fmt::Display for GlobalId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}-{}", self.kind.prefix(), self.region, self.n)
+        write!(
+            f,
+            "{}{}-{}-{}",
+            self.kind.prefix(),
+            self.region,
+            self.n,
+            self.tag
+        )
     }
-}
-
-pub fn format_id(kind: IdKind, region: &str, n: u64) -> String {
-    GlobalId {
-        kind,
-        region: region.to_owned(),
-        n,
-    }
-    .to_string()
 }
 
 #[cfg(test)]
@@ -69,21 +162,37 @@ mod tests {
 
     #[test]
     fn ids_round_trip_and_reject_garbage() {
-        let id = format_id(IdKind::Order, "eu-west", 42);
-        assert_eq!(id, "o-eu-west-42");
-        assert_eq!(
-            GlobalId::parse(IdKind::Order, &id).unwrap().region,
-            "eu-west"
-        );
+        let key = IdKey::insecure_for_tests("eu-west");
+        let id = key.format(IdKind::Order, "eu-west", 42);
+        assert!(id.starts_with("o-eu-west-42-"), "{id}");
+        assert_eq!(id.len(), "o-eu-west-42-".len() + 24);
+        let g = GlobalId::parse(IdKind::Order, &id).unwrap();
+        assert_eq!((g.region.as_str(), g.n), ("eu-west", 42));
+        assert!(key.verifies(&g));
+        let tag = key.tag(IdKind::Order, 42).to_string();
         for bad in [
-            "o-eu-west-",
-            "h-eu-west-1",
-            "o--1",
-            "o-eu west-1",
-            "o-eu-west-99999999999999999999",
-            "x",
+            "o-eu-west-42".to_owned(),
+            format!("o-eu-west-{tag}"),
+            format!("h-eu-west-42-{tag}"),
+            format!("o--42-{tag}"),
+            format!("o-eu west-42-{tag}"),
+            format!("o-eu-west-99999999999999999999-{tag}"),
+            format!("o-eu-west-42-{}", &tag[1..]),
+            format!("o-eu-west-42-{}", tag.to_uppercase()),
+            "x".to_owned(),
         ] {
-            assert_eq!(GlobalId::parse(IdKind::Order, bad), None, "{bad}");
+            assert_eq!(GlobalId::parse(IdKind::Order, &bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn tags_differ_by_number_kind_and_key_and_a_wrong_tag_does_not_verify() {
+        let key = IdKey::insecure_for_tests("eu-west");
+        let other = IdKey::insecure_for_tests("us-east");
+        assert_ne!(key.tag(IdKind::Hold, 1), key.tag(IdKind::Hold, 2));
+        assert_ne!(key.tag(IdKind::Hold, 1), key.tag(IdKind::Order, 1));
+        assert_ne!(key.tag(IdKind::Hold, 1), other.tag(IdKind::Hold, 1));
+        let forged = GlobalId::parse(IdKind::Hold, &other.format(IdKind::Hold, "eu-west", 1));
+        assert!(!key.verifies(&forged.unwrap()));
     }
 }

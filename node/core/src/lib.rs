@@ -17,7 +17,7 @@ pub mod ids;
 pub mod record;
 
 pub use crate::api::*;
-pub use crate::core::{Config, Core, Input, Ready};
+pub use crate::core::{Config, Core, Input, Ready, DEFAULT_FRAME_BUDGET};
 pub use crate::gossip::{EventGossip, GossipFrame};
-pub use crate::ids::{format_id, GlobalId, IdKind};
+pub use crate::ids::{GlobalId, IdKey, IdKind, IdTag};
 pub use crate::record::{IdemRecord, Record, RecordBody, ReleaseReason};

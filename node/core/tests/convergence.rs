@@ -71,7 +71,7 @@ fn run(c: &mut LocalCluster, op: &Op) {
             let mut holds: Vec<u64> = c.cores[r % n].holds().map(|h| h.n).collect();
             holds.sort();
             if let Some(&h) = holds.get(k % holds.len().max(1)) {
-                let hold = format_id(IdKind::Hold, &name(c, r), h);
+                let hold = c.cores[r % n].id_of(IdKind::Hold, h);
                 let cmd = if matches!(op, Op::Confirm { .. }) {
                     Command::Confirm {
                         hold,
@@ -90,7 +90,7 @@ fn run(c: &mut LocalCluster, op: &Op) {
                     r % n,
                     None,
                     Command::Refund {
-                        order: format_id(IdKind::Order, &name(c, r), o),
+                        order: c.cores[r % n].id_of(IdKind::Order, o),
                     },
                 );
             }

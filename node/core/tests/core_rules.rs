@@ -179,7 +179,7 @@ fn holds_expire_return_quota_and_confirming_late_is_gone() {
     let h = c.call(0, hold_qty("c-1", "floor", 1)).unwrap();
     let Outcome::Held(hold) = &h else { panic!() };
     assert_eq!(hold.price_cents, 8900);
-    let id = format_id(IdKind::Hold, "eu-west", hold.n);
+    let id = id(IdKind::Hold, "eu-west", hold.n);
     assert_eq!(c.cores[0].event("rock").unwrap().sellable(0), 0);
     c.advance(600_000);
     // Judged by the owner's clock even before the sweep.
@@ -242,7 +242,7 @@ fn confirm_twice_returns_the_same_order_and_release_returns_quota() {
         c.call(
             1,
             Command::Release {
-                hold: "h-eu-west-1".into()
+                hold: common::id(IdKind::Hold, "eu-west", 1)
             }
         ),
         Err(CoreError::Foreign { .. })
@@ -281,7 +281,7 @@ fn refunds_return_quota_to_the_seller() {
         c.call(0, hold_seats("c-2", &["A-2"])),
         Err(CoreError::SeatTaken(_))
     ));
-    let oid = format_id(IdKind::Order, "eu-west", o.n);
+    let oid = common::id(IdKind::Order, "eu-west", o.n);
     let refunded = c.call(0, Command::Refund { order: oid.clone() });
     assert_eq!(order_of(&refunded).status, OrderStatus::Refunded);
     assert_eq!(
@@ -351,7 +351,7 @@ fn bad_input_is_refused_with_a_typed_error() {
         (hold_qty("bad customer", "floor", 1), "invalid-input"),
         (
             Command::Confirm {
-                hold: "h-eu-west-999".into(),
+                hold: id(IdKind::Hold, "eu-west", 999),
                 payment_ref: "p".into(),
             },
             "unknown-hold",
@@ -365,7 +365,7 @@ fn bad_input_is_refused_with_a_typed_error() {
         ),
         (
             Command::Refund {
-                order: "o-eu-west-7".into(),
+                order: id(IdKind::Order, "eu-west", 7),
             },
             "unknown-order",
         ),
@@ -444,7 +444,7 @@ fn recover_rebuilds_the_same_core() {
             body_hash: [0; 32],
         }),
         Command::Refund {
-            order: "o-eu-west-1".into(),
+            order: id(IdKind::Order, "eu-west", 1),
         },
     )
     .unwrap();

@@ -236,6 +236,7 @@ pub fn start(
 ) -> anyhow::Result<Running> {
     let incarnation = store.next_incarnation()?;
     cfg.incarnation = incarnation;
+    cfg.id_key = store.id_key()?;
     let loaded = store.load(incarnation)?;
     let restored = loaded.records.len();
     let core = Core::recover(cfg, loaded.records)

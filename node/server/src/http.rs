@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allot_crdt::{Allotments, PoolKind};
-use allot_node::{
-    Command, EventSpec, GlobalId, GrantAmount, IdKind, IdempotencyKey, Outcome, PoolInput, Want,
-};
+use allot_node::{Command, EventSpec, GrantAmount, IdempotencyKey, Outcome, PoolInput, Want};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -478,26 +476,12 @@ async fn release(State(s): St, Path(hold): Path<String>) -> ApiResult {
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn local_number(s: &AppState, kind: IdKind, id: &str) -> Result<u64, Problem> {
-    let g = GlobalId::parse(kind, id)
-        .ok_or_else(|| Problem::not_found("unknown-order", format!("no order {id:?}")))?;
-    if g.region != s.region {
-        return Err(allot_node::CoreError::Foreign {
-            id: id.to_owned(),
-            region: g.region,
-        }
-        .into());
-    }
-    Ok(g.n)
-}
-
 async fn get_order(State(s): St, Path(order): Path<String>) -> ApiResult {
-    let n = local_number(&s, IdKind::Order, &order)?;
-    let v = read(&s, move |core| core.order(n).map(|o| views::order(core, o)))?;
-    Ok(
-        Json(v.ok_or_else(|| Problem::not_found("unknown-order", format!("no order {order:?}")))?)
-            .into_response(),
-    )
+    let v = read(&s, move |core| {
+        core.durable_order_by_id(&order)
+            .map(|o| views::order(core, &o))
+    })??;
+    Ok(Json(v).into_response())
 }
 
 // ----- operators ------------------------------------------------------------------------------

@@ -106,6 +106,25 @@ impl Store {
         Ok(next)
     }
 
+    /// The region's secret for tagging hold and order ids: drawn from the OS's random source
+    /// on first start and synced before any id is made with it, then read back at every
+    /// start, so ids stay the same across restarts.
+    pub fn id_key(&self) -> anyhow::Result<allot_node::IdKey> {
+        if let Some(v) = self.db.get_cf(self.cf(NODE), b"id-key")? {
+            let bytes: [u8; 32] = v.as_slice().try_into().context("the id key is 32 bytes")?;
+            return Ok(allot_node::IdKey::new(bytes));
+        }
+        let mut bytes = [0u8; 32];
+        rustls::crypto::ring::default_provider()
+            .secure_random
+            .fill(&mut bytes)
+            .map_err(|_| anyhow::anyhow!("the OS random source failed"))?;
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(NODE), b"id-key", bytes);
+        self.write(b)?;
+        Ok(allot_node::IdKey::new(bytes))
+    }
+
     /// A counter of the node state column family (0 when never written).
     fn node_u64(&self, key: &[u8]) -> anyhow::Result<u64> {
         match self.db.get_cf(self.cf(NODE), key)? {

@@ -2,7 +2,7 @@
 
 use allot_crdt::{PoolIdx, PoolKind, RegionIdx};
 use allot_node::event::{EventState, SeatLocal};
-use allot_node::{format_id, Core, Hold, IdKind, Millis, Order, OrderStatus};
+use allot_node::{Core, Hold, IdKind, Millis, Order, OrderStatus};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -24,7 +24,7 @@ pub fn order(core: &Core, o: &Order) -> Value {
         .filter_map(|&s| pool.and_then(|p| p.seat_id(s)))
         .collect();
     json!({
-        "order_id": format_id(IdKind::Order, region, o.n),
+        "order_id": core.id_of(IdKind::Order, o.n),
         "event": &*o.event,
         "pool": pool.map(|p| p.id.as_str()),
         "quantity": o.quantity,
@@ -36,12 +36,11 @@ pub fn order(core: &Core, o: &Order) -> Value {
         "payment_ref": &*o.payment_ref,
         "status": match o.status { OrderStatus::Confirmed => "confirmed", OrderStatus::Refunded => "refunded" },
         "created_at": rfc3339(o.created_at),
-        "hold_id": o.hold.map(|h| format_id(IdKind::Hold, region, h)),
+        "hold_id": o.hold.map(|h| core.id_of(IdKind::Hold, h)),
     })
 }
 
 pub fn hold(core: &Core, h: &Hold) -> Value {
-    let region = &core.config().region;
     let e = core.event(&h.event);
     let pool = e.map(|e| e.genesis().pool(h.pool));
     let seats: Vec<&str> = h
@@ -50,7 +49,7 @@ pub fn hold(core: &Core, h: &Hold) -> Value {
         .filter_map(|&s| pool.and_then(|p| p.seat_id(s)))
         .collect();
     json!({
-        "hold_id": format_id(IdKind::Hold, region, h.n),
+        "hold_id": core.id_of(IdKind::Hold, h.n),
         "event": &*h.event,
         "pool": pool.map(|p| p.id.as_str()),
         "quantity": h.quantity,

@@ -11,6 +11,8 @@ pub const VERSION: u8 = 1;
 pub const HEADER: usize = 8;
 /// The largest frame a node sends or accepts.
 pub const MAX_FRAME: usize = 8 << 20;
+// The core bounds its frames by its budget; the wire must carry any frame within it.
+const _: () = assert!(allot_node::DEFAULT_FRAME_BUDGET + HEADER <= MAX_FRAME);
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {

@@ -209,13 +209,32 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             "sold-out",
         ),
         (
-            "/v1/holds/h-eu-west-999/confirm",
+            "/v1/holds/h-eu-west-999-000000000000000000000000/confirm",
+            json!({"payment_ref": "p"}),
+            StatusCode::NOT_FOUND,
+            "unknown-hold",
+        ),
+        // The old, guessable form, and ids naming no region of the cluster: unknown, not 503.
+        (
+            "/v1/holds/h-eu-west-1/confirm",
             json!({"payment_ref": "p"}),
             StatusCode::NOT_FOUND,
             "unknown-hold",
         ),
         (
-            "/v1/holds/h-us-east-1/confirm",
+            "/v1/holds/h-nosuch-1/confirm",
+            json!({"payment_ref": "p"}),
+            StatusCode::NOT_FOUND,
+            "unknown-hold",
+        ),
+        (
+            "/v1/holds/h-nosuch-1-000000000000000000000000/confirm",
+            json!({"payment_ref": "p"}),
+            StatusCode::NOT_FOUND,
+            "unknown-hold",
+        ),
+        (
+            "/v1/holds/h-us-east-1-000000000000000000000000/confirm",
             json!({"payment_ref": "p"}),
             StatusCode::SERVICE_UNAVAILABLE,
             "foreign-id",
@@ -230,6 +249,24 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             "{path} {body}"
         );
         assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    // A transfer of 2^64 - 10 wrapped into new quota before the fix; anything above the
+    // pool's capacity is refused.
+    for q in [18446744073709551606u64, u64::MAX, 1 << 63, 11] {
+        let (s, v) = n
+            .admin_post(
+                "/v1/admin/events/rock/transfers",
+                json!({"pool": "floor", "from": "eu-west", "to": "us-east", "quantity": q}),
+            )
+            .await;
+        assert_eq!(
+            (s, v["type"].as_str()),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("urn:allot:problem:invalid-input")
+            ),
+            "{q}: {v}"
+        );
     }
     // Malformed JSON and an oversized body.
     let (s, v) = send(
@@ -680,6 +717,10 @@ async fn a_failed_sync_makes_the_node_unready_and_acknowledge_nothing() {
         )
         .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    // The sales that were not made durable are not readable either (before the fix the
+    // order list showed them, and a restart gave their numbers to other buyers).
+    let (_, page) = n.admin_get("/v1/admin/orders").await;
+    assert_eq!(page["orders"], json!([]), "{page}");
     // After a restart (with a healthy disk) the unacknowledged sale is not there.
     let dir = n.stop().await;
     let n = TestNode::start_with(|o| o.data_dir = dir.path().join("data")).await;
@@ -701,8 +742,11 @@ async fn another_regions_ids_answer_503_when_it_is_unreachable() {
     })
     .await;
     for (method, path) in [
-        ("GET", "/v1/orders/o-us-east-4"),
-        ("POST", "/v1/holds/h-us-east-1/confirm"),
+        ("GET", "/v1/orders/o-us-east-4-000000000000000000000000"),
+        (
+            "POST",
+            "/v1/holds/h-us-east-1-000000000000000000000000/confirm",
+        ),
     ] {
         let req = n
             .client

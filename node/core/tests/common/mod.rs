@@ -80,9 +80,14 @@ pub fn hold_seats(customer: &str, seats: &[&str]) -> Command {
     }
 }
 
+/// The id region `region` gives its hold or order `n` (tests run with the test keys).
+pub fn id(kind: IdKind, region: &str, n: u64) -> String {
+    IdKey::insecure_for_tests(region).format(kind, region, n)
+}
+
 pub fn hold_id(r: &Reply, region: &str) -> String {
     match r {
-        Ok(Outcome::Held(h)) => format_id(IdKind::Hold, region, h.n),
+        Ok(Outcome::Held(h)) => id(IdKind::Hold, region, h.n),
         other => panic!("expected a hold, got {other:?}"),
     }
 }
