@@ -12,6 +12,11 @@ use smallvec::SmallVec;
 use crate::row::{Entries, Entry, Row, RowDelta, SeatStamp, Stamped};
 use crate::{Genesis, GenesisHash, PoolIdx, RegionIdx, SeatIdx, VersionVector};
 
+/// The most any counter or grant sum may reach. Honest histories stay many orders of magnitude
+/// below (a pool holds at most 2^40 units); the bound keeps every derived figure, a sum of a
+/// few of these, far inside `i64`, whatever a peer claims.
+pub const MAX_COUNTER: u64 = 1 << 60;
+
 /// Who owns a seat in this view: the receiver of the give-away with the highest epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SeatOwner {
@@ -213,14 +218,15 @@ impl Ledger {
     ///
     /// Computed in 128 bits: every counter is a `u64` that only grows, and a sum of them must
     /// never wrap into a quota that does not exist. Counters are bounded where they change
-    /// (one change at most a pool's capacity), so the clamp to `i64` is never reached by any
-    /// state a ledger accepts.
+    /// (one change at most a pool's capacity, every counter and grant sum at most
+    /// [`MAX_COUNTER`]), so the clamp to `i64` is never reached by any state a ledger accepts.
     pub fn available(&self, pool: PoolIdx, r: RegionIdx) -> i64 {
         let wide = self.available_wide(pool, r);
         i64::try_from(wide).unwrap_or(if wide < 0 { i64::MIN } else { i64::MAX })
     }
 
-    fn available_wide(&self, pool: PoolIdx, r: RegionIdx) -> i128 {
+    /// [`available`](Self::available) without the clamp, for sums over regions.
+    pub fn available_wide(&self, pool: PoolIdx, r: RegionIdx) -> i128 {
         let p = pool as usize;
         let row = &self.rows[r as usize].pools[p];
         i128::from(self.initial(pool, r))
@@ -289,11 +295,12 @@ impl Ledger {
                         base: u64,
                         n: u64|
              -> Result<(), Refusal> {
+                let within = |v: Option<u64>| v.filter(|&v| v <= MAX_COUNTER);
                 if let Some(e) = entries.iter_mut().find(|(_, e)| e.key() == key) {
-                    let v = entry_value(&e.1).checked_add(n).ok_or(overflow.clone())?;
+                    let v = within(entry_value(&e.1).checked_add(n)).ok_or(overflow.clone())?;
                     e.1 = make(v);
                 } else {
-                    let v = base.checked_add(n).ok_or(overflow.clone())?;
+                    let v = within(base.checked_add(n)).ok_or(overflow.clone())?;
                     entries.push((seq, make(v)));
                 }
                 Ok(())
@@ -339,6 +346,7 @@ impl Ledger {
                         });
                     }
                     spend(p, n);
+                    self.check_grant_sums(writer, pool, to, n)?;
                     let base = prow.granted_out[to as usize].value;
                     bump(
                         &mut entries,
@@ -376,6 +384,7 @@ impl Ledger {
                         });
                     }
                     spend(p, 1);
+                    self.check_grant_sums(writer, pool, to, 1)?;
                     entries.push((
                         seq,
                         Entry::Seat {
@@ -415,6 +424,24 @@ impl Ledger {
             seq,
             entries,
         })
+    }
+
+    /// A grant of `n` from `writer` to `to` keeps both grant sums within [`MAX_COUNTER`] (a
+    /// peer may have pushed `to`'s near it; the write is refused rather than the record).
+    fn check_grant_sums(
+        &self,
+        writer: RegionIdx,
+        pool: PoolIdx,
+        to: RegionIdx,
+        n: u64,
+    ) -> Result<(), Refusal> {
+        let p = pool as usize;
+        let ok = |v: u64| v.checked_add(n).is_some_and(|v| v <= MAX_COUNTER);
+        if ok(self.granted_in[p][to as usize]) && ok(self.granted_out[p][writer as usize]) {
+            Ok(())
+        } else {
+            Err(Refusal::Overflow { writer, pool })
+        }
     }
 
     /// What applying `d` would do, without doing it: every check [`apply`](Self::apply) makes,
@@ -657,11 +684,15 @@ impl Ledger {
                     why: "a counter rose by more than its pool's capacity per version",
                 });
             }
+            let overflow = Refusal::Overflow { writer, pool };
+            if entry_value(&entry) > MAX_COUNTER {
+                return Err(overflow);
+            }
             if let Entry::GrantedOut { to, .. } = entry {
-                let overflow = Refusal::Overflow { writer, pool };
-                self.granted_in[pool as usize][to as usize]
-                    .checked_add(rise)
-                    .ok_or(overflow.clone())?;
+                let gin = self.granted_in[pool as usize][to as usize].checked_add(rise);
+                if gin.is_none_or(|v| v > MAX_COUNTER) {
+                    return Err(overflow);
+                }
                 match out_by_pool.iter_mut().find(|(p, _)| *p == pool) {
                     Some(o) => o.1 = o.1.checked_add(rise).ok_or(overflow)?,
                     None => out_by_pool.push((pool, rise)),
@@ -669,9 +700,10 @@ impl Ledger {
             }
         }
         for &(pool, rise) in &out_by_pool {
-            self.granted_out[pool as usize][w]
-                .checked_add(rise)
-                .ok_or(Refusal::Overflow { writer, pool })?;
+            let gout = self.granted_out[pool as usize][w].checked_add(rise);
+            if gout.is_none_or(|v| v > MAX_COUNTER) {
+                return Err(Refusal::Overflow { writer, pool });
+            }
         }
         for (p, pool) in self.genesis.pools.iter().enumerate() {
             let prow = &self.rows[w].pools[p];

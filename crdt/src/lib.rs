@@ -23,7 +23,7 @@ pub use genesis::{
     Allotments, Genesis, GenesisError, GenesisHash, PoolGenesis, PoolKind, PoolSpec, MAX_ID_LEN,
     MAX_POOLS, MAX_REGIONS, MAX_SEATS_PER_POOL,
 };
-pub use ledger::{Applied, Change, Credit, Ledger, Refusal, SeatMove, SeatOwner};
+pub use ledger::{Applied, Change, Credit, Ledger, Refusal, SeatMove, SeatOwner, MAX_COUNTER};
 pub use metadata::{ActorIncarnation, EventMeta, MetaDoc, MetaError, MetaPatch};
 pub use row::{Entries, Entry, PoolRow, Row, RowDelta, SeatStamp, Stamped};
 pub use version_vector::{Causality, VersionVector};

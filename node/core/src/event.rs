@@ -188,7 +188,7 @@ impl EventState {
         let p = pool as usize;
         let regions = self.genesis().regions.len() as RegionIdx;
         let available: i128 = (0..regions)
-            .map(|r| i128::from(self.ledger.available(pool, r)))
+            .map(|r| self.ledger.available_wide(pool, r))
             .sum();
         let peers_held: i128 = self
             .peers
@@ -210,7 +210,7 @@ impl EventState {
         );
         let mut total: i128 = 0;
         for r in 0..self.genesis().regions.len() as RegionIdx {
-            total += i128::from(self.ledger.available(pool, r))
+            total += self.ledger.available_wide(pool, r)
                 + i128::from(self.ledger.consumed(pool, r) - self.ledger.returned(pool, r));
         }
         assert_eq!(

@@ -163,6 +163,26 @@ fn each_kind_of_bad_peer_frame_changes_nothing() {
                 vec![(have + 1, Entry::Consumed { pool: 0, value: 31 })],
             ),
         ),
+        // A grant to a third region so large that its available leaves i64, hiding behind a
+        // huge seq (capacity × versions would allow it): found by review, it made every other
+        // region panic on its next sale and on every restart.
+        (
+            "a grant to a third region beyond any counter",
+            row(
+                &c,
+                us,
+                have,
+                have + (1 << 24),
+                vec![(
+                    have + (1 << 24),
+                    Entry::GrantedOut {
+                        pool: 0,
+                        to: 2,
+                        value: (1 << 63) + 31,
+                    },
+                )],
+            ),
+        ),
         // Sold and refunded 61 in two versions: no version may move more than the pool (30).
         (
             "a rise above capacity per version",
