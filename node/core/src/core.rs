@@ -48,11 +48,19 @@ pub struct Config {
 /// The default gossip frame budget: below the 8 MiB the wire accepts, with room for framing.
 pub const DEFAULT_FRAME_BUDGET: usize = 7 << 20;
 
-/// The most one seat's entry in a row delta can encode to (stamp, kind, pool, seat, epoch
-/// and region as postcard varints), for bounding an event's largest gossip unit.
-const SEAT_ENTRY_MAX_BYTES: usize = 24;
-/// The same for a counter entry (a grant, `consumed`, `returned`).
-const COUNTER_ENTRY_MAX_BYTES: usize = 24;
+/// The most one seat's entry in a row delta encodes to in any history an event can have: the
+/// stamp (a row version below 2^35: 5 bytes), the entry kind (1), pool (1: at most 64), seat
+/// (3: at most 100,000), epoch (3: a seat moved fewer than 2^21 times) and region (1: at most
+/// 32), as postcard varints. Used to bound an event's largest gossip unit at creation.
+const SEAT_ENTRY_MAX_BYTES: usize = 16;
+/// The same for a counter entry (a grant, `consumed`, `returned`: stamp, kind, pool, region,
+/// a value below `MAX_COUNTER` in 9 bytes).
+const COUNTER_ENTRY_MAX_BYTES: usize = 20;
+/// The share of a frame one event's whole unit may use; the rest stays for the other events'
+/// digest entries in the same frame.
+fn unit_room(budget: usize) -> usize {
+    budget - budget / 8
+}
 
 impl Config {
     pub fn new(region: &str, regions: &[String]) -> Config {
@@ -437,8 +445,7 @@ impl Core {
         let (_, change) =
             MetaDoc::create(&actor, &meta).map_err(|e| CoreError::Meta(e.to_string()))?;
         let largest = largest_gossip_unit(&genesis, change.len());
-        // A quarter of the budget stays for the other events' digest entries in the frame.
-        let room = self.cfg.frame_budget_bytes - self.cfg.frame_budget_bytes / 4;
+        let room = unit_room(self.cfg.frame_budget_bytes);
         if largest > room {
             return invalid(format!(
                 "the event could grow to {largest} bytes of gossip, more than the {room} one \
@@ -482,6 +489,26 @@ impl Core {
         }
         if patch.prices.values().any(|&p| p > MAX_PRICE) {
             return invalid(format!("price_cents at most {MAX_PRICE}"));
+        }
+        // Every edit rides with the genesis to a peer that lacks the event: the history may
+        // not grow past what one frame carries.
+        let e = &self.events[ev];
+        let patch_bytes = [
+            &patch.name,
+            &patch.description,
+            &patch.venue,
+            &patch.starts_at,
+        ]
+        .iter()
+        .map(|v| v.as_ref().map_or(0, String::len))
+        .sum::<usize>()
+            + 64 * (patch.prices.len() + 8);
+        let largest = largest_gossip_unit(e.genesis(), e.meta_bytes + patch_bytes);
+        if largest > unit_room(self.cfg.frame_budget_bytes) {
+            return invalid(
+                "this event's metadata has been edited so often that its history would not fit \
+                 one gossip frame; no more edits are accepted",
+            );
         }
         let change = self.events[ev]
             .meta
@@ -983,7 +1010,8 @@ impl Core {
                 let actor = EventState::actor(&self.cfg.region, self.cfg.incarnation);
                 let doc = MetaDoc::from_changes(&actor, meta).map_err(|e| e.to_string())?;
                 let info = doc.read().map_err(|e| e.to_string())?;
-                let ev = EventState::new(genesis.clone(), me, doc, info, index);
+                let mut ev = EventState::new(genesis.clone(), me, doc, info, index);
+                ev.meta_bytes = meta.iter().map(Vec::len).sum();
                 self.by_id.insert(ev.id.clone(), self.events.len());
                 self.events.push(ev);
                 self.remember(index, at, idem);
@@ -1001,6 +1029,7 @@ impl Core {
                 e.info = info;
                 e.refresh_prices();
                 e.meta_index = index;
+                e.meta_bytes += changes.iter().map(Vec::len).sum::<usize>();
                 self.remember(index, at, idem);
             }
             RecordBody::HoldPlaced { hold, idem } => {
@@ -1341,15 +1370,13 @@ impl Core {
         for (_, size, ev, unit) in units {
             let e = &mut self.events[ev];
             let p = e.genesis().region_index(peer).expect("checked above") as usize;
-            let payload =
-                unit.genesis.is_some() || !unit.rows.is_empty() || !unit.meta_changes.is_empty();
+            // Digest-only entries wait their turn too: a peer must hear every event's version
+            // vector and figures eventually, however busy the frames are.
             if used.saturating_add(size) <= budget {
                 used += size;
-                if payload {
-                    e.peers[p].owed_since = None;
-                }
+                e.peers[p].owed_since = None;
                 frame.events.push(unit);
-            } else if payload {
+            } else {
                 e.peers[p].owed_since.get_or_insert(now);
             }
         }

@@ -65,6 +65,8 @@ pub struct EventState {
     pub created_at_index: u64,
     /// Index of the last metadata record; changes are sent only once it is durable.
     pub meta_index: u64,
+    /// Bytes of every metadata change held, as a peer that lacks the event receives them.
+    pub meta_bytes: usize,
     pub peers: Vec<PeerView>,
     pub rates: Vec<SaleRate>,
 }
@@ -110,6 +112,7 @@ impl EventState {
             published: Row::new(me, n, p),
             created_at_index: index,
             meta_index: index,
+            meta_bytes: 0,
             peers: vec![PeerView::default(); n],
             rates: vec![SaleRate::default(); p],
         };

@@ -128,3 +128,55 @@ fn an_event_too_large_for_one_frame_is_refused_at_creation() {
     c.call(0, Command::CreateEvent(stadium))
         .expect("a 60,000-seat event");
 }
+
+#[test]
+fn a_100k_seat_pool_fits_and_metadata_edits_stop_before_the_history_outgrows_a_frame() {
+    let mut c = LocalCluster::new(&REGIONS);
+    let mut bowl = spec("bowl", 10, 0);
+    bowl.pools[0].kind = allot_crdt::PoolKind::Assigned {
+        seats: (0..100_000).map(|s| format!("B-{s}")).collect(),
+    };
+    c.call(0, Command::CreateEvent(bowl))
+        .expect("the largest pool genesis allows");
+    let mut edits = 0;
+    loop {
+        let before = c.cores[0].snapshot();
+        let r = c.call(
+            0,
+            Command::PatchEvent {
+                event: "bowl".into(),
+                patch: allot_crdt::MetaPatch {
+                    description: Some(format!("{edits:04}{}", "x".repeat(3996))),
+                    ..Default::default()
+                },
+            },
+        );
+        match r {
+            Ok(_) => edits += 1,
+            Err(CoreError::Invalid(m)) => {
+                assert!(m.contains("gossip frame"), "{m}");
+                assert_eq!(c.cores[0].snapshot(), before);
+                break;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+        assert!(edits < 5_000, "edits never refused");
+    }
+    assert!(edits > 100, "only {edits} edits allowed");
+    // Whatever was accepted still reaches a peer that lacks the event, in frames within budget.
+    let mut rounds = 0;
+    while c.converged().is_err() {
+        for i in 0..3 {
+            c.persist(i);
+            c.tick(i);
+        }
+        for env in &c.network {
+            assert!(postcard::to_stdvec(&env.frame).unwrap().len() <= DEFAULT_FRAME_BUDGET);
+        }
+        while !c.network.is_empty() {
+            c.deliver(0);
+        }
+        rounds += 1;
+        assert!(rounds < 20, "no convergence");
+    }
+}

@@ -800,9 +800,10 @@ async fn cluster(State(s): St, _: Operator) -> ApiResult {
                     .events()
                     .map(|e| {
                         let Some(p) = e.genesis().region_index(r) else { return 0 };
-                        e.peers[p as usize].vv.as_ref().map_or(e.ledger.version_vector().as_slice().iter().sum(), |theirs| e.ledger.version_vector().lag_behind(theirs))
+                        let none = allot_crdt::VersionVector::new(0);
+                        e.ledger.version_vector().lag_behind(e.peers[p as usize].vv.as_ref().unwrap_or(&none))
                     })
-                    .sum();
+                    .fold(0, u64::saturating_add);
                 match st {
                     Some(st) => json!({
                         "region": r, "state": st.outgoing, "incoming_connected": st.incoming_connected,

@@ -184,7 +184,7 @@ pub fn ledger(core: &Core, e: &EventState) -> Value {
                         let rate = view.sale_rate_per_min.get(p).copied().unwrap_or(0);
                         (
                             held,
-                            l.available(pi, r) - held as i64,
+                            l.available(pi, r).saturating_sub_unsigned(held),
                             view.heard_at.map(|t| now.saturating_sub(t)),
                             rate,
                         )
