@@ -492,7 +492,66 @@ struct PoolBody {
     id: String,
     capacity: Option<u64>,
     seats: Option<Vec<String>>,
+    /// The compact notation for a large seat map: rows × numbers, expanded here into the same
+    /// seat list (and so the same genesis) as if every id had been listed.
+    seat_blocks: Option<Vec<SeatBlock>>,
     price_cents: u64,
+}
+
+/// Seats `<prefix><row>-<n>` for every row and every `n` in `from..=to`, rows in order.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeatBlock {
+    #[serde(default)]
+    prefix: String,
+    rows: SeatRows,
+    from: u32,
+    to: u32,
+}
+
+/// Row labels: listed (`["A","B"]`), or numbered (`{"from": 1, "to": 40}`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SeatRows {
+    Labels(Vec<String>),
+    Numbered { from: u32, to: u32 },
+}
+
+/// Expands seat blocks, refusing before any allocation a total above what a pool may hold.
+fn expand_seat_blocks(pool: &str, blocks: &[SeatBlock]) -> Result<Vec<String>, Problem> {
+    let mut total: u64 = 0;
+    for b in blocks {
+        let rows = match &b.rows {
+            SeatRows::Labels(l) => l.len() as u64,
+            SeatRows::Numbered { from, to } if from <= to => u64::from(to - from) + 1,
+            SeatRows::Numbered { .. } => 0,
+        };
+        if b.from > b.to || rows == 0 {
+            return Err(Problem::invalid(format!(
+                "pool {pool:?}: a seat block needs at least one row and from <= to"
+            )));
+        }
+        total += rows * (u64::from(b.to - b.from) + 1);
+        if total > allot_crdt::MAX_SEATS_PER_POOL as u64 {
+            return Err(Problem::invalid(format!(
+                "pool {pool:?}: seat blocks expand to more than {} seats",
+                allot_crdt::MAX_SEATS_PER_POOL
+            )));
+        }
+    }
+    let mut seats = Vec::with_capacity(total as usize);
+    for b in blocks {
+        let rows: Vec<String> = match &b.rows {
+            SeatRows::Labels(l) => l.clone(),
+            SeatRows::Numbered { from, to } => (*from..=*to).map(|r| r.to_string()).collect(),
+        };
+        for row in &rows {
+            for n in b.from..=b.to {
+                seats.push(format!("{}{row}-{n}", b.prefix));
+            }
+        }
+    }
+    Ok(seats)
 }
 
 #[derive(Deserialize)]
@@ -541,12 +600,15 @@ async fn create_event(
     };
     let mut pools = Vec::with_capacity(c.pools.len());
     for p in c.pools {
-        let kind = match (p.capacity, p.seats) {
-            (Some(capacity), None) => PoolKind::General { capacity },
-            (None, Some(seats)) => PoolKind::Assigned { seats },
+        let kind = match (p.capacity, p.seats, p.seat_blocks) {
+            (Some(capacity), None, None) => PoolKind::General { capacity },
+            (None, Some(seats), None) => PoolKind::Assigned { seats },
+            (None, None, Some(blocks)) => PoolKind::Assigned {
+                seats: expand_seat_blocks(&p.id, &blocks)?,
+            },
             _ => {
                 return Err(Problem::invalid(format!(
-                    "pool {:?}: give either capacity or seats",
+                    "pool {:?}: give one of capacity, seats or seat_blocks",
                     p.id
                 )))
             }

@@ -378,3 +378,72 @@ async fn a_partitioned_region_keeps_selling_and_nobody_oversells() {
     assert_eq!(total, 300);
     c.stop().await;
 }
+
+/// A 60,000-seat stadium fits one create request in the compact notation (the 64 KiB body limit
+/// capped a listed seat map at about 7,000 ids), expands to the same genesis everywhere, and
+/// reaches every region by gossip; bad notation is a 422 that changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_60000_seat_stadium_is_created_in_one_request_and_gossiped() {
+    let c = Cluster::start().await;
+    let mut stadium = event("stadium", 10, 0, 600);
+    stadium["pools"][1] = json!({
+        "id": "bowl",
+        "seat_blocks": [{"rows": {"from": 1, "to": 100}, "from": 1, "to": 400},
+                        {"prefix": "U", "rows": ["A", "B", "C", "D", "E"], "from": 1, "to": 4000}],
+        "price_cents": 5000
+    });
+    stadium["allotments"] = json!("even");
+    let body = serde_json::to_vec(&stadium).unwrap();
+    assert!(body.len() < 1024, "the request is {} bytes", body.len());
+    for (bad, why) in [
+        (json!([{"rows": ["A"], "from": 5, "to": 1}]), "from > to"),
+        (json!([{"rows": [], "from": 1, "to": 10}]), "no rows"),
+        (
+            json!([{"rows": {"from": 1, "to": 1000}, "from": 1, "to": 1000}]),
+            "a million seats",
+        ),
+        (
+            json!([{"rows": ["A", "A"], "from": 1, "to": 2}]),
+            "a seat twice",
+        ),
+        (json!([{"rows": ["A b"], "from": 1, "to": 2}]), "a bad id"),
+    ] {
+        let mut e = stadium.clone();
+        e["id"] = json!("bad");
+        e["pools"][1]["seat_blocks"] = bad;
+        let (s, v) = c.post(0, "/v1/admin/events", e).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{why}: {v}");
+        assert_eq!(c.get(0, "/v1/events/bad").await.0, StatusCode::NOT_FOUND);
+    }
+    let (s, v) = c.post(0, "/v1/admin/events", stadium).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let start = std::time::Instant::now();
+    for i in 1..3 {
+        while c.get(i, "/v1/events/stadium").await.0 != StatusCode::OK {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "not at region {i}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Every region sees the same 60,000 seats, split in contiguous blocks in list order.
+    let (s, map) = c.get(2, "/v1/events/stadium/seats?pool=bowl").await;
+    assert_eq!(s, StatusCode::OK);
+    let seats = map["seats"].as_array().unwrap();
+    assert_eq!(seats.len(), 60_000);
+    assert_eq!(seats[0]["seat"], "1-1");
+    assert_eq!(seats[39_999]["seat"], "100-400");
+    assert_eq!(seats[59_999]["seat"], "UE-4000");
+    assert_eq!(seats[0]["owner"], "eu-west");
+    assert_eq!(seats[20_000]["owner"], "us-east");
+    assert_eq!(seats[59_999]["owner"], "ap-south");
+    // us-east sells one of its own; eu-west may not sell it.
+    let buy = json!({"seats": ["60-1"], "customer": "c", "payment_ref": "p"});
+    let (s, v) = c.post(1, "/v1/events/stadium/purchases", buy.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, _) = c.post(0, "/v1/events/stadium/purchases", buy).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    c.converge("stadium", Duration::from_secs(10)).await;
+    c.stop().await;
+}
