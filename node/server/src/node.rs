@@ -13,7 +13,7 @@ use crate::driver::{self, Commit, Durability, Faults, Outbound};
 use crate::http::{self, AppState};
 use crate::store::Store;
 use crate::tls::Identity;
-use crate::transport::{NetFaults, PeerAddr, Transport};
+use crate::transport::{LinkTiming, NetFaults, PeerAddr, Transport};
 
 /// See [`Durability::window`]; `allot node --commit-window-us` overrides it.
 pub const DEFAULT_COMMIT_WINDOW: Duration = Duration::from_micros(0);
@@ -47,6 +47,8 @@ pub struct NodeOptions {
     /// `ca.pem`, `<region>.pem`, `<region>.key`; without it the node runs alone.
     pub tls_dir: Option<PathBuf>,
     pub reconnect_max: Duration,
+    /// The largest round trip of `[latency_ms]`: links stay up through at least 4 of them.
+    pub largest_rtt: Duration,
     /// Test-only switch that cuts links to peers.
     pub net_faults: Arc<NetFaults>,
 }
@@ -81,6 +83,7 @@ impl NodeOptions {
             peers: Vec::new(),
             tls_dir: None,
             reconnect_max: Duration::from_millis(250),
+            largest_rtt: Duration::ZERO,
             net_faults: Arc::default(),
         }
     }
@@ -125,6 +128,7 @@ impl NodeOptions {
                 .collect(),
             tls_dir: cfg.cluster.tls_dir.clone(),
             reconnect_max: Duration::from_millis(cfg.cluster.reconnect_max_ms.max(1)),
+            largest_rtt: Duration::from_millis(cfg.latency_ms.values().copied().max().unwrap_or(0)),
             net_faults: Arc::default(),
         })
     }
@@ -184,7 +188,7 @@ pub async fn serve(
                 opts.quic,
                 peers,
                 &identity,
-                opts.reconnect_max,
+                LinkTiming::new(opts.reconnect_max, opts.largest_rtt),
                 opts.net_faults.clone(),
                 move |from, frame| h1.deliver(from, frame),
                 move |peer| h2.peer_reset(peer),

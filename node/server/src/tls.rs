@@ -101,6 +101,19 @@ impl Identity {
         Ok(Arc::new(roots))
     }
 
+    /// The key quinn derives stateless-reset tokens from, the same at every start of this
+    /// region (derived from its private key, which is secret and stable). A restarted node
+    /// can then reset the connections its previous incarnation had: a survivor that sends on
+    /// one learns at its next packet that the peer is gone, instead of sending into the void
+    /// until the idle timeout.
+    pub fn reset_key(&self) -> Arc<dyn quinn::crypto::HmacKey> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"allot quic stateless reset key v1");
+        h.update(self.key.secret_der());
+        Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &h.finalize()))
+    }
+
     pub fn server_config(&self) -> anyhow::Result<quinn::ServerConfig> {
         let verifier =
             rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())

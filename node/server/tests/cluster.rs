@@ -8,19 +8,12 @@ use std::time::Duration;
 
 use allot::node::{serve, NodeOptions, Peer};
 use allot::transport::NetFaults;
-use common::{event, send, TOKEN};
+use common::{event, free_udp, replicated_view, send, time_to_agree, TOKEN};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 const NAMES: [&str; 3] = ["eu-west", "us-east", "ap-south"];
-
-fn free_udp() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 struct Cluster {
     bases: Vec<String>,
@@ -134,44 +127,10 @@ impl Cluster {
         }
     }
 
-    /// The replicated part of each region's ledger view (rows and version vector).
-    async fn replicated(&self, event: &str) -> Vec<Value> {
-        let mut out = Vec::new();
-        for i in 0..3 {
-            let (s, mut l) = self
-                .get(i, &format!("/v1/admin/events/{event}/ledger"))
-                .await;
-            if s != StatusCode::OK {
-                out.push(Value::Null);
-                continue;
-            }
-            for p in l["pools"].as_array_mut().unwrap() {
-                for r in p["regions"].as_array_mut().unwrap() {
-                    let o = r.as_object_mut().unwrap();
-                    for local in ["held", "available", "held_age_ms", "sale_rate_per_min"] {
-                        o.remove(local);
-                    }
-                }
-            }
-            l.as_object_mut().unwrap().remove("region");
-            out.push(l);
-        }
-        out
-    }
-
+    /// Waits until every region's replicated view agrees, and returns it.
     async fn converge(&self, event: &str, within: Duration) -> Value {
-        let start = std::time::Instant::now();
-        loop {
-            let views = self.replicated(event).await;
-            if views.iter().all(|v| *v == views[0] && !v.is_null()) {
-                return views[0].clone();
-            }
-            assert!(
-                start.elapsed() < within,
-                "no convergence within {within:?}: {views:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        time_to_agree(&self.client, &self.bases, event, within).await;
+        replicated_view(&self.client, &self.bases[0], event).await
     }
 
     async fn stop(self) {

@@ -4,85 +4,13 @@
 mod common;
 
 use std::collections::HashSet;
-use std::ops::{Deref, DerefMut};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{event, send, TOKEN};
+use common::{assert_no_huge_pages, event, free_port, send, spawn, wait_ready, TOKEN};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A node process, killed when dropped: a test that fails half-way leaves no orphan behind
-/// (an orphan holds the test's output pipe, and the CI job with it, open).
-struct NodeProcess(Child);
-
-impl Deref for NodeProcess {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl DerefMut for NodeProcess {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(config: &std::path::Path) -> NodeProcess {
-    let child = Command::new(env!("CARGO_BIN_EXE_allot"))
-        .args([
-            "node",
-            "--config",
-            config.to_str().unwrap(),
-            "--region",
-            "eu-west",
-        ])
-        .env("ALLOT_ADMIN_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start allot node");
-    NodeProcess(child)
-}
-
-/// The node turns transparent huge pages off for itself (a fault on a fresh huge page stalled
-/// a request handler for milliseconds; docs/benchmarks.md). Kernels before 5.0 do not report it.
-fn assert_no_huge_pages(pid: u32) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
-        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
-    }
-}
-
-async fn wait_ready(client: &Client, base: &str) {
-    for _ in 0..400 {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
-            if r.status() == StatusCode::OK {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("node did not become ready");
-}
+use std::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_load_loses_no_acknowledged_order() {
@@ -100,7 +28,7 @@ async fn sigkill_mid_load_loses_no_acknowledged_order() {
     .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = Client::new();
-    let mut child = spawn(&config);
+    let mut child = spawn(&config, "eu-west");
     wait_ready(&client, &base).await;
     let mut ev = event("rock", 100_000, 300, 600);
     ev["allotments"] = json!({"floor": {"eu-west": 100_000, "us-east": 0}, "stalls": {"eu-west": 300, "us-east": 0}});
@@ -149,7 +77,7 @@ async fn sigkill_mid_load_loses_no_acknowledged_order() {
         acked.len()
     );
 
-    let mut child = spawn(&config);
+    let mut child = spawn(&config, "eu-west");
     wait_ready(&client, &base).await;
     for o in &acked {
         let id = o["order_id"].as_str().unwrap();
@@ -233,7 +161,7 @@ async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
     .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = Client::new();
-    let mut child = spawn(&config);
+    let mut child = spawn(&config, "eu-west");
     wait_ready(&client, &base).await;
     assert_no_huge_pages(child.id());
     let (s, _) = send(
@@ -278,7 +206,7 @@ async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
         t.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    let mut child = spawn(&config);
+    let mut child = spawn(&config, "eu-west");
     wait_ready(&client, &base).await;
     for o in &acked {
         let (s, got) = send(client.get(format!(

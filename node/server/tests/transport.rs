@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allot::tls::{generate, Identity};
-use allot::transport::{PeerAddr, Transport};
+use allot::transport::{LinkTiming, PeerAddr, Transport};
 use allot_node::GossipFrame;
 
 fn free_udp() -> SocketAddr {
@@ -32,7 +32,7 @@ fn dialer(me: &str, certs: &std::path::Path, target_name: &str, target: SocketAd
             quic: target,
         }],
         &id,
-        Duration::from_millis(50),
+        LinkTiming::new(Duration::from_millis(50), Duration::ZERO),
         Arc::default(),
         |_, _| {},
         |_| {},
@@ -72,7 +72,7 @@ async fn only_the_cluster_ca_and_configured_regions_get_through() {
             },
         ],
         &Identity::load(&ours, "eu-west").unwrap(),
-        Duration::from_millis(50),
+        LinkTiming::new(Duration::from_millis(50), Duration::ZERO),
         Arc::default(),
         move |from, _| {
             r.fetch_add(1, Ordering::SeqCst);

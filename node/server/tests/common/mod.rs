@@ -1,5 +1,7 @@
 #![allow(dead_code)]
 
+use std::ops::{Deref, DerefMut};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use allot::node::{serve, NodeOptions};
@@ -162,4 +164,131 @@ pub fn event(id: &str, ga: u64, seats: usize, ttl: u64) -> Value {
             "stalls": {"eu-west": seats}
         }
     })
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A node process, killed when dropped: a test that fails half-way leaves no orphan behind
+/// (an orphan holds the test's output pipe, and the CI job with it, open).
+pub struct NodeProcess(Child);
+
+impl Deref for NodeProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for NodeProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts an `allot node` process for `region` of the cluster in `config`.
+pub fn spawn(config: &std::path::Path, region: &str) -> NodeProcess {
+    let child = Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args([
+            "node",
+            "--config",
+            config.to_str().unwrap(),
+            "--region",
+            region,
+        ])
+        .env("ALLOT_ADMIN_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start allot node");
+    NodeProcess(child)
+}
+
+/// The node turns transparent huge pages off for itself (a fault on a fresh huge page stalled
+/// a request handler for milliseconds; docs/benchmarks.md). Kernels before 5.0 do not report it.
+pub fn assert_no_huge_pages(pid: u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
+}
+
+pub async fn wait_ready(client: &Client, base: &str) {
+    for _ in 0..400 {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            if r.status() == StatusCode::OK {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("node did not become ready");
+}
+
+pub fn free_udp() -> std::net::SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The replicated part of a region's ledger view of `event` (rows and version vector, without
+/// the figures local to the region), or `Null` if the region cannot answer.
+pub async fn replicated_view(client: &Client, base: &str, event: &str) -> Value {
+    let (s, mut l) = send(
+        client
+            .get(format!("{base}/v1/admin/events/{event}/ledger"))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    if s != StatusCode::OK {
+        return Value::Null;
+    }
+    for p in l["pools"].as_array_mut().unwrap() {
+        for r in p["regions"].as_array_mut().unwrap() {
+            let o = r.as_object_mut().unwrap();
+            for local in ["held", "available", "held_age_ms", "sale_rate_per_min"] {
+                o.remove(local);
+            }
+        }
+    }
+    l.as_object_mut().unwrap().remove("region");
+    l
+}
+
+/// Polls every region's replicated view of `event` until all agree; the time that took.
+pub async fn time_to_agree(
+    client: &Client,
+    bases: &[String],
+    event: &str,
+    give_up: Duration,
+) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let mut views = Vec::new();
+        for b in bases {
+            views.push(replicated_view(client, b, event).await);
+        }
+        if views.iter().all(|v| *v == views[0] && !v.is_null()) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < give_up,
+            "no agreement within {give_up:?}: {views:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
