@@ -49,10 +49,11 @@ enum Ev {
         pool: &'static str,
         client: usize,
     },
+    /// A gossip frame, a call or an answer arriving.
     Deliver {
         from: usize,
         to: usize,
-        frame: GossipFrame,
+        message: PeerMessage,
     },
     Tick {
         region: usize,
@@ -450,10 +451,14 @@ impl World {
                     },
                 );
             }
-            Ev::Deliver { from, to, frame } => {
+            Ev::Deliver { from, to, message } => {
                 if self.nodes[to].core.is_some() && !self.partitioned(from, to) {
                     let from = self.names[from].clone();
-                    self.input(to, Input::Peer { from, frame });
+                    let input = match message {
+                        PeerMessage::Gossip(frame) => Input::Peer { from, frame },
+                        PeerMessage::Exchange(message) => Input::Exchange { from, message },
+                    };
+                    self.input(to, input);
                 }
             }
             Ev::Tick { region } => {
@@ -630,18 +635,32 @@ impl World {
                 self.now, self.names[r]
             ));
         }
-        let messages: Vec<_> = ready.messages.drain(..).collect();
+        let mut messages: Vec<(String, PeerMessage)> = ready
+            .messages
+            .drain(..)
+            .map(|(p, f)| (p, PeerMessage::Gossip(f)))
+            .collect();
+        messages.extend(
+            ready
+                .exchange
+                .drain(..)
+                .map(|(p, m)| (p, PeerMessage::Exchange(m))),
+        );
         let replies: Vec<_> = ready.replies.drain(..).collect();
         self.ready = ready;
-        for (peer, frame) in messages {
+        // Calls and answers between regions travel like gossip: with the same loss,
+        // duplication and delay.
+        for (peer, message) in messages {
             let to = self
                 .names
                 .iter()
                 .position(|n| *n == peer)
                 .expect("a known region");
-            self.report.gossip_bytes += postcard::to_stdvec(&frame)
-                .map(|b| b.len() as u64 + 8)
-                .unwrap_or(0);
+            if let PeerMessage::Gossip(frame) = &message {
+                self.report.gossip_bytes += postcard::to_stdvec(frame)
+                    .map(|b| b.len() as u64 + 8)
+                    .unwrap_or(0);
+            }
             if self.rng.random_bool(self.sc.faults.loss) {
                 continue;
             }
@@ -662,7 +681,7 @@ impl World {
                     Ev::Deliver {
                         from: r,
                         to,
-                        frame: frame.clone(),
+                        message: message.clone(),
                     },
                 );
             }

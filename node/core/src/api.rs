@@ -124,6 +124,10 @@ pub enum Command {
         to: String,
         amount: GrantAmount,
     },
+    /// A durable order by id (answered by the region that sold it).
+    ReadOrder {
+        order: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +189,8 @@ pub enum Outcome {
         quantity: u64,
         seats: Vec<SeatIdx>,
     },
+    /// The answer of the region that owns what was asked (see `crate::exchange`).
+    Remote(Box<crate::exchange::RemoteOutcome>),
 }
 
 /// Every way a command can fail. Each maps to one stable problem type (see [`CoreError::kind`]).
@@ -222,6 +228,8 @@ pub enum CoreError {
     HoldExpired,
     #[error("only the owner can give away quota: {0}")]
     NotOwner(String),
+    #[error("region {region}, which owns this, is unreachable: {why}")]
+    Unreachable { region: String, why: String },
     #[error("Idempotency-Key reused with another body")]
     IdempotencyMismatch,
     #[error("metadata: {0}")]
@@ -249,6 +257,7 @@ impl CoreError {
             CoreError::HoldExpired => "hold-expired",
             CoreError::NotOwner(_) => "not-owner",
             CoreError::IdempotencyMismatch => "idempotency-mismatch",
+            CoreError::Unreachable { .. } => "unavailable",
             CoreError::Meta(_) => "invalid-metadata",
         }
     }

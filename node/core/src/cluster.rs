@@ -7,6 +7,7 @@ use allot_crdt::{PoolIdx, RegionIdx};
 
 use crate::api::{Command, IdempotencyKey, Millis, Reply, RequestId};
 use crate::core::{Config, Core, Input};
+use crate::exchange::Exchange;
 use crate::gossip::GossipFrame;
 use crate::record::Record;
 
@@ -16,11 +17,19 @@ pub struct Envelope {
     pub frame: GossipFrame,
 }
 
+/// A call or answer between regions on its way.
+pub struct CallEnvelope {
+    pub from: usize,
+    pub to: usize,
+    pub message: Exchange,
+}
+
 pub struct LocalCluster {
     pub names: Vec<String>,
     pub cores: Vec<Core>,
     pub now: Millis,
     pub network: Vec<Envelope>,
+    pub calls: Vec<CallEnvelope>,
     /// Per region: records emitted but not yet durable.
     pub unpersisted: Vec<Vec<Record>>,
     /// Per region: the durable log, what a restart recovers from.
@@ -44,6 +53,7 @@ impl LocalCluster {
             cores,
             now: 1_000,
             network: Vec::new(),
+            calls: Vec::new(),
             unpersisted: vec![Vec::new(); n],
             durable: vec![Vec::new(); n],
             replies: vec![Vec::new(); n],
@@ -68,6 +78,14 @@ impl LocalCluster {
         for (to, frame) in ready.messages {
             let to = self.index_of(&to);
             self.network.push(Envelope { from: i, to, frame });
+        }
+        for (to, message) in ready.exchange {
+            let to = self.index_of(&to);
+            self.calls.push(CallEnvelope {
+                from: i,
+                to,
+                message,
+            });
         }
         self.warnings.extend(
             ready
@@ -113,11 +131,26 @@ impl LocalCluster {
         self.call_keyed(i, None, command)
     }
 
+    /// Sends, persists and returns the reply; a command another region owns is carried there
+    /// and back (calls and answers delivered, every region persisted) until it is answered.
     pub fn call_keyed(&mut self, i: usize, key: Option<IdempotencyKey>, command: Command) -> Reply {
         let id = self.send(i, key, command);
         self.persist(i);
-        self.take_reply(i, id)
-            .expect("a persisted request has its reply")
+        loop {
+            if let Some(r) = self.take_reply(i, id) {
+                return r;
+            }
+            assert!(
+                !self.calls.is_empty(),
+                "a persisted request has its reply, or a call on its way"
+            );
+            while !self.calls.is_empty() {
+                self.deliver_call(0);
+            }
+            for r in 0..self.cores.len() {
+                self.persist(r);
+            }
+        }
     }
 
     pub fn take_reply(&mut self, i: usize, id: RequestId) -> Option<Reply> {
@@ -153,6 +186,19 @@ impl LocalCluster {
         );
     }
 
+    /// Delivers queued call or answer `k`.
+    pub fn deliver_call(&mut self, k: usize) {
+        let env = self.calls.remove(k);
+        let from = self.names[env.from].clone();
+        self.step(
+            env.to,
+            Input::Exchange {
+                from,
+                message: env.message,
+            },
+        );
+    }
+
     /// Persists everything, gossips and delivers until the network is quiet `rounds` times.
     pub fn settle(&mut self, rounds: usize) {
         for _ in 0..rounds {
@@ -160,11 +206,16 @@ impl LocalCluster {
                 self.persist(i);
                 self.tick(i);
             }
-            while !self.network.is_empty() {
-                self.deliver(0);
-            }
-            for i in 0..self.cores.len() {
-                self.persist(i);
+            while !self.network.is_empty() || !self.calls.is_empty() {
+                while !self.network.is_empty() {
+                    self.deliver(0);
+                }
+                while !self.calls.is_empty() {
+                    self.deliver_call(0);
+                }
+                for i in 0..self.cores.len() {
+                    self.persist(i);
+                }
             }
         }
     }

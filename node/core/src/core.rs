@@ -20,9 +20,14 @@ use allot_crdt::{
 use crate::api::*;
 use crate::chunked::ChunkedVec;
 use crate::event::{EventState, SeatLocal};
+use crate::exchange::{Exchange, ExchangeBook};
 use crate::gossip::{EventGossip, GossipFrame};
 use crate::ids::{GlobalId, IdKey, IdKind};
 use crate::record::{IdemRecord, Record, RecordBody, ReleaseReason};
+
+mod peer_calls;
+
+pub(crate) use peer_calls::Caller;
 
 /// Limits and identity of one region's core.
 #[derive(Clone, Debug)]
@@ -43,6 +48,10 @@ pub struct Config {
     /// genesis and metadata while the peer lacks them) is never split, so an event that could
     /// not fit is refused at creation; the rest waits for later ticks.
     pub frame_budget_bytes: usize,
+    /// How long a call to another region may take before its caller hears 503.
+    pub peer_call_timeout_ms: Millis,
+    /// Calls to one region in flight at once; more answer 503 at once.
+    pub max_calls_per_peer: usize,
 }
 
 /// The default gossip frame budget: below the 8 MiB the wire accepts, with room for framing.
@@ -74,6 +83,8 @@ impl Config {
             idempotency_ttl_ms: 24 * 3600 * 1000,
             id_key: IdKey::insecure_for_tests(region),
             frame_budget_bytes: DEFAULT_FRAME_BUDGET,
+            peer_call_timeout_ms: 3_000,
+            max_calls_per_peer: 256,
         }
     }
 }
@@ -87,6 +98,17 @@ pub enum Input {
     Peer {
         from: String,
         frame: GossipFrame,
+    },
+    /// A call from another region, or the answer to one of ours.
+    Exchange {
+        from: String,
+        message: Exchange,
+    },
+    /// A message to `to` that the driver could not even queue (no link to that region at
+    /// all): a call's caller hears at once that the region is unreachable.
+    Undeliverable {
+        to: String,
+        message: Exchange,
     },
     /// Expire holds and idempotency keys, and gossip to every peer.
     Tick,
@@ -105,6 +127,8 @@ pub struct Ready {
     pub records: Vec<Record>,
     pub replies: Vec<(RequestId, Reply)>,
     pub messages: Vec<(String, GossipFrame)>,
+    /// Calls to other regions and answers to theirs.
+    pub exchange: Vec<(String, Exchange)>,
     /// Refused peer input and other things an operator should see in the log.
     pub warnings: Vec<String>,
 }
@@ -139,7 +163,9 @@ pub struct Core {
     last_index: u64,
     persisted: u64,
     now: Millis,
-    waiting: VecDeque<(u64, RequestId, Reply)>,
+    waiting: VecDeque<(u64, Caller, Reply)>,
+    /// Calls to and from other regions.
+    calls: ExchangeBook,
     own_pending: VecDeque<(u64, usize, RowDelta)>,
     /// Orders whose records are not durable yet, as (record index, order number) in record
     /// order. Readers do not see them: an answer may only show what a crash cannot undo.
@@ -213,6 +239,7 @@ impl Core {
             persisted: 0,
             now: 0,
             waiting: VecDeque::new(),
+            calls: ExchangeBook::default(),
             own_pending: VecDeque::new(),
             unpublished_orders: VecDeque::new(),
             unpublished_refunds: BTreeMap::new(),
@@ -261,8 +288,10 @@ impl Core {
     pub fn handle(&mut self, now: Millis, input: Input) {
         self.now = self.now.max(now);
         match input {
-            Input::Request { id, key, command } => self.request(id, key, command),
+            Input::Request { id, key, command } => self.request(Caller::Client(id), key, command),
             Input::Peer { from, frame } => self.peer(&from, frame),
+            Input::Exchange { from, message } => self.exchange(&from, message),
+            Input::Undeliverable { to, message } => self.undeliverable(&to, message),
             Input::Tick => {
                 let now = self.now;
                 for e in &mut self.events {
@@ -270,6 +299,7 @@ impl Core {
                 }
                 self.expire_holds();
                 self.expire_keys();
+                self.expire_calls();
                 self.gossip();
             }
             Input::Persisted(n) => self.persisted(n),
@@ -294,12 +324,13 @@ impl Core {
         into.records.append(&mut self.out.records);
         into.replies.append(&mut self.out.replies);
         into.messages.append(&mut self.out.messages);
+        into.exchange.append(&mut self.out.exchange);
         into.warnings.append(&mut self.out.warnings);
     }
 
     // ----- requests -------------------------------------------------------------------------
 
-    fn request(&mut self, id: RequestId, key: Option<IdempotencyKey>, command: Command) {
+    fn request(&mut self, id: Caller, key: Option<IdempotencyKey>, command: Command) {
         if let Some(k) = &key {
             if k.key.is_empty()
                 || k.key.len() > MAX_KEY_LEN
@@ -320,6 +351,10 @@ impl Core {
                 return self.reply_after(index, id, Ok(outcome));
             }
         }
+        // What another region owns is asked of it; a call from another region is never
+        // passed on again.
+        let forward = (matches!(id, Caller::Client(_)) && command.belongs_elsewhere_maybe())
+            .then(|| (key.clone(), command.clone()));
         let key = key.as_ref();
         let result = match command {
             Command::CreateEvent(spec) => self.create_event(spec, key),
@@ -344,21 +379,29 @@ impl Core {
                 to,
                 amount,
             } => self.grant(&event, &pool, &to, amount, key),
+            Command::ReadOrder { order } => self
+                .durable_order_by_id(&order)
+                .map(|o| (0, Outcome::Order(o.into_owned()))),
         };
-        match result {
-            Ok((index, outcome)) => self.reply_after(index, id, Ok(outcome)),
-            Err(e) => self.reply_now(id, Err(e)),
+        match (result, forward, id) {
+            (
+                Err(CoreError::Foreign { region, .. } | CoreError::NotCatalog { catalog: region }),
+                Some((key, command)),
+                Caller::Client(client),
+            ) => self.call_peer(client, &region, key, command),
+            (Ok((index, outcome)), _, id) => self.reply_after(index, id, Ok(outcome)),
+            (Err(e), _, id) => self.reply_now(id, Err(e)),
         }
     }
 
-    fn reply_now(&mut self, id: RequestId, reply: Reply) {
-        self.out.replies.push((id, reply));
+    fn reply_now(&mut self, id: Caller, reply: Reply) {
+        self.deliver_reply(id, reply);
     }
 
     /// Releases the reply once record `index` is durable.
-    fn reply_after(&mut self, index: u64, id: RequestId, reply: Reply) {
+    fn reply_after(&mut self, index: u64, id: Caller, reply: Reply) {
         if index <= self.persisted {
-            self.out.replies.push((id, reply));
+            self.deliver_reply(id, reply);
         } else {
             self.waiting.push_back((index, id, reply));
         }
@@ -1287,7 +1330,7 @@ impl Core {
         }
         while self.waiting.front().is_some_and(|w| w.0 <= upto) {
             let (_, id, reply) = self.waiting.pop_front().expect("checked");
-            self.out.replies.push((id, reply));
+            self.deliver_reply(id, reply);
         }
     }
 
@@ -1633,6 +1676,7 @@ impl Core {
 
     /// Checks the whole state against DESIGN's invariants, as this region sees them.
     pub fn check_invariants(&self) -> Result<(), String> {
+        self.calls.check()?;
         // Every live hold, and nothing else, waits in the expiry queue.
         if self.expiry.len() != self.holds.len()
             || self

@@ -12,12 +12,14 @@ mod chunked;
 pub mod cluster;
 mod core;
 pub mod event;
+pub mod exchange;
 pub mod gossip;
 pub mod ids;
 pub mod record;
 
 pub use crate::api::*;
 pub use crate::core::{Config, Core, Input, Ready, DEFAULT_FRAME_BUDGET};
+pub use crate::exchange::{CallId, Exchange, PeerMessage, RemoteOutcome};
 pub use crate::gossip::{EventGossip, GossipFrame};
 pub use crate::ids::{GlobalId, IdKey, IdKind, IdTag};
 pub use crate::record::{IdemRecord, Record, RecordBody, ReleaseReason};

@@ -363,10 +363,11 @@ fn ids_of_unknown_regions_and_wrong_tags_are_unknown() {
             }
         )
         .is_ok());
+    // A known region's id is asked of that region, which has no such order.
     let theirs = id(IdKind::Order, "us-east", 1);
     assert!(matches!(
         c.call(0, Command::Refund { order: theirs }),
-        Err(CoreError::Foreign { .. })
+        Err(CoreError::UnknownOrder(_))
     ));
 }
 

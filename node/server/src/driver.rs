@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use allot_node::{
-    Command, Config, Core, GossipFrame, IdempotencyKey, Input, Ready, Record, Reply, RequestId,
+    Command, Config, Core, IdempotencyKey, Input, PeerMessage, Ready, Record, Reply, RequestId,
 };
 use crossbeam_channel::{Receiver, Sender};
 use rocksdb::WriteBatch;
@@ -46,8 +46,8 @@ pub struct Durability {
     pub window: Duration,
 }
 
-/// Where the core's gossip frames go (the QUIC transport, once it runs).
-pub type Outbound = Arc<std::sync::OnceLock<Box<dyn Fn(String, GossipFrame) + Send + Sync>>>;
+/// Where the core's gossip frames, calls and answers go (the QUIC transport, once it runs).
+pub type Outbound = Arc<std::sync::OnceLock<Box<dyn Fn(String, PeerMessage) + Send + Sync>>>;
 
 /// Faults a test can inject into the drivers; all off in production.
 #[derive(Clone, Copy, Debug, Default)]
@@ -109,10 +109,28 @@ impl Engine {
         match self.outbound.get() {
             Some(send) => {
                 for (peer, frame) in ready.messages.drain(..) {
-                    send(peer, frame);
+                    send(peer, PeerMessage::Gossip(frame));
+                }
+                for (peer, message) in ready.exchange.drain(..) {
+                    send(peer, PeerMessage::Exchange(message));
                 }
             }
-            None => ready.messages.clear(),
+            None => {
+                // Without a transport no call can leave: their callers hear so at once (503).
+                ready.messages.clear();
+                let undeliverable: Vec<_> = ready.exchange.drain(..).collect();
+                for (to, message) in undeliverable {
+                    self.core
+                        .handle(wall_ms(), Input::Undeliverable { to, message });
+                }
+                self.core.ready_into(&mut ready);
+                for (id, reply) in ready.replies.drain(..) {
+                    if let Some(done) = self.waiting.remove(&id) {
+                        done(&self.core, reply);
+                    }
+                }
+                ready.exchange.clear();
+            }
         }
         self.ready = ready;
         if changed {
@@ -180,10 +198,13 @@ impl CoreHandle {
         self.engine().map(|e| f(&e.core))
     }
 
-    /// Hands a peer's gossip frame to the core.
-    pub fn deliver(&self, from: String, frame: GossipFrame) {
+    /// Hands a peer's message (gossip, a call or an answer) to the core.
+    pub fn deliver(&self, from: String, message: PeerMessage) {
         if let Some(mut e) = self.engine() {
-            e.handle(Input::Peer { from, frame });
+            e.handle(match message {
+                PeerMessage::Gossip(frame) => Input::Peer { from, frame },
+                PeerMessage::Exchange(message) => Input::Exchange { from, message },
+            });
         }
     }
 

@@ -2,11 +2,10 @@
 //! body with its idempotency key.
 //!
 //! The checks run in one fixed order, which decides the answer to a request that is wrong in
-//! several ways at once: the body's size (413, checked first by the proxy layer, which buffers
-//! every body in case the request belongs to another region), the operator's token (401), the
-//! `Idempotency-Key` (422), then the JSON (400 malformed, 422 wrong shape). Axum runs an
-//! endpoint's extractors in argument order, so [`Operator`] goes before [`Keyed`] or
-//! [`Posted`].
+//! several ways at once: the operator's token (401, on operator endpoints), the body's size
+//! (413), the `Idempotency-Key` (422), then the JSON (400 malformed, 422 wrong shape). Axum
+//! runs an endpoint's extractors in argument order, so [`Operator`] goes before [`Keyed`] or
+//! [`Posted`]: a caller without the token learns nothing about the body it sent.
 
 use std::sync::Arc;
 

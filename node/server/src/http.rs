@@ -33,9 +33,6 @@ pub struct AppState {
     pub core: CoreHandle,
     pub region: String,
     pub admin_token: Option<String>,
-    /// Other regions' HTTP addresses, for proxying what they own.
-    pub peers: BTreeMap<String, std::net::SocketAddr>,
-    pub client: reqwest::Client,
     pub transport: Option<Arc<std::sync::Mutex<BTreeMap<String, crate::transport::PeerStatus>>>>,
 }
 
@@ -70,7 +67,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/orders/{order}/refund", post(refund))
         .route("/v1/admin/cluster", get(cluster))
         .fallback(|| async { Problem::not_found("not-found", "no such endpoint") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), proxy))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -80,82 +76,6 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 // ----- plumbing -------------------------------------------------------------------------------
-
-const PROXIED: &str = "x-allot-proxied";
-/// The request headers a proxied request carries to the owning region.
-const FORWARDED_HEADERS: [&str; 4] = ["content-type", "idempotency-key", "authorization", "accept"];
-
-/// Answers that belong to another region (its hold, its order, the catalog's event creation)
-/// are fetched from that region, once: a proxied request is never proxied again.
-async fn proxy(
-    State(s): St,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let proxied = req.headers().contains_key(PROXIED);
-    let (parts, body) = req.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return Problem::body_too_large().into_response();
-    };
-    // Keep only what a forward needs; the request itself goes to the handler.
-    let (method, uri) = (parts.method.clone(), parts.uri.clone());
-    let forwarded: Vec<(&'static str, axum::http::HeaderValue)> = FORWARDED_HEADERS
-        .iter()
-        .filter_map(|h| parts.headers.get(*h).map(|v| (*h, v.clone())))
-        .collect();
-    let mut resp = next
-        .run(axum::extract::Request::from_parts(
-            parts,
-            bytes.clone().into(),
-        ))
-        .await;
-    let Some(owner) = resp.headers_mut().remove(crate::problem::OWNER_HEADER) else {
-        return resp;
-    };
-    let Some(addr) = owner.to_str().ok().and_then(|o| s.peers.get(o)) else {
-        return resp;
-    };
-    if proxied {
-        return resp;
-    }
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut fwd = s
-        .client
-        .request(method, format!("http://{addr}{path}"))
-        .header(PROXIED, &s.region)
-        .body(bytes);
-    for (h, v) in forwarded {
-        fwd = fwd.header(h, v);
-    }
-    let owner = owner.to_str().unwrap_or("?").to_owned();
-    match fwd.send().await {
-        Ok(r) => {
-            let status = r.status();
-            let ct = r.headers().get("content-type").cloned();
-            let retry = r.headers().get("retry-after").cloned();
-            match r.bytes().await {
-                Ok(body) => {
-                    let mut out = (status, body).into_response();
-                    if let Some(ct) = ct {
-                        out.headers_mut().insert("content-type", ct);
-                    }
-                    if let Some(ra) = retry {
-                        out.headers_mut().insert("retry-after", ra);
-                    }
-                    out
-                }
-                Err(e) => {
-                    Problem::unavailable(format!("region {owner} answered incompletely: {e}"))
-                        .into_response()
-                }
-            }
-        }
-        Err(e) => Problem::unavailable(format!(
-            "region {owner}, which owns this, is unreachable: {e}"
-        ))
-        .into_response(),
-    }
-}
 
 async fn call(
     s: &AppState,
@@ -207,6 +127,7 @@ fn order_view(core: &allot_node::Core, o: Outcome) -> Value {
     match &o {
         Outcome::Order(o) => views::order(core, o),
         Outcome::Held(h) => views::hold(core, h),
+        Outcome::Remote(r) => views::remote(core, r),
         _ => json!({}),
     }
 }
@@ -477,10 +398,8 @@ async fn release(State(s): St, Path(hold): Path<String>) -> ApiResult {
 }
 
 async fn get_order(State(s): St, Path(order): Path<String>) -> ApiResult {
-    let v = read(&s, move |core| {
-        core.durable_order_by_id(&order)
-            .map(|o| views::order(core, &o))
-    })??;
+    // Through the core: another region's order is asked of that region.
+    let v = call_render(&s, None, Command::ReadOrder { order }, order_view).await?;
     Ok(Json(v).into_response())
 }
 
@@ -632,8 +551,14 @@ async fn create_event(
         pools,
         allotments,
     };
-    let Outcome::EventCreated { event } = call(&s, key, Command::CreateEvent(spec)).await? else {
-        return Err(Problem::unavailable("unexpected answer from the core"));
+    // At another region the catalog creates it; the answer brings the event here at once.
+    let event = match call(&s, key, Command::CreateEvent(spec)).await? {
+        Outcome::EventCreated { event } => event,
+        Outcome::Remote(r) => match r.outcome {
+            Outcome::EventCreated { event } => event,
+            _ => return Err(Problem::unavailable("unexpected answer from the catalog")),
+        },
+        _ => return Err(Problem::unavailable("unexpected answer from the core")),
     };
     let ev = event.clone();
     let v = read(&s, move |core| {

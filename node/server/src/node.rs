@@ -190,11 +190,11 @@ pub async fn serve(
                 &identity,
                 LinkTiming::new(opts.reconnect_max, opts.largest_rtt),
                 opts.net_faults.clone(),
-                move |from, frame| h1.deliver(from, frame),
+                move |from, message| h1.deliver(from, message),
                 move |peer| h2.peer_reset(peer),
             )?);
             let sender = t.clone();
-            let _ = outbound.set(Box::new(move |peer, frame| sender.send(&peer, frame)));
+            let _ = outbound.set(Box::new(move |peer, message| sender.send(&peer, message)));
             tracing::info!(quic = %t.local_addr()?, "gossip endpoint up");
             Some(t)
         }
@@ -208,14 +208,6 @@ pub async fn serve(
         core: running.handle.clone(),
         region: opts.region.clone(),
         admin_token: opts.admin_token,
-        peers: opts
-            .peers
-            .iter()
-            .map(|p| (p.name.clone(), p.http))
-            .collect(),
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?,
         transport: transport.as_ref().map(|t| t.status.clone()),
     });
     let app = http::router(state);

@@ -4,9 +4,6 @@ use allot_node::CoreError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-/// Set on an answer that another region should give; the proxy layer forwards the request.
-pub const OWNER_HEADER: &str = "x-allot-owner";
-
 /// The stable `type` of a problem is `urn:allot:problem:<kind>`; docs/http-api.md lists them.
 #[derive(Debug)]
 pub struct Problem {
@@ -14,8 +11,6 @@ pub struct Problem {
     pub kind: &'static str,
     pub detail: String,
     pub retry_after_s: Option<u64>,
-    /// The region that owns what was asked for: the HTTP layer proxies the request there.
-    pub owner: Option<String>,
 }
 
 impl Problem {
@@ -25,7 +20,6 @@ impl Problem {
             kind,
             detail: detail.into(),
             retry_after_s: None,
-            owner: None,
         }
     }
 
@@ -81,22 +75,18 @@ impl From<CoreError> for Problem {
             | CoreError::UnknownOrder(_) => S::NOT_FOUND,
             CoreError::HoldLimit(_) => S::TOO_MANY_REQUESTS,
             CoreError::HoldExpired => S::GONE,
-            // Proxying to the owning region (or the catalog) comes with gossip between
-            // regions; until then the other region is, from here, unreachable.
-            CoreError::NotCatalog { .. } | CoreError::Foreign { .. } => S::SERVICE_UNAVAILABLE,
+            // The core asks the owning region (or the catalog) itself; these come back only
+            // when that region cannot be reached or the call came from another region.
+            CoreError::NotCatalog { .. }
+            | CoreError::Foreign { .. }
+            | CoreError::Unreachable { .. } => S::SERVICE_UNAVAILABLE,
         };
         let retry = (status == S::SERVICE_UNAVAILABLE).then_some(1);
-        let owner = match &e {
-            CoreError::NotCatalog { catalog } => Some(catalog.clone()),
-            CoreError::Foreign { region, .. } => Some(region.clone()),
-            _ => None,
-        };
         Problem {
             status,
             kind: e.kind(),
             detail: e.to_string(),
             retry_after_s: retry,
-            owner,
         }
     }
 }
@@ -118,13 +108,6 @@ impl IntoResponse for Problem {
         if let Some(s) = self.retry_after_s {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        if let Some(owner) = self
-            .owner
-            .as_deref()
-            .and_then(|o| HeaderValue::from_str(o).ok())
-        {
-            r.headers_mut().insert(OWNER_HEADER, owner);
         }
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut()

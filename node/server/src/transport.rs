@@ -20,8 +20,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use allot_node::GossipFrame;
-use tokio::sync::{watch, Notify};
+use allot_node::PeerMessage;
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::driver::wall_ms;
 use crate::tls::{peer_region, Identity};
@@ -40,6 +40,8 @@ pub struct PeerStatus {
     pub bytes_out: u64,
     pub bytes_in: u64,
     pub refused: u64,
+    /// Calls and answers dropped because the link's queue was full.
+    pub calls_dropped: u64,
 }
 
 /// Links cut by a test, as peer names. Frames to or from them are dropped.
@@ -55,7 +57,10 @@ impl NetFaults {
 }
 
 pub struct Transport {
-    outboxes: BTreeMap<String, watch::Sender<Option<Arc<GossipFrame>>>>,
+    outboxes: BTreeMap<String, watch::Sender<Option<Arc<PeerMessage>>>>,
+    /// Calls and answers waiting for each peer's link, bounded: past the bound they are
+    /// dropped, and the calling core times the call out (503).
+    call_queues: BTreeMap<String, mpsc::Sender<Arc<PeerMessage>>>,
     pub status: Arc<Mutex<BTreeMap<String, PeerStatus>>>,
     pub faults: Arc<NetFaults>,
     endpoint: quinn::Endpoint,
@@ -97,6 +102,9 @@ impl LinkTiming {
     }
 }
 
+/// Calls and answers queued for one peer while its link is busy or down.
+const CALLS_QUEUED_PER_PEER: usize = 256;
+
 /// Dial attempts in flight at once for one peer.
 const MAX_DIAL_ATTEMPTS: usize = 4;
 
@@ -110,7 +118,7 @@ impl Transport {
         identity: &Identity,
         timing: LinkTiming,
         faults: Arc<NetFaults>,
-        deliver: impl Fn(String, GossipFrame) + Send + Sync + 'static,
+        deliver: impl Fn(String, PeerMessage) + Send + Sync + 'static,
         reconnected: impl Fn(String) + Send + Sync + 'static,
     ) -> anyhow::Result<Transport> {
         let quic = timing.quic()?;
@@ -157,13 +165,21 @@ impl Transport {
             deliver,
         ));
         let mut outboxes = BTreeMap::new();
+        let mut call_queues = BTreeMap::new();
         for peer in peers {
             let (tx, rx) = watch::channel(None);
             outboxes.insert(peer.name.clone(), tx);
+            let (call_tx, calls) = mpsc::channel(CALLS_QUEUED_PER_PEER);
+            call_queues.insert(peer.name.clone(), call_tx);
             let redial = redial[&peer.name].clone();
             tokio::spawn(dial_loop(
                 endpoint.clone(),
-                OutLink { peer, rx, redial },
+                OutLink {
+                    peer,
+                    rx,
+                    calls,
+                    redial,
+                },
                 status.clone(),
                 faults.clone(),
                 timing,
@@ -172,6 +188,7 @@ impl Transport {
         }
         Ok(Transport {
             outboxes,
+            call_queues,
             status,
             faults,
             endpoint,
@@ -182,10 +199,25 @@ impl Transport {
         self.endpoint.local_addr()
     }
 
-    /// Queues `frame` for `peer`, replacing any frame not sent yet.
-    pub fn send(&self, peer: &str, frame: GossipFrame) {
-        if let Some(tx) = self.outboxes.get(peer) {
-            tx.send_replace(Some(Arc::new(frame)));
+    /// Queues a message for `peer`: a gossip frame replaces any frame not sent yet (frames
+    /// are deltas from what the peer last reported, so the newest covers the older); calls
+    /// and answers queue in order, up to a bound.
+    pub fn send(&self, peer: &str, message: PeerMessage) {
+        match message {
+            PeerMessage::Gossip(_) => {
+                if let Some(tx) = self.outboxes.get(peer) {
+                    tx.send_replace(Some(Arc::new(message)));
+                }
+            }
+            PeerMessage::Exchange(_) => {
+                let Some(tx) = self.call_queues.get(peer) else {
+                    return;
+                };
+                if tx.try_send(Arc::new(message)).is_err() {
+                    tracing::warn!(%peer, "calls to the region are backed up; one dropped");
+                    update(&self.status, peer, |s| s.calls_dropped += 1);
+                }
+            }
         }
     }
 
@@ -208,7 +240,9 @@ fn update(
 /// new incarnation has dialed in (so the connection to the old one is dropped at once).
 struct OutLink {
     peer: PeerAddr,
-    rx: watch::Receiver<Option<Arc<GossipFrame>>>,
+    rx: watch::Receiver<Option<Arc<PeerMessage>>>,
+    /// Calls and answers, in order, none replaced by a newer one.
+    calls: mpsc::Receiver<Arc<PeerMessage>>,
     redial: Arc<Notify>,
 }
 
@@ -223,6 +257,7 @@ async fn dial_loop(
     let OutLink {
         peer,
         mut rx,
+        mut calls,
         redial,
     } = link;
     let pause = Duration::from_millis(10).min(timing.reconnect_max);
@@ -236,8 +271,20 @@ async fn dial_loop(
         reconnected(peer.name.clone());
         rx.mark_changed();
         loop {
-            tokio::select! {
-                changed = rx.changed() => if changed.is_err() { return },
+            let message: Arc<PeerMessage> = tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    match rx.borrow_and_update().clone() {
+                        Some(frame) => frame,
+                        None => continue,
+                    }
+                }
+                call = calls.recv() => match call {
+                    Some(m) => m,
+                    None => return,
+                },
                 reason = conn.closed() => {
                     tracing::info!(peer = %peer.name, "connection lost: {reason}");
                     break;
@@ -247,15 +294,12 @@ async fn dial_loop(
                     conn.close(4u32.into(), b"the peer has a newer connection");
                     break;
                 }
-            }
+            };
             if faults.is_cut(&peer.name) {
                 conn.close(1u32.into(), b"partitioned by a test");
                 break;
             }
-            let Some(frame) = rx.borrow_and_update().clone() else {
-                continue;
-            };
-            let bytes = match wire::encode(&frame) {
+            let bytes = match wire::encode(&message) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(peer = %peer.name, "frame not sent: {e}");
@@ -359,7 +403,7 @@ async fn accept_loop(
     status: Arc<Mutex<BTreeMap<String, PeerStatus>>>,
     faults: Arc<NetFaults>,
     timing: LinkTiming,
-    deliver: Arc<dyn Fn(String, GossipFrame) + Send + Sync>,
+    deliver: Arc<dyn Fn(String, PeerMessage) + Send + Sync>,
 ) {
     let regions: Vec<String> = redial.keys().cloned().collect();
     let redial = Arc::new(redial);

@@ -2,10 +2,21 @@
 
 use allot_crdt::{PoolIdx, PoolKind, RegionIdx};
 use allot_node::event::{EventState, SeatLocal};
-use allot_node::{Core, Hold, IdKind, Millis, Order, OrderStatus};
+use allot_node::{Core, Hold, IdKind, Millis, Order, OrderStatus, Outcome, RemoteOutcome};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+
+/// Another region's answer about its hold or order, with the ids it gave them (the event's
+/// genesis, which names pools and seats, is the same everywhere).
+pub fn remote(core: &Core, r: &RemoteOutcome) -> Value {
+    let id = r.id.as_deref().unwrap_or_default();
+    match &r.outcome {
+        Outcome::Order(o) => order_as(core, o, &r.region, id, r.hold_id.as_deref()),
+        Outcome::Held(h) => hold_as(core, h, id),
+        _ => Value::Null,
+    }
+}
 
 pub fn rfc3339(ms: Millis) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
@@ -15,7 +26,18 @@ pub fn rfc3339(ms: Millis) -> String {
 }
 
 pub fn order(core: &Core, o: &Order) -> Value {
-    let region = &core.config().region;
+    let hold_id = o.hold.map(|h| core.id_of(IdKind::Hold, h));
+    order_as(
+        core,
+        o,
+        &core.config().region,
+        &core.id_of(IdKind::Order, o.n),
+        hold_id.as_deref(),
+    )
+}
+
+/// An order as the region that sold it names it (its own, or another region's answer).
+fn order_as(core: &Core, o: &Order, region: &str, id: &str, hold_id: Option<&str>) -> Value {
     let e = core.event(&o.event);
     let pool = e.map(|e| e.genesis().pool(o.pool));
     let seats: Vec<&str> = o
@@ -24,7 +46,7 @@ pub fn order(core: &Core, o: &Order) -> Value {
         .filter_map(|&s| pool.and_then(|p| p.seat_id(s)))
         .collect();
     json!({
-        "order_id": core.id_of(IdKind::Order, o.n),
+        "order_id": id,
         "event": &*o.event,
         "pool": pool.map(|p| p.id.as_str()),
         "quantity": o.quantity,
@@ -36,11 +58,15 @@ pub fn order(core: &Core, o: &Order) -> Value {
         "payment_ref": &*o.payment_ref,
         "status": match o.status { OrderStatus::Confirmed => "confirmed", OrderStatus::Refunded => "refunded" },
         "created_at": rfc3339(o.created_at),
-        "hold_id": o.hold.map(|h| core.id_of(IdKind::Hold, h)),
+        "hold_id": hold_id,
     })
 }
 
 pub fn hold(core: &Core, h: &Hold) -> Value {
+    hold_as(core, h, &core.id_of(IdKind::Hold, h.n))
+}
+
+fn hold_as(core: &Core, h: &Hold, id: &str) -> Value {
     let e = core.event(&h.event);
     let pool = e.map(|e| e.genesis().pool(h.pool));
     let seats: Vec<&str> = h
@@ -49,7 +75,7 @@ pub fn hold(core: &Core, h: &Hold) -> Value {
         .filter_map(|&s| pool.and_then(|p| p.seat_id(s)))
         .collect();
     json!({
-        "hold_id": core.id_of(IdKind::Hold, h.n),
+        "hold_id": id,
         "event": &*h.event,
         "pool": pool.map(|p| p.id.as_str()),
         "quantity": h.quantity,

@@ -1,13 +1,15 @@
-//! The wire format between regions: one gossip frame per QUIC unidirectional stream,
-//! `b"ALT" · version (u8) · length (u32, big-endian) · postcard(GossipFrame)`.
+//! The wire format between regions: one message per QUIC unidirectional stream,
+//! `b"ALT" · version (u8) · length (u32, big-endian) · postcard(PeerMessage)`. A message is a
+//! gossip frame, or a call between regions or its answer (version 2; version 1 carried
+//! gossip frames only).
 //!
 //! Frames are bounded; anything malformed — a bad magic, an unknown version, a length that
 //! lies, bytes that do not decode — is an error, never a panic.
 
-use allot_node::GossipFrame;
+use allot_node::PeerMessage;
 
 pub const MAGIC: &[u8; 3] = b"ALT";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const HEADER: usize = 8;
 /// The largest frame a node sends or accepts.
 pub const MAX_FRAME: usize = 8 << 20;
@@ -30,7 +32,7 @@ pub enum WireError {
     Decode(String),
 }
 
-pub fn encode(frame: &GossipFrame) -> Result<Vec<u8>, WireError> {
+pub fn encode(frame: &PeerMessage) -> Result<Vec<u8>, WireError> {
     let body = postcard::to_stdvec(frame).map_err(|e| WireError::Decode(e.to_string()))?;
     if body.len() > MAX_FRAME - HEADER {
         return Err(WireError::TooLarge(body.len() + HEADER));
@@ -43,7 +45,7 @@ pub fn encode(frame: &GossipFrame) -> Result<Vec<u8>, WireError> {
     Ok(out)
 }
 
-pub fn decode(bytes: &[u8]) -> Result<GossipFrame, WireError> {
+pub fn decode(bytes: &[u8]) -> Result<PeerMessage, WireError> {
     if bytes.len() > MAX_FRAME {
         return Err(WireError::TooLarge(bytes.len()));
     }
@@ -71,13 +73,13 @@ pub fn decode(bytes: &[u8]) -> Result<GossipFrame, WireError> {
 mod tests {
     use super::*;
     use allot_crdt::{Entry, GenesisHash, RowDelta, VersionVector};
-    use allot_node::EventGossip;
+    use allot_node::{CallId, Command, EventGossip, Exchange, GossipFrame};
     use proptest::prelude::*;
 
-    pub(crate) fn sample() -> GossipFrame {
+    pub(crate) fn sample() -> PeerMessage {
         let mut vv = VersionVector::new(3);
         vv.observe(0, 42);
-        GossipFrame {
+        PeerMessage::Gossip(GossipFrame {
             events: vec![EventGossip {
                 event: "rock".into(),
                 genesis_hash: GenesisHash([7; 32]),
@@ -97,7 +99,23 @@ mod tests {
                 held: vec![3, 0],
                 sale_rate_per_min: vec![60, 0],
             }],
-        }
+        })
+    }
+
+    fn sample_call() -> PeerMessage {
+        PeerMessage::Exchange(Exchange::Call {
+            id: CallId(9),
+            key: None,
+            command: Command::ReadOrder {
+                order: "o-us-east-1-000000000000000000000000".into(),
+            },
+        })
+    }
+
+    #[test]
+    fn calls_round_trip() {
+        let c = sample_call();
+        assert_eq!(decode(&encode(&c).unwrap()).unwrap(), c);
     }
 
     #[test]
@@ -111,9 +129,12 @@ mod tests {
         let good = encode(&sample()).unwrap();
         assert_eq!(decode(&good[..5]), Err(WireError::Truncated));
         assert_eq!(decode(b"XYZ\x01\0\0\0\0"), Err(WireError::BadMagic));
-        let mut v2 = good.clone();
-        v2[3] = 2;
-        assert_eq!(decode(&v2), Err(WireError::Version(2)));
+        // A node of another wire version (1 carried gossip frames only) is refused cleanly.
+        for other in [1u8, 3] {
+            let mut v = good.clone();
+            v[3] = other;
+            assert_eq!(decode(&v), Err(WireError::Version(other)));
+        }
         assert!(matches!(
             decode(&good[..good.len() - 1]),
             Err(WireError::Length { .. })
@@ -136,7 +157,7 @@ mod tests {
             std::fs::write(dir.join("truncated"), &good[..good.len() / 2]).unwrap();
             std::fs::write(
                 dir.join("empty-frame"),
-                encode(&GossipFrame::default()).unwrap(),
+                encode(&PeerMessage::Gossip(GossipFrame::default())).unwrap(),
             )
             .unwrap();
         }

@@ -26,6 +26,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_with(|_, _| {}).await
+    }
+
+    /// Starts the three nodes, letting `tune` adjust node `i`'s options.
+    async fn start_with(tune: impl Fn(usize, &mut NodeOptions)) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let regions: Vec<String> = NAMES.map(String::from).to_vec();
         allot::tls::generate(&regions, &dir.path().join("certs")).unwrap();
@@ -65,6 +70,7 @@ impl Cluster {
             opts.tls_dir = Some(c._dir.path().join("certs"));
             opts.reconnect_max = Duration::from_millis(100);
             opts.net_faults = faults.clone();
+            tune(i, &mut opts);
             let (stop, rx) = oneshot::channel::<()>();
             c.tasks.push(tokio::spawn(serve(opts, listener, async move {
                 let _ = rx.await;
@@ -268,7 +274,7 @@ async fn three_regions_sell_and_converge() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Another region's order is proxied to its owner.
+    // Another region's order is asked of its owner.
     let (_, o) = c
         .post(
             2,
@@ -404,5 +410,111 @@ async fn a_60000_seat_stadium_is_created_in_one_request_and_gossiped() {
     let (s, _) = c.post(0, "/v1/events/stadium/purchases", buy).await;
     assert_eq!(s, StatusCode::CONFLICT);
     c.converge("stadium", Duration::from_secs(10)).await;
+    c.stop().await;
+}
+
+/// A buyer's hold at one region is confirmed, released and read through the others, and an
+/// operator refunds another region's order: every call travels between the regions over
+/// their mutual-TLS links, and the operator's token never leaves the region it was shown to
+/// (here us-east has no operator token at all, and still refunds its order for eu-west's
+/// operator). A client header can no longer pose as a region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_between_regions_carry_holds_orders_and_refunds_without_the_token() {
+    let c = Cluster::start_with(|i, o| {
+        if i == 1 {
+            o.admin_token = None;
+        }
+    })
+    .await;
+    let (s, v) = c.post(0, "/v1/admin/events", even_event()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let start = std::time::Instant::now();
+    while c.get(1, "/v1/events/rock").await.0 != StatusCode::OK {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hold = |q: u64| json!({"pool": "floor", "quantity": q, "customer": "c-9"});
+    let (s, h) = c.post(1, "/v1/events/rock/holds", hold(2)).await;
+    assert_eq!(s, StatusCode::CREATED, "{h}");
+    let hold_id = h["hold_id"].as_str().unwrap().to_owned();
+    assert!(hold_id.starts_with("h-us-east-"));
+    // Confirmed through eu-west: the order is us-east's, named by us-east.
+    let (s, o) = c
+        .post(
+            0,
+            &format!("/v1/holds/{hold_id}/confirm"),
+            json!({"payment_ref": "p-1"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{o}");
+    assert_eq!(o["region"], "us-east");
+    assert_eq!(o["hold_id"], hold_id);
+    let order_id = o["order_id"].as_str().unwrap().to_owned();
+    // Confirming again anywhere returns the same order.
+    let (s, again) = c
+        .post(
+            2,
+            &format!("/v1/holds/{hold_id}/confirm"),
+            json!({"payment_ref": "p-1"}),
+        )
+        .await;
+    assert_eq!((s, &again), (StatusCode::CREATED, &o));
+    let (s, read) = c.get(2, &format!("/v1/orders/{order_id}")).await;
+    assert_eq!((s, &read), (StatusCode::OK, &o));
+    // Another hold released through ap-south; its quota is back at us-east at once.
+    let (_, h2) = c.post(1, "/v1/events/rock/holds", hold(3)).await;
+    let h2 = h2["hold_id"].as_str().unwrap().to_owned();
+    let r = c
+        .client
+        .delete(format!("{}/v1/holds/{h2}", c.bases[2]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (_, av) = c.get(1, "/v1/events/rock/availability").await;
+    assert_eq!(av["pools"][0]["local_available"], 98);
+    // us-east has no operator token: its own operator endpoints refuse everyone...
+    let (s, _) = c
+        .post(1, &format!("/v1/admin/orders/{order_id}/refund"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // ...yet eu-west's operator refunds us-east's order through eu-west.
+    let (s, refunded) = c
+        .post(0, &format!("/v1/admin/orders/{order_id}/refund"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{refunded}");
+    assert_eq!(refunded["status"], "refunded");
+    assert_eq!(refunded["region"], "us-east");
+    // A client that claims to be a region is just a client.
+    let r = c
+        .client
+        .post(format!("{}/v1/holds/{hold_id}/confirm", c.bases[0]))
+        .header("x-allot-proxied", "eu-west")
+        .json(&json!({"payment_ref": "p-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // A forged tag on a real number is unknown, asked of its owner.
+    let forged = format!(
+        "{}000000000000000000000000",
+        &order_id[..order_id.len() - 24]
+    );
+    let (s, v) = c.get(0, &format!("/v1/orders/{forged}")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    // us-east's ledger endpoint needs a token it does not have: the two others agree, on its
+    // row too.
+    let others = [c.bases[0].clone(), c.bases[2].clone()];
+    let start = std::time::Instant::now();
+    loop {
+        time_to_agree(&c.client, &others, "rock", Duration::from_secs(5)).await;
+        let view = replicated_view(&c.client, &c.bases[0], "rock").await;
+        let us_east = &view["pools"][0]["regions"][1];
+        if us_east["consumed"] == 2 && us_east["returned"] == 2 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{us_east}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     c.stop().await;
 }

@@ -233,11 +233,12 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             StatusCode::NOT_FOUND,
             "unknown-hold",
         ),
+        // Another region's: asked of it, and this node has no link to it.
         (
             "/v1/holds/h-us-east-1-000000000000000000000000/confirm",
             json!({"payment_ref": "p"}),
             StatusCode::SERVICE_UNAVAILABLE,
-            "foreign-id",
+            "unavailable",
         ),
     ];
     for (path, body, status, kind) in cases {
@@ -358,12 +359,23 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     let (s, _) = n.admin_post("/v1/admin/events", dup).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     // Wrong in several ways at once: the first check in the documented order answers
-    // (body size, operator token, Idempotency-Key, JSON).
+    // (operator token, body size, Idempotency-Key, JSON).
     let big = vec![b' '; 100_000];
     assert_eq!(
         send(n.client.post(n.url("/v1/admin/events")).body(big.clone()))
             .await
             .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(
+            n.client
+                .post(n.url("/v1/admin/events"))
+                .bearer_auth(TOKEN)
+                .body(big.clone())
+        )
+        .await
+        .0,
         StatusCode::PAYLOAD_TOO_LARGE
     );
     assert_eq!(

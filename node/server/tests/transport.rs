@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use allot::tls::{generate, Identity};
 use allot::transport::{LinkTiming, PeerAddr, Transport};
-use allot_node::GossipFrame;
+use allot_node::{GossipFrame, PeerMessage};
 
 fn free_udp() -> SocketAddr {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -87,8 +87,8 @@ async fn only_the_cluster_ca_and_configured_regions_get_through() {
     let impostor = dialer("us-east", &theirs, "eu-west", target_addr);
     let stranger = dialer("mallory", &ours, "eu-west", target_addr);
     for _ in 0..20 {
-        impostor.send("eu-west", GossipFrame::default());
-        stranger.send("eu-west", GossipFrame::default());
+        impostor.send("eu-west", PeerMessage::Gossip(GossipFrame::default()));
+        stranger.send("eu-west", PeerMessage::Gossip(GossipFrame::default()));
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(
@@ -102,7 +102,7 @@ async fn only_the_cluster_ca_and_configured_regions_get_through() {
     let honest = dialer("us-east", &ours, "eu-west", target_addr);
     let start = std::time::Instant::now();
     while from_us_east.load(Ordering::SeqCst) == 0 {
-        honest.send("eu-west", GossipFrame::default());
+        honest.send("eu-west", PeerMessage::Gossip(GossipFrame::default()));
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "the honest peer never got through"

@@ -1,0 +1,205 @@
+//! The core's side of the exchange between regions (see [`crate::exchange`]): calling the
+//! region that owns something, serving calls from other regions, and routing every reply to
+//! whoever asked — a local client or a calling region.
+
+use crate::api::{Command, CoreError, IdempotencyKey, Outcome, Reply, RequestId};
+use crate::exchange::{Arrival, CallId, Exchange, RemoteOutcome};
+use crate::ids::IdKind;
+
+use super::Core;
+
+/// Who waits for a reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// A request of this region's driver.
+    Client(RequestId),
+    /// A call from another region.
+    Peer { region: String, call: CallId },
+}
+
+impl Command {
+    /// Commands that may concern another region's hold or order, or the catalog's event
+    /// creation: the only ones a region forwards, and the only ones it serves for another.
+    pub(crate) fn belongs_elsewhere_maybe(&self) -> bool {
+        matches!(
+            self,
+            Command::Confirm { .. }
+                | Command::Release { .. }
+                | Command::Refund { .. }
+                | Command::CreateEvent(_)
+                | Command::ReadOrder { .. }
+        )
+    }
+}
+
+impl Core {
+    /// Sends a reply where it is awaited.
+    pub(super) fn deliver_reply(&mut self, caller: Caller, reply: Reply) {
+        match caller {
+            Caller::Client(id) => self.out.replies.push((id, reply)),
+            Caller::Peer { region, call } => {
+                let answer = Exchange::Answer {
+                    id: call,
+                    answer: reply.map(|o| Box::new(self.remote_outcome(o))),
+                };
+                self.calls.answered(&region, call, &answer);
+                self.out.exchange.push((region, answer));
+            }
+        }
+    }
+
+    /// An outcome as the calling region needs it: with this region's ids, and a new event's
+    /// genesis and metadata.
+    fn remote_outcome(&mut self, outcome: Outcome) -> RemoteOutcome {
+        let (id, hold_id) = match &outcome {
+            Outcome::Order(o) => (
+                Some(self.id_of(IdKind::Order, o.n)),
+                o.hold.map(|h| self.id_of(IdKind::Hold, h)),
+            ),
+            Outcome::Held(h) => (Some(self.id_of(IdKind::Hold, h.n)), None),
+            _ => (None, None),
+        };
+        let event = match &outcome {
+            Outcome::EventCreated { event } => self.by_id.get(event.as_str()).map(|&ev| {
+                let e = &mut self.events[ev];
+                ((**e.genesis()).clone(), e.meta.all_changes())
+            }),
+            _ => None,
+        };
+        RemoteOutcome {
+            region: self.cfg.region.clone(),
+            outcome,
+            id,
+            hold_id,
+            event,
+        }
+    }
+
+    /// Asks `region` to run `command` for local client `client`.
+    pub(super) fn call_peer(
+        &mut self,
+        client: RequestId,
+        region: &str,
+        key: Option<IdempotencyKey>,
+        command: Command,
+    ) {
+        let unreachable = |why: &str| CoreError::Unreachable {
+            region: region.to_owned(),
+            why: why.to_owned(),
+        };
+        if region == self.cfg.region || !self.cfg.regions.iter().any(|r| r == region) {
+            return self.reply_now(Caller::Client(client), Err(unreachable("not a peer")));
+        }
+        if self.calls.outstanding_to(region) >= self.cfg.max_calls_per_peer {
+            return self.reply_now(
+                Caller::Client(client),
+                Err(unreachable("too many calls to it are in flight")),
+            );
+        }
+        let deadline = self.now.saturating_add(self.cfg.peer_call_timeout_ms);
+        let id = self.calls.open(client, region, deadline);
+        self.out
+            .exchange
+            .push((region.to_owned(), Exchange::Call { id, key, command }));
+    }
+
+    /// Calls not answered in time: their callers hear that the region is unreachable.
+    pub(super) fn expire_calls(&mut self) {
+        for o in self.calls.expire(self.now) {
+            let why = "it did not answer in time".to_owned();
+            self.reply_now(
+                Caller::Client(o.client),
+                Err(CoreError::Unreachable {
+                    region: o.region,
+                    why,
+                }),
+            );
+        }
+    }
+
+    pub(super) fn undeliverable(&mut self, to: &str, message: Exchange) {
+        let Exchange::Call { id, .. } = message else {
+            return; // an answer lost: its caller times out.
+        };
+        if let Some(o) = self.calls.close(to, id) {
+            let why = "this node has no link to it".to_owned();
+            let e = CoreError::Unreachable {
+                region: o.region,
+                why,
+            };
+            self.reply_now(Caller::Client(o.client), Err(e));
+        }
+    }
+
+    pub(super) fn exchange(&mut self, from: &str, message: Exchange) {
+        if from == self.cfg.region || !self.cfg.regions.iter().any(|r| r == from) {
+            self.out
+                .warnings
+                .push(format!("a call from unknown region {from:?} refused"));
+            return;
+        }
+        match message {
+            Exchange::Call { id, key, command } => {
+                if !command.belongs_elsewhere_maybe() {
+                    self.out
+                        .warnings
+                        .push(format!("{from} made a call that no region makes; refused"));
+                    let refused = Exchange::Answer {
+                        id,
+                        answer: Err(CoreError::Invalid("not a call between regions".into())),
+                    };
+                    self.out.exchange.push((from.to_owned(), refused));
+                    return;
+                }
+                match self.calls.arrive(from, id, self.now) {
+                    Arrival::Run => {
+                        let caller = Caller::Peer {
+                            region: from.to_owned(),
+                            call: id,
+                        };
+                        self.request(caller, key, command);
+                    }
+                    Arrival::Again(answer) => self.out.exchange.push((from.to_owned(), answer)),
+                    Arrival::Running => {}
+                }
+            }
+            Exchange::Answer { id, answer } => {
+                // A late or duplicated answer finds no call: it changes nothing.
+                let Some(o) = self.calls.close(from, id) else {
+                    return;
+                };
+                let caller = Caller::Client(o.client);
+                match answer {
+                    Ok(remote) => {
+                        let index = self.learn_from_answer(from, &remote);
+                        self.reply_after(index, caller, Ok(Outcome::Remote(remote)));
+                    }
+                    Err(e) => self.reply_now(caller, Err(e)),
+                }
+            }
+        }
+    }
+
+    /// A new event in an answer from the catalog is learned at once (as gossip would), so the
+    /// caller can show it; the reply waits until that record is durable.
+    fn learn_from_answer(&mut self, from: &str, remote: &RemoteOutcome) -> u64 {
+        let (Some((genesis, meta)), Outcome::EventCreated { event }) =
+            (&remote.event, &remote.outcome)
+        else {
+            return 0;
+        };
+        if self.by_id.contains_key(event.as_str()) {
+            return 0;
+        }
+        let hash = genesis.hash();
+        match self.learn_event(genesis.clone(), meta.clone(), hash, event) {
+            Ok(()) => self.last_index,
+            Err(why) => {
+                self.out.warnings.push(format!(
+                    "event {event:?} in an answer from {from} refused: {why}"
+                ));
+                0
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Requests between regions: a call one region makes of another and its answer, as typed
+//! peer messages beside the gossip frame.
+//!
+//! A buyer's or operator's request about what another region owns (its hold, its order, the
+//! catalog's event creation) is not proxied by the HTTP layer: the core emits it as an
+//! [`Exchange::Call`] to the owner, waits for the [`Exchange::Answer`], and times the call out
+//! from `now` — so the simulator delivers calls with loss, duplication and delay like gossip,
+//! and the transport only frames, bounds and carries them. The owner runs the command through
+//! its own rules (idempotency key included) and answers once its records are durable. A call
+//! is never forwarded again, and an operator's token never leaves the region it was shown to:
+//! the owner trusts the calling region's certificate and the command's type, which only the
+//! region that authenticated the operator could have sent.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use allot_crdt::Genesis;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Command, CoreError, IdempotencyKey, Millis, Outcome, RequestId};
+use crate::gossip::GossipFrame;
+
+/// Names a call within the region that made it; with the caller's region, unique.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CallId(pub u64);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Exchange {
+    Call {
+        id: CallId,
+        key: Option<IdempotencyKey>,
+        command: Command,
+    },
+    Answer {
+        id: CallId,
+        answer: Result<Box<RemoteOutcome>, CoreError>,
+    },
+}
+
+/// Everything that travels between two regions, as the transport carries it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    Gossip(GossipFrame),
+    Exchange(Exchange),
+}
+
+/// An answer from the region that owns it, with what only that region can say: the ids it
+/// gives its holds and orders, and for a new event its genesis and metadata (so the caller
+/// learns the event at once instead of at the next gossip).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RemoteOutcome {
+    pub region: String,
+    pub outcome: Outcome,
+    /// The id of the hold or order in `outcome`.
+    pub id: Option<String>,
+    /// The hold an order confirmed.
+    pub hold_id: Option<String>,
+    pub event: Option<(Genesis, Vec<Vec<u8>>)>,
+}
+
+/// A call this region made and still awaits.
+#[derive(Clone, Debug)]
+pub(crate) struct Outstanding {
+    pub client: RequestId,
+    pub region: String,
+    pub deadline: Millis,
+}
+
+/// How long an answer given is kept, so a duplicated call gets it again instead of running
+/// the command twice.
+const ANSWER_KEPT_MS: Millis = 60_000;
+
+/// What one region owes and is owed in the exchange: its outstanding calls (each with a
+/// deadline) and the calls it served recently.
+#[derive(Default)]
+pub(crate) struct ExchangeBook {
+    next: u64,
+    outstanding: BTreeMap<CallId, Outstanding>,
+    deadlines: BTreeSet<(Millis, CallId)>,
+    /// Calls served: `None` while the command runs, then its answer.
+    served: BTreeMap<(String, CallId), (Millis, Option<Exchange>)>,
+    served_order: BTreeSet<(Millis, String, CallId)>,
+}
+
+/// What to do with a call that arrives.
+pub(crate) enum Arrival {
+    /// A new call: run it.
+    Run,
+    /// Already answered: send the same answer again.
+    Again(Exchange),
+    /// Still running: its answer will come.
+    Running,
+}
+
+impl ExchangeBook {
+    pub fn outstanding_to(&self, region: &str) -> usize {
+        self.outstanding
+            .values()
+            .filter(|o| o.region == region)
+            .count()
+    }
+
+    /// Opens a call for `client` to `region`, answered by `deadline`.
+    pub fn open(&mut self, client: RequestId, region: &str, deadline: Millis) -> CallId {
+        self.next += 1;
+        let id = CallId(self.next);
+        self.outstanding.insert(
+            id,
+            Outstanding {
+                client,
+                region: region.to_owned(),
+                deadline,
+            },
+        );
+        self.deadlines.insert((deadline, id));
+        id
+    }
+
+    /// Closes call `id` if `from` owes it: the client to answer.
+    pub fn close(&mut self, from: &str, id: CallId) -> Option<Outstanding> {
+        if self.outstanding.get(&id)?.region != from {
+            return None;
+        }
+        let o = self.outstanding.remove(&id)?;
+        self.deadlines.remove(&(o.deadline, id));
+        Some(o)
+    }
+
+    /// Calls whose deadline passed, closed.
+    pub fn expire(&mut self, now: Millis) -> Vec<Outstanding> {
+        let mut out = Vec::new();
+        while let Some(&(at, id)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            out.extend(self.outstanding.remove(&id));
+        }
+        while let Some((at, region, id)) = self.served_order.first().cloned() {
+            if at.saturating_add(ANSWER_KEPT_MS) > now {
+                break;
+            }
+            self.served_order.pop_first();
+            self.served.remove(&(region, id));
+        }
+        out
+    }
+
+    /// Notes a call arriving from `from`.
+    pub fn arrive(&mut self, from: &str, id: CallId, now: Millis) -> Arrival {
+        match self.served.get(&(from.to_owned(), id)) {
+            Some((_, Some(answer))) => Arrival::Again(answer.clone()),
+            Some((_, None)) => Arrival::Running,
+            None => {
+                self.served.insert((from.to_owned(), id), (now, None));
+                self.served_order.insert((now, from.to_owned(), id));
+                Arrival::Run
+            }
+        }
+    }
+
+    /// Keeps the answer to a served call, for duplicates.
+    pub fn answered(&mut self, from: &str, id: CallId, answer: &Exchange) {
+        if let Some(entry) = self.served.get_mut(&(from.to_owned(), id)) {
+            entry.1 = Some(answer.clone());
+        }
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        if self.deadlines.len() != self.outstanding.len()
+            || self
+                .outstanding
+                .iter()
+                .any(|(id, o)| !self.deadlines.contains(&(o.deadline, *id)))
+        {
+            return Err("exchange: deadlines disagree with outstanding calls".into());
+        }
+        if self.served.len() != self.served_order.len() {
+            return Err("exchange: served calls disagree with their expiry order".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_close_once_only_from_their_region_and_expire() {
+        let mut b = ExchangeBook::default();
+        let a = b.open(RequestId(1), "us-east", 100);
+        let c = b.open(RequestId(2), "ap-south", 50);
+        assert!(
+            b.close("ap-south", a).is_none(),
+            "another region cannot answer"
+        );
+        assert_eq!(b.close("us-east", a).unwrap().client, RequestId(1));
+        assert!(
+            b.close("us-east", a).is_none(),
+            "a duplicate answer is ignored"
+        );
+        assert!(b.expire(49).is_empty());
+        assert_eq!(b.expire(50)[0].client, RequestId(2));
+        assert!(b.close("ap-south", c).is_none());
+        b.check().unwrap();
+    }
+
+    #[test]
+    fn a_duplicated_call_runs_once_and_gets_the_same_answer() {
+        let mut b = ExchangeBook::default();
+        assert!(matches!(b.arrive("eu-west", CallId(7), 0), Arrival::Run));
+        assert!(matches!(
+            b.arrive("eu-west", CallId(7), 1),
+            Arrival::Running
+        ));
+        let answer = Exchange::Answer {
+            id: CallId(7),
+            answer: Err(CoreError::HoldExpired),
+        };
+        b.answered("eu-west", CallId(7), &answer);
+        assert!(matches!(b.arrive("eu-west", CallId(7), 2), Arrival::Again(a) if a == answer));
+        assert!(matches!(b.arrive("us-east", CallId(7), 2), Arrival::Run));
+        b.expire(ANSWER_KEPT_MS + 10);
+        assert!(matches!(
+            b.arrive("eu-west", CallId(7), ANSWER_KEPT_MS + 10),
+            Arrival::Run
+        ));
+        b.check().unwrap();
+    }
+}
