@@ -30,6 +30,8 @@ pub struct Report {
     pub false_sold_out_pct: f64,
     pub unavailable: u64,
     pub other_errors: u64,
+    /// Answers that another region gave through a call between regions.
+    pub remote_answers: u64,
     pub abandoned: u64,
     pub expired: u64,
     pub latency_ms: Latency,
@@ -69,6 +71,7 @@ impl Report {
             false_sold_out_pct: 0.0,
             unavailable: 0,
             other_errors: 0,
+            remote_answers: 0,
             abandoned: 0,
             expired: 0,
             latency_ms: Latency::default(),

@@ -78,6 +78,10 @@ pub struct Demand {
     pub abandon: f64,
     #[serde(default = "think")]
     pub think_ms: u64,
+    /// Fraction of holders who confirm at another region than the one that gave the hold (a
+    /// front end failing over): the confirm becomes a call between regions.
+    #[serde(default)]
+    pub confirm_elsewhere: f64,
     /// Fraction of buyers who want assigned seats (when the event has some).
     #[serde(default)]
     pub seat_fraction: f64,

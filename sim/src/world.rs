@@ -707,10 +707,16 @@ impl World {
                         .cfg
                         .id_key
                         .format(IdKind::Hold, &self.names[r], h.n);
+                    let n = self.names.len();
+                    let at = if n > 1 && self.rng.random_bool(d.confirm_elsewhere.clamp(0.0, 1.0)) {
+                        (r + self.rng.random_range(1..n)) % n
+                    } else {
+                        r
+                    };
                     self.at(
                         done + think,
                         Ev::Confirm {
-                            region: r,
+                            region: at,
                             hold,
                             quantity: p.quantity,
                             pool: p.pool,
@@ -718,6 +724,10 @@ impl World {
                         },
                     );
                 }
+            }
+            Ok(Outcome::Remote(remote)) => {
+                self.report.remote_answers += 1;
+                self.answer(r, p, Ok(remote.outcome));
             }
             Ok(Outcome::Order(o)) => {
                 self.report.answers += 1;
@@ -740,6 +750,10 @@ impl World {
                 let _ = self.latency.record(done.saturating_sub(p.arrival));
             }
             Err(CoreError::HoldExpired) => self.report.expired += 1,
+            Err(CoreError::Unreachable { .. }) => {
+                self.report.answers += 1;
+                self.report.unavailable += 1;
+            }
             Err(_) => {
                 self.report.answers += 1;
                 self.report.other_errors += 1;
