@@ -705,7 +705,17 @@ impl Ledger {
                 return Err(Refusal::Overflow { writer, pool });
             }
         }
-        for (p, pool) in self.genesis.pools.iter().enumerate() {
+        // Only pools whose sales or returns the delta changes can change what is outstanding.
+        let mut touched: SmallVec<[usize; 2]> = SmallVec::new();
+        for (_, e) in &d.entries {
+            if matches!(e, Entry::Consumed { .. } | Entry::Returned { .. })
+                && !touched.contains(&(e.pool() as usize))
+            {
+                touched.push(e.pool() as usize);
+            }
+        }
+        for p in touched {
+            let pool = &self.genesis.pools[p];
             let prow = &self.rows[w].pools[p];
             let after = |kind: u8, held: u64| {
                 d.entries

@@ -727,7 +727,12 @@ impl World {
             }
             Ok(Outcome::Remote(remote)) => {
                 self.report.remote_answers += 1;
-                self.answer(r, p, Ok(remote.outcome));
+                let outcome = match remote.outcome {
+                    Answered::Order(o) => Outcome::Order(o),
+                    Answered::Held(h) => Outcome::Held(h),
+                    _ => return,
+                };
+                self.answer(r, p, Ok(outcome));
             }
             Ok(Outcome::Order(o)) => {
                 self.report.answers += 1;

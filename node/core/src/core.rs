@@ -54,6 +54,9 @@ pub struct Config {
     pub max_calls_per_peer: usize,
 }
 
+/// How long a call to another region may take by default before its caller hears 503.
+pub const DEFAULT_PEER_CALL_TIMEOUT_MS: Millis = 3_000;
+
 /// The default gossip frame budget: below the 8 MiB the wire accepts, with room for framing.
 pub const DEFAULT_FRAME_BUDGET: usize = 7 << 20;
 
@@ -83,7 +86,7 @@ impl Config {
             idempotency_ttl_ms: 24 * 3600 * 1000,
             id_key: IdKey::insecure_for_tests(region),
             frame_budget_bytes: DEFAULT_FRAME_BUDGET,
-            peer_call_timeout_ms: 3_000,
+            peer_call_timeout_ms: DEFAULT_PEER_CALL_TIMEOUT_MS,
             max_calls_per_peer: 256,
         }
     }
@@ -222,6 +225,7 @@ fn largest_gossip_unit(genesis: &Genesis, meta_bytes: usize) -> usize {
 
 impl Core {
     pub fn new(cfg: Config) -> Core {
+        let incarnation = cfg.incarnation;
         Core {
             cfg,
             events: Vec::new(),
@@ -239,7 +243,7 @@ impl Core {
             persisted: 0,
             now: 0,
             waiting: VecDeque::new(),
-            calls: ExchangeBook::default(),
+            calls: ExchangeBook::new(incarnation),
             own_pending: VecDeque::new(),
             unpublished_orders: VecDeque::new(),
             unpublished_refunds: BTreeMap::new(),

@@ -16,12 +16,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use allot_crdt::Genesis;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Command, CoreError, IdempotencyKey, Millis, Outcome, RequestId};
+use crate::api::{Command, CoreError, Hold, IdempotencyKey, Millis, Order, Outcome, RequestId};
 use crate::gossip::GossipFrame;
 
-/// Names a call within the region that made it; with the caller's region, unique.
+/// Names a call within the region that made it: with the caller's region, unique, across
+/// restarts too (a restarted region numbers its calls from 1 again, in a new incarnation, so
+/// an answer or a remembered call of its previous life never matches a new one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct CallId(pub u64);
+pub struct CallId {
+    pub incarnation: u64,
+    pub n: u64,
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Exchange {
@@ -43,13 +48,37 @@ pub enum PeerMessage {
     Exchange(Exchange),
 }
 
+/// What a served call did. Its own type, not [`Outcome`] (which holds [`RemoteOutcome`]): a
+/// type that nests itself would let a peer's message nest without end and overflow the
+/// decoder's stack.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Answered {
+    Held(Hold),
+    Order(Order),
+    Released,
+    EventCreated { event: String },
+}
+
+impl Answered {
+    /// The outcomes a served call can have; `None` for any other.
+    pub fn from_outcome(o: Outcome) -> Option<Answered> {
+        Some(match o {
+            Outcome::Held(h) => Answered::Held(h),
+            Outcome::Order(o) => Answered::Order(o),
+            Outcome::Released { .. } => Answered::Released,
+            Outcome::EventCreated { event } => Answered::EventCreated { event },
+            _ => return None,
+        })
+    }
+}
+
 /// An answer from the region that owns it, with what only that region can say: the ids it
 /// gives its holds and orders, and for a new event its genesis and metadata (so the caller
 /// learns the event at once instead of at the next gossip).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RemoteOutcome {
     pub region: String,
-    pub outcome: Outcome,
+    pub outcome: Answered,
     /// The id of the hold or order in `outcome`.
     pub id: Option<String>,
     /// The hold an order confirmed.
@@ -73,6 +102,7 @@ const ANSWER_KEPT_MS: Millis = 60_000;
 /// deadline) and the calls it served recently.
 #[derive(Default)]
 pub(crate) struct ExchangeBook {
+    incarnation: u64,
     next: u64,
     outstanding: BTreeMap<CallId, Outstanding>,
     deadlines: BTreeSet<(Millis, CallId)>,
@@ -92,6 +122,13 @@ pub(crate) enum Arrival {
 }
 
 impl ExchangeBook {
+    pub fn new(incarnation: u64) -> ExchangeBook {
+        ExchangeBook {
+            incarnation,
+            ..ExchangeBook::default()
+        }
+    }
+
     pub fn outstanding_to(&self, region: &str) -> usize {
         self.outstanding
             .values()
@@ -102,7 +139,10 @@ impl ExchangeBook {
     /// Opens a call for `client` to `region`, answered by `deadline`.
     pub fn open(&mut self, client: RequestId, region: &str, deadline: Millis) -> CallId {
         self.next += 1;
-        let id = CallId(self.next);
+        let id = CallId {
+            incarnation: self.incarnation,
+            n: self.next,
+        };
         self.outstanding.insert(
             id,
             Outstanding {
@@ -158,10 +198,19 @@ impl ExchangeBook {
         }
     }
 
-    /// Keeps the answer to a served call, for duplicates.
+    /// Keeps the answer to a served call, for duplicates, if the call changed something (a
+    /// success); a refused call changed nothing and may simply run again, so it is forgotten
+    /// at once and never piles up.
     pub fn answered(&mut self, from: &str, id: CallId, answer: &Exchange) {
-        if let Some(entry) = self.served.get_mut(&(from.to_owned(), id)) {
-            entry.1 = Some(answer.clone());
+        let key = (from.to_owned(), id);
+        let kept = matches!(answer, Exchange::Answer { answer: Ok(_), .. });
+        match self.served.get_mut(&key) {
+            Some(entry) if kept => entry.1 = Some(answer.clone()),
+            Some(&mut (at, _)) => {
+                self.served.remove(&key);
+                self.served_order.remove(&(at, key.0, key.1));
+            }
+            None => {}
         }
     }
 
@@ -187,7 +236,7 @@ mod tests {
 
     #[test]
     fn calls_close_once_only_from_their_region_and_expire() {
-        let mut b = ExchangeBook::default();
+        let mut b = ExchangeBook::new(1);
         let a = b.open(RequestId(1), "us-east", 100);
         let c = b.open(RequestId(2), "ap-south", 50);
         assert!(
@@ -207,24 +256,54 @@ mod tests {
 
     #[test]
     fn a_duplicated_call_runs_once_and_gets_the_same_answer() {
-        let mut b = ExchangeBook::default();
-        assert!(matches!(b.arrive("eu-west", CallId(7), 0), Arrival::Run));
-        assert!(matches!(
-            b.arrive("eu-west", CallId(7), 1),
-            Arrival::Running
-        ));
-        let answer = Exchange::Answer {
-            id: CallId(7),
-            answer: Err(CoreError::HoldExpired),
+        let mut b = ExchangeBook::new(1);
+        let c7 = CallId {
+            incarnation: 3,
+            n: 7,
         };
-        b.answered("eu-west", CallId(7), &answer);
-        assert!(matches!(b.arrive("eu-west", CallId(7), 2), Arrival::Again(a) if a == answer));
-        assert!(matches!(b.arrive("us-east", CallId(7), 2), Arrival::Run));
+        assert!(matches!(b.arrive("eu-west", c7, 0), Arrival::Run));
+        assert!(matches!(b.arrive("eu-west", c7, 1), Arrival::Running));
+        let answer = Exchange::Answer {
+            id: c7,
+            answer: Ok(Box::new(RemoteOutcome {
+                region: "us-east".into(),
+                outcome: Answered::Released,
+                id: None,
+                hold_id: None,
+                event: None,
+            })),
+        };
+        b.answered("eu-west", c7, &answer);
+        assert!(matches!(b.arrive("eu-west", c7, 2), Arrival::Again(a) if a == answer));
+        assert!(matches!(b.arrive("us-east", c7, 2), Arrival::Run));
+        // The same number from the caller's next incarnation is another call.
+        let next_life = CallId {
+            incarnation: 4,
+            n: 7,
+        };
+        assert!(matches!(b.arrive("eu-west", next_life, 2), Arrival::Run));
         b.expire(ANSWER_KEPT_MS + 10);
         assert!(matches!(
-            b.arrive("eu-west", CallId(7), ANSWER_KEPT_MS + 10),
+            b.arrive("eu-west", c7, ANSWER_KEPT_MS + 10),
             Arrival::Run
         ));
+        b.check().unwrap();
+    }
+
+    #[test]
+    fn a_refused_call_is_not_kept() {
+        let mut b = ExchangeBook::new(1);
+        let c = CallId {
+            incarnation: 1,
+            n: 1,
+        };
+        assert!(matches!(b.arrive("eu-west", c, 0), Arrival::Run));
+        let refused = Exchange::Answer {
+            id: c,
+            answer: Err(CoreError::HoldExpired),
+        };
+        b.answered("eu-west", c, &refused);
+        assert!(matches!(b.arrive("eu-west", c, 1), Arrival::Run));
         b.check().unwrap();
     }
 }

@@ -107,9 +107,15 @@ impl IdKey {
         .to_string()
     }
 
-    /// Whether `id` was made with this key.
+    /// Whether `id` was made with this key. The comparison takes the same time wherever the
+    /// tags differ, so timing answers reveals nothing about the right tag.
     pub fn verifies(&self, id: &GlobalId) -> bool {
-        self.tag(id.kind, id.n) == id.tag
+        let want = self.tag(id.kind, id.n);
+        want.0
+            .iter()
+            .zip(id.tag.0.iter())
+            .fold(0u8, |d, (a, b)| d | (a ^ b))
+            == 0
     }
 }
 
@@ -127,10 +133,12 @@ impl GlobalId {
         let rest = s.strip_prefix(kind.prefix())?;
         let (rest, tag) = rest.rsplit_once('-')?;
         let (region, n) = rest.rsplit_once('-')?;
+        // One spelling per id: no leading zeros.
         if !valid_id(region)
             || n.is_empty()
             || !n.bytes().all(|b| b.is_ascii_digit())
             || n.len() > 19
+            || (n.len() > 1 && n.starts_with('0'))
         {
             return None;
         }
@@ -179,6 +187,7 @@ mod tests {
             format!("o-eu-west-99999999999999999999-{tag}"),
             format!("o-eu-west-42-{}", &tag[1..]),
             format!("o-eu-west-42-{}", tag.to_uppercase()),
+            format!("o-eu-west-042-{tag}"),
             "x".to_owned(),
         ] {
             assert_eq!(GlobalId::parse(IdKind::Order, &bad), None, "{bad}");

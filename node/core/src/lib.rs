@@ -18,8 +18,10 @@ pub mod ids;
 pub mod record;
 
 pub use crate::api::*;
-pub use crate::core::{Config, Core, Input, Ready, DEFAULT_FRAME_BUDGET};
-pub use crate::exchange::{CallId, Exchange, PeerMessage, RemoteOutcome};
+pub use crate::core::{
+    Config, Core, Input, Ready, DEFAULT_FRAME_BUDGET, DEFAULT_PEER_CALL_TIMEOUT_MS,
+};
+pub use crate::exchange::{Answered, CallId, Exchange, PeerMessage, RemoteOutcome};
 pub use crate::gossip::{EventGossip, GossipFrame};
 pub use crate::ids::{GlobalId, IdKey, IdKind, IdTag};
 pub use crate::record::{IdemRecord, Record, RecordBody, ReleaseReason};

@@ -92,7 +92,9 @@ async fn call_render<T: Send + 'static>(
     command: Command,
     render: fn(&allot_node::Core, Outcome) -> T,
 ) -> Result<T, Problem> {
-    if !s.core.is_ready() {
+    // A read of durable state needs no durable write: an unready node still answers it.
+    let write = !matches!(command, Command::ReadOrder { .. });
+    if write && !s.core.is_ready() {
         return Err(Problem::unavailable(
             "this node cannot make writes durable and accepts none",
         ));
@@ -450,7 +452,11 @@ fn expand_seat_blocks(pool: &str, blocks: &[SeatBlock]) -> Result<Vec<String>, P
                 "pool {pool:?}: a seat block needs at least one row and from <= to"
             )));
         }
-        total += rows * (u64::from(b.to - b.from) + 1);
+        // Checked: 2^32 rows of 2^32 seats must not wrap into a small total.
+        total = rows
+            .checked_mul(u64::from(b.to - b.from) + 1)
+            .and_then(|seats| total.checked_add(seats))
+            .unwrap_or(u64::MAX);
         if total > allot_crdt::MAX_SEATS_PER_POOL as u64 {
             return Err(Problem::invalid(format!(
                 "pool {pool:?}: seat blocks expand to more than {} seats",
@@ -555,7 +561,7 @@ async fn create_event(
     let event = match call(&s, key, Command::CreateEvent(spec)).await? {
         Outcome::EventCreated { event } => event,
         Outcome::Remote(r) => match r.outcome {
-            Outcome::EventCreated { event } => event,
+            allot_node::Answered::EventCreated { event } => event,
             _ => return Err(Problem::unavailable("unexpected answer from the catalog")),
         },
         _ => return Err(Problem::unavailable("unexpected answer from the core")),
@@ -564,7 +570,11 @@ async fn create_event(
     let v = read(&s, move |core| {
         core.event(&ev).map(|e| views::event_detail(core, e))
     })?;
-    Ok(created(v.ok_or_else(|| unknown_event(&event))?))
+    // Created by the catalog, but not known here yet (the catalog sends an event's metadata
+    // only once durable, else gossip brings it in a moment): say so rather than 404.
+    Ok(created(v.unwrap_or_else(|| {
+        json!({ "id": event, "created": true, "note": "created by the catalog region; it reaches this region with the next gossip" })
+    })))
 }
 
 #[derive(Deserialize)]

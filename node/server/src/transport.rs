@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use allot_node::PeerMessage;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
 use crate::driver::wall_ms;
 use crate::tls::{peer_region, Identity};
@@ -60,7 +60,7 @@ pub struct Transport {
     outboxes: BTreeMap<String, watch::Sender<Option<Arc<PeerMessage>>>>,
     /// Calls and answers waiting for each peer's link, bounded: past the bound they are
     /// dropped, and the calling core times the call out (503).
-    call_queues: BTreeMap<String, mpsc::Sender<Arc<PeerMessage>>>,
+    call_queues: BTreeMap<String, mpsc::Sender<Queued>>,
     pub status: Arc<Mutex<BTreeMap<String, PeerStatus>>>,
     pub faults: Arc<NetFaults>,
     endpoint: quinn::Endpoint,
@@ -78,6 +78,9 @@ pub struct LinkTiming {
     pub reconnect_max: Duration,
     /// A link silent this long is dead: at least max(1 s, 4 × the largest RTT hint).
     pub idle_timeout: Duration,
+    /// A call or answer queued longer than this is dropped unsent: its caller has timed it
+    /// out (the core's `peer_call_timeout_ms`).
+    pub call_ttl: Duration,
 }
 
 impl LinkTiming {
@@ -86,7 +89,16 @@ impl LinkTiming {
         LinkTiming {
             reconnect_max,
             idle_timeout: (largest_rtt * 4).max(Duration::from_secs(1)),
+            call_ttl: Duration::from_millis(allot_node::DEFAULT_PEER_CALL_TIMEOUT_MS),
         }
+    }
+
+    /// How often a fresh dial attempt starts: every `reconnect_max`, but never so often that
+    /// [`MAX_DIAL_ATTEMPTS`] attempts would not cover an idle timeout, so every attempt lives
+    /// long enough for a handshake over the longest round trip.
+    pub fn dial_every(&self) -> Duration {
+        self.reconnect_max
+            .max(self.idle_timeout / MAX_DIAL_ATTEMPTS as u32)
     }
 
     /// About `reconnect_max`, and always well inside the idle timeout.
@@ -151,14 +163,17 @@ impl Transport {
         ));
         let deliver = Arc::new(deliver);
         let reconnected = Arc::new(reconnected);
-        let redial: BTreeMap<String, Arc<Notify>> = peers
+        let (redial_tx, mut redial_rx): (BTreeMap<_, _>, BTreeMap<_, _>) = peers
             .iter()
-            .map(|p| (p.name.clone(), Arc::default()))
-            .collect();
+            .map(|p| {
+                let (tx, rx) = watch::channel(0u64);
+                ((p.name.clone(), tx), (p.name.clone(), rx))
+            })
+            .unzip();
         tokio::spawn(accept_loop(
             endpoint.clone(),
             me.to_owned(),
-            redial.clone(),
+            redial_tx,
             status.clone(),
             faults.clone(),
             timing,
@@ -171,7 +186,9 @@ impl Transport {
             outboxes.insert(peer.name.clone(), tx);
             let (call_tx, calls) = mpsc::channel(CALLS_QUEUED_PER_PEER);
             call_queues.insert(peer.name.clone(), call_tx);
-            let redial = redial[&peer.name].clone();
+            let redial = redial_rx
+                .remove(&peer.name)
+                .expect("one redial signal per peer");
             tokio::spawn(dial_loop(
                 endpoint.clone(),
                 OutLink {
@@ -213,7 +230,11 @@ impl Transport {
                 let Some(tx) = self.call_queues.get(peer) else {
                     return;
                 };
-                if tx.try_send(Arc::new(message)).is_err() {
+                let queued = Queued {
+                    at: std::time::Instant::now(),
+                    message: Arc::new(message),
+                };
+                if tx.try_send(queued).is_err() {
                     tracing::warn!(%peer, "calls to the region are backed up; one dropped");
                     update(&self.status, peer, |s| s.calls_dropped += 1);
                 }
@@ -236,14 +257,20 @@ fn update(
     }
 }
 
-/// One peer's outgoing side: where it is, the newest frame for it, and the signal that its
-/// new incarnation has dialed in (so the connection to the old one is dropped at once).
+/// A call or answer waiting for its peer's link, with when it was queued.
+struct Queued {
+    at: std::time::Instant,
+    message: Arc<PeerMessage>,
+}
+
+/// One peer's outgoing side: where it is, the newest frame for it, its calls and answers, and
+/// the count of times it dialed in anew (a change means: drop the connection to it, redial).
 struct OutLink {
     peer: PeerAddr,
     rx: watch::Receiver<Option<Arc<PeerMessage>>>,
     /// Calls and answers, in order, none replaced by a newer one.
-    calls: mpsc::Receiver<Arc<PeerMessage>>,
-    redial: Arc<Notify>,
+    calls: mpsc::Receiver<Queued>,
+    redial: watch::Receiver<u64>,
 }
 
 async fn dial_loop(
@@ -258,7 +285,7 @@ async fn dial_loop(
         peer,
         mut rx,
         mut calls,
-        redial,
+        mut redial,
     } = link;
     let pause = Duration::from_millis(10).min(timing.reconnect_max);
     loop {
@@ -267,11 +294,13 @@ async fn dial_loop(
         };
         update(&status, &peer.name, |s| s.outgoing = "connected");
         tracing::info!(peer = %peer.name, "connected");
+        // A redial asked for before this connection existed is answered by it.
+        redial.borrow_and_update();
         // Full anti-entropy: the core forgets what it believed the peer had and sends all.
         reconnected(peer.name.clone());
         rx.mark_changed();
         loop {
-            let message: Arc<PeerMessage> = tokio::select! {
+            let frame: Arc<PeerMessage> = tokio::select! {
                 changed = rx.changed() => {
                     if changed.is_err() {
                         return;
@@ -281,15 +310,26 @@ async fn dial_loop(
                         None => continue,
                     }
                 }
-                call = calls.recv() => match call {
-                    Some(m) => m,
-                    None => return,
-                },
+                call = calls.recv() => {
+                    let Some(q) = call else { return };
+                    // A call older than its caller's deadline has been answered 503 there
+                    // already: running it now would do what its client was told failed.
+                    if q.at.elapsed() > timing.call_ttl {
+                        update(&status, &peer.name, |s| s.calls_dropped += 1);
+                        continue;
+                    }
+                    // Each call or answer on its own stream, not queued behind a large frame.
+                    tokio::spawn(send_message(conn.clone(), q.message, peer.name.clone(), status.clone()));
+                    continue;
+                }
                 reason = conn.closed() => {
                     tracing::info!(peer = %peer.name, "connection lost: {reason}");
                     break;
                 }
-                _ = redial.notified() => {
+                changed = redial.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
                     tracing::info!(peer = %peer.name, "the peer dialed in anew: redialing it");
                     conn.close(4u32.into(), b"the peer has a newer connection");
                     break;
@@ -299,33 +339,48 @@ async fn dial_loop(
                 conn.close(1u32.into(), b"partitioned by a test");
                 break;
             }
-            let bytes = match wire::encode(&message) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(peer = %peer.name, "frame not sent: {e}");
-                    continue;
-                }
-            };
-            let sent = async {
-                let mut s = conn.open_uni().await?;
-                s.write_all(&bytes).await?;
-                s.finish()?;
-                anyhow::Ok(())
-            };
-            match sent.await {
-                Ok(()) => update(&status, &peer.name, |s| {
-                    s.frames_out += 1;
-                    s.bytes_out += bytes.len() as u64;
-                    s.last_sent_ms = Some(wall_ms());
-                }),
-                Err(e) => {
-                    tracing::debug!(peer = %peer.name, "send failed: {e}");
-                    break;
-                }
+            if !send_message(conn.clone(), frame, peer.name.clone(), status.clone()).await {
+                break;
             }
         }
         update(&status, &peer.name, |s| s.outgoing = "down");
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// Sends one message on its own unidirectional stream; false if the connection failed.
+async fn send_message(
+    conn: quinn::Connection,
+    message: Arc<PeerMessage>,
+    peer: String,
+    status: Arc<Mutex<BTreeMap<String, PeerStatus>>>,
+) -> bool {
+    let bytes = match wire::encode(&message) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(%peer, "message not sent: {e}");
+            return true;
+        }
+    };
+    let sent = async {
+        let mut s = conn.open_uni().await?;
+        s.write_all(&bytes).await?;
+        s.finish()?;
+        anyhow::Ok(())
+    };
+    match sent.await {
+        Ok(()) => {
+            update(&status, &peer, |s| {
+                s.frames_out += 1;
+                s.bytes_out += bytes.len() as u64;
+                s.last_sent_ms = Some(wall_ms());
+            });
+            true
+        }
+        Err(e) => {
+            tracing::debug!(%peer, "send failed: {e}");
+            false
+        }
     }
 }
 
@@ -348,7 +403,7 @@ async fn dial(
             a.abort();
         }
     };
-    let mut every = tokio::time::interval(timing.reconnect_max);
+    let mut every = tokio::time::interval(timing.dial_every());
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -399,30 +454,27 @@ async fn dial(
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     me: String,
-    redial: BTreeMap<String, Arc<Notify>>,
+    redial: BTreeMap<String, watch::Sender<u64>>,
     status: Arc<Mutex<BTreeMap<String, PeerStatus>>>,
     faults: Arc<NetFaults>,
     timing: LinkTiming,
     deliver: Arc<dyn Fn(String, PeerMessage) + Send + Sync>,
 ) {
     let regions: Vec<String> = redial.keys().cloned().collect();
-    let redial = Arc::new(redial);
-    // The newest incoming connection of each peer: a newer one (the peer restarted, or lost
-    // its link and dialed again) replaces the older at once.
-    let current: Arc<Mutex<BTreeMap<String, quinn::Connection>>> = Arc::default();
-    // When each peer last made us redial it: at most once per idle timeout, so two regions
-    // can never make each other redial in a loop.
-    let redialed: Arc<Mutex<BTreeMap<String, std::time::Instant>>> = Arc::default();
+    let incoming_state = Arc::new(Incoming {
+        redial,
+        current: Mutex::default(),
+        redialed: Mutex::default(),
+        idle_timeout: timing.idle_timeout,
+    });
     while let Some(incoming) = endpoint.accept().await {
-        let (regions, status, faults, deliver, me, current, redial, redialed) = (
+        let (regions, status, faults, deliver, me, state) = (
             regions.clone(),
             status.clone(),
             faults.clone(),
             deliver.clone(),
             me.clone(),
-            current.clone(),
-            redial.clone(),
-            redialed.clone(),
+            incoming_state.clone(),
         );
         tokio::spawn(async move {
             let conn = match incoming.await {
@@ -441,63 +493,107 @@ async fn accept_loop(
                 conn.close(1u32.into(), b"partitioned by a test");
                 return;
             }
-            let older = current
-                .lock()
-                .expect("connections")
-                .insert(peer.clone(), conn.clone());
-            if let Some(older) = older {
-                older.close(3u32.into(), b"replaced by a newer connection");
-                // The peer dialed again while its older connection still stood: most likely a
-                // new incarnation, and our connection to the old one is a dead end that QUIC's
-                // probe back-off would take long to give up on. Redial it now.
-                let mut last = redialed.lock().expect("redials");
-                let quiet = last
-                    .get(&peer)
-                    .is_none_or(|t| t.elapsed() >= timing.idle_timeout);
-                if quiet {
-                    last.insert(peer.clone(), std::time::Instant::now());
-                    if let Some(n) = redial.get(&peer) {
-                        n.notify_waiters();
-                    }
-                }
-            }
             update(&status, &peer, |s| s.incoming_connected = true);
+            let first = Arc::new(std::sync::Once::new());
+            // Streams are read side by side: a call is not held up behind a large frame.
             while let Ok(mut stream) = conn.accept_uni().await {
-                let bytes = match stream.read_to_end(wire::MAX_FRAME).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!(%peer, "frame refused: {e}");
-                        update(&status, &peer, |s| s.refused += 1);
-                        continue;
+                let (peer, status, faults, deliver, conn, state, first) = (
+                    peer.clone(),
+                    status.clone(),
+                    faults.clone(),
+                    deliver.clone(),
+                    conn.clone(),
+                    state.clone(),
+                    first.clone(),
+                );
+                tokio::spawn(async move {
+                    let bytes = match stream.read_to_end(wire::MAX_FRAME).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::warn!(%peer, "message refused: {e}");
+                            update(&status, &peer, |s| s.refused += 1);
+                            return;
+                        }
+                    };
+                    if faults.is_cut(&peer) {
+                        conn.close(1u32.into(), b"partitioned by a test");
+                        return;
                     }
-                };
-                if faults.is_cut(&peer) {
-                    conn.close(1u32.into(), b"partitioned by a test");
-                    break;
-                }
-                match wire::decode(&bytes) {
-                    Ok(frame) => {
-                        update(&status, &peer, |s| {
-                            s.frames_in += 1;
-                            s.bytes_in += bytes.len() as u64;
-                            s.last_received_ms = Some(wall_ms());
-                        });
-                        deliver(peer.clone(), frame);
+                    match wire::decode(&bytes) {
+                        Ok(message) => {
+                            // A connection counts as the peer's current one once it carried a
+                            // message: a dial attempt its dialer dropped never replaces a live
+                            // connection.
+                            first.call_once(|| state.carried(&peer, &conn));
+                            update(&status, &peer, |s| {
+                                s.frames_in += 1;
+                                s.bytes_in += bytes.len() as u64;
+                                s.last_received_ms = Some(wall_ms());
+                            });
+                            deliver(peer.clone(), message);
+                        }
+                        Err(e) => {
+                            tracing::warn!(%peer, "message refused: {e}");
+                            update(&status, &peer, |s| s.refused += 1);
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(%peer, "frame refused: {e}");
-                        update(&status, &peer, |s| s.refused += 1);
-                    }
-                }
+                });
             }
-            let mut current = current.lock().expect("connections");
-            if current
-                .get(&peer)
-                .is_some_and(|c| c.stable_id() == conn.stable_id())
-            {
-                current.remove(&peer);
+            if state.ended(&peer, &conn) {
                 update(&status, &peer, |s| s.incoming_connected = false);
             }
         });
+    }
+}
+
+/// The incoming side's state: the current connection of each peer, and the redials it asked.
+struct Incoming {
+    redial: BTreeMap<String, watch::Sender<u64>>,
+    /// The newest incoming connection of each peer that carried a message: a newer one (the
+    /// peer restarted, or lost its link and dialed again) replaces the older at once.
+    current: Mutex<BTreeMap<String, quinn::Connection>>,
+    /// When each peer last made us redial it: at most once per idle timeout, so two regions
+    /// can never make each other redial in a loop.
+    redialed: Mutex<BTreeMap<String, std::time::Instant>>,
+    idle_timeout: Duration,
+}
+
+impl Incoming {
+    /// `conn` from `peer` carried its first message.
+    fn carried(&self, peer: &str, conn: &quinn::Connection) {
+        let older = self
+            .current
+            .lock()
+            .expect("connections")
+            .insert(peer.to_owned(), conn.clone());
+        let Some(older) = older.filter(|o| o.stable_id() != conn.stable_id()) else {
+            return;
+        };
+        older.close(3u32.into(), b"replaced by a newer connection");
+        // The peer dialed again while its older connection still stood: most likely a new
+        // incarnation, and our connection to the old one is a dead end that QUIC's probe
+        // back-off would take long to give up on. Redial it now.
+        let mut last = self.redialed.lock().expect("redials");
+        if last
+            .get(peer)
+            .is_none_or(|t| t.elapsed() >= self.idle_timeout)
+        {
+            last.insert(peer.to_owned(), std::time::Instant::now());
+            if let Some(r) = self.redial.get(peer) {
+                r.send_modify(|n| *n += 1);
+            }
+        }
+    }
+
+    /// `conn` from `peer` ended; true if it was the current one.
+    fn ended(&self, peer: &str, conn: &quinn::Connection) -> bool {
+        let mut current = self.current.lock().expect("connections");
+        let was = current
+            .get(peer)
+            .is_some_and(|c| c.stable_id() == conn.stable_id());
+        if was {
+            current.remove(peer);
+        }
+        was
     }
 }

@@ -2,7 +2,7 @@
 
 use allot_crdt::{PoolIdx, PoolKind, RegionIdx};
 use allot_node::event::{EventState, SeatLocal};
-use allot_node::{Core, Hold, IdKind, Millis, Order, OrderStatus, Outcome, RemoteOutcome};
+use allot_node::{Answered, Core, Hold, IdKind, Millis, Order, OrderStatus, RemoteOutcome};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 pub fn remote(core: &Core, r: &RemoteOutcome) -> Value {
     let id = r.id.as_deref().unwrap_or_default();
     match &r.outcome {
-        Outcome::Order(o) => order_as(core, o, &r.region, id, r.hold_id.as_deref()),
-        Outcome::Held(h) => hold_as(core, h, id),
+        Answered::Order(o) => order_as(core, o, &r.region, id, r.hold_id.as_deref()),
+        Answered::Held(h) => hold_as(core, h, id),
         _ => Value::Null,
     }
 }

@@ -104,7 +104,10 @@ mod tests {
 
     fn sample_call() -> PeerMessage {
         PeerMessage::Exchange(Exchange::Call {
-            id: CallId(9),
+            id: CallId {
+                incarnation: 2,
+                n: 9,
+            },
             key: None,
             command: Command::ReadOrder {
                 order: "o-us-east-1-000000000000000000000000".into(),

@@ -368,6 +368,10 @@ async fn a_60000_seat_stadium_is_created_in_one_request_and_gossiped() {
             "a million seats",
         ),
         (
+            json!([{"rows": {"from": 0, "to": 4294967295u32}, "from": 0, "to": 4294967295u32}]),
+            "2^64 seats, which wrapped to 0 before review",
+        ),
+        (
             json!([{"rows": ["A", "A"], "from": 1, "to": 2}]),
             "a seat twice",
         ),

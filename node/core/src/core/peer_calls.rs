@@ -3,7 +3,7 @@
 //! whoever asked — a local client or a calling region.
 
 use crate::api::{Command, CoreError, IdempotencyKey, Outcome, Reply, RequestId};
-use crate::exchange::{Arrival, CallId, Exchange, RemoteOutcome};
+use crate::exchange::{Answered, Arrival, CallId, Exchange, RemoteOutcome};
 use crate::ids::IdKind;
 
 use super::Core;
@@ -40,7 +40,7 @@ impl Core {
             Caller::Peer { region, call } => {
                 let answer = Exchange::Answer {
                     id: call,
-                    answer: reply.map(|o| Box::new(self.remote_outcome(o))),
+                    answer: reply.and_then(|o| self.remote_outcome(o).map(Box::new)),
                 };
                 self.calls.answered(&region, call, &answer);
                 self.out.exchange.push((region, answer));
@@ -50,29 +50,68 @@ impl Core {
 
     /// An outcome as the calling region needs it: with this region's ids, and a new event's
     /// genesis and metadata.
-    fn remote_outcome(&mut self, outcome: Outcome) -> RemoteOutcome {
+    fn remote_outcome(&mut self, outcome: Outcome) -> Result<RemoteOutcome, CoreError> {
+        let outcome = Answered::from_outcome(outcome)
+            .ok_or_else(|| CoreError::Invalid("not an answer between regions".into()))?;
         let (id, hold_id) = match &outcome {
-            Outcome::Order(o) => (
+            Answered::Order(o) => (
                 Some(self.id_of(IdKind::Order, o.n)),
                 o.hold.map(|h| self.id_of(IdKind::Hold, h)),
             ),
-            Outcome::Held(h) => (Some(self.id_of(IdKind::Hold, h.n)), None),
+            Answered::Held(h) => (Some(self.id_of(IdKind::Hold, h.n)), None),
             _ => (None, None),
         };
+        // Metadata goes out only once durable (DESIGN: a change is synced before it is sent);
+        // if an edit is still on its way to disk, the caller learns the event by gossip.
+        let persisted = self.persisted;
         let event = match &outcome {
-            Outcome::EventCreated { event } => self.by_id.get(event.as_str()).map(|&ev| {
-                let e = &mut self.events[ev];
-                ((**e.genesis()).clone(), e.meta.all_changes())
-            }),
+            Answered::EventCreated { event } => self
+                .by_id
+                .get(event.as_str())
+                .map(|&ev| &mut self.events[ev])
+                .filter(|e| e.meta_index <= persisted)
+                .map(|e| ((**e.genesis()).clone(), e.meta.all_changes())),
             _ => None,
         };
-        RemoteOutcome {
+        Ok(RemoteOutcome {
             region: self.cfg.region.clone(),
             outcome,
             id,
             hold_id,
             event,
+        })
+    }
+
+    /// Checks an answer before anything of it is believed or shown: it names the region that
+    /// sent it, its hold or order fits an event this region knows (pool and seat indices are
+    /// rendered against the local genesis), and only the catalog answers with a new event.
+    fn check_remote(&self, from: &str, r: &RemoteOutcome) -> Result<(), String> {
+        if r.region != from {
+            return Err(format!("answer from {from} names region {:?}", r.region));
         }
+        let fits = |event: &str, pool: allot_crdt::PoolIdx, seats: &[allot_crdt::SeatIdx]| {
+            let e = self
+                .event(event)
+                .ok_or("an event this region does not know")?;
+            let p = e
+                .genesis()
+                .pools
+                .get(pool as usize)
+                .ok_or("an unknown pool")?;
+            if seats.iter().any(|&s| s as usize >= p.seat_count()) {
+                return Err("an unknown seat");
+            }
+            Ok(())
+        };
+        match &r.outcome {
+            Answered::Order(o) => fits(&o.event, o.pool, &o.seats)?,
+            Answered::Held(h) => fits(&h.event, h.pool, &h.seats)?,
+            Answered::EventCreated { .. } if from != self.cfg.catalog_region => {
+                return Err("an event created by a region that is not the catalog".into())
+            }
+            Answered::EventCreated { .. } | Answered::Released => {}
+        }
+        Ok(())
     }
 
     /// Asks `region` to run `command` for local client `client`.
@@ -151,6 +190,14 @@ impl Core {
                     self.out.exchange.push((from.to_owned(), refused));
                     return;
                 }
+                // A read changes nothing: it runs every time, and nothing is kept for it.
+                if matches!(command, Command::ReadOrder { .. }) {
+                    let caller = Caller::Peer {
+                        region: from.to_owned(),
+                        call: id,
+                    };
+                    return self.request(caller, key, command);
+                }
                 match self.calls.arrive(from, id, self.now) {
                     Arrival::Run => {
                         let caller = Caller::Peer {
@@ -171,6 +218,16 @@ impl Core {
                 let caller = Caller::Client(o.client);
                 match answer {
                     Ok(remote) => {
+                        if let Err(why) = self.check_remote(from, &remote) {
+                            self.out
+                                .warnings
+                                .push(format!("an answer from {from} refused: {why}"));
+                            let e = CoreError::Unreachable {
+                                region: from.to_owned(),
+                                why: "it answered something this region cannot use".into(),
+                            };
+                            return self.reply_now(caller, Err(e));
+                        }
                         let index = self.learn_from_answer(from, &remote);
                         self.reply_after(index, caller, Ok(Outcome::Remote(remote)));
                     }
@@ -183,7 +240,7 @@ impl Core {
     /// A new event in an answer from the catalog is learned at once (as gossip would), so the
     /// caller can show it; the reply waits until that record is durable.
     fn learn_from_answer(&mut self, from: &str, remote: &RemoteOutcome) -> u64 {
-        let (Some((genesis, meta)), Outcome::EventCreated { event }) =
+        let (Some((genesis, meta)), Answered::EventCreated { event }) =
             (&remote.event, &remote.outcome)
         else {
             return 0;
