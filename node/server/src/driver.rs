@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use allot_node::{
-    Command, Config, Core, IdempotencyKey, Input, PeerMessage, Ready, Record, Reply, RequestId,
+    Command, Config, Core, Exchange, IdempotencyKey, Input, PeerMessage, Ready, Record, Reply,
+    RequestId,
 };
 use crossbeam_channel::{Receiver, Sender};
 use rocksdb::WriteBatch;
@@ -198,8 +199,13 @@ impl CoreHandle {
         self.engine().map(|e| f(&e.core))
     }
 
-    /// Hands a peer's message (gossip, a call or an answer) to the core.
+    /// Hands a peer's message (gossip, a call or an answer) to the core. An unready node
+    /// serves no calls from other regions either: it could never make their writes durable,
+    /// and their callers time them out (503) instead of waiting on a node that cannot answer.
     pub fn deliver(&self, from: String, message: PeerMessage) {
+        if !self.is_ready() && matches!(message, PeerMessage::Exchange(Exchange::Call { .. })) {
+            return;
+        }
         if let Some(mut e) = self.engine() {
             e.handle(match message {
                 PeerMessage::Gossip(frame) => Input::Peer { from, frame },
