@@ -356,9 +356,12 @@ impl Core {
             }
         }
         // What another region owns is asked of it; a call from another region is never
-        // passed on again.
-        let forward = (matches!(id, Caller::Client(_)) && command.belongs_elsewhere_maybe())
-            .then(|| (key.clone(), command.clone()));
+        // passed on again (it answers `foreign-id` below).
+        if let Caller::Client(client) = id {
+            if let Some(region) = self.owner_elsewhere(&command) {
+                return self.call_peer(client, &region, key, command);
+            }
+        }
         let key = key.as_ref();
         let result = match command {
             Command::CreateEvent(spec) => self.create_event(spec, key),
@@ -387,14 +390,9 @@ impl Core {
                 .durable_order_by_id(&order)
                 .map(|o| (0, Outcome::Order(o.into_owned()))),
         };
-        match (result, forward, id) {
-            (
-                Err(CoreError::Foreign { region, .. } | CoreError::NotCatalog { catalog: region }),
-                Some((key, command)),
-                Caller::Client(client),
-            ) => self.call_peer(client, &region, key, command),
-            (Ok((index, outcome)), _, id) => self.reply_after(index, id, Ok(outcome)),
-            (Err(e), _, id) => self.reply_now(id, Err(e)),
+        match result {
+            Ok((index, outcome)) => self.reply_after(index, id, Ok(outcome)),
+            Err(e) => self.reply_now(id, Err(e)),
         }
     }
 
@@ -712,20 +710,20 @@ impl Core {
             IdKind::Hold => CoreError::UnknownHold(id.to_owned()),
             IdKind::Order => CoreError::UnknownOrder(id.to_owned()),
         };
-        let g = GlobalId::parse(kind, id).ok_or_else(unknown)?;
-        if g.region != self.cfg.region {
-            if !self.cfg.regions.contains(&g.region) {
+        let (region, n, tag) = GlobalId::parts(kind, id).ok_or_else(unknown)?;
+        if region != self.cfg.region {
+            if !self.cfg.regions.iter().any(|r| r == region) {
                 return Err(unknown());
             }
             return Err(CoreError::Foreign {
                 id: id.to_owned(),
-                region: g.region,
+                region: region.to_owned(),
             });
         }
-        if !self.cfg.id_key.verifies(&g) {
+        if !self.cfg.id_key.verifies_parts(kind, n, tag) {
             return Err(unknown());
         }
-        Ok(g.n)
+        Ok(n)
     }
 
     /// The id buyers and operators see for this region's hold or order `n`.

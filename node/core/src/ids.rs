@@ -56,9 +56,14 @@ impl IdTag {
         if s.len() != TAG_BYTES * 2 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return None;
         }
+        let nibble = |b: u8| match b {
+            b'0'..=b'9' => b - b'0',
+            _ => b - b'a' + 10,
+        };
+        let b = s.as_bytes();
         let mut out = [0u8; TAG_BYTES];
         for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+            *o = nibble(b[2 * i]) << 4 | nibble(b[2 * i + 1]);
         }
         Some(IdTag(out))
     }
@@ -110,10 +115,14 @@ impl IdKey {
     /// Whether `id` was made with this key. The comparison takes the same time wherever the
     /// tags differ, so timing answers reveals nothing about the right tag.
     pub fn verifies(&self, id: &GlobalId) -> bool {
-        let want = self.tag(id.kind, id.n);
+        self.verifies_parts(id.kind, id.n, id.tag)
+    }
+
+    pub fn verifies_parts(&self, kind: IdKind, n: u64, tag: IdTag) -> bool {
+        let want = self.tag(kind, n);
         want.0
             .iter()
-            .zip(id.tag.0.iter())
+            .zip(tag.0.iter())
             .fold(0u8, |d, (a, b)| d | (a ^ b))
             == 0
     }
@@ -130,6 +139,18 @@ pub struct GlobalId {
 
 impl GlobalId {
     pub fn parse(kind: IdKind, s: &str) -> Option<GlobalId> {
+        let (region, n, tag) = GlobalId::parts(kind, s)?;
+        Some(GlobalId {
+            kind,
+            region: region.to_owned(),
+            n,
+            tag,
+        })
+    }
+
+    /// The region, number and tag of a well-formed id, borrowed (no allocation on the
+    /// confirm path).
+    pub fn parts(kind: IdKind, s: &str) -> Option<(&str, u64, IdTag)> {
         let rest = s.strip_prefix(kind.prefix())?;
         let (rest, tag) = rest.rsplit_once('-')?;
         let (region, n) = rest.rsplit_once('-')?;
@@ -142,12 +163,7 @@ impl GlobalId {
         {
             return None;
         }
-        Some(GlobalId {
-            kind,
-            region: region.to_owned(),
-            n: n.parse().ok()?,
-            tag: IdTag::parse(tag)?,
-        })
+        Some((region, n.parse().ok()?, IdTag::parse(tag)?))
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::api::{Command, CoreError, IdempotencyKey, Outcome, Reply, RequestId};
 use crate::exchange::{Answered, Arrival, CallId, Exchange, RemoteOutcome};
-use crate::ids::IdKind;
+use crate::ids::{GlobalId, IdKind};
 
 use super::Core;
 
@@ -33,6 +33,22 @@ impl Command {
 }
 
 impl Core {
+    /// The region that owns what `command` is about, when it is another region of the
+    /// cluster (an id naming no region of the cluster is this region's to refuse).
+    pub(super) fn owner_elsewhere(&self, command: &Command) -> Option<String> {
+        let (kind, id) = match command {
+            Command::Confirm { hold, .. } | Command::Release { hold } => (IdKind::Hold, hold),
+            Command::Refund { order } | Command::ReadOrder { order } => (IdKind::Order, order),
+            Command::CreateEvent(_) if self.cfg.catalog_region != self.cfg.region => {
+                return Some(self.cfg.catalog_region.clone())
+            }
+            _ => return None,
+        };
+        let (region, _, _) = GlobalId::parts(kind, id)?;
+        (region != self.cfg.region && self.cfg.regions.iter().any(|r| r == region))
+            .then(|| region.to_owned())
+    }
+
     /// Sends a reply where it is awaited.
     pub(super) fn deliver_reply(&mut self, caller: Caller, reply: Reply) {
         match caller {
