@@ -9,7 +9,7 @@
 //! Every state change goes through [`Core::apply_record`]: the live path builds a record,
 //! applies it and emits it, and [`Core::recover`] applies the same records again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use allot_crdt::{
@@ -21,13 +21,19 @@ use crate::api::*;
 use crate::chunked::ChunkedVec;
 use crate::event::{EventState, SeatLocal};
 use crate::exchange::{Exchange, ExchangeBook};
-use crate::gossip::{EventGossip, GossipFrame};
+use crate::gossip::GossipFrame;
 use crate::ids::{GlobalId, IdKey, IdKind};
 use crate::record::{IdemRecord, Record, RecordBody, ReleaseReason};
 
+mod hold_book;
+mod idempotency;
 mod peer_calls;
+mod sync;
 
+use hold_book::HoldBook;
+use idempotency::{IdempotencyTable, Seen};
 pub(crate) use peer_calls::Caller;
+use sync::{largest_gossip_unit, unit_room};
 
 /// Limits and identity of one region's core.
 #[derive(Clone, Debug)]
@@ -59,20 +65,6 @@ pub const DEFAULT_PEER_CALL_TIMEOUT_MS: Millis = 3_000;
 
 /// The default gossip frame budget: below the 8 MiB the wire accepts, with room for framing.
 pub const DEFAULT_FRAME_BUDGET: usize = 7 << 20;
-
-/// The most one seat's entry in a row delta encodes to in any history an event can have: the
-/// stamp (a row version below 2^35: 5 bytes), the entry kind (1), pool (1: at most 64), seat
-/// (3: at most 100,000), epoch (3: a seat moved fewer than 2^21 times) and region (1: at most
-/// 32), as postcard varints. Used to bound an event's largest gossip unit at creation.
-const SEAT_ENTRY_MAX_BYTES: usize = 16;
-/// The same for a counter entry (a grant, `consumed`, `returned`: stamp, kind, pool, region,
-/// a value below `MAX_COUNTER` in 9 bytes).
-const COUNTER_ENTRY_MAX_BYTES: usize = 20;
-/// The share of a frame one event's whole unit may use; the rest stays for the other events'
-/// digest entries in the same frame.
-fn unit_room(budget: usize) -> usize {
-    budget - budget / 8
-}
 
 impl Config {
     pub fn new(region: &str, regions: &[String]) -> Config {
@@ -136,12 +128,6 @@ pub struct Ready {
     pub warnings: Vec<String>,
 }
 
-struct IdemEntry {
-    body_hash: [u8; 32],
-    index: u64,
-    outcome: Outcome,
-}
-
 pub struct Core {
     cfg: Config,
     events: Vec<EventState>,
@@ -149,19 +135,11 @@ pub struct Core {
     // Maps that grow with the sale are B-trees: a hash map doubles its table all at once,
     // and at 131,072 idempotency keys that is a 150 ms pause in the middle of an on-sale
     // (measured by `allot bench http --idempotency-keys`); a B-tree grows a node at a time.
-    holds: BTreeMap<u64, Hold>,
+    holds: HoldBook,
     /// Orders are numbered densely from 1 in each region: order `n` is at `n − 1`.
     orders: ChunkedVec<Order>,
     order_of_hold: BTreeMap<u64, u64>,
-    live_holds: BTreeMap<Arc<str>, u32>,
-    /// Live holds by (expiry, hold number), soonest first. A B-tree like the maps above (a
-    /// heap grows by doubling), and a hold leaves it when it is confirmed or released, so it
-    /// holds the live holds only.
-    expiry: BTreeSet<(Millis, u64)>,
-    idem: BTreeMap<String, IdemEntry>,
-    /// Keys by (time remembered, record index), oldest first, for expiry.
-    idem_order: BTreeMap<(Millis, u64), String>,
-    next_hold: u64,
+    idem: IdempotencyTable,
     next_order: u64,
     last_index: u64,
     persisted: u64,
@@ -205,24 +183,6 @@ fn check_id(field: &str, s: &str) -> Result<(), CoreError> {
     }
 }
 
-/// The most one event's gossip unit can grow to: its genesis and first metadata change, and
-/// every row with every seat given away and every counter changed.
-fn largest_gossip_unit(genesis: &Genesis, meta_bytes: usize) -> usize {
-    let regions = genesis.regions.len();
-    let genesis_bytes = postcard::experimental::serialized_size(genesis).unwrap_or(usize::MAX);
-    let rows: usize = genesis
-        .pools
-        .iter()
-        .map(|p| {
-            p.seat_count() * regions * SEAT_ENTRY_MAX_BYTES
-                + regions * (regions + 2) * COUNTER_ENTRY_MAX_BYTES
-        })
-        .sum();
-    genesis_bytes
-        .saturating_add(meta_bytes)
-        .saturating_add(rows)
-}
-
 impl Core {
     pub fn new(cfg: Config) -> Core {
         let incarnation = cfg.incarnation;
@@ -230,14 +190,10 @@ impl Core {
             cfg,
             events: Vec::new(),
             by_id: HashMap::new(),
-            holds: BTreeMap::new(),
+            holds: HoldBook::default(),
             orders: ChunkedVec::default(),
             order_of_hold: BTreeMap::new(),
-            live_holds: BTreeMap::new(),
-            expiry: BTreeSet::new(),
-            idem: BTreeMap::new(),
-            idem_order: BTreeMap::new(),
-            next_hold: 1,
+            idem: IdempotencyTable::default(),
             next_order: 1,
             last_index: 0,
             persisted: 0,
@@ -347,12 +303,13 @@ impl Core {
                     )),
                 );
             }
-            if let Some(e) = self.idem.get(&k.key) {
-                if e.body_hash != k.body_hash {
-                    return self.reply_now(id, Err(CoreError::IdempotencyMismatch));
+            match self.idem.seen(k) {
+                Seen::New => {}
+                Seen::OtherBody => return self.reply_now(id, Err(CoreError::IdempotencyMismatch)),
+                Seen::Again(e) => {
+                    let (index, outcome) = (e.index, e.outcome.clone());
+                    return self.reply_after(index, id, Ok(outcome));
                 }
-                let (index, outcome) = (e.index, e.outcome.clone());
-                return self.reply_after(index, id, Ok(outcome));
             }
         }
         // What another region owns is asked of it; a call from another region is never
@@ -679,14 +636,14 @@ impl Core {
     ) -> Result<(u64, Outcome), CoreError> {
         let ev = self.event_idx(event)?;
         check_id("customer", &customer)?;
-        let live = self.live_holds.get(customer.as_str()).copied().unwrap_or(0);
+        let live = self.holds.live_of(&customer);
         if live >= self.cfg.max_holds_per_customer {
             return Err(CoreError::HoldLimit(live));
         }
         let (pool, quantity, seats) = self.resolve(ev, want)?;
         let e = &self.events[ev];
         let hold = Hold {
-            n: self.next_hold,
+            n: self.holds.next_number(),
             event: e.id.clone(),
             pool,
             quantity,
@@ -748,8 +705,8 @@ impl Core {
                 ),
             ));
         }
-        let Some(hold) = self.holds.get(&n) else {
-            return Err(if n < self.next_hold {
+        let Some(hold) = self.holds.get(n) else {
+            return Err(if self.holds.issued(n) {
                 CoreError::HoldExpired
             } else {
                 CoreError::UnknownHold(hold_id.to_owned())
@@ -832,7 +789,7 @@ impl Core {
         if self.order_of_hold.contains_key(&n) {
             return invalid("the hold is confirmed; refund the order instead");
         }
-        match self.holds.get(&n) {
+        match self.holds.get(n) {
             Some(h) => {
                 let event = h.event.to_string();
                 let index = self.commit(RecordBody::HoldsReleased {
@@ -842,7 +799,7 @@ impl Core {
                 });
                 Ok((index, Outcome::Released { hold: n }))
             }
-            None if n < self.next_hold => Ok((self.last_index, Outcome::Released { hold: n })),
+            None if self.holds.issued(n) => Ok((self.last_index, Outcome::Released { hold: n })),
             None => Err(CoreError::UnknownHold(hold_id.to_owned())),
         }
     }
@@ -1091,17 +1048,14 @@ impl Core {
                     e.seats[p][s as usize] = SeatLocal::Held(hold.n);
                 }
                 e.assert_pool(hold.pool);
-                *self.live_holds.entry(hold.customer.clone()).or_insert(0) += 1;
-                self.expiry.insert((hold.expires_at, hold.n));
-                self.next_hold = self.next_hold.max(hold.n + 1);
-                self.holds.insert(hold.n, hold.clone());
+                self.holds.insert(hold.clone());
                 self.remember(index, at, idem);
             }
             RecordBody::HoldsReleased { holds, .. } => {
                 for n in holds {
                     let h = self
                         .holds
-                        .remove(n)
+                        .take(*n)
                         .ok_or_else(|| format!("release of unknown hold {n}"))?;
                     self.drop_hold(&h, SeatLocal::Free);
                 }
@@ -1114,7 +1068,7 @@ impl Core {
             } => {
                 let ev = self.event_idx(&order.event).map_err(|e| e.to_string())?;
                 if let Some(h) = hold {
-                    let h = self.holds.remove(h).ok_or("confirm of an unknown hold")?;
+                    let h = self.holds.take(*h).ok_or("confirm of an unknown hold")?;
                     self.drop_hold(&h, SeatLocal::Sold(order.n));
                     self.order_of_hold.insert(h.n, order.n);
                 } else {
@@ -1254,7 +1208,7 @@ impl Core {
                 );
             }
             RecordBody::CountersRestored { next_hold } => {
-                self.next_hold = self.next_hold.max(*next_hold);
+                self.holds.restore_next(*next_hold);
             }
             _ => unreachable!("restore is called with restore records only"),
         }
@@ -1274,34 +1228,18 @@ impl Core {
         Ok(())
     }
 
+    /// Gives back what a hold that left the book set aside.
     fn drop_hold(&mut self, h: &Hold, seat_state: SeatLocal) {
-        self.expiry.remove(&(h.expires_at, h.n));
         let ev = self.by_id[&h.event];
         let e = &mut self.events[ev];
         e.held[h.pool as usize] -= h.quantity;
         for &s in &h.seats {
             e.seats[h.pool as usize][s as usize] = seat_state;
         }
-        if let Some(c) = self.live_holds.get_mut(&h.customer) {
-            *c -= 1;
-            if *c == 0 {
-                self.live_holds.remove(&h.customer);
-            }
-        }
     }
 
     fn remember(&mut self, index: u64, at: Millis, idem: &Option<IdemRecord>) {
-        if let Some(r) = idem {
-            self.idem.insert(
-                r.key.key.clone(),
-                IdemEntry {
-                    body_hash: r.key.body_hash,
-                    index,
-                    outcome: r.outcome.clone(),
-                },
-            );
-            self.idem_order.insert((at, index), r.key.key.clone());
-        }
+        self.idem.remember(index, at, idem);
     }
 
     fn persisted(&mut self, upto: u64) {
@@ -1339,17 +1277,7 @@ impl Core {
     // ----- time -----------------------------------------------------------------------------
 
     fn expire_holds(&mut self) {
-        let mut by_event: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        while let Some(&(at, n)) = self.expiry.first() {
-            if at > self.now {
-                break;
-            }
-            self.expiry.pop_first();
-            if let Some(h) = self.holds.get(&n) {
-                by_event.entry(h.event.to_string()).or_default().push(n);
-            }
-        }
-        for (event, holds) in by_event {
+        for (event, holds) in self.holds.due(self.now) {
             self.commit(RecordBody::HoldsReleased {
                 event,
                 holds,
@@ -1359,249 +1287,7 @@ impl Core {
     }
 
     fn expire_keys(&mut self) {
-        let ttl = self.cfg.idempotency_ttl_ms;
-        while let Some(oldest) = self.idem_order.first_entry() {
-            let (at, index) = *oldest.key();
-            if at.saturating_add(ttl) > self.now {
-                break;
-            }
-            let key = oldest.remove();
-            if self.idem.get(&key).is_some_and(|e| e.index == index) {
-                self.idem.remove(&key);
-            }
-        }
-    }
-
-    // ----- gossip ---------------------------------------------------------------------------
-
-    fn gossip(&mut self) {
-        let peers: Vec<String> = self
-            .cfg
-            .regions
-            .iter()
-            .filter(|r| **r != self.cfg.region)
-            .cloned()
-            .collect();
-        for peer in peers {
-            self.gossip_to(&peer);
-        }
-    }
-
-    /// Builds the frame for one peer within the frame budget. Each event is one unit, never
-    /// split (a row's entries keep only their last stamp, so part of a delta would pass for all
-    /// of it); units the peer has been owed longest go first, and what does not fit waits.
-    fn gossip_to(&mut self, peer: &str) {
-        let now = self.now;
-        let mut units: Vec<(Option<Millis>, usize, usize, EventGossip)> = Vec::new();
-        for (ev, e) in self.events.iter_mut().enumerate() {
-            if e.created_at_index > self.persisted {
-                continue;
-            }
-            let Some(p) = e.genesis().region_index(peer) else {
-                continue;
-            };
-            let Some(unit) = Self::gossip_unit(e, p, self.persisted) else {
-                continue;
-            };
-            let size = postcard::experimental::serialized_size(&unit).unwrap_or(usize::MAX);
-            units.push((e.peers[p as usize].owed_since, size, ev, unit));
-        }
-        // Owed longest first; never-owed units after them, in event order.
-        units.sort_by_key(|u| (u.0.is_none(), u.0, u.2));
-        let budget = self.cfg.frame_budget_bytes;
-        // The frame's own length prefix is at most a few bytes.
-        let mut used = 8usize;
-        let mut frame = GossipFrame::default();
-        for (_, size, ev, unit) in units {
-            let e = &mut self.events[ev];
-            let p = e.genesis().region_index(peer).expect("checked above") as usize;
-            // Digest-only entries wait their turn too: a peer must hear every event's version
-            // vector and figures eventually, however busy the frames are.
-            if used.saturating_add(size) <= budget {
-                used += size;
-                e.peers[p].owed_since = None;
-                frame.events.push(unit);
-            } else {
-                e.peers[p].owed_since.get_or_insert(now);
-            }
-        }
-        debug_assert!(
-            postcard::experimental::serialized_size(&frame).unwrap_or(usize::MAX) <= budget,
-            "a gossip frame over its budget"
-        );
-        if !frame.events.is_empty() {
-            self.out.messages.push((peer.to_owned(), frame));
-        }
-    }
-
-    /// What one event tells peer `p`: its digest entry (version vector, ephemeral figures),
-    /// the row deltas the peer lacks, and the genesis and metadata while it lacks them.
-    fn gossip_unit(e: &mut EventState, p: RegionIdx, persisted: u64) -> Option<EventGossip> {
-        let meta_durable = e.meta_index <= persisted;
-        let view = &e.peers[p as usize];
-        let genesis = match (&view.vv, meta_durable) {
-            (None, true) => Some(((**e.genesis()).clone(), e.meta.all_changes())),
-            (None, false) => return None,
-            _ => None,
-        };
-        let theirs = view.vv.clone().unwrap_or_default();
-        // Our own entry is the durable version: the one the rows we send can prove.
-        let mut vv = e.ledger.version_vector();
-        if !crate::bugs::publish_before_durable() {
-            vv.set(e.me as usize, e.published.seq);
-        }
-        let mut rows = Vec::new();
-        for w in 0..e.genesis().regions.len() as RegionIdx {
-            if w == p {
-                continue;
-            }
-            let have = theirs.get(w as usize);
-            let d = if w == e.me && !crate::bugs::publish_before_durable() {
-                e.published.delta_since(e.ledger.hash(), have)
-            } else {
-                e.ledger.delta_since(w, have)
-            };
-            rows.extend(d);
-        }
-        let meta_heads = e.meta.heads();
-        let view = &e.peers[p as usize];
-        let meta_changes = if meta_durable && view.vv.is_some() && view.meta_heads != meta_heads {
-            let theirs = view.meta_heads.clone();
-            e.meta.changes_since(&theirs)
-        } else {
-            Vec::new()
-        };
-        Some(EventGossip {
-            event: e.id.to_string(),
-            genesis_hash: e.ledger.hash(),
-            genesis,
-            vv,
-            rows,
-            meta_heads,
-            meta_changes,
-            held: e.held.clone(),
-            sale_rate_per_min: e.rates.iter().map(|r| r.per_min).collect(),
-        })
-    }
-
-    fn peer(&mut self, from: &str, frame: GossipFrame) {
-        if from == self.cfg.region || !self.cfg.regions.iter().any(|r| r == from) {
-            self.out
-                .warnings
-                .push(format!("gossip from unknown region {from:?} refused"));
-            return;
-        }
-        for mut g in frame.events {
-            let ev = match self.by_id.get(g.event.as_str()) {
-                Some(&ev) => ev,
-                None => {
-                    let Some((genesis, meta)) = g.genesis.take() else {
-                        continue;
-                    };
-                    if let Err(why) = self.learn_event(genesis, meta, g.genesis_hash, &g.event) {
-                        self.out
-                            .warnings
-                            .push(format!("event {:?} from {from} refused: {why}", g.event));
-                        continue;
-                    }
-                    self.by_id[g.event.as_str()]
-                }
-            };
-            if self.events[ev].ledger.hash() != g.genesis_hash {
-                self.out.warnings.push(format!(
-                    "event {:?} from {from}: genesis {} differs from ours; refused",
-                    g.event, g.genesis_hash
-                ));
-                continue;
-            }
-            let Some(p) = self.events[ev].genesis().region_index(from) else {
-                continue;
-            };
-            if let Err(why) = self.events[ev].check_gossip(&g) {
-                self.out
-                    .warnings
-                    .push(format!("event {:?} from {from}: refused: {why}", g.event));
-                continue;
-            }
-            let me = self.events[ev].me;
-            {
-                let view = &mut self.events[ev].peers[p as usize];
-                view.vv = Some(g.vv);
-                view.meta_heads = g.meta_heads;
-                view.held = g.held;
-                view.sale_rate_per_min = g.sale_rate_per_min;
-                view.heard_at = Some(self.now);
-            }
-            for row in g.rows {
-                if row.writer == me {
-                    continue;
-                }
-                self.commit_peer(
-                    RecordBody::PeerRow {
-                        event: g.event.clone(),
-                        row,
-                    },
-                    from,
-                );
-            }
-            if !g.meta_changes.is_empty() && self.events[ev].meta.has_new(&g.meta_changes) {
-                self.commit_peer(
-                    RecordBody::MetaChanged {
-                        event: g.event.clone(),
-                        changes: g.meta_changes,
-                        idem: None,
-                    },
-                    from,
-                );
-            }
-        }
-    }
-
-    fn learn_event(
-        &mut self,
-        genesis: Genesis,
-        meta: Vec<Vec<u8>>,
-        hash: allot_crdt::GenesisHash,
-        id: &str,
-    ) -> Result<(), String> {
-        genesis.validate().map_err(|e| e.to_string())?;
-        if genesis.hash() != hash || genesis.id != id {
-            return Err("genesis does not match its hash or id".into());
-        }
-        let index = self.last_index + 1;
-        let body = RecordBody::EventCreated {
-            genesis,
-            meta,
-            idem: None,
-        };
-        self.apply_record(index, self.now, &body)?;
-        self.last_index = index;
-        self.out.records.push(Record {
-            index,
-            at: self.now,
-            body,
-        });
-        Ok(())
-    }
-
-    /// Applies peer input as a record; emits it only if it changed something.
-    fn commit_peer(&mut self, body: RecordBody, from: &str) {
-        let index = self.last_index + 1;
-        match self.apply_record(index, self.now, &body) {
-            Ok(true) => {
-                self.last_index = index;
-                self.out.records.push(Record {
-                    index,
-                    at: self.now,
-                    body,
-                });
-            }
-            Ok(false) => {}
-            Err(why) => self
-                .out
-                .warnings
-                .push(format!("from {from}: refused: {why}")),
-        }
+        self.idem.expire(self.now, self.cfg.idempotency_ttl_ms);
     }
 
     // ----- reads ----------------------------------------------------------------------------
@@ -1615,11 +1301,11 @@ impl Core {
     }
 
     pub fn live_hold(&self, n: u64) -> Option<&Hold> {
-        self.holds.get(&n)
+        self.holds.get(n)
     }
 
     pub fn holds(&self) -> impl Iterator<Item = &Hold> {
-        self.holds.values()
+        self.holds.iter()
     }
 
     /// Order `n` as the core's rules see it, durable or not. Readers use
@@ -1679,19 +1365,8 @@ impl Core {
     /// Checks the whole state against DESIGN's invariants, as this region sees them.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.calls.check()?;
-        // Every live hold, and nothing else, waits in the expiry queue.
-        if self.expiry.len() != self.holds.len()
-            || self
-                .holds
-                .values()
-                .any(|h| !self.expiry.contains(&(h.expires_at, h.n)))
-        {
-            return Err(format!(
-                "expiry queue of {} for {} live holds",
-                self.expiry.len(),
-                self.holds.len()
-            ));
-        }
+        self.idem.check()?;
+        self.holds.check()?;
         for e in &self.events {
             let g = e.genesis().clone();
             e.ledger.check().map_err(|m| format!("{}: {m}", e.id))?;
@@ -1703,7 +1378,7 @@ impl Core {
                 }
                 let held: u64 = self
                     .holds
-                    .values()
+                    .iter()
                     .filter(|h| h.event == e.id && h.pool == pi)
                     .map(|h| h.quantity)
                     .sum();
@@ -1779,7 +1454,7 @@ impl Core {
                             SeatLocal::Free | SeatLocal::Arriving(_) => true,
                             SeatLocal::Held(h) => self
                                 .holds
-                                .get(&h)
+                                .get(h)
                                 .is_some_and(|h| h.seats.contains(&(s as SeatIdx))),
                             SeatLocal::Sold(o) => self
                                 .order(o)
@@ -1792,11 +1467,6 @@ impl Core {
                         }
                     }
                 }
-            }
-        }
-        for (c, &n) in &self.live_holds {
-            if self.holds.values().filter(|h| h.customer == *c).count() as u32 != n {
-                return Err(format!("customer {c}: live hold count {n} is wrong"));
             }
         }
         Ok(())
@@ -1817,18 +1487,16 @@ impl Core {
             );
             let _ = writeln!(s, "  seats {:?} published {:?}", e.seats, e.published);
         }
-        let mut holds: Vec<_> = self.holds.values().collect();
+        let mut holds: Vec<_> = self.holds.iter().collect();
         holds.sort_by_key(|h| h.n);
         let _ = writeln!(
             s,
             "holds {holds:?}\norders {:?}\nnext {} {}",
-            self.orders, self.next_hold, self.next_order
+            self.orders,
+            self.holds.next_number(),
+            self.next_order
         );
-        let mut keys: Vec<_> = self
-            .idem
-            .iter()
-            .map(|(k, e)| (k.clone(), e.index, format!("{:?}", e.outcome)))
-            .collect();
+        let mut keys = self.idem.describe();
         keys.sort();
         let _ = writeln!(s, "idem {keys:?}");
         s

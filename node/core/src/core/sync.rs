@@ -1,0 +1,276 @@
+//! Gossip at the core's boundary: building each peer's frame within the frame budget (one
+//! event's whole unit at a time, longest-owed first) and applying a peer's frame, every part
+//! checked before anything of it is believed.
+
+use allot_crdt::{Genesis, RegionIdx};
+
+use crate::api::Millis;
+use crate::event::EventState;
+use crate::gossip::{EventGossip, GossipFrame};
+use crate::record::{Record, RecordBody};
+
+use super::Core;
+
+/// The most one seat's entry in a row delta encodes to in any history an event can have: the
+/// stamp (a row version below 2^35: 5 bytes), the entry kind (1), pool (1: at most 64), seat
+/// (3: at most 100,000), epoch (3: a seat moved fewer than 2^21 times) and region (1: at most
+/// 32), as postcard varints. Used to bound an event's largest gossip unit at creation.
+const SEAT_ENTRY_MAX_BYTES: usize = 16;
+/// The same for a counter entry (a grant, `consumed`, `returned`: stamp, kind, pool, region,
+/// a value below `MAX_COUNTER` in 9 bytes).
+const COUNTER_ENTRY_MAX_BYTES: usize = 20;
+/// The share of a frame one event's whole unit may use; the rest stays for the other events'
+/// digest entries in the same frame.
+pub(super) fn unit_room(budget: usize) -> usize {
+    budget - budget / 8
+}
+
+/// The most one event's gossip unit can grow to: its genesis and first metadata change, and
+/// every row with every seat given away and every counter changed.
+pub(super) fn largest_gossip_unit(genesis: &Genesis, meta_bytes: usize) -> usize {
+    let regions = genesis.regions.len();
+    let genesis_bytes = postcard::experimental::serialized_size(genesis).unwrap_or(usize::MAX);
+    let rows: usize = genesis
+        .pools
+        .iter()
+        .map(|p| {
+            p.seat_count() * regions * SEAT_ENTRY_MAX_BYTES
+                + regions * (regions + 2) * COUNTER_ENTRY_MAX_BYTES
+        })
+        .sum();
+    genesis_bytes
+        .saturating_add(meta_bytes)
+        .saturating_add(rows)
+}
+
+impl Core {
+    pub(super) fn gossip(&mut self) {
+        let peers: Vec<String> = self
+            .cfg
+            .regions
+            .iter()
+            .filter(|r| **r != self.cfg.region)
+            .cloned()
+            .collect();
+        for peer in peers {
+            self.gossip_to(&peer);
+        }
+    }
+
+    /// Builds the frame for one peer within the frame budget. Each event is one unit, never
+    /// split (a row's entries keep only their last stamp, so part of a delta would pass for all
+    /// of it); units the peer has been owed longest go first, and what does not fit waits.
+    fn gossip_to(&mut self, peer: &str) {
+        let now = self.now;
+        let mut units: Vec<(Option<Millis>, usize, usize, EventGossip)> = Vec::new();
+        for (ev, e) in self.events.iter_mut().enumerate() {
+            if e.created_at_index > self.persisted {
+                continue;
+            }
+            let Some(p) = e.genesis().region_index(peer) else {
+                continue;
+            };
+            let Some(unit) = Self::gossip_unit(e, p, self.persisted) else {
+                continue;
+            };
+            let size = postcard::experimental::serialized_size(&unit).unwrap_or(usize::MAX);
+            units.push((e.peers[p as usize].owed_since, size, ev, unit));
+        }
+        // Owed longest first; never-owed units after them, in event order.
+        units.sort_by_key(|u| (u.0.is_none(), u.0, u.2));
+        let budget = self.cfg.frame_budget_bytes;
+        // The frame's own length prefix is at most a few bytes.
+        let mut used = 8usize;
+        let mut frame = GossipFrame::default();
+        for (_, size, ev, unit) in units {
+            let e = &mut self.events[ev];
+            let p = e.genesis().region_index(peer).expect("checked above") as usize;
+            // Digest-only entries wait their turn too: a peer must hear every event's version
+            // vector and figures eventually, however busy the frames are.
+            if used.saturating_add(size) <= budget {
+                used += size;
+                e.peers[p].owed_since = None;
+                frame.events.push(unit);
+            } else {
+                e.peers[p].owed_since.get_or_insert(now);
+            }
+        }
+        debug_assert!(
+            postcard::experimental::serialized_size(&frame).unwrap_or(usize::MAX) <= budget,
+            "a gossip frame over its budget"
+        );
+        if !frame.events.is_empty() {
+            self.out.messages.push((peer.to_owned(), frame));
+        }
+    }
+
+    /// What one event tells peer `p`: its digest entry (version vector, ephemeral figures),
+    /// the row deltas the peer lacks, and the genesis and metadata while it lacks them.
+    fn gossip_unit(e: &mut EventState, p: RegionIdx, persisted: u64) -> Option<EventGossip> {
+        let meta_durable = e.meta_index <= persisted;
+        let view = &e.peers[p as usize];
+        let genesis = match (&view.vv, meta_durable) {
+            (None, true) => Some(((**e.genesis()).clone(), e.meta.all_changes())),
+            (None, false) => return None,
+            _ => None,
+        };
+        let theirs = view.vv.clone().unwrap_or_default();
+        // Our own entry is the durable version: the one the rows we send can prove.
+        let mut vv = e.ledger.version_vector();
+        if !crate::bugs::publish_before_durable() {
+            vv.set(e.me as usize, e.published.seq);
+        }
+        let mut rows = Vec::new();
+        for w in 0..e.genesis().regions.len() as RegionIdx {
+            if w == p {
+                continue;
+            }
+            let have = theirs.get(w as usize);
+            let d = if w == e.me && !crate::bugs::publish_before_durable() {
+                e.published.delta_since(e.ledger.hash(), have)
+            } else {
+                e.ledger.delta_since(w, have)
+            };
+            rows.extend(d);
+        }
+        let meta_heads = e.meta.heads();
+        let view = &e.peers[p as usize];
+        let meta_changes = if meta_durable && view.vv.is_some() && view.meta_heads != meta_heads {
+            let theirs = view.meta_heads.clone();
+            e.meta.changes_since(&theirs)
+        } else {
+            Vec::new()
+        };
+        Some(EventGossip {
+            event: e.id.to_string(),
+            genesis_hash: e.ledger.hash(),
+            genesis,
+            vv,
+            rows,
+            meta_heads,
+            meta_changes,
+            held: e.held.clone(),
+            sale_rate_per_min: e.rates.iter().map(|r| r.per_min).collect(),
+        })
+    }
+
+    pub(super) fn peer(&mut self, from: &str, frame: GossipFrame) {
+        if from == self.cfg.region || !self.cfg.regions.iter().any(|r| r == from) {
+            self.out
+                .warnings
+                .push(format!("gossip from unknown region {from:?} refused"));
+            return;
+        }
+        for mut g in frame.events {
+            let ev = match self.by_id.get(g.event.as_str()) {
+                Some(&ev) => ev,
+                None => {
+                    let Some((genesis, meta)) = g.genesis.take() else {
+                        continue;
+                    };
+                    if let Err(why) = self.learn_event(genesis, meta, g.genesis_hash, &g.event) {
+                        self.out
+                            .warnings
+                            .push(format!("event {:?} from {from} refused: {why}", g.event));
+                        continue;
+                    }
+                    self.by_id[g.event.as_str()]
+                }
+            };
+            if self.events[ev].ledger.hash() != g.genesis_hash {
+                self.out.warnings.push(format!(
+                    "event {:?} from {from}: genesis {} differs from ours; refused",
+                    g.event, g.genesis_hash
+                ));
+                continue;
+            }
+            let Some(p) = self.events[ev].genesis().region_index(from) else {
+                continue;
+            };
+            if let Err(why) = self.events[ev].check_gossip(&g) {
+                self.out
+                    .warnings
+                    .push(format!("event {:?} from {from}: refused: {why}", g.event));
+                continue;
+            }
+            let me = self.events[ev].me;
+            {
+                let view = &mut self.events[ev].peers[p as usize];
+                view.vv = Some(g.vv);
+                view.meta_heads = g.meta_heads;
+                view.held = g.held;
+                view.sale_rate_per_min = g.sale_rate_per_min;
+                view.heard_at = Some(self.now);
+            }
+            for row in g.rows {
+                if row.writer == me {
+                    continue;
+                }
+                self.commit_peer(
+                    RecordBody::PeerRow {
+                        event: g.event.clone(),
+                        row,
+                    },
+                    from,
+                );
+            }
+            if !g.meta_changes.is_empty() && self.events[ev].meta.has_new(&g.meta_changes) {
+                self.commit_peer(
+                    RecordBody::MetaChanged {
+                        event: g.event.clone(),
+                        changes: g.meta_changes,
+                        idem: None,
+                    },
+                    from,
+                );
+            }
+        }
+    }
+
+    pub(super) fn learn_event(
+        &mut self,
+        genesis: Genesis,
+        meta: Vec<Vec<u8>>,
+        hash: allot_crdt::GenesisHash,
+        id: &str,
+    ) -> Result<(), String> {
+        genesis.validate().map_err(|e| e.to_string())?;
+        if genesis.hash() != hash || genesis.id != id {
+            return Err("genesis does not match its hash or id".into());
+        }
+        let index = self.last_index + 1;
+        let body = RecordBody::EventCreated {
+            genesis,
+            meta,
+            idem: None,
+        };
+        self.apply_record(index, self.now, &body)?;
+        self.last_index = index;
+        self.out.records.push(Record {
+            index,
+            at: self.now,
+            body,
+        });
+        Ok(())
+    }
+
+    /// Applies peer input as a record; emits it only if it changed something.
+    fn commit_peer(&mut self, body: RecordBody, from: &str) {
+        let index = self.last_index + 1;
+        match self.apply_record(index, self.now, &body) {
+            Ok(true) => {
+                self.last_index = index;
+                self.out.records.push(Record {
+                    index,
+                    at: self.now,
+                    body,
+                });
+            }
+            Ok(false) => {}
+            Err(why) => self
+                .out
+                .warnings
+                .push(format!("from {from}: refused: {why}")),
+        }
+    }
+}
