@@ -9,7 +9,7 @@
 //! Every state change goes through [`Core::apply_record`]: the live path builds a record,
 //! applies it and emits it, and [`Core::recover`] applies the same records again.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use allot_crdt::{
@@ -25,11 +25,13 @@ use crate::gossip::GossipFrame;
 use crate::ids::{GlobalId, IdKey, IdKind};
 use crate::record::{IdemRecord, Record, RecordBody, ReleaseReason};
 
+mod durability;
 mod hold_book;
 mod idempotency;
 mod peer_calls;
 mod sync;
 
+use durability::{DurabilityQueues, PendingCredit, PendingRow};
 use hold_book::HoldBook;
 use idempotency::{IdempotencyTable, Seen};
 pub(crate) use peer_calls::Caller;
@@ -142,19 +144,11 @@ pub struct Core {
     idem: IdempotencyTable,
     next_order: u64,
     last_index: u64,
-    persisted: u64,
     now: Millis,
-    waiting: VecDeque<(u64, Caller, Reply)>,
+    /// What waits for the disk.
+    durable: DurabilityQueues,
     /// Calls to and from other regions.
     calls: ExchangeBook,
-    own_pending: VecDeque<(u64, usize, RowDelta)>,
-    /// Orders whose records are not durable yet, as (record index, order number) in record
-    /// order. Readers do not see them: an answer may only show what a crash cannot undo.
-    unpublished_orders: VecDeque<(u64, u64)>,
-    /// Refunds not durable yet, by order number → record index: readers still see the order
-    /// as confirmed.
-    unpublished_refunds: BTreeMap<u64, u64>,
-    credit_pending: VecDeque<(u64, usize, PoolIdx, u64, Option<SeatIdx>)>,
     out: Ready,
 }
 
@@ -196,14 +190,9 @@ impl Core {
             idem: IdempotencyTable::default(),
             next_order: 1,
             last_index: 0,
-            persisted: 0,
             now: 0,
-            waiting: VecDeque::new(),
+            durable: DurabilityQueues::default(),
             calls: ExchangeBook::new(incarnation),
-            own_pending: VecDeque::new(),
-            unpublished_orders: VecDeque::new(),
-            unpublished_refunds: BTreeMap::new(),
-            credit_pending: VecDeque::new(),
             out: Ready::default(),
         }
     }
@@ -242,7 +231,7 @@ impl Core {
     }
 
     pub fn persisted_index(&self) -> u64 {
-        self.persisted
+        self.durable.persisted()
     }
 
     pub fn handle(&mut self, now: Millis, input: Input) {
@@ -359,10 +348,10 @@ impl Core {
 
     /// Releases the reply once record `index` is durable.
     fn reply_after(&mut self, index: u64, id: Caller, reply: Reply) {
-        if index <= self.persisted {
+        if index <= self.durable.persisted() {
             self.deliver_reply(id, reply);
         } else {
-            self.waiting.push_back((index, id, reply));
+            self.durable.reply_after(index, id, reply);
         }
     }
 
@@ -1093,7 +1082,7 @@ impl Core {
                     ));
                 }
                 self.orders.push(order.clone());
-                self.unpublished_orders.push_back((index, order.n));
+                self.durable.order_placed(index, order.n);
                 self.remember(index, at, idem);
             }
             RecordBody::Refunded { order, row, idem } => {
@@ -1104,7 +1093,7 @@ impl Core {
                     .ok_or("refund of an unknown order")?;
                 o.status = OrderStatus::Refunded;
                 let (event, pool, seats) = (o.event.clone(), o.pool, o.seats.clone());
-                self.unpublished_refunds.insert(order.n, index);
+                self.durable.order_refunded(index, order.n);
                 let ev = self.event_idx(&event).map_err(|e| e.to_string())?;
                 for s in seats {
                     self.events[ev].seats[pool as usize][s as usize] = SeatLocal::Free;
@@ -1145,13 +1134,23 @@ impl Core {
                         e.ledger.apply(row).map_err(|r| r.to_string())?;
                         for c in credits.iter().filter(|c| c.to == e.me) {
                             e.pending_credit[c.pool as usize] += c.amount;
-                            self.credit_pending
-                                .push_back((index, ev, c.pool, c.amount, None));
+                            self.durable.credit(PendingCredit {
+                                index,
+                                event: ev,
+                                pool: c.pool,
+                                amount: c.amount,
+                                seat: None,
+                            });
                         }
                         for m in seats.iter().filter(|m| m.to == e.me) {
                             e.seats[m.pool as usize][m.seat as usize] = SeatLocal::Arriving(index);
-                            self.credit_pending
-                                .push_back((index, ev, m.pool, 0, Some(m.seat)));
+                            self.durable.credit(PendingCredit {
+                                index,
+                                event: ev,
+                                pool: m.pool,
+                                amount: 0,
+                                seat: Some(m.seat),
+                            });
                         }
                     }
                 }
@@ -1224,7 +1223,11 @@ impl Core {
             Applied::Advanced { .. } => {}
             other => return Err(format!("own row did not advance: {other:?}")),
         }
-        self.own_pending.push_back((index, ev, row.clone()));
+        self.durable.own_row(PendingRow {
+            index,
+            event: ev,
+            row: row.clone(),
+        });
         Ok(())
     }
 
@@ -1243,34 +1246,24 @@ impl Core {
     }
 
     fn persisted(&mut self, upto: u64) {
-        let upto = upto.min(self.last_index);
-        if upto <= self.persisted {
+        if !self.durable.advance(upto.min(self.last_index)) {
             return;
         }
-        self.persisted = upto;
-        while self.own_pending.front().is_some_and(|(i, _, _)| *i <= upto) {
-            let (_, ev, row) = self.own_pending.pop_front().expect("checked");
-            self.events[ev].published.absorb(&row);
+        while let Some(r) = self.durable.durable_row() {
+            self.events[r.event].published.absorb(&r.row);
         }
-        while self.unpublished_orders.front().is_some_and(|o| o.0 <= upto) {
-            self.unpublished_orders.pop_front();
-        }
-        if !self.unpublished_refunds.is_empty() {
-            self.unpublished_refunds.retain(|_, index| *index > upto);
-        }
-        while self.credit_pending.front().is_some_and(|c| c.0 <= upto) {
-            let (_, ev, pool, amount, seat) = self.credit_pending.pop_front().expect("checked");
-            let e = &mut self.events[ev];
-            e.pending_credit[pool as usize] -= amount;
-            if let Some(s) = seat {
-                if matches!(e.seats[pool as usize][s as usize], SeatLocal::Arriving(_)) {
-                    e.seats[pool as usize][s as usize] = SeatLocal::Free;
+        while let Some(c) = self.durable.durable_credit() {
+            let e = &mut self.events[c.event];
+            let p = c.pool as usize;
+            e.pending_credit[p] -= c.amount;
+            if let Some(s) = c.seat {
+                if matches!(e.seats[p][s as usize], SeatLocal::Arriving(_)) {
+                    e.seats[p][s as usize] = SeatLocal::Free;
                 }
             }
         }
-        while self.waiting.front().is_some_and(|w| w.0 <= upto) {
-            let (_, id, reply) = self.waiting.pop_front().expect("checked");
-            self.deliver_reply(id, reply);
+        while let Some((caller, reply)) = self.durable.durable_reply() {
+            self.deliver_reply(caller, reply);
         }
     }
 
@@ -1318,15 +1311,11 @@ impl Core {
     /// (a failed sync must not leave a readable order that a restart forgets), and shown
     /// confirmed until its refund is synced.
     pub fn durable_order(&self, n: u64) -> Option<std::borrow::Cow<'_, Order>> {
-        if self
-            .unpublished_orders
-            .front()
-            .is_some_and(|&(_, first)| n >= first)
-        {
+        if !self.durable.order_durable(n) {
             return None;
         }
         let o = self.order(n)?;
-        if self.unpublished_refunds.contains_key(&n) {
+        if self.durable.refund_pending(n) {
             let mut before = o.clone();
             before.status = OrderStatus::Confirmed;
             return Some(std::borrow::Cow::Owned(before));
@@ -1366,6 +1355,7 @@ impl Core {
     pub fn check_invariants(&self) -> Result<(), String> {
         self.calls.check()?;
         self.idem.check()?;
+        self.durable.check()?;
         self.holds.check()?;
         for e in &self.events {
             let g = e.genesis().clone();

@@ -67,8 +67,13 @@ pub async fn run(data: Option<PathBuf>, seconds: Option<u64>, rate: u64) -> anyh
         .iter()
         .map(|l| l.local_addr())
         .collect::<Result<_, _>>()?;
-    let quic: Vec<SocketAddr> = (0..3)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()))
+    // Bound now and handed to the nodes, so no port changes hands between choosing and using.
+    let mut sockets: Vec<Option<std::net::UdpSocket>> = (0..3)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").map(Some))
+        .collect::<Result<_, _>>()?;
+    let quic: Vec<SocketAddr> = sockets
+        .iter()
+        .map(|s| s.as_ref().expect("bound above").local_addr())
         .collect::<Result<_, _>>()?;
     let mut stops = Vec::new();
     let mut tasks = Vec::new();
@@ -81,6 +86,7 @@ pub async fn run(data: Option<PathBuf>, seconds: Option<u64>, rate: u64) -> anyh
             Some(token.clone()),
         );
         opts.quic = quic[i];
+        opts.quic_socket = sockets[i].take();
         opts.peers = (0..3)
             .filter(|&j| j != i)
             .map(|j| Peer {

@@ -43,6 +43,10 @@ pub struct NodeOptions {
     /// Test-only fault injection; `Faults::default()` everywhere else.
     pub faults: Faults,
     pub quic: SocketAddr,
+    /// The QUIC socket, already bound (to `quic`): a caller that must know every region's
+    /// address before any node starts binds them first, so no other process can take a port
+    /// between choosing it and using it. Bound from `quic` at start when `None`.
+    pub quic_socket: Option<std::net::UdpSocket>,
     pub peers: Vec<Peer>,
     /// `ca.pem`, `<region>.pem`, `<region>.key`; without it the node runs alone.
     pub tls_dir: Option<PathBuf>,
@@ -80,6 +84,7 @@ impl NodeOptions {
             max_quantity: 20,
             faults: Faults::default(),
             quic: SocketAddr::from(([127, 0, 0, 1], 0)),
+            quic_socket: None,
             peers: Vec::new(),
             tls_dir: None,
             reconnect_max: Duration::from_millis(250),
@@ -116,6 +121,7 @@ impl NodeOptions {
             max_quantity: cfg.cluster.max_quantity,
             faults: Faults::default(),
             quic: r.quic,
+            quic_socket: None,
             peers: cfg
                 .regions
                 .iter()
@@ -147,7 +153,7 @@ pub async fn run(
 }
 
 pub async fn serve(
-    opts: NodeOptions,
+    mut opts: NodeOptions,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -185,7 +191,11 @@ pub async fn serve(
             let (h1, h2) = (running.handle.clone(), running.handle.clone());
             let t = Arc::new(Transport::start(
                 &opts.region,
-                opts.quic,
+                match opts.quic_socket.take() {
+                    Some(s) => s,
+                    None => std::net::UdpSocket::bind(opts.quic)
+                        .with_context(|| format!("binding QUIC on {}", opts.quic))?,
+                },
                 peers,
                 &identity,
                 LinkTiming::new(opts.reconnect_max, opts.largest_rtt),

@@ -125,7 +125,7 @@ impl Transport {
     /// `deliver(from, frame)`; a (re)connected outgoing link calls `reconnected(peer)`.
     pub fn start(
         me: &str,
-        bind: SocketAddr,
+        socket: std::net::UdpSocket,
         peers: Vec<PeerAddr>,
         identity: &Identity,
         timing: LinkTiming,
@@ -143,7 +143,7 @@ impl Transport {
         let mut endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::new(identity.reset_key()),
             Some(server),
-            std::net::UdpSocket::bind(bind)?,
+            socket,
             runtime,
         )?;
         endpoint.set_default_client_config(client);

@@ -93,7 +93,13 @@ async fn views_agree_soon_after_a_silent_partition_heals() {
     let names = ["eu-west", "us-east"];
     let regions: Vec<String> = names.map(String::from).to_vec();
     allot::tls::generate(&regions, &dir.path().join("certs")).unwrap();
-    let quic: Vec<SocketAddr> = (0..2).map(|_| free_udp()).collect();
+    let mut sockets: Vec<Option<std::net::UdpSocket>> = (0..2)
+        .map(|_| Some(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()))
+        .collect();
+    let quic: Vec<SocketAddr> = sockets
+        .iter()
+        .map(|s| s.as_ref().unwrap().local_addr().unwrap())
+        .collect();
     let dropping: Arc<AtomicBool> = Arc::default();
     // Each node reaches the other only through a relay.
     let via = [
@@ -116,6 +122,7 @@ async fn views_agree_soon_after_a_silent_partition_heals() {
         opts.tick = GOSSIP;
         opts.reconnect_max = RECONNECT_MAX;
         opts.quic = quic[i];
+        opts.quic_socket = sockets[i].take();
         opts.peers = vec![Peer {
             name: names[1 - i].into(),
             http: "127.0.0.1:1".parse().unwrap(),

@@ -26,7 +26,7 @@ fn dialer(me: &str, certs: &std::path::Path, target_name: &str, target: SocketAd
     let id = Identity::load(certs, me).unwrap();
     Transport::start(
         me,
-        free_udp(),
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
         vec![PeerAddr {
             name: target_name.into(),
             quic: target,
@@ -57,10 +57,11 @@ async fn only_the_cluster_ca_and_configured_regions_get_through() {
     let received: Arc<AtomicU64> = Arc::default();
     let from_us_east: Arc<AtomicU64> = Arc::default();
     let (r, u) = (received.clone(), from_us_east.clone());
-    let target_addr = free_udp();
+    let target_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target_addr = target_socket.local_addr().unwrap();
     let target = Transport::start(
         "eu-west",
-        target_addr,
+        target_socket,
         vec![
             PeerAddr {
                 name: "us-east".into(),

@@ -79,7 +79,7 @@ impl Core {
         };
         // Metadata goes out only once durable (DESIGN: a change is synced before it is sent);
         // if an edit is still on its way to disk, the caller learns the event by gossip.
-        let persisted = self.persisted;
+        let persisted = self.durable.persisted();
         let event = match &outcome {
             Answered::EventCreated { event } => self
                 .by_id

@@ -64,13 +64,13 @@ impl Core {
         let now = self.now;
         let mut units: Vec<(Option<Millis>, usize, usize, EventGossip)> = Vec::new();
         for (ev, e) in self.events.iter_mut().enumerate() {
-            if e.created_at_index > self.persisted {
+            if e.created_at_index > self.durable.persisted() {
                 continue;
             }
             let Some(p) = e.genesis().region_index(peer) else {
                 continue;
             };
-            let Some(unit) = Self::gossip_unit(e, p, self.persisted) else {
+            let Some(unit) = Self::gossip_unit(e, p, self.durable.persisted()) else {
                 continue;
             };
             let size = postcard::experimental::serialized_size(&unit).unwrap_or(usize::MAX);

@@ -1,0 +1,155 @@
+//! What waits for the disk: everything the core did that must not be seen, published or
+//! spent before the record behind it is durable, in record order.
+//!
+//! - replies: a client hears of a change only once it survives a crash;
+//! - own row versions: gossip publishes this region's row only as far as it is durable;
+//! - credits from peers' rows: quota (or a seat) received is spendable only once the record
+//!   that applied it is durable, so a restart never finds a region that sold more than it can
+//!   prove it owned;
+//! - orders and refunds: readers see them only once durable.
+//!
+//! "Persisted up to n" covers records 1..=n; each queue releases its front while the front's
+//! record index is at most n.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use allot_crdt::{PoolIdx, RowDelta, SeatIdx};
+
+use crate::api::Reply;
+
+use super::Caller;
+
+/// Quota or a seat a peer's row gave this region, not spendable until durable.
+pub(super) struct PendingCredit {
+    pub index: u64,
+    /// The event's position in the core.
+    pub event: usize,
+    pub pool: PoolIdx,
+    pub amount: u64,
+    pub seat: Option<SeatIdx>,
+}
+
+/// A version of this region's own row, published once durable.
+pub(super) struct PendingRow {
+    pub index: u64,
+    pub event: usize,
+    pub row: RowDelta,
+}
+
+#[derive(Default)]
+pub(super) struct DurabilityQueues {
+    persisted: u64,
+    replies: VecDeque<(u64, Caller, Reply)>,
+    own_rows: VecDeque<PendingRow>,
+    credits: VecDeque<PendingCredit>,
+    /// Orders whose records are not durable yet, as (record index, order number).
+    unpublished_orders: VecDeque<(u64, u64)>,
+    /// Refunds not durable yet, by order number → record index.
+    unpublished_refunds: BTreeMap<u64, u64>,
+}
+
+impl DurabilityQueues {
+    /// Records up to this index are durable.
+    pub fn persisted(&self) -> u64 {
+        self.persisted
+    }
+
+    /// Notes records `..=upto` durable; false if that is not news.
+    pub fn advance(&mut self, upto: u64) -> bool {
+        if upto <= self.persisted {
+            return false;
+        }
+        self.persisted = upto;
+        while self.unpublished_orders.front().is_some_and(|o| o.0 <= upto) {
+            self.unpublished_orders.pop_front();
+        }
+        if !self.unpublished_refunds.is_empty() {
+            self.unpublished_refunds.retain(|_, index| *index > upto);
+        }
+        true
+    }
+
+    pub fn reply_after(&mut self, index: u64, caller: Caller, reply: Reply) {
+        self.replies.push_back((index, caller, reply));
+    }
+
+    pub fn own_row(&mut self, row: PendingRow) {
+        self.own_rows.push_back(row);
+    }
+
+    pub fn credit(&mut self, credit: PendingCredit) {
+        self.credits.push_back(credit);
+    }
+
+    pub fn order_placed(&mut self, index: u64, order: u64) {
+        self.unpublished_orders.push_back((index, order));
+    }
+
+    pub fn order_refunded(&mut self, index: u64, order: u64) {
+        self.unpublished_refunds.insert(order, index);
+    }
+
+    /// The next own row version now durable.
+    pub fn durable_row(&mut self) -> Option<PendingRow> {
+        let upto = self.persisted;
+        self.own_rows
+            .front()
+            .is_some_and(|r| r.index <= upto)
+            .then(|| self.own_rows.pop_front())?
+    }
+
+    /// The next credit now durable.
+    pub fn durable_credit(&mut self) -> Option<PendingCredit> {
+        let upto = self.persisted;
+        self.credits
+            .front()
+            .is_some_and(|c| c.index <= upto)
+            .then(|| self.credits.pop_front())?
+    }
+
+    /// The next reply whose record is now durable.
+    pub fn durable_reply(&mut self) -> Option<(Caller, Reply)> {
+        let upto = self.persisted;
+        self.replies
+            .front()
+            .is_some_and(|r| r.0 <= upto)
+            .then(|| self.replies.pop_front().map(|(_, c, r)| (c, r)))?
+    }
+
+    /// Whether order `n` is durable (orders are numbered in record order).
+    pub fn order_durable(&self, n: u64) -> bool {
+        self.unpublished_orders
+            .front()
+            .is_none_or(|&(_, first)| n < first)
+    }
+
+    pub fn refund_pending(&self, n: u64) -> bool {
+        self.unpublished_refunds.contains_key(&n)
+    }
+
+    /// Every queue waits only on records not yet durable, in record order.
+    pub fn check(&self) -> Result<(), String> {
+        let upto = self.persisted;
+        let ordered = |it: &mut dyn Iterator<Item = u64>| {
+            let mut last = upto;
+            for i in it {
+                if i <= upto || i < last {
+                    return false;
+                }
+                last = i;
+            }
+            true
+        };
+        if !ordered(&mut self.replies.iter().map(|r| r.0))
+            || !ordered(&mut self.own_rows.iter().map(|r| r.index))
+            || !ordered(&mut self.credits.iter().map(|c| c.index))
+            || !ordered(&mut self.unpublished_orders.iter().map(|o| o.0))
+            || self.unpublished_refunds.values().any(|&i| i <= upto)
+        {
+            return Err(format!(
+                "a durability queue holds a record at or below the durable index {upto}, or out of order"
+            ));
+        }
+        Ok(())
+    }
+}
