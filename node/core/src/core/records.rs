@@ -1,0 +1,330 @@
+//! Records: the one place state changes. The live path builds a record, applies it here and
+//! emits it; `Core::recover` applies the same records again; "persisted up to n" releases
+//! what waited for them.
+
+use allot_crdt::{Applied, MetaDoc, RowDelta};
+
+use crate::api::*;
+use crate::event::{EventState, SeatLocal};
+use crate::record::{IdemRecord, Record, RecordBody};
+
+use super::durability::{PendingCredit, PendingRow};
+use super::Core;
+
+impl Core {
+    /// Applies a record the live path built (so it cannot fail) and emits it.
+    pub(super) fn commit(&mut self, body: RecordBody) -> u64 {
+        let index = self.last_index + 1;
+        let changed = self
+            .apply_record(index, self.now, &body)
+            .expect("the live path builds only valid records");
+        assert!(changed, "a command's record always changes state");
+        self.last_index = index;
+        self.out.records.push(Record {
+            index,
+            at: self.now,
+            body,
+        });
+        index
+    }
+
+    /// The one place state changes. Returns whether the record changed anything (a peer row
+    /// may turn out to be old news, and then is not recorded).
+    pub(super) fn apply_record(
+        &mut self,
+        index: u64,
+        at: Millis,
+        body: &RecordBody,
+    ) -> Result<bool, String> {
+        match body {
+            RecordBody::EventCreated {
+                genesis,
+                meta,
+                idem,
+            } => {
+                if self.by_id.contains_key(genesis.id.as_str()) {
+                    return Err(format!("event {} created twice", genesis.id));
+                }
+                genesis.validate().map_err(|e| e.to_string())?;
+                let me = genesis
+                    .region_index(&self.cfg.region)
+                    .ok_or("event does not include this region")?;
+                let actor = EventState::actor(&self.cfg.region, self.cfg.incarnation);
+                let doc = MetaDoc::from_changes(&actor, meta).map_err(|e| e.to_string())?;
+                let info = doc.read().map_err(|e| e.to_string())?;
+                let mut ev = EventState::new(genesis.clone(), me, doc, info, index);
+                ev.meta_bytes = meta.iter().map(Vec::len).sum();
+                self.by_id.insert(ev.id.clone(), self.events.len());
+                self.events.push(ev);
+                self.remember(index, at, idem);
+            }
+            RecordBody::MetaChanged {
+                event,
+                changes,
+                idem,
+            } => {
+                let ev = self.event_idx(event).map_err(|e| e.to_string())?;
+                let e = &mut self.events[ev];
+                // Tried on a fork first: changes that leave the metadata unreadable change
+                // nothing.
+                let info = e.meta.apply_checked(changes).map_err(|e| e.to_string())?;
+                e.info = info;
+                e.refresh_prices();
+                e.meta_index = index;
+                e.meta_bytes += changes.iter().map(Vec::len).sum::<usize>();
+                self.remember(index, at, idem);
+            }
+            RecordBody::HoldPlaced { hold, idem } => {
+                let ev = self.event_idx(&hold.event).map_err(|e| e.to_string())?;
+                let e = &mut self.events[ev];
+                let p = hold.pool as usize;
+                e.held[p] += hold.quantity;
+                for &s in &hold.seats {
+                    assert_eq!(
+                        e.seats[p][s as usize],
+                        SeatLocal::Free,
+                        "held seat must be free"
+                    );
+                    e.seats[p][s as usize] = SeatLocal::Held(hold.n);
+                }
+                e.assert_pool(hold.pool);
+                self.holds.insert(hold.clone());
+                self.remember(index, at, idem);
+            }
+            RecordBody::HoldsReleased { holds, .. } => {
+                for n in holds {
+                    let h = self
+                        .holds
+                        .take(*n)
+                        .ok_or_else(|| format!("release of unknown hold {n}"))?;
+                    self.drop_hold(&h, SeatLocal::Free);
+                }
+            }
+            RecordBody::OrderPlaced {
+                order,
+                hold,
+                row,
+                idem,
+            } => {
+                let ev = self.event_idx(&order.event).map_err(|e| e.to_string())?;
+                if let Some(h) = hold {
+                    let h = self.holds.take(*h).ok_or("confirm of an unknown hold")?;
+                    self.drop_hold(&h, SeatLocal::Sold(order.n));
+                    self.order_of_hold.insert(h.n, order.n);
+                } else {
+                    let e = &mut self.events[ev];
+                    for &s in &order.seats {
+                        assert_eq!(
+                            e.seats[order.pool as usize][s as usize],
+                            SeatLocal::Free,
+                            "sold seat must be free"
+                        );
+                        e.seats[order.pool as usize][s as usize] = SeatLocal::Sold(order.n);
+                    }
+                }
+                self.apply_own_row(index, ev, row)?;
+                self.events[ev].assert_pool(order.pool);
+                self.next_order = self.next_order.max(order.n + 1);
+                if order.n != self.orders.len() as u64 + 1 {
+                    return Err(format!(
+                        "order {} out of sequence after {}",
+                        order.n,
+                        self.orders.len()
+                    ));
+                }
+                self.orders.push(order.clone());
+                self.durable.order_placed(index, order.n);
+                self.remember(index, at, idem);
+            }
+            RecordBody::Refunded { order, row, idem } => {
+                let o = order
+                    .n
+                    .checked_sub(1)
+                    .and_then(|i| self.orders.get_mut(i as usize))
+                    .ok_or("refund of an unknown order")?;
+                o.status = OrderStatus::Refunded;
+                let (event, pool, seats) = (o.event.clone(), o.pool, o.seats.clone());
+                self.durable.order_refunded(index, order.n);
+                let ev = self.event_idx(&event).map_err(|e| e.to_string())?;
+                for s in seats {
+                    self.events[ev].seats[pool as usize][s as usize] = SeatLocal::Free;
+                }
+                self.apply_own_row(index, ev, row)?;
+                self.events[ev].assert_pool(pool);
+                self.remember(index, at, idem);
+            }
+            RecordBody::Granted { event, row, idem } => {
+                let ev = self.event_idx(event).map_err(|e| e.to_string())?;
+                self.apply_own_row(index, ev, row)?;
+                for &(_, entry) in &row.entries {
+                    self.events[ev].assert_pool(entry.pool());
+                }
+                self.remember(index, at, idem);
+            }
+            RecordBody::RowRestored { .. }
+            | RecordBody::OrderRestored { .. }
+            | RecordBody::KeyRestored { .. }
+            | RecordBody::CountersRestored { .. } => {
+                self.restore(index, at, body)?;
+            }
+            RecordBody::PeerRow { event, row } => {
+                let ev = self.event_idx(event).map_err(|e| e.to_string())?;
+                let e = &mut self.events[ev];
+                if row.writer == e.me {
+                    return Err("a peer row written by this region".into());
+                }
+                // Every rule is checked on the preview, before anything changes: a refused
+                // row leaves no trace (no half-applied ledger, no stray pending credit).
+                match e.ledger.preview(row).map_err(|r| r.to_string())? {
+                    Applied::Stale | Applied::Gap { .. } => return Ok(false),
+                    Applied::Advanced { credits, seats, .. } => {
+                        if seats.iter().any(|m| m.from == e.me) {
+                            return Err("a peer row moved a seat this region owns".into());
+                        }
+                        e.check_credits_fit(&credits)?;
+                        e.ledger.apply(row).map_err(|r| r.to_string())?;
+                        for c in credits.iter().filter(|c| c.to == e.me) {
+                            e.pending_credit[c.pool as usize] += c.amount;
+                            self.durable.credit(PendingCredit {
+                                index,
+                                event: ev,
+                                pool: c.pool,
+                                amount: c.amount,
+                                seat: None,
+                            });
+                        }
+                        for m in seats.iter().filter(|m| m.to == e.me) {
+                            e.seats[m.pool as usize][m.seat as usize] = SeatLocal::Arriving(index);
+                            self.durable.credit(PendingCredit {
+                                index,
+                                event: ev,
+                                pool: m.pool,
+                                amount: 0,
+                                seat: Some(m.seat),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    pub(super) fn restore(
+        &mut self,
+        index: u64,
+        at: Millis,
+        body: &RecordBody,
+    ) -> Result<(), String> {
+        match body {
+            RecordBody::RowRestored { event, row } => {
+                let ev = self.event_idx(event).map_err(|e| e.to_string())?;
+                let e = &mut self.events[ev];
+                if row.since != 0 {
+                    return Err("a restored row must be whole (since 0)".into());
+                }
+                match e.ledger.apply(row).map_err(|r| r.to_string())? {
+                    Applied::Advanced { .. } => {}
+                    other => return Err(format!("restored row did not advance: {other:?}")),
+                }
+                if row.writer == e.me {
+                    e.published.absorb(row);
+                }
+            }
+            RecordBody::OrderRestored { order } => {
+                let ev = self.event_idx(&order.event).map_err(|e| e.to_string())?;
+                if order.n != self.orders.len() as u64 + 1 {
+                    return Err(format!(
+                        "order {} out of sequence after {}",
+                        order.n,
+                        self.orders.len()
+                    ));
+                }
+                if order.status == OrderStatus::Confirmed {
+                    let e = &mut self.events[ev];
+                    for &s in &order.seats {
+                        e.seats[order.pool as usize][s as usize] = SeatLocal::Sold(order.n);
+                    }
+                }
+                if let Some(h) = order.hold {
+                    self.order_of_hold.insert(h, order.n);
+                }
+                self.next_order = order.n + 1;
+                self.orders.push(order.clone());
+            }
+            RecordBody::KeyRestored { key, outcome } => {
+                self.remember(
+                    index,
+                    at,
+                    &Some(IdemRecord {
+                        key: key.clone(),
+                        outcome: outcome.clone(),
+                    }),
+                );
+            }
+            RecordBody::CountersRestored { next_hold } => {
+                self.holds.restore_next(*next_hold);
+            }
+            _ => unreachable!("restore is called with restore records only"),
+        }
+        Ok(())
+    }
+
+    pub(super) fn apply_own_row(
+        &mut self,
+        index: u64,
+        ev: usize,
+        row: &RowDelta,
+    ) -> Result<(), String> {
+        let e = &mut self.events[ev];
+        if row.writer != e.me {
+            return Err("own-row record written by another region".into());
+        }
+        match e.ledger.apply(row).map_err(|r| r.to_string())? {
+            Applied::Advanced { .. } => {}
+            other => return Err(format!("own row did not advance: {other:?}")),
+        }
+        self.durable.own_row(PendingRow {
+            index,
+            event: ev,
+            row: row.clone(),
+        });
+        Ok(())
+    }
+
+    /// Gives back what a hold that left the book set aside.
+    pub(super) fn drop_hold(&mut self, h: &Hold, seat_state: SeatLocal) {
+        let ev = self.by_id[&h.event];
+        let e = &mut self.events[ev];
+        e.held[h.pool as usize] -= h.quantity;
+        for &s in &h.seats {
+            e.seats[h.pool as usize][s as usize] = seat_state;
+        }
+    }
+
+    pub(super) fn remember(&mut self, index: u64, at: Millis, idem: &Option<IdemRecord>) {
+        self.idem.remember(index, at, idem);
+    }
+
+    pub(super) fn persisted(&mut self, upto: u64) {
+        if !self.durable.advance(upto.min(self.last_index)) {
+            return;
+        }
+        while let Some(r) = self.durable.durable_row() {
+            self.events[r.event].published.absorb(&r.row);
+        }
+        while let Some(c) = self.durable.durable_credit() {
+            let e = &mut self.events[c.event];
+            let p = c.pool as usize;
+            e.pending_credit[p] -= c.amount;
+            if let Some(s) = c.seat {
+                if matches!(e.seats[p][s as usize], SeatLocal::Arriving(_)) {
+                    e.seats[p][s as usize] = SeatLocal::Free;
+                }
+            }
+        }
+        while let Some((caller, reply)) = self.durable.durable_reply() {
+            self.deliver_reply(caller, reply);
+        }
+    }
+}
