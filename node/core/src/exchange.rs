@@ -33,7 +33,8 @@ pub enum Exchange {
     Call {
         id: CallId,
         key: Option<IdempotencyKey>,
-        command: Command,
+        /// Boxed: a command is large, and every message on its way is the size of the largest.
+        command: Box<Command>,
     },
     Answer {
         id: CallId,

@@ -167,7 +167,7 @@ fn a_region_serves_only_the_calls_regions_make() {
                     n: 1,
                 },
                 key: None,
-                command: buy(5),
+                command: Box::new(buy(5)),
             },
         },
     );
@@ -191,9 +191,9 @@ fn a_region_serves_only_the_calls_regions_make() {
                     n: 2,
                 },
                 key: None,
-                command: Command::ReadOrder {
+                command: Box::new(Command::ReadOrder {
                     order: "o-eu-west-1".into(),
-                },
+                }),
             },
         },
     );

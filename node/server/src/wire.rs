@@ -109,9 +109,9 @@ mod tests {
                 n: 9,
             },
             key: None,
-            command: Command::ReadOrder {
+            command: Box::new(Command::ReadOrder {
                 order: "o-us-east-1-000000000000000000000000".into(),
-            },
+            }),
         })
     }
 

@@ -153,9 +153,14 @@ impl Core {
         }
         let deadline = self.now.saturating_add(self.cfg.peer_call_timeout_ms);
         let id = self.calls.open(client, region, deadline);
-        self.out
-            .exchange
-            .push((region.to_owned(), Exchange::Call { id, key, command }));
+        self.out.exchange.push((
+            region.to_owned(),
+            Exchange::Call {
+                id,
+                key,
+                command: Box::new(command),
+            },
+        ));
     }
 
     /// Calls not answered in time: their callers hear that the region is unreachable.
@@ -195,6 +200,7 @@ impl Core {
         }
         match message {
             Exchange::Call { id, key, command } => {
+                let command = *command;
                 if !command.belongs_elsewhere_maybe() {
                     self.out
                         .warnings
