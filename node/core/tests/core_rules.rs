@@ -562,3 +562,39 @@ fn concurrent_metadata_edits_merge() {
     };
     assert_eq!(h.price_cents, 9900);
 }
+
+/// Keys are forgotten after the configured time (24 h by default): with a short TTL, a key
+/// repeated while live gets the first answer, and repeated after its expiry runs again.
+#[test]
+fn an_expired_idempotency_key_runs_again_and_a_live_one_does_not() {
+    let mut c = allot_node::cluster::LocalCluster::new(&["eu-west"]);
+    let mut cfg = Config::new("eu-west", &["eu-west".to_string()]);
+    cfg.idempotency_ttl_ms = 1_000;
+    c.cores[0] = Core::new(cfg);
+    c.call(0, Command::CreateEvent(spec("rock", 30, 0)))
+        .unwrap();
+    let key = |h: u8| {
+        Some(IdempotencyKey {
+            key: "k-1".into(),
+            body_hash: [h; 32],
+        })
+    };
+    let first = order_of(&c.call_keyed(0, key(1), buy(1))).clone();
+    c.advance(999);
+    c.tick(0);
+    assert_eq!(
+        order_of(&c.call_keyed(0, key(1), buy(1))),
+        &first,
+        "live: the first answer"
+    );
+    assert!(matches!(
+        c.call_keyed(0, key(2), buy(1)),
+        Err(CoreError::IdempotencyMismatch)
+    ));
+    c.advance(1);
+    c.tick(0);
+    let again = order_of(&c.call_keyed(0, key(2), buy(1))).clone();
+    assert_ne!(again.n, first.n, "expired: the request runs again");
+    assert_eq!(c.cores[0].event("rock").unwrap().ledger.consumed(0, 0), 2);
+    c.cores[0].check_invariants().unwrap();
+}
