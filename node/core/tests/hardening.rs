@@ -80,88 +80,48 @@ fn each_kind_of_bad_peer_frame_changes_nothing() {
     let good = frame_for(&mut c, 1, 0);
     let us = 1u16;
     let have = c.cores[0].event("rock").unwrap().ledger.row(us).seq;
+    // A delta of us-east's row at its next version, changing one entry.
+    let one = |entry: Entry| row(&c, us, have, have + 1, vec![(have + 1, entry)]);
     let bad_rows: Vec<(&str, RowDelta)> = vec![
         // Moves seat A-1, which eu-west owns, to us-east (before the fix the row was applied
         // first, then refused: ownership changed with no record).
         (
             "a seat this region owns",
-            row(
-                &c,
-                us,
-                have,
-                have + 1,
-                vec![(
-                    have + 1,
-                    Entry::Seat {
-                        pool: 1,
-                        seat: 0,
-                        epoch: 1,
-                        to: 1,
-                    },
-                )],
-            ),
+            one(Entry::Seat {
+                pool: 1,
+                seat: 0,
+                epoch: 1,
+                to: 1,
+            }),
         ),
         // Grants eu-west more than the pool holds.
         (
             "a credit above capacity",
-            row(
-                &c,
-                us,
-                have,
-                have + 1,
-                vec![(
-                    have + 1,
-                    Entry::GrantedOut {
-                        pool: 0,
-                        to: 0,
-                        value: 31,
-                    },
-                )],
-            ),
+            one(Entry::GrantedOut {
+                pool: 0,
+                to: 0,
+                value: 31,
+            }),
         ),
         // Counters that would wrap the sums.
         (
             "a wrapping grant",
-            row(
-                &c,
-                us,
-                have,
-                have + 1,
-                vec![(
-                    have + 1,
-                    Entry::GrantedOut {
-                        pool: 0,
-                        to: 0,
-                        value: u64::MAX - 9,
-                    },
-                )],
-            ),
+            one(Entry::GrantedOut {
+                pool: 0,
+                to: 0,
+                value: u64::MAX - 9,
+            }),
         ),
         (
             "a wrapping sale",
-            row(
-                &c,
-                us,
-                have,
-                have + 1,
-                vec![(
-                    have + 1,
-                    Entry::Consumed {
-                        pool: 0,
-                        value: u64::MAX,
-                    },
-                )],
-            ),
+            one(Entry::Consumed {
+                pool: 0,
+                value: u64::MAX,
+            }),
         ),
         (
             "more sold than the pool",
-            row(
-                &c,
-                us,
-                have,
-                have + 1,
-                vec![(have + 1, Entry::Consumed { pool: 0, value: 31 })],
-            ),
+            one(Entry::Consumed { pool: 0, value: 31 }),
         ),
         // A grant to a third region so large that its available leaves i64, hiding behind a
         // huge seq (capacity × versions would allow it): found by review, it made every other

@@ -92,6 +92,16 @@ impl Engine {
     fn pump(&mut self) {
         let mut ready = std::mem::take(&mut self.ready);
         self.core.ready_into(&mut ready);
+        if self.outbound.get().is_none() {
+            // Without a transport nothing leaves: calls' callers hear so at once (503), with
+            // the other replies below.
+            ready.messages.clear();
+            for (to, message) in std::mem::take(&mut ready.exchange) {
+                self.core
+                    .handle(wall_ms(), Input::Undeliverable { to, message });
+            }
+            self.core.ready_into(&mut ready);
+        }
         let changed = !ready.records.is_empty();
         if changed {
             let records = std::mem::take(&mut ready.records);
@@ -107,30 +117,12 @@ impl Engine {
         for w in ready.warnings.drain(..) {
             tracing::warn!("{w}");
         }
-        match self.outbound.get() {
-            Some(send) => {
-                for (peer, frame) in ready.messages.drain(..) {
-                    send(peer, PeerMessage::Gossip(frame));
-                }
-                for (peer, message) in ready.exchange.drain(..) {
-                    send(peer, PeerMessage::Exchange(message));
-                }
+        if let Some(send) = self.outbound.get() {
+            for (peer, frame) in ready.messages.drain(..) {
+                send(peer, PeerMessage::Gossip(frame));
             }
-            None => {
-                // Without a transport no call can leave: their callers hear so at once (503).
-                ready.messages.clear();
-                let undeliverable: Vec<_> = ready.exchange.drain(..).collect();
-                for (to, message) in undeliverable {
-                    self.core
-                        .handle(wall_ms(), Input::Undeliverable { to, message });
-                }
-                self.core.ready_into(&mut ready);
-                for (id, reply) in ready.replies.drain(..) {
-                    if let Some(done) = self.waiting.remove(&id) {
-                        done(&self.core, reply);
-                    }
-                }
-                ready.exchange.clear();
+            for (peer, message) in ready.exchange.drain(..) {
+                send(peer, PeerMessage::Exchange(message));
             }
         }
         self.ready = ready;

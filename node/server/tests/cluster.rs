@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use allot::node::{serve, NodeOptions, Peer};
 use allot::transport::NetFaults;
-use common::{event, replicated_view, send, time_to_agree, TOKEN};
+use common::{bound_udp, event, replicated_view, send, time_to_agree, TOKEN};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -39,13 +39,7 @@ impl Cluster {
             listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
         }
         let http: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-        let mut sockets: Vec<Option<std::net::UdpSocket>> = (0..3)
-            .map(|_| Some(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()))
-            .collect();
-        let quic: Vec<SocketAddr> = sockets
-            .iter()
-            .map(|s| s.as_ref().unwrap().local_addr().unwrap())
-            .collect();
+        let (mut sockets, quic) = bound_udp(3);
         let mut c = Cluster {
             bases: Vec::new(),
             faults: Vec::new(),

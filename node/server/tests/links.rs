@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use allot::node::{serve, NodeOptions, Peer};
 use common::{
-    event, free_port, free_udp, send, spawn, time_to_agree, wait_ready, NodeProcess, TOKEN,
+    bound_udp, event, free_port, free_udp, send, spawn, time_to_agree, wait_ready, NodeProcess,
+    TOKEN,
 };
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -93,13 +94,7 @@ async fn views_agree_soon_after_a_silent_partition_heals() {
     let names = ["eu-west", "us-east"];
     let regions: Vec<String> = names.map(String::from).to_vec();
     allot::tls::generate(&regions, &dir.path().join("certs")).unwrap();
-    let mut sockets: Vec<Option<std::net::UdpSocket>> = (0..2)
-        .map(|_| Some(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()))
-        .collect();
-    let quic: Vec<SocketAddr> = sockets
-        .iter()
-        .map(|s| s.as_ref().unwrap().local_addr().unwrap())
-        .collect();
+    let (mut sockets, quic) = bound_udp(2);
     let dropping: Arc<AtomicBool> = Arc::default();
     // Each node reaches the other only through a relay.
     let via = [

@@ -11,6 +11,17 @@ use crate::record::{Record, RecordBody};
 
 use super::Core;
 
+/// One event's entry for one peer, waiting for a place in the frame.
+struct Unit {
+    owed_since: Option<Millis>,
+    /// Encoded bytes.
+    size: usize,
+    /// The event's position in the core, and the peer's in the event.
+    event: usize,
+    peer: usize,
+    gossip: EventGossip,
+}
+
 /// The most one seat's entry in a row delta encodes to in any history an event can have: the
 /// stamp (a row version below 2^35: 5 bytes), the entry kind (1), pool (1: at most 64), seat
 /// (3: at most 100,000), epoch (3: a seat moved fewer than 2^21 times) and region (1: at most
@@ -62,7 +73,7 @@ impl Core {
     /// of it); units the peer has been owed longest go first, and what does not fit waits.
     fn gossip_to(&mut self, peer: &str) {
         let now = self.now;
-        let mut units: Vec<(Option<Millis>, usize, usize, EventGossip)> = Vec::new();
+        let mut units: Vec<Unit> = Vec::new();
         for (ev, e) in self.events.iter_mut().enumerate() {
             if e.created_at_index > self.durable.persisted() {
                 continue;
@@ -74,25 +85,30 @@ impl Core {
                 continue;
             };
             let size = postcard::experimental::serialized_size(&unit).unwrap_or(usize::MAX);
-            units.push((e.peers[p as usize].owed_since, size, ev, unit));
+            units.push(Unit {
+                owed_since: e.peers[p as usize].owed_since,
+                size,
+                event: ev,
+                peer: p as usize,
+                gossip: unit,
+            });
         }
         // Owed longest first; never-owed units after them, in event order.
-        units.sort_by_key(|u| (u.0.is_none(), u.0, u.2));
+        units.sort_by_key(|u| (u.owed_since.is_none(), u.owed_since, u.event));
         let budget = self.cfg.frame_budget_bytes;
         // The frame's own length prefix is at most a few bytes.
         let mut used = 8usize;
         let mut frame = GossipFrame::default();
-        for (_, size, ev, unit) in units {
-            let e = &mut self.events[ev];
-            let p = e.genesis().region_index(peer).expect("checked above") as usize;
+        for u in units {
+            let view = &mut self.events[u.event].peers[u.peer];
             // Digest-only entries wait their turn too: a peer must hear every event's version
             // vector and figures eventually, however busy the frames are.
-            if used.saturating_add(size) <= budget {
-                used += size;
-                e.peers[p].owed_since = None;
-                frame.events.push(unit);
+            if used.saturating_add(u.size) <= budget {
+                used += u.size;
+                view.owed_since = None;
+                frame.events.push(u.gossip);
             } else {
-                e.peers[p].owed_since.get_or_insert(now);
+                view.owed_since.get_or_insert(now);
             }
         }
         debug_assert!(

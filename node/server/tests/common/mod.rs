@@ -238,6 +238,16 @@ pub async fn wait_ready(client: &Client, base: &str) {
     panic!("node did not become ready");
 }
 
+/// `n` QUIC sockets bound on loopback, to hand to nodes, and their addresses: bound before
+/// any node starts, so no port changes hands between choosing it and using it.
+pub fn bound_udp(n: usize) -> (Vec<Option<std::net::UdpSocket>>, Vec<std::net::SocketAddr>) {
+    let sockets: Vec<std::net::UdpSocket> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs = sockets.iter().map(|s| s.local_addr().unwrap()).collect();
+    (sockets.into_iter().map(Some).collect(), addrs)
+}
+
 pub fn free_udp() -> std::net::SocketAddr {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
