@@ -58,6 +58,13 @@ enum Ev {
     Tick {
         region: usize,
     },
+    /// The store answers a read (from what it holds when the answer is made).
+    Read {
+        region: usize,
+        incarnation: u64,
+        id: ReadId,
+        lookup: Lookup,
+    },
     Persist {
         region: usize,
     },
@@ -85,9 +92,8 @@ struct Node {
     core: Option<Core>,
     cfg: Config,
     unpersisted: Vec<Record>,
-    /// The last record index emitted and not yet durable, when records are not kept.
-    unpersisted_last: Option<u64>,
-    durable: Vec<Record>,
+    /// The region's durable state: what reads see and a restart recovers from.
+    store: MemStore,
     persist_scheduled: bool,
     pending: HashMap<RequestId, Pending>,
 }
@@ -132,12 +138,12 @@ impl World {
                 let mut cfg = Config::new(n, &names);
                 cfg.max_holds_per_customer = u32::MAX;
                 cfg.id_key = IdKey::new(keys.random());
+                let store = MemStore::new(n, cfg.idempotency_ttl_ms);
                 Node {
                     core: Some(Core::new(cfg.clone())),
                     cfg,
                     unpersisted: vec![],
-                    unpersisted_last: None,
-                    durable: vec![],
+                    store,
                     persist_scheduled: false,
                     pending: HashMap::new(),
                 }
@@ -472,17 +478,31 @@ impl World {
                     self.sample();
                 }
             }
+            Ev::Read {
+                region,
+                incarnation,
+                id,
+                lookup,
+            } => {
+                let node = &self.nodes[region];
+                // A read of a crashed incarnation has nobody to answer.
+                if node.core.is_some() && node.cfg.incarnation == incarnation {
+                    let found = node.store.lookup(&lookup, self.now);
+                    self.input(
+                        region,
+                        Input::Read {
+                            id,
+                            found: Ok(found),
+                        },
+                    );
+                }
+            }
             Ev::Persist { region } => {
                 let node = &mut self.nodes[region];
                 node.persist_scheduled = false;
-                let last = node
-                    .unpersisted
-                    .last()
-                    .map(|r| r.index)
-                    .or(node.unpersisted_last.take());
-                if let Some(last) = last {
+                if let Some(last) = node.unpersisted.last().map(|r| r.index) {
                     let recs = std::mem::take(&mut node.unpersisted);
-                    node.durable.extend(recs);
+                    node.store.apply(&recs);
                     self.input(region, Input::Persisted(last));
                 }
             }
@@ -492,7 +512,6 @@ impl World {
                 if node.core.take().is_some() {
                     self.report.crashes += 1;
                     node.unpersisted.clear();
-                    node.unpersisted_last = None;
                     self.report.lost_unacknowledged += node.pending.len() as u64;
                     node.pending.clear();
                     self.at(restart_at, Ev::Restart { region });
@@ -504,7 +523,7 @@ impl World {
                     return;
                 }
                 node.cfg.incarnation += 1;
-                match Core::recover(node.cfg.clone(), node.durable.iter().cloned()) {
+                match Core::recover(node.cfg.clone(), node.store.load()) {
                     Ok(core) => node.core = Some(core),
                     Err(e) => self.report.violations.push(format!(
                         "t={}ms: {} cannot recover: {e}",
@@ -614,15 +633,22 @@ impl World {
         core.handle(now, input);
         let mut ready = std::mem::take(&mut self.ready);
         core.ready_into(&mut ready);
+        // The store answers each read a moment later, after whatever else is due now: other
+        // requests race the read, as they do in the server.
+        let incarnation = self.nodes[r].cfg.incarnation;
+        for (id, lookup) in ready.reads.drain(..) {
+            self.at(
+                self.now,
+                Ev::Read {
+                    region: r,
+                    incarnation,
+                    id,
+                    lookup,
+                },
+            );
+        }
         if !ready.records.is_empty() {
-            // The durable log is what a restart recovers from; without crashes in the schedule
-            // nothing ever reads it, and keeping it would dominate the run.
-            if self.sc.faults.crash.is_empty() {
-                self.nodes[r].unpersisted_last = ready.records.last().map(|x| x.index);
-                ready.records.clear();
-            } else {
-                self.nodes[r].unpersisted.append(&mut ready.records);
-            }
+            self.nodes[r].unpersisted.append(&mut ready.records);
             if !self.nodes[r].persist_scheduled {
                 self.nodes[r].persist_scheduled = true;
                 let t = self.now + self.sc.disk_ms;
@@ -922,6 +948,7 @@ impl World {
                 c.check_invariants()
                     .map_err(|e| format!("{}: {e}", self.names[i]))?;
             }
+            n.store.check()?;
         }
         if self.nodes.iter().all(|n| n.core.is_some()) {
             let cores: Vec<&Core> = self.nodes.iter().filter_map(|n| n.core.as_ref()).collect();

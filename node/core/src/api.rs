@@ -230,6 +230,8 @@ pub enum CoreError {
     NotOwner(String),
     #[error("region {region}, which owns this, is unreachable: {why}")]
     Unreachable { region: String, why: String },
+    #[error("the region's store could not answer: {0}")]
+    Storage(String),
     #[error("Idempotency-Key reused with another body")]
     IdempotencyMismatch,
     #[error("metadata: {0}")]
@@ -257,7 +259,7 @@ impl CoreError {
             CoreError::HoldExpired => "hold-expired",
             CoreError::NotOwner(_) => "not-owner",
             CoreError::IdempotencyMismatch => "idempotency-mismatch",
-            CoreError::Unreachable { .. } => "unavailable",
+            CoreError::Unreachable { .. } | CoreError::Storage(_) => "unavailable",
             CoreError::Meta(_) => "invalid-metadata",
         }
     }

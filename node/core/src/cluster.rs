@@ -1,7 +1,9 @@
 //! An in-memory cluster of cores: a driver with no IO, for tests and `allot demo`'s
 //! single-process mode. Messages wait in a queue the caller delivers, drops, duplicates or
-//! reorders at will; records wait until the caller persists them; a crash drops what was not
-//! persisted and restarts the region through [`Core::recover`].
+//! reorders at will; records wait until the caller persists them into the region's
+//! [`MemStore`], which answers the core's reads (at once, or when the caller says); a crash
+//! drops what was not persisted and restarts the region from its store's live state through
+//! [`Core::recover`].
 
 use allot_crdt::{PoolIdx, RegionIdx};
 
@@ -9,6 +11,8 @@ use crate::api::{Command, IdempotencyKey, Millis, Reply, RequestId};
 use crate::core::{Config, Core, Input};
 use crate::exchange::Exchange;
 use crate::gossip::GossipFrame;
+use crate::mem_store::MemStore;
+use crate::reads::{Lookup, ReadId};
 use crate::record::Record;
 
 pub struct Envelope {
@@ -32,8 +36,14 @@ pub struct LocalCluster {
     pub calls: Vec<CallEnvelope>,
     /// Per region: records emitted but not yet durable.
     pub unpersisted: Vec<Vec<Record>>,
-    /// Per region: the durable log, what a restart recovers from.
-    pub durable: Vec<Vec<Record>>,
+    /// Per region: the durable state, what reads are answered from and a restart recovers
+    /// from.
+    pub stores: Vec<MemStore>,
+    /// Per region: reads asked and not yet answered (only while `defer_reads` is set).
+    pub reads: Vec<Vec<(ReadId, Lookup)>>,
+    /// Leave reads for the caller to answer with [`LocalCluster::answer_read`] (to race
+    /// requests against each other); otherwise each is answered as soon as it is asked.
+    pub defer_reads: bool,
     /// Per region: replies released so far.
     pub replies: Vec<Vec<(RequestId, Reply)>>,
     pub warnings: Vec<String>,
@@ -48,6 +58,10 @@ impl LocalCluster {
             .map(|n| Core::new(Config::new(n, &names)))
             .collect();
         let n = names.len();
+        let stores = names
+            .iter()
+            .map(|r| MemStore::new(r, Config::new(r, &names).idempotency_ttl_ms))
+            .collect();
         LocalCluster {
             names,
             cores,
@@ -55,7 +69,9 @@ impl LocalCluster {
             network: Vec::new(),
             calls: Vec::new(),
             unpersisted: vec![Vec::new(); n],
-            durable: vec![Vec::new(); n],
+            stores,
+            reads: vec![Vec::new(); n],
+            defer_reads: false,
             replies: vec![Vec::new(); n],
             warnings: Vec::new(),
             next_request: 1,
@@ -93,6 +109,25 @@ impl LocalCluster {
                 .into_iter()
                 .map(|w| format!("{}: {w}", self.names[i])),
         );
+        self.reads[i].extend(ready.reads);
+        if !self.defer_reads {
+            while !self.reads[i].is_empty() {
+                self.answer_read(i, 0);
+            }
+        }
+    }
+
+    /// Answers region `i`'s queued read `k` from what its store holds now.
+    pub fn answer_read(&mut self, i: usize, k: usize) {
+        let (id, lookup) = self.reads[i].remove(k);
+        let found = self.stores[i].lookup(&lookup, self.now);
+        self.step(
+            i,
+            Input::Read {
+                id,
+                found: Ok(found),
+            },
+        );
     }
 
     /// Sends a command; returns its request id (the reply arrives once its records persist).
@@ -109,7 +144,7 @@ impl LocalCluster {
             return;
         };
         let recs = std::mem::take(&mut self.unpersisted[i]);
-        self.durable[i].extend(recs);
+        self.stores[i].apply(&recs);
         self.step(i, Input::Persisted(last));
     }
 
@@ -122,7 +157,7 @@ impl LocalCluster {
         let rest = self.unpersisted[i].split_off(n);
         let done = std::mem::replace(&mut self.unpersisted[i], rest);
         let last = done.last().map(|r| r.index).expect("n > 0");
-        self.durable[i].extend(done);
+        self.stores[i].apply(&done);
         self.step(i, Input::Persisted(last));
     }
 
@@ -159,14 +194,14 @@ impl LocalCluster {
     }
 
     /// Kills region `i`: unpersisted records, queued replies and in-memory state are lost; it
-    /// restarts from its durable log with the next incarnation.
+    /// restarts from its store's live state with the next incarnation.
     pub fn crash(&mut self, i: usize) {
         self.unpersisted[i].clear();
         self.replies[i].clear();
+        self.reads[i].clear();
         let mut cfg: Config = self.cores[i].config().clone();
         cfg.incarnation += 1;
-        self.cores[i] =
-            Core::recover(cfg, self.durable[i].iter().cloned()).expect("the durable log replays");
+        self.cores[i] = Core::recover(cfg, self.stores[i].load()).expect("the store restores");
     }
 
     pub fn tick(&mut self, i: usize) {
@@ -263,6 +298,7 @@ impl LocalCluster {
         for (i, c) in self.cores.iter().enumerate() {
             c.check_invariants()
                 .map_err(|m| format!("{}: {m}", self.names[i]))?;
+            self.stores[i].check()?;
         }
         check_global(&self.cores.iter().collect::<Vec<_>>())
     }

@@ -8,20 +8,25 @@
 
 pub mod api;
 pub mod bugs;
-mod chunked;
 pub mod cluster;
 mod core;
 pub mod event;
 pub mod exchange;
 pub mod gossip;
 pub mod ids;
+mod mem_store;
+pub mod reads;
 pub mod record;
 
 pub use crate::api::*;
 pub use crate::core::{
-    Config, Core, Input, Ready, DEFAULT_FRAME_BUDGET, DEFAULT_PEER_CALL_TIMEOUT_MS,
+    Config, Core, Footprint, Input, Ready, DEFAULT_FRAME_BUDGET, DEFAULT_PEER_CALL_TIMEOUT_MS,
 };
 pub use crate::exchange::{Answered, CallId, Exchange, PeerMessage, RemoteOutcome};
 pub use crate::gossip::{EventGossip, GossipFrame};
 pub use crate::ids::{GlobalId, IdKey, IdKind, IdTag};
+pub use crate::mem_store::MemStore;
+pub use crate::reads::{
+    Found, HoldNo, Lookup, OrderNo, ReadId, ReadResult, RecordIndex, StoredKey, StoredOrder,
+};
 pub use crate::record::{IdemRecord, Record, RecordBody, ReleaseReason};

@@ -5,7 +5,7 @@
 //! Every record is one atomic unit for the store (the order, its ledger change and its
 //! idempotency entry land in one write batch).
 
-use allot_crdt::{Genesis, RowDelta};
+use allot_crdt::{Genesis, PoolIdx, RowDelta, SeatIdx};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{Hold, IdempotencyKey, Millis, Order, Outcome};
@@ -75,27 +75,20 @@ pub enum RecordBody {
         idem: Option<IdemRecord>,
     },
     /// A peer's row version this region applied.
-    PeerRow {
-        event: String,
-        row: RowDelta,
-    },
+    PeerRow { event: String, row: RowDelta },
     // ----- Restoring from a state store --------------------------------------------------
-    // A driver that keeps state (not a log) rebuilds a core from these, after the events:
-    // rows, then orders, then live holds (as `HoldPlaced`), then keys, then counters.
+    // A store rebuilds a core from these, numbered on from the last record it applied: each
+    // event (as `EventCreated`) with its rows and sold seats, then live holds (as
+    // `HoldPlaced`), then counters. Orders and idempotency answers are read on demand.
     /// A whole row as stored (a delta from version 0), of any writer, this region's included.
-    RowRestored {
+    RowRestored { event: String, row: RowDelta },
+    /// The sold seats of one assigned pool, with the order that holds each. Orders themselves
+    /// stay in the store: a restart reads live state only.
+    SeatsRestored {
         event: String,
-        row: RowDelta,
-    },
-    OrderRestored {
-        order: Order,
-    },
-    KeyRestored {
-        key: IdempotencyKey,
-        outcome: Outcome,
+        pool: PoolIdx,
+        sold: Vec<(SeatIdx, u64)>,
     },
     /// Numbers already given out, so ids are never reused after a restart.
-    CountersRestored {
-        next_hold: u64,
-    },
+    CountersRestored { next_hold: u64, next_order: u64 },
 }

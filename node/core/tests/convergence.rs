@@ -84,7 +84,11 @@ fn run(c: &mut LocalCluster, op: &Op) {
             }
         }
         Op::Refund { r, k } => {
-            let orders: Vec<u64> = c.cores[r % n].orders().map(|o| o.n).collect();
+            let orders: Vec<u64> = c.stores[r % n]
+                .orders_after(None, 0, usize::MAX)
+                .iter()
+                .map(|o| o.order.n)
+                .collect();
             if let Some(&o) = orders.get(k % orders.len().max(1)) {
                 c.send(
                     r % n,

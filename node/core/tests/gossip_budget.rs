@@ -70,7 +70,7 @@ fn a_reset_peer_catches_up_on_200_large_events_within_the_frame_budget() {
     let mut cfg = Config::new("us-east", &names);
     cfg.incarnation = 9;
     c.cores[1] = Core::new(cfg);
-    c.durable[1].clear();
+    c.stores[1] = MemStore::new("us-east", Config::new("us-east", &names).idempotency_ttl_ms);
     c.unpersisted[1].clear();
     for i in [0, 2] {
         c.step(

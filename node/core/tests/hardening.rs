@@ -5,6 +5,7 @@
 mod common;
 
 use allot_crdt::{Entry, RowDelta};
+use allot_node::cluster::LocalCluster;
 use allot_node::*;
 use common::*;
 use proptest::prelude::*;
@@ -213,35 +214,47 @@ fn each_kind_of_bad_peer_frame_changes_nothing() {
     c.converged().unwrap();
 }
 
+/// Reads an order as a buyer would, without persisting anything first.
+fn read_now(c: &mut LocalCluster, order: &str) -> Reply {
+    let id = c.send(
+        0,
+        None,
+        Command::ReadOrder {
+            order: order.to_owned(),
+        },
+    );
+    c.take_reply(0, id).expect("a read answers at once")
+}
+
 /// Before the fix a purchase whose sync failed answered 503, yet its order was readable.
 #[test]
 fn an_order_is_readable_only_once_durable() {
     let mut c = cluster_with(&REGIONS, 30, 0);
+    let n = c.cores[0].next_order();
     let id = c.send(0, None, buy(1));
-    let n = c.cores[0].orders().last().unwrap().n;
-    assert!(c.cores[0].order(n).is_some(), "the rules see it");
-    assert!(c.cores[0].durable_order(n).is_none(), "readers do not");
+    assert_eq!(c.cores[0].next_order(), n + 1, "the rules see it");
     let oid = c.cores[0].id_of(IdKind::Order, n);
-    assert!(matches!(
-        c.cores[0].durable_order_by_id(&oid),
-        Err(CoreError::UnknownOrder(_))
-    ));
-    assert!(c.cores[0].orders_after(None, 0, 10).is_empty());
+    assert!(
+        matches!(read_now(&mut c, &oid), Err(CoreError::UnknownOrder(_))),
+        "readers do not"
+    );
+    assert_eq!(c.stores[0].orders_after(None, 0, 10).len(), 0);
     c.persist(0);
     assert!(c.take_reply(0, id).unwrap().is_ok());
-    assert_eq!(c.cores[0].durable_order_by_id(&oid).unwrap().n, n);
+    assert_eq!(order_of(&read_now(&mut c, &oid)).n, n);
     // A refund is not shown until durable either.
     c.send(0, None, Command::Refund { order: oid.clone() });
     assert_eq!(
-        c.cores[0].durable_order(n).unwrap().status,
+        order_of(&read_now(&mut c, &oid)).status,
         OrderStatus::Confirmed
     );
     c.persist(0);
     assert_eq!(
-        c.cores[0].durable_order(n).unwrap().status,
+        order_of(&read_now(&mut c, &oid)).status,
         OrderStatus::Refunded
     );
-    assert_eq!(c.cores[0].orders_after(None, 0, 10).len(), 1);
+    assert_eq!(c.stores[0].orders_after(None, 0, 10).len(), 1);
+    c.check().unwrap();
 }
 
 #[test]
@@ -295,10 +308,7 @@ fn ids_of_unknown_regions_and_wrong_tags_are_unknown() {
             "{bad}"
         );
         assert!(
-            matches!(
-                c.cores[0].durable_order_by_id(&bad),
-                Err(CoreError::UnknownOrder(_))
-            ),
+            matches!(read_now(&mut c, &bad), Err(CoreError::UnknownOrder(_))),
             "{bad}"
         );
     }

@@ -26,6 +26,25 @@ pub struct ClusterSection {
     pub max_holds_per_customer: u32,
     #[serde(default = "default_max_quantity")]
     pub max_quantity: u64,
+    /// How long an `Idempotency-Key`'s first answer is kept (default 24 h).
+    #[serde(default = "default_key_ttl")]
+    pub idempotency_ttl_s: u64,
+    /// RocksDB's block cache, shared by every column family (MiB).
+    #[serde(default = "default_cache_mib")]
+    pub store_block_cache_mib: usize,
+    /// RocksDB's memtables, all column families together (MiB).
+    #[serde(default = "default_memtable_mib")]
+    pub store_memtable_mib: usize,
+}
+
+fn default_key_ttl() -> u64 {
+    24 * 3600
+}
+fn default_cache_mib() -> usize {
+    64
+}
+fn default_memtable_mib() -> usize {
+    64
 }
 
 fn default_gossip() -> u64 {

@@ -1,11 +1,15 @@
-//! The drivers around the sans-IO core: the `Core` behind a lock, one thread owns the disk,
-//! one thread keeps the clock.
+//! The drivers around the sans-IO core: the `Core` behind a lock, one thread owns the disk's
+//! writes, one thread keeps the clock, and whoever fed the core serves the reads it asked for.
 //!
 //! Group commit falls out of the split: while the writer syncs one batch, request handlers
 //! keep feeding the core, and everything that piled up goes down in the next synced write.
 //! Replies leave the core only once the writer reports their records durable. If a sync fails,
 //! the node turns unready and never reports anything durable again, so nothing more is
 //! acknowledged: an operator restarts it, and it recovers from what is on disk.
+//!
+//! Reads (an idempotency answer or a past order the core does not keep in memory) are served
+//! by the thread whose input made the core ask, after it lets go of the lock: a RocksDB point
+//! read never holds up the other requests, and the answer goes back in as an input.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use allot_node::{
-    Command, Config, Core, Exchange, IdempotencyKey, Input, PeerMessage, Ready, Record, Reply,
-    RequestId,
+    Command, Config, Core, Exchange, IdempotencyKey, Input, Lookup, PeerMessage, ReadId, Ready,
+    Record, Reply, RequestId,
 };
 use crossbeam_channel::{Receiver, Sender};
 use rocksdb::WriteBatch;
@@ -81,15 +85,20 @@ enum ToWriter {
     Stop,
 }
 
+/// Reads the core asked for, to be served outside the lock.
+type Reads = Vec<(ReadId, Lookup)>;
+
 impl Engine {
-    fn handle(&mut self, input: Input) {
+    #[must_use = "the core's reads must be served"]
+    fn handle(&mut self, input: Input) -> Reads {
         self.core.handle(wall_ms(), input);
-        self.pump();
+        self.pump()
     }
 
     /// Routes what the core made ready: records to the writer, released replies to their
-    /// callers, gossip to the transport.
-    fn pump(&mut self) {
+    /// callers, gossip to the transport; returns the reads it asked for.
+    #[must_use = "the core's reads must be served"]
+    fn pump(&mut self) -> Reads {
         let mut ready = std::mem::take(&mut self.ready);
         self.core.ready_into(&mut ready);
         if self.outbound.get().is_none() {
@@ -125,6 +134,7 @@ impl Engine {
                 send(peer, PeerMessage::Exchange(message));
             }
         }
+        let reads = std::mem::take(&mut ready.reads);
         self.ready = ready;
         if changed {
             self.changes.send_modify(|v| *v += 1);
@@ -134,6 +144,7 @@ impl Engine {
             // 503) instead of letting them time out.
             self.waiting.clear();
         }
+        reads
     }
 }
 
@@ -141,6 +152,7 @@ impl Engine {
 #[derive(Clone)]
 pub struct CoreHandle {
     engine: Arc<Mutex<Engine>>,
+    store: Arc<Store>,
     ready: Arc<AtomicBool>,
     changes: watch::Receiver<u64>,
 }
@@ -157,6 +169,43 @@ impl CoreHandle {
     /// half-way takes no more input, and every caller is told it is unavailable.
     fn engine(&self) -> Option<MutexGuard<'_, Engine>> {
         self.engine.lock().ok()
+    }
+
+    /// Feeds the core one input, then serves the reads it asks for. False if the core has
+    /// stopped.
+    fn feed(&self, input: Input) -> bool {
+        let reads = match self.engine() {
+            Some(mut e) => e.handle(input),
+            None => return false,
+        };
+        self.serve(reads);
+        true
+    }
+
+    /// Answers the core's reads from the store, outside the lock, until it asks for no more.
+    fn serve(&self, mut reads: Reads) {
+        while !reads.is_empty() {
+            let now = wall_ms();
+            let answers: Vec<_> = reads
+                .drain(..)
+                .map(|(id, lookup)| {
+                    let found = self.store.lookup(&lookup, now).map_err(|e| {
+                        tracing::error!("reading {lookup:?} from the store: {e:#}");
+                        format!("{e:#}")
+                    });
+                    (id, found)
+                })
+                .collect();
+            let Some(mut e) = self.engine() else { return };
+            for (id, found) in answers {
+                reads.extend(e.handle(Input::Read { id, found }));
+            }
+        }
+    }
+
+    /// The store, for reads that are the driver's own (the operator's order list).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Sends a command; resolves once its reply is released (after its records are durable).
@@ -176,13 +225,14 @@ impl CoreHandle {
         let done: DoneFn = Box::new(move |core: &Core, reply: Reply| {
             let _ = tx.send(render(core, reply));
         });
-        {
+        let reads = {
             let mut engine = self.engine()?;
             let id = RequestId(engine.next_id);
             engine.next_id += 1;
             engine.waiting.insert(id, done);
-            engine.handle(Input::Request { id, key, command });
-        }
+            engine.handle(Input::Request { id, key, command })
+        };
+        self.serve(reads);
         rx.await.ok()
     }
 
@@ -198,18 +248,14 @@ impl CoreHandle {
         if !self.is_ready() && matches!(message, PeerMessage::Exchange(Exchange::Call { .. })) {
             return;
         }
-        if let Some(mut e) = self.engine() {
-            e.handle(match message {
-                PeerMessage::Gossip(frame) => Input::Peer { from, frame },
-                PeerMessage::Exchange(message) => Input::Exchange { from, message },
-            });
-        }
+        self.feed(match message {
+            PeerMessage::Gossip(frame) => Input::Peer { from, frame },
+            PeerMessage::Exchange(message) => Input::Exchange { from, message },
+        });
     }
 
     pub fn peer_reset(&self, peer: String) {
-        if let Some(mut e) = self.engine() {
-            e.handle(Input::PeerReset { peer });
-        }
+        self.feed(Input::PeerReset { peer });
     }
 
     /// False once a synced write failed or the core panicked: either way the node
@@ -248,6 +294,7 @@ impl Running {
 pub fn start(
     mut cfg: Config,
     store: Store,
+    key_ttl_ms: allot_node::Millis,
     tick: Duration,
     durability: Durability,
     faults: Faults,
@@ -256,6 +303,7 @@ pub fn start(
     let incarnation = store.next_incarnation()?;
     cfg.incarnation = incarnation;
     cfg.id_key = store.id_key()?;
+    cfg.idempotency_ttl_ms = key_ttl_ms;
     let loaded = store.load(incarnation)?;
     let restored = loaded.records.len();
     let core = Core::recover(cfg, loaded.records)
@@ -277,15 +325,15 @@ pub fn start(
         ready_flag: ready.clone(),
         ready: Ready::default(),
     }));
+    let store = Arc::new(store);
     let handle = CoreHandle {
         engine,
+        store: store.clone(),
         ready: ready.clone(),
         changes: changes_rx,
     };
     // Tick once at start: holds that expired while the node was down are released now.
-    if let Some(mut e) = handle.engine() {
-        e.handle(Input::Tick);
-    }
+    handle.feed(Input::Tick);
 
     let writer = handle.clone();
     let writer_thread = std::thread::Builder::new()
@@ -299,9 +347,8 @@ pub fn start(
             // Ticks until `Running::shutdown` drops the sender.
             while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick)
             {
-                match ticker.engine() {
-                    Some(mut e) => e.handle(Input::Tick),
-                    None => return,
+                if !ticker.feed(Input::Tick) {
+                    return;
                 }
             }
         })?;
@@ -316,7 +363,7 @@ pub fn start(
 /// Owns the disk. While one synced write is in flight, records pile up in the channel and go
 /// down together in the next one: that is the group commit.
 fn write_loop(
-    store: Store,
+    store: Arc<Store>,
     rx: Receiver<ToWriter>,
     handle: CoreHandle,
     durability: Durability,
@@ -368,17 +415,18 @@ fn write_loop(
                 );
                 handle.ready.store(false, Ordering::SeqCst);
                 if let Some(mut e) = handle.engine() {
-                    // Releases every waiting caller (they answer 503).
-                    e.pump();
+                    // Releases every waiting caller (they answer 503); reads still work.
+                    let reads = e.pump();
+                    drop(e);
+                    handle.serve(reads);
                 }
                 // Hold the channel open until shutdown, so the core does not log a lost writer
                 // for every record, but never report anything durable again.
                 while let Ok(ToWriter::Records(_)) = rx.recv() {}
                 return;
             }
-            match handle.engine() {
-                Some(mut e) => e.handle(Input::Persisted(last)),
-                None => return,
+            if !handle.feed(Input::Persisted(last)) {
+                return;
             }
         }
     }

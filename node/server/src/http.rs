@@ -723,16 +723,24 @@ async fn list_orders(
             .parse::<u64>()
             .map_err(|_| Problem::invalid("after: the `next` cursor of a previous page"))?,
     };
+    // Orders live in the store; it holds durable state only, which is what readers see.
+    let page = s
+        .core
+        .store()
+        .orders_after(q.event.as_deref(), after, limit + 1)
+        .map_err(|e| {
+            tracing::error!("listing orders: {e:#}");
+            Problem::unavailable("the store could not list orders")
+        })?;
     let v = read(&s, move |core| {
-        let page = core.orders_after(q.event.as_deref(), after, limit + 1);
         let more = page.len() > limit;
         let orders: Vec<Value> = page
             .iter()
             .take(limit)
-            .map(|o| views::order(core, o))
+            .map(|o| views::order(core, &o.order))
             .collect();
         let next = if more {
-            page.get(limit - 1).map(|o| o.n.to_string())
+            page.get(limit - 1).map(|o| o.order.n.to_string())
         } else {
             None
         };

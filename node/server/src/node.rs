@@ -11,7 +11,7 @@ use anyhow::Context;
 use crate::config::ClusterConfig;
 use crate::driver::{self, Commit, Durability, Faults, Outbound};
 use crate::http::{self, AppState};
-use crate::store::Store;
+use crate::store::{Store, StoreOptions};
 use crate::tls::Identity;
 use crate::transport::{LinkTiming, NetFaults, PeerAddr, Transport};
 
@@ -55,6 +55,8 @@ pub struct NodeOptions {
     pub largest_rtt: Duration,
     /// Test-only switch that cuts links to peers.
     pub net_faults: Arc<NetFaults>,
+    /// The idempotency TTL and RocksDB's memory bounds.
+    pub store: StoreOptions,
 }
 
 impl NodeOptions {
@@ -90,6 +92,7 @@ impl NodeOptions {
             reconnect_max: Duration::from_millis(250),
             largest_rtt: Duration::ZERO,
             net_faults: Arc::default(),
+            store: StoreOptions::default(),
         }
     }
 
@@ -136,6 +139,11 @@ impl NodeOptions {
             reconnect_max: Duration::from_millis(cfg.cluster.reconnect_max_ms.max(1)),
             largest_rtt: Duration::from_millis(cfg.latency_ms.values().copied().max().unwrap_or(0)),
             net_faults: Arc::default(),
+            store: StoreOptions {
+                key_ttl_ms: cfg.cluster.idempotency_ttl_s.max(1).saturating_mul(1000),
+                block_cache_bytes: cfg.cluster.store_block_cache_mib.max(1) << 20,
+                memtable_bytes: cfg.cluster.store_memtable_mib.max(4) << 20,
+            },
         })
     }
 }
@@ -157,7 +165,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = Store::open(&opts.data_dir)?;
+    let store = Store::open(&opts.data_dir, opts.store)?;
     let mut cfg = Config::new(&opts.region, &opts.regions);
     cfg.catalog_region = opts.catalog_region.clone();
     cfg.max_holds_per_customer = opts.max_holds_per_customer;
@@ -166,6 +174,7 @@ pub async fn serve(
     let running = driver::start(
         cfg,
         store,
+        opts.store.key_ttl_ms,
         opts.tick,
         Durability {
             commit: opts.commit,

@@ -79,7 +79,8 @@ impl From<CoreError> for Problem {
             // when that region cannot be reached or the call came from another region.
             CoreError::NotCatalog { .. }
             | CoreError::Foreign { .. }
-            | CoreError::Unreachable { .. } => S::SERVICE_UNAVAILABLE,
+            | CoreError::Unreachable { .. }
+            | CoreError::Storage(_) => S::SERVICE_UNAVAILABLE,
         };
         let retry = (status == S::SERVICE_UNAVAILABLE).then_some(1);
         Problem {

@@ -1,19 +1,31 @@
 //! The RocksDB store: the region's durable state, by column family.
 //!
 //! The core emits records; [`Store::batch`] turns each into puts and deletes of *state* (not
-//! a log), so restart time does not grow with history, and [`Store::load`] turns the state back
-//! into the restore records `Core::recover` takes. One `WriteBatch` per group of records is
-//! written with `sync = true`: everything a reply depends on is in the synced WAL first.
+//! a log). [`Store::load`] reads back only live state (events, rows, sold seats, live holds,
+//! counters) as the restore records `Core::recover` takes, so restart time and the restarted
+//! node's memory follow live state, not history. Orders and idempotency answers stay on disk
+//! and are read on demand: [`Store::lookup`] answers the core's reads (point reads through
+//! bloom filters), [`Store::orders_after`] pages the operator's list. One `WriteBatch` per
+//! group of records is written with `sync = true`: everything a reply depends on is in the
+//! synced WAL first.
+//!
+//! RocksDB's own memory is bounded (see [`StoreOptions`] and docs/operations.md): one block
+//! cache shared by every column family, holding index and filter blocks too, and a write
+//! buffer manager capping every memtable together.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use allot_crdt::{Entry, Genesis, RowDelta};
-use allot_node::{Hold, IdempotencyKey, Millis, Order, Outcome, Record, RecordBody};
+use allot_crdt::{Entry, Genesis, PoolIdx, RowDelta, SeatIdx};
+use allot_node::{
+    Found, Hold, HoldNo, Lookup, Millis, OrderNo, Record, RecordBody, RecordIndex, StoredKey,
+    StoredOrder,
+};
 use anyhow::Context;
 use rocksdb::{
-    ColumnFamilyDescriptor, CompactionDecision, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, CompactionDecision, Direction, IteratorMode,
+    Options, WriteBatch, WriteBufferManager, WriteOptions, DB,
 };
 use sha2::{Digest, Sha256};
 
@@ -22,17 +34,61 @@ const META: &str = "meta";
 const ROWS: &str = "rows";
 const HOLDS: &str = "holds";
 const ORDERS: &str = "orders";
+/// Hold number → the order that confirmed it.
+const HOLD_ORDERS: &str = "hold-orders";
+/// (event, order number) → nothing: the operator's list of one event's orders.
+const EVENT_ORDERS: &str = "event-orders";
+/// (event, pool, seat) → the order holding the sold seat.
+const SEATS: &str = "seats";
 const KEYS: &str = "idempotency";
 const NODE: &str = "node";
 
 /// Row keys and values of one batch, last write wins.
 type Rows = BTreeMap<Vec<u8>, Vec<u8>>;
 
-/// How long an idempotency key is kept. The store's compaction drops older ones.
-pub const KEY_TTL_MS: u64 = 24 * 3600 * 1000;
+/// How long an idempotency key is kept by default: 24 h.
+pub const DEFAULT_KEY_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// RocksDB's memory, bounded. The defaults suit one region of a ticketing cluster on a small
+/// machine: 64 MiB of block cache, 64 MiB of memtables, about 150 MiB in all with the
+/// allocator's slack.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// Idempotency answers older than this are not found, and compaction drops them.
+    pub key_ttl_ms: Millis,
+    /// The block cache every column family shares; index and filter blocks live in it too.
+    pub block_cache_bytes: usize,
+    /// Every memtable of every column family together (a write buffer manager).
+    pub memtable_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            key_ttl_ms: DEFAULT_KEY_TTL_MS,
+            block_cache_bytes: 64 << 20,
+            memtable_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What RocksDB reports of its own memory, in bytes.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct StoreMemory {
+    pub block_cache: u64,
+    pub memtables: u64,
+    pub table_readers: u64,
+}
+
+impl StoreMemory {
+    pub fn total(&self) -> u64 {
+        self.block_cache + self.memtables + self.table_readers
+    }
+}
 
 pub struct Store {
     db: DB,
+    key_ttl_ms: Millis,
 }
 
 fn wall_ms() -> u64 {
@@ -54,15 +110,29 @@ fn row_prefix(event: &str, writer: u16) -> Vec<u8> {
     k
 }
 
-/// Drops idempotency keys older than the TTL when RocksDB compacts.
-fn expire_keys(_level: u32, _key: &[u8], value: &[u8]) -> CompactionDecision {
-    match value
-        .get(..8)
-        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-    {
-        Some(at) if at.saturating_add(KEY_TTL_MS) < wall_ms() => CompactionDecision::Remove,
-        _ => CompactionDecision::Keep,
-    }
+/// The time an idempotency value was made: its first 8 bytes.
+fn key_time(value: &[u8]) -> Option<Millis> {
+    Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?))
+}
+
+fn be_u64(v: &[u8], what: &str) -> anyhow::Result<u64> {
+    Ok(u64::from_be_bytes(
+        v.try_into().with_context(|| format!("{what} is 8 bytes"))?,
+    ))
+}
+
+fn event_key(event: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(event.len() + 1 + 8);
+    k.extend_from_slice(event.as_bytes());
+    k.push(0);
+    k
+}
+
+fn seat_key(event: &str, pool: PoolIdx, seat: SeatIdx) -> Vec<u8> {
+    let mut k = event_key(event);
+    k.extend_from_slice(&pool.to_be_bytes());
+    k.extend_from_slice(&seat.to_be_bytes());
+    k
 }
 
 /// What a restart reads back.
@@ -73,21 +143,110 @@ pub struct Loaded {
 }
 
 impl Store {
-    pub fn open(dir: &Path) -> anyhow::Result<Store> {
+    pub fn open(dir: &Path, options: StoreOptions) -> anyhow::Result<Store> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let cache = Cache::new_lru_cache(options.block_cache_bytes);
+        let memtables = WriteBufferManager::new_write_buffer_manager(options.memtable_bytes, true);
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let mut keys = Options::default();
-        keys.set_compaction_filter("expire-idempotency-keys", expire_keys);
-        let cfs = [EVENTS, META, ROWS, HOLDS, ORDERS, NODE]
+        opts.set_write_buffer_manager(&memtables);
+        let cf_options = |bloom: bool| {
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            // Index and filter blocks count against the cache instead of growing beside it
+            // as the data does; level-0's stay pinned (they are read on every lookup).
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            if bloom {
+                // Point reads of keys and orders that mostly do not exist (a new key) or sit
+                // in one file: a bloom filter answers most without reading a block.
+                table.set_bloom_filter(10.0, false);
+            }
+            let mut o = Options::default();
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            o.set_block_based_table_factory(&table);
+            o.set_write_buffer_size((options.memtable_bytes / 4).max(1 << 20));
+            o.set_max_write_buffer_number(2);
+            o
+        };
+        let ttl = options.key_ttl_ms;
+        let mut keys = cf_options(true);
+        // Drops idempotency answers older than the TTL when RocksDB compacts; lookups treat
+        // them as absent before that.
+        keys.set_compaction_filter(
+            "expire-idempotency-keys",
+            move |_level: u32, _key: &[u8], value: &[u8]| match key_time(value) {
+                Some(at) if at.saturating_add(ttl) <= wall_ms() => CompactionDecision::Remove,
+                _ => CompactionDecision::Keep,
+            },
+        );
+        let cfs = [EVENTS, META, ROWS, HOLDS, NODE, EVENT_ORDERS, SEATS]
             .into_iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()))
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_options(false)))
+            .chain(
+                [ORDERS, HOLD_ORDERS]
+                    .into_iter()
+                    .map(|n| ColumnFamilyDescriptor::new(n, cf_options(true))),
+            )
             .chain([ColumnFamilyDescriptor::new(KEYS, keys)]);
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .with_context(|| format!("opening RocksDB in {}", dir.display()))?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            key_ttl_ms: options.key_ttl_ms,
+        })
+    }
+
+    /// RocksDB's own memory, as it reports it.
+    pub fn memory(&self) -> StoreMemory {
+        let int = |name: &str| -> u64 {
+            let cfs = [
+                EVENTS,
+                META,
+                ROWS,
+                HOLDS,
+                ORDERS,
+                HOLD_ORDERS,
+                EVENT_ORDERS,
+                SEATS,
+                KEYS,
+                NODE,
+            ];
+            cfs.iter()
+                .filter_map(|cf| {
+                    self.db
+                        .property_int_value_cf(self.cf(cf), name)
+                        .ok()
+                        .flatten()
+                })
+                .sum()
+        };
+        StoreMemory {
+            // One cache shared by every family: any family reports all of it.
+            block_cache: self
+                .db
+                .property_int_value_cf(self.cf(ORDERS), "rocksdb.block-cache-usage")
+                .ok()
+                .flatten()
+                .unwrap_or(0),
+            memtables: int("rocksdb.cur-size-all-mem-tables"),
+            table_readers: int("rocksdb.estimate-table-readers-mem"),
+        }
+    }
+
+    /// Compacts the idempotency answers now (the TTL filter runs), for tests.
+    pub fn compact_keys(&self) {
+        self.db
+            .compact_range_cf(self.cf(KEYS), None::<&[u8]>, None::<&[u8]>);
+    }
+
+    /// Whether any idempotency answer is stored under `key`, expired or not (for tests).
+    pub fn holds_key(&self, key: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(KEYS), key.as_bytes())?
+            .is_some())
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -147,11 +306,13 @@ impl Store {
     /// Adds the state changes of `records` to `batch`.
     pub fn batch(&self, batch: &mut WriteBatch, records: &[Record]) {
         let mut clock = 0;
+        let mut last = 0;
         // Row keys hold cumulative values, so within one batch only the last write of a key
         // matters: twenty sales from one pool put its counter and its row's seq once each.
         let mut rows = BTreeMap::new();
         for r in records {
             clock = clock.max(r.at);
+            last = r.index;
             self.record(batch, &mut rows, r);
         }
         let cf = self.cf(ROWS);
@@ -159,15 +320,29 @@ impl Store {
             batch.put_cf(cf, k, v);
         }
         batch.put_cf(self.cf(NODE), b"clock", clock.to_be_bytes());
+        // Record indices go on from here after a restart: a stored order's index is
+        // comparable with the live core's.
+        batch.put_cf(self.cf(NODE), b"last_index", last.to_be_bytes());
     }
 
     fn record(&self, b: &mut WriteBatch, rows: &mut Rows, r: &Record) {
         let key = |b: &mut WriteBatch, idem: &Option<allot_node::IdemRecord>| {
             if let Some(i) = idem {
                 let mut v = r.at.to_be_bytes().to_vec();
-                v.extend(enc(&(&i.key.body_hash, &i.outcome)));
+                v.extend(enc(&StoredKey {
+                    at: r.at,
+                    index: RecordIndex(r.index),
+                    body_hash: i.key.body_hash,
+                    outcome: i.outcome.clone(),
+                }));
                 b.put_cf(self.cf(KEYS), i.key.key.as_bytes(), v);
             }
+        };
+        let stored = |order: &allot_node::Order| {
+            enc(&StoredOrder {
+                index: RecordIndex(r.index),
+                order: order.clone(),
+            })
         };
         match &r.body {
             RecordBody::EventCreated {
@@ -203,15 +378,27 @@ impl Store {
                 row,
                 idem,
             } => {
-                b.put_cf(self.cf(ORDERS), order.n.to_be_bytes(), enc(order));
+                let n = order.n.to_be_bytes();
+                b.put_cf(self.cf(ORDERS), n, stored(order));
+                let mut by_event = event_key(&order.event);
+                by_event.extend_from_slice(&n);
+                b.put_cf(self.cf(EVENT_ORDERS), by_event, []);
+                for &s in &order.seats {
+                    b.put_cf(self.cf(SEATS), seat_key(&order.event, order.pool, s), n);
+                }
+                b.put_cf(self.cf(NODE), b"next_order", (order.n + 1).to_be_bytes());
                 if let Some(h) = hold {
                     b.delete_cf(self.cf(HOLDS), h.to_be_bytes());
+                    b.put_cf(self.cf(HOLD_ORDERS), h.to_be_bytes(), n);
                 }
                 self.row(rows, &order.event, row);
                 key(b, idem);
             }
             RecordBody::Refunded { order, row, idem } => {
-                b.put_cf(self.cf(ORDERS), order.n.to_be_bytes(), enc(order));
+                b.put_cf(self.cf(ORDERS), order.n.to_be_bytes(), stored(order));
+                for &s in &order.seats {
+                    b.delete_cf(self.cf(SEATS), seat_key(&order.event, order.pool, s));
+                }
                 self.row(rows, &order.event, row);
                 key(b, idem);
             }
@@ -221,8 +408,7 @@ impl Store {
             }
             RecordBody::PeerRow { event, row } => self.row(rows, event, row),
             RecordBody::RowRestored { .. }
-            | RecordBody::OrderRestored { .. }
-            | RecordBody::KeyRestored { .. }
+            | RecordBody::SeatsRestored { .. }
             | RecordBody::CountersRestored { .. } => {
                 unreachable!(
                     "restore records are made by the store, never emitted by a running core"
@@ -258,7 +444,8 @@ impl Store {
         rows.insert(k, row.seq.to_be_bytes().to_vec());
     }
 
-    /// Reads the whole state back as restore records, in the order `Core::recover` needs.
+    /// Reads the live state back as restore records, in the order `Core::recover` needs:
+    /// events with their rows and sold seats, live holds, counters.
     pub fn load(&self, incarnation: u64) -> anyhow::Result<Loaded> {
         let mut bodies = Vec::new();
         let mut events = Vec::new();
@@ -322,54 +509,48 @@ impl Store {
                 }
             }
         }
-        for item in self.db.iterator_cf(self.cf(ORDERS), IteratorMode::Start) {
-            let (_, v) = item?;
-            let order: Order = postcard::from_bytes(&v).context("decoding an order")?;
-            bodies.push(RecordBody::OrderRestored { order });
+        for (event, ..) in &events {
+            let prefix = event_key(event);
+            let mut by_pool: BTreeMap<PoolIdx, Vec<(SeatIdx, u64)>> = BTreeMap::new();
+            for item in self.db.prefix_iterator_cf(self.cf(SEATS), &prefix) {
+                let (k, v) = item?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let rest = &k[prefix.len()..];
+                anyhow::ensure!(rest.len() == 6, "a seat key of event {event} is 6 bytes");
+                let pool = PoolIdx::from_be_bytes([rest[0], rest[1]]);
+                let seat = SeatIdx::from_be_bytes([rest[2], rest[3], rest[4], rest[5]]);
+                by_pool
+                    .entry(pool)
+                    .or_default()
+                    .push((seat, be_u64(&v, "a seat's order")?));
+            }
+            for (pool, sold) in by_pool {
+                bodies.push(RecordBody::SeatsRestored {
+                    event: event.clone(),
+                    pool,
+                    sold,
+                });
+            }
         }
         for item in self.db.iterator_cf(self.cf(HOLDS), IteratorMode::Start) {
             let (_, v) = item?;
             let hold: Hold = postcard::from_bytes(&v).context("decoding a hold")?;
             bodies.push(RecordBody::HoldPlaced { hold, idem: None });
         }
-        let now = wall_ms();
-        let mut keys = Vec::new();
-        for item in self.db.iterator_cf(self.cf(KEYS), IteratorMode::Start) {
-            let (k, v) = item?;
-            let at = u64::from_be_bytes(
-                v.get(..8)
-                    .context("key timestamp")?
-                    .try_into()
-                    .expect("8 bytes"),
-            );
-            if at.saturating_add(KEY_TTL_MS) < now {
-                continue;
-            }
-            let (body_hash, outcome): ([u8; 32], Outcome) =
-                postcard::from_bytes(&v[8..]).context("decoding a key")?;
-            let key = IdempotencyKey {
-                key: String::from_utf8(k.to_vec()).context("key text")?,
-                body_hash,
-            };
-            keys.push((at, RecordBody::KeyRestored { key, outcome }));
-        }
         bodies.push(RecordBody::CountersRestored {
             next_hold: self.node_u64(b"next_hold")?.max(1),
+            next_order: self.node_u64(b"next_order")?.max(1),
         });
         let clock = self.node_u64(b"clock")?;
-        // Keys keep their own time, so they expire 24 h after they were made, not after restart.
-        keys.sort_by_key(|(at, _)| *at);
-        let timed = bodies
-            .into_iter()
-            .map(|b| (clock, b))
-            .chain(keys)
-            .collect::<Vec<_>>();
-        let records = timed
+        let first = self.node_u64(b"last_index")? + 1;
+        let records = bodies
             .into_iter()
             .enumerate()
-            .map(|(i, (at, body))| Record {
-                index: i as u64 + 1,
-                at,
+            .map(|(i, body)| Record {
+                index: first + i as u64,
+                at: clock,
                 body,
             })
             .collect();
@@ -378,5 +559,86 @@ impl Store {
             incarnation,
             clock,
         })
+    }
+
+    /// Answers one of the core's reads. The answer reflects at least every write that was
+    /// reported durable before the read was asked.
+    pub fn lookup(&self, lookup: &Lookup, now: Millis) -> anyhow::Result<Found> {
+        Ok(match lookup {
+            Lookup::Key(key) => {
+                let v = self.db.get_pinned_cf(self.cf(KEYS), key.as_bytes())?;
+                let stored = match v {
+                    Some(v)
+                        if key_time(&v)
+                            .is_some_and(|at| at.saturating_add(self.key_ttl_ms) > now) =>
+                    {
+                        Some(postcard::from_bytes::<StoredKey>(&v[8..]).context("decoding a key")?)
+                    }
+                    _ => None,
+                };
+                Found::Key(stored)
+            }
+            Lookup::Order(n) => Found::Order(self.order(*n)?),
+            Lookup::OrderOfHold(HoldNo(h)) => {
+                match self
+                    .db
+                    .get_pinned_cf(self.cf(HOLD_ORDERS), h.to_be_bytes())?
+                {
+                    Some(n) => Found::Order(self.order(OrderNo(be_u64(&n, "an order number")?))?),
+                    None => Found::Order(None),
+                }
+            }
+        })
+    }
+
+    fn order(&self, n: OrderNo) -> anyhow::Result<Option<StoredOrder>> {
+        self.db
+            .get_pinned_cf(self.cf(ORDERS), n.0.to_be_bytes())?
+            .map(|v| postcard::from_bytes(&v).context("decoding an order"))
+            .transpose()
+    }
+
+    /// Orders after number `after`, of one event or all, at most `limit`, in number order.
+    pub fn orders_after(
+        &self,
+        event: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<StoredOrder>> {
+        let from = after.saturating_add(1).to_be_bytes();
+        let mut out = Vec::new();
+        match event {
+            None => {
+                let it = self.db.iterator_cf(
+                    self.cf(ORDERS),
+                    IteratorMode::From(&from, Direction::Forward),
+                );
+                for item in it.take(limit) {
+                    let (_, v) = item?;
+                    out.push(postcard::from_bytes(&v).context("decoding an order")?);
+                }
+            }
+            Some(event) => {
+                let prefix = event_key(event);
+                let mut start = prefix.clone();
+                start.extend_from_slice(&from);
+                let it = self.db.iterator_cf(
+                    self.cf(EVENT_ORDERS),
+                    IteratorMode::From(&start, Direction::Forward),
+                );
+                for item in it {
+                    let (k, _) = item?;
+                    if !k.starts_with(&prefix) || out.len() == limit {
+                        break;
+                    }
+                    let n = be_u64(&k[prefix.len()..], "an order number")?;
+                    match self.order(OrderNo(n))? {
+                        Some(o) => out.push(o),
+                        None => anyhow::bail!("event {event} lists order {n}, which is missing"),
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -10,10 +10,11 @@ use allot_crdt::{Change, EventMeta, Genesis, MetaDoc, MetaPatch, PoolIdx, PoolSp
 use crate::api::*;
 use crate::event::{EventState, SeatLocal};
 use crate::ids::{GlobalId, IdKind};
+use crate::reads::{Found, HoldNo, Lookup, OrderNo};
 use crate::record::{RecordBody, ReleaseReason};
 
 use super::sync::{largest_gossip_unit, unit_room};
-use super::Core;
+use super::{Core, Halt};
 
 const MAX_TEXT: usize = 4000;
 const MAX_PRICE: u64 = 1_000_000_000;
@@ -362,26 +363,20 @@ impl Core {
     pub(super) fn confirm(
         &mut self,
         hold_id: &str,
-        payment_ref: String,
+        payment_ref: &str,
         key: Option<&IdempotencyKey>,
-    ) -> Result<(u64, Outcome), CoreError> {
+        found: Option<&Found>,
+    ) -> Result<(u64, Outcome), Halt> {
         let n = self.local_id(IdKind::Hold, hold_id)?;
-        if let Some(o) = self.order_of_hold.get(&n) {
-            return Ok((
-                self.last_index,
-                Outcome::Order(
-                    self.order(*o)
-                        .cloned()
-                        .expect("a confirmed hold names an existing order"),
-                ),
-            ));
-        }
         let Some(hold) = self.holds.get(n) else {
-            return Err(if self.holds.issued(n) {
-                CoreError::HoldExpired
-            } else {
-                CoreError::UnknownHold(hold_id.to_owned())
-            });
+            if !self.holds.issued(n) {
+                return Err(CoreError::UnknownHold(hold_id.to_owned()).into());
+            }
+            // Not live: confirmed before (its order is the answer), or expired or released.
+            return match self.order_of_hold(HoldNo(n), found)? {
+                Some(order) => Ok((self.last_index, Outcome::Order(order))),
+                None => Err(CoreError::HoldExpired.into()),
+            };
         };
         if self.now >= hold.expires_at {
             let event = hold.event.to_string();
@@ -390,11 +385,11 @@ impl Core {
                 holds: vec![n],
                 reason: ReleaseReason::Expired,
             });
-            return Err(CoreError::HoldExpired);
+            return Err(CoreError::HoldExpired.into());
         }
-        check_text("payment_ref", &payment_ref, 128)?;
+        check_text("payment_ref", payment_ref, 128)?;
         if payment_ref.is_empty() {
-            return invalid("payment_ref is required");
+            return Err(CoreError::Invalid("payment_ref is required".into()).into());
         }
         let hold = hold.clone();
         let ev = self.by_id[&hold.event];
@@ -415,7 +410,7 @@ impl Core {
             hold.seats,
             hold.customer,
             hold.price_cents,
-            payment_ref,
+            payment_ref.to_owned(),
         );
         order.hold = Some(n);
         let outcome = Outcome::Order(order.clone());
@@ -455,23 +450,96 @@ impl Core {
         }
     }
 
-    pub(super) fn release(&mut self, hold_id: &str) -> Result<(u64, Outcome), CoreError> {
+    pub(super) fn release(
+        &mut self,
+        hold_id: &str,
+        found: Option<&Found>,
+    ) -> Result<(u64, Outcome), Halt> {
         let n = self.local_id(IdKind::Hold, hold_id)?;
-        if self.order_of_hold.contains_key(&n) {
-            return invalid("the hold is confirmed; refund the order instead");
+        if let Some(h) = self.holds.get(n) {
+            let event = h.event.to_string();
+            let index = self.commit(RecordBody::HoldsReleased {
+                event,
+                holds: vec![n],
+                reason: ReleaseReason::Released,
+            });
+            return Ok((index, Outcome::Released { hold: n }));
         }
-        match self.holds.get(n) {
-            Some(h) => {
-                let event = h.event.to_string();
-                let index = self.commit(RecordBody::HoldsReleased {
-                    event,
-                    holds: vec![n],
-                    reason: ReleaseReason::Released,
-                });
-                Ok((index, Outcome::Released { hold: n }))
+        if !self.holds.issued(n) {
+            return Err(CoreError::UnknownHold(hold_id.to_owned()).into());
+        }
+        match self.order_of_hold(HoldNo(n), found)? {
+            Some(_) => Err(CoreError::Invalid(
+                "the hold is confirmed; refund the order instead".into(),
+            )
+            .into()),
+            // Released or expired before: releasing again changes nothing.
+            None => Ok((self.last_index, Outcome::Released { hold: n })),
+        }
+    }
+
+    /// Order `n` as the rules see it now: the core's own newest version while it keeps one
+    /// (newer than any read in flight could be), else the store's answer, else a read.
+    pub(super) fn order_now(
+        &self,
+        n: OrderNo,
+        found: Option<&Found>,
+    ) -> Result<Option<Order>, Halt> {
+        let recent = self.recent.get(n);
+        match found {
+            Some(Found::Order(stored)) if stored.as_ref().is_none_or(|s| s.order.n == n.0) => {
+                if let (Some(r), Some(s)) = (recent, stored) {
+                    // A read reflects what was durable when it was asked; the core keeps
+                    // everything written since. A store ahead of the core is a driver bug.
+                    if s.index > r.index {
+                        return Err(CoreError::Storage(format!(
+                            "the store's order {} (record {}) is ahead of the core's (record {})",
+                            n.0, s.index.0, r.index.0
+                        ))
+                        .into());
+                    }
+                }
+                Ok(recent.or(stored.as_ref()).map(|s| s.order.clone()))
             }
-            None if self.holds.issued(n) => Ok((self.last_index, Outcome::Released { hold: n })),
-            None => Err(CoreError::UnknownHold(hold_id.to_owned())),
+            _ => match recent {
+                Some(r) => Ok(Some(r.order.clone())),
+                None => Err(Halt::Need(Lookup::Order(n))),
+            },
+        }
+    }
+
+    /// The order that confirmed hold `h`, if any.
+    fn order_of_hold(&self, h: HoldNo, found: Option<&Found>) -> Result<Option<Order>, Halt> {
+        if let Some(n) = self.recent.of_hold(h) {
+            return self.order_now(n, None);
+        }
+        match found {
+            Some(Found::Order(Some(stored))) if stored.order.hold == Some(h.0) => {
+                let n = OrderNo(stored.order.n);
+                self.order_now(n, found)
+            }
+            Some(Found::Order(None)) => Ok(None),
+            _ => Err(Halt::Need(Lookup::OrderOfHold(h))),
+        }
+    }
+
+    /// A durable order for a reader: the core's newest version once durable, else the store's
+    /// (which holds only durable state), so a refund shows only once it survives a crash.
+    pub(super) fn read_order(&self, id: &str, found: Option<&Found>) -> Result<Order, Halt> {
+        let n = self.local_id(IdKind::Order, id)?;
+        let unknown = || Halt::Refused(CoreError::UnknownOrder(id.to_owned()));
+        if n >= self.next_order {
+            return Err(unknown());
+        }
+        if let Some(r) = self.recent.get(OrderNo(n)) {
+            if r.index.0 <= self.durable.persisted() {
+                return Ok(r.order.clone());
+            }
+        }
+        match found {
+            Some(Found::Order(Some(s))) if s.order.n == n => Ok(s.order.clone()),
+            Some(Found::Order(_)) => Err(unknown()),
+            _ => Err(Halt::Need(Lookup::Order(OrderNo(n)))),
         }
     }
 
@@ -519,15 +587,20 @@ impl Core {
         &mut self,
         order_id: &str,
         key: Option<&IdempotencyKey>,
-    ) -> Result<(u64, Outcome), CoreError> {
+        found: Option<&Found>,
+    ) -> Result<(u64, Outcome), Halt> {
         let n = self.local_id(IdKind::Order, order_id)?;
-        let order = self
-            .order(n)
-            .ok_or_else(|| CoreError::UnknownOrder(order_id.to_owned()))?;
-        if order.status == OrderStatus::Refunded {
-            return Ok((self.last_index, Outcome::Order(order.clone())));
+        let unknown = || Halt::Refused(CoreError::UnknownOrder(order_id.to_owned()));
+        if n >= self.next_order {
+            return Err(unknown());
         }
-        let ev = self.by_id[&order.event];
+        let order = self.order_now(OrderNo(n), found)?.ok_or_else(unknown)?;
+        if order.status == OrderStatus::Refunded {
+            // Refunded already (perhaps by a request racing this one): the same answer, and
+            // nothing returned twice.
+            return Ok((self.last_index, Outcome::Order(order)));
+        }
+        let ev = self.event_idx(&order.event)?;
         let e = &self.events[ev];
         let row = e
             .ledger
@@ -538,7 +611,11 @@ impl Core {
                     n: order.quantity,
                 }],
             )
-            .expect("an order's units were consumed here");
+            .map_err(|r| {
+                CoreError::Storage(format!(
+                    "order {n} as read does not fit this region's counters: {r}"
+                ))
+            })?;
         let mut refunded = order.clone();
         refunded.status = OrderStatus::Refunded;
         let outcome = Outcome::Order(refunded.clone());

@@ -6,12 +6,11 @@
 //! - credits from peers' rows: quota (or a seat) received is spendable only once the record
 //!   that applied it is durable, so a restart never finds a region that sold more than it can
 //!   prove it owned;
-//! - orders and refunds: readers see them only once durable.
 //!
 //! "Persisted up to n" covers records 1..=n; each queue releases its front while the front's
 //! record index is at most n.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use allot_crdt::{PoolIdx, RowDelta, SeatIdx};
 
@@ -42,10 +41,6 @@ pub(super) struct DurabilityQueues {
     replies: VecDeque<(u64, Caller, Reply)>,
     own_rows: VecDeque<PendingRow>,
     credits: VecDeque<PendingCredit>,
-    /// Orders whose records are not durable yet, as (record index, order number).
-    unpublished_orders: VecDeque<(u64, u64)>,
-    /// Refunds not durable yet, by order number → record index.
-    unpublished_refunds: BTreeMap<u64, u64>,
 }
 
 impl DurabilityQueues {
@@ -60,12 +55,6 @@ impl DurabilityQueues {
             return false;
         }
         self.persisted = upto;
-        while self.unpublished_orders.front().is_some_and(|o| o.0 <= upto) {
-            self.unpublished_orders.pop_front();
-        }
-        if !self.unpublished_refunds.is_empty() {
-            self.unpublished_refunds.retain(|_, index| *index > upto);
-        }
         true
     }
 
@@ -81,12 +70,8 @@ impl DurabilityQueues {
         self.credits.push_back(credit);
     }
 
-    pub fn order_placed(&mut self, index: u64, order: u64) {
-        self.unpublished_orders.push_back((index, order));
-    }
-
-    pub fn order_refunded(&mut self, index: u64, order: u64) {
-        self.unpublished_refunds.insert(order, index);
+    pub fn waiting_replies(&self) -> usize {
+        self.replies.len()
     }
 
     /// The next own row version now durable.
@@ -116,17 +101,6 @@ impl DurabilityQueues {
             .then(|| self.replies.pop_front().map(|(_, c, r)| (c, r)))?
     }
 
-    /// Whether order `n` is durable (orders are numbered in record order).
-    pub fn order_durable(&self, n: u64) -> bool {
-        self.unpublished_orders
-            .front()
-            .is_none_or(|&(_, first)| n < first)
-    }
-
-    pub fn refund_pending(&self, n: u64) -> bool {
-        self.unpublished_refunds.contains_key(&n)
-    }
-
     /// Every queue waits only on records not yet durable, in record order.
     pub fn check(&self) -> Result<(), String> {
         let upto = self.persisted;
@@ -143,8 +117,6 @@ impl DurabilityQueues {
         if !ordered(&mut self.replies.iter().map(|r| r.0))
             || !ordered(&mut self.own_rows.iter().map(|r| r.index))
             || !ordered(&mut self.credits.iter().map(|c| c.index))
-            || !ordered(&mut self.unpublished_orders.iter().map(|o| o.0))
-            || self.unpublished_refunds.values().any(|&i| i <= upto)
         {
             return Err(format!(
                 "a durability queue holds a record at or below the durable index {upto}, or out of order"

@@ -1,26 +1,35 @@
-//! The idempotency table: the first answer to each `Idempotency-Key`, with the hash of the
-//! body it came with, kept for the configured time (24 h by default) and then forgotten.
+//! The idempotency table: the first answer to each `Idempotency-Key` this core holds in memory,
+//! with the hash of the body it came with.
 //!
-//! Answers are remembered when the record that carries them is applied (live or replayed), so
-//! a restart knows every key its durable records knew.
+//! Memory holds the answers still in flight (their record not yet durable: only memory has
+//! them) and a bounded cache of recent durable ones; every durable answer is also in the store,
+//! which the core asks for a key memory lacks (see `parked.rs`). Answers expire the configured
+//! time after they were made (24 h by default), in memory here and in the store by its own
+//! rule, and a stored answer read back after its time is treated as absent.
 
 use std::collections::BTreeMap;
 
 use crate::api::{IdempotencyKey, Millis, Outcome};
+use crate::reads::StoredKey;
 use crate::record::IdemRecord;
+
+/// Durable answers kept in memory beyond those in flight: a retry soon after its first answer
+/// does not cost a read.
+pub(super) const CACHED_KEYS: usize = 4096;
 
 /// The first answer to a key.
 pub(super) struct IdemEntry {
     pub body_hash: [u8; 32],
     /// The record that carried the answer: a repeat is answered once it is durable.
     pub index: u64,
+    pub at: Millis,
     pub outcome: Outcome,
 }
 
 /// What a repeated key gets.
 pub(super) enum Seen<'a> {
-    /// A new key.
-    New,
+    /// Not in memory: new, or only the store knows.
+    NotHere,
     /// The same key with the same body: the first answer.
     Again(&'a IdemEntry),
     /// The same key with another body.
@@ -34,65 +43,119 @@ pub(super) struct IdempotencyTable {
     entries: BTreeMap<String, IdemEntry>,
     /// Keys by (time remembered, record index), oldest first, for expiry.
     by_age: BTreeMap<(Millis, u64), String>,
+    /// Keys by record index, oldest first: durable ones leave first when the cache is full.
+    by_index: BTreeMap<u64, String>,
 }
 
 impl IdempotencyTable {
-    pub fn seen(&self, key: &IdempotencyKey) -> Seen<'_> {
+    /// What `key` finds at `now`: an answer `ttl` or older is gone, even before a tick drops it.
+    pub fn seen(&self, key: &IdempotencyKey, now: Millis, ttl: Millis) -> Seen<'_> {
         match self.entries.get(&key.key) {
-            None => Seen::New,
+            None => Seen::NotHere,
+            Some(e) if e.at.saturating_add(ttl) <= now => Seen::NotHere,
             Some(e) if e.body_hash == key.body_hash => Seen::Again(e),
             Some(_) => Seen::OtherBody,
+        }
+    }
+
+    fn insert(&mut self, key: &str, entry: IdemEntry) {
+        self.by_age.insert((entry.at, entry.index), key.to_owned());
+        self.by_index.insert(entry.index, key.to_owned());
+        if let Some(old) = self.entries.insert(key.to_owned(), entry) {
+            self.by_age.remove(&(old.at, old.index));
+            self.by_index.remove(&old.index);
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.entries.remove(key) {
+            self.by_age.remove(&(old.at, old.index));
+            self.by_index.remove(&old.index);
         }
     }
 
     /// Remembers the answer a record at `index`, made at `at`, carries.
     pub fn remember(&mut self, index: u64, at: Millis, idem: &Option<IdemRecord>) {
         if let Some(r) = idem {
-            self.entries.insert(
-                r.key.key.clone(),
+            self.insert(
+                &r.key.key,
                 IdemEntry {
                     body_hash: r.key.body_hash,
                     index,
+                    at,
                     outcome: r.outcome.clone(),
                 },
             );
-            self.by_age.insert((at, index), r.key.key.clone());
+        }
+    }
+
+    /// Keeps an answer the store gave back, as a durable entry of the cache.
+    pub fn cache_stored(&mut self, key: &str, stored: StoredKey, persisted: u64) {
+        // An index from before a restart is below every live one; the entry is durable, so
+        // it may not claim an index above what is persisted (it would never leave the cache).
+        let index = stored.index.0.min(persisted);
+        if self.by_index.contains_key(&index) {
+            // The slot is taken (two stored answers from one batch): keep the key unmemoised.
+            return;
+        }
+        self.insert(
+            key,
+            IdemEntry {
+                body_hash: stored.body_hash,
+                index,
+                at: stored.at,
+                outcome: stored.outcome,
+            },
+        );
+    }
+
+    /// Drops the oldest durable answers (records `..=persisted`) beyond the cache's size; the
+    /// store still has them.
+    pub fn trim(&mut self, persisted: u64) {
+        while self.entries.len() > CACHED_KEYS {
+            let Some((&index, key)) = self.by_index.first_key_value() else {
+                break;
+            };
+            if index > persisted {
+                break; // in flight: only memory has it
+            }
+            let key = key.clone();
+            self.remove(&key);
         }
     }
 
     /// Forgets keys remembered `ttl` or longer before `now`.
     pub fn expire(&mut self, now: Millis, ttl: Millis) {
-        while let Some(oldest) = self.by_age.first_entry() {
-            let (at, index) = *oldest.key();
+        while let Some((&(at, _), key)) = self.by_age.first_key_value() {
             if at.saturating_add(ttl) > now {
                 break;
             }
-            let key = oldest.remove();
-            // A key remembered again later (after an expiry) belongs to its newer entry.
-            if self.entries.get(&key).is_some_and(|e| e.index == index) {
-                self.entries.remove(&key);
-            }
+            let key = key.clone();
+            self.remove(&key);
         }
     }
 
-    /// Keys, their record index and answer, sorted (for snapshots).
-    pub fn describe(&self) -> Vec<(String, u64, String)> {
-        self.entries
-            .iter()
-            .map(|(k, e)| (k.clone(), e.index, format!("{:?}", e.outcome)))
-            .collect()
+    pub fn len(&self) -> usize {
+        self.entries.len()
     }
 
-    /// Every key is waiting for its expiry, under the index of the record that carried it.
+    /// Every key is queued for expiry and for eviction under its own entry, and nothing else is.
     pub fn check(&self) -> Result<(), String> {
-        let queued: std::collections::BTreeSet<(&str, u64)> = self
-            .by_age
-            .iter()
-            .map(|(&(_, index), k)| (k.as_str(), index))
-            .collect();
+        if self.by_age.len() != self.entries.len() || self.by_index.len() != self.entries.len() {
+            return Err(format!(
+                "idempotency table: {} keys, {} queued for expiry, {} for eviction",
+                self.entries.len(),
+                self.by_age.len(),
+                self.by_index.len()
+            ));
+        }
         for (key, e) in &self.entries {
-            if !queued.contains(&(key.as_str(), e.index)) {
-                return Err(format!("idempotency key {key:?} is not queued for expiry"));
+            if self.by_age.get(&(e.at, e.index)) != Some(key)
+                || self.by_index.get(&e.index) != Some(key)
+            {
+                return Err(format!(
+                    "idempotency key {key:?} is not queued under its entry"
+                ));
             }
         }
         Ok(())

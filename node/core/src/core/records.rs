@@ -6,6 +6,7 @@ use allot_crdt::{Applied, MetaDoc, RowDelta};
 
 use crate::api::*;
 use crate::event::{EventState, SeatLocal};
+use crate::reads::{HoldNo, RecordIndex, StoredOrder};
 use crate::record::{IdemRecord, Record, RecordBody};
 
 use super::durability::{PendingCredit, PendingRow};
@@ -110,7 +111,6 @@ impl Core {
                 if let Some(h) = hold {
                     let h = self.holds.take(*h).ok_or("confirm of an unknown hold")?;
                     self.drop_hold(&h, SeatLocal::Sold(order.n));
-                    self.order_of_hold.insert(h.n, order.n);
                 } else {
                     let e = &mut self.events[ev];
                     for &s in &order.seats {
@@ -124,33 +124,51 @@ impl Core {
                 }
                 self.apply_own_row(index, ev, row)?;
                 self.events[ev].assert_pool(order.pool);
-                self.next_order = self.next_order.max(order.n + 1);
-                if order.n != self.orders.len() as u64 + 1 {
+                if order.n != self.next_order {
                     return Err(format!(
-                        "order {} out of sequence after {}",
-                        order.n,
-                        self.orders.len()
+                        "order {} out of sequence: {} is next",
+                        order.n, self.next_order
                     ));
                 }
-                self.orders.push(order.clone());
-                self.durable.order_placed(index, order.n);
+                self.next_order = order.n + 1;
+                self.recent.wrote(
+                    StoredOrder {
+                        index: RecordIndex(index),
+                        order: order.clone(),
+                    },
+                    hold.map(HoldNo),
+                );
                 self.remember(index, at, idem);
             }
             RecordBody::Refunded { order, row, idem } => {
-                let o = order
-                    .n
-                    .checked_sub(1)
-                    .and_then(|i| self.orders.get_mut(i as usize))
-                    .ok_or("refund of an unknown order")?;
-                o.status = OrderStatus::Refunded;
-                let (event, pool, seats) = (o.event.clone(), o.pool, o.seats.clone());
-                self.durable.order_refunded(index, order.n);
-                let ev = self.event_idx(&event).map_err(|e| e.to_string())?;
-                for s in seats {
-                    self.events[ev].seats[pool as usize][s as usize] = SeatLocal::Free;
+                // The record carries the order as the refund left it: the rest of it is in
+                // the store.
+                if order.status != OrderStatus::Refunded || order.n >= self.next_order {
+                    return Err(format!(
+                        "refund record of order {} is not a refund",
+                        order.n
+                    ));
+                }
+                let ev = self.event_idx(&order.event).map_err(|e| e.to_string())?;
+                for &s in &order.seats {
+                    let seat = &mut self.events[ev].seats[order.pool as usize][s as usize];
+                    if *seat != SeatLocal::Sold(order.n) {
+                        return Err(format!(
+                            "refund of order {} frees seat {s}, which it does not hold",
+                            order.n
+                        ));
+                    }
+                    *seat = SeatLocal::Free;
                 }
                 self.apply_own_row(index, ev, row)?;
-                self.events[ev].assert_pool(pool);
+                self.events[ev].assert_pool(order.pool);
+                self.recent.wrote(
+                    StoredOrder {
+                        index: RecordIndex(index),
+                        order: order.clone(),
+                    },
+                    None,
+                );
                 self.remember(index, at, idem);
             }
             RecordBody::Granted { event, row, idem } => {
@@ -162,10 +180,9 @@ impl Core {
                 self.remember(index, at, idem);
             }
             RecordBody::RowRestored { .. }
-            | RecordBody::OrderRestored { .. }
-            | RecordBody::KeyRestored { .. }
+            | RecordBody::SeatsRestored { .. }
             | RecordBody::CountersRestored { .. } => {
-                self.restore(index, at, body)?;
+                self.restore(body)?;
             }
             RecordBody::PeerRow { event, row } => {
                 let ev = self.event_idx(event).map_err(|e| e.to_string())?;
@@ -210,12 +227,7 @@ impl Core {
         Ok(true)
     }
 
-    pub(super) fn restore(
-        &mut self,
-        index: u64,
-        at: Millis,
-        body: &RecordBody,
-    ) -> Result<(), String> {
+    pub(super) fn restore(&mut self, body: &RecordBody) -> Result<(), String> {
         match body {
             RecordBody::RowRestored { event, row } => {
                 let ev = self.event_idx(event).map_err(|e| e.to_string())?;
@@ -231,39 +243,26 @@ impl Core {
                     e.published.absorb(row);
                 }
             }
-            RecordBody::OrderRestored { order } => {
-                let ev = self.event_idx(&order.event).map_err(|e| e.to_string())?;
-                if order.n != self.orders.len() as u64 + 1 {
-                    return Err(format!(
-                        "order {} out of sequence after {}",
-                        order.n,
-                        self.orders.len()
-                    ));
+            RecordBody::SeatsRestored { event, pool, sold } => {
+                let ev = self.event_idx(event).map_err(|e| e.to_string())?;
+                let e = &mut self.events[ev];
+                let seats = e
+                    .seats
+                    .get_mut(*pool as usize)
+                    .ok_or_else(|| format!("event {event} has no pool {pool}"))?;
+                for &(s, order) in sold {
+                    let seat = seats
+                        .get_mut(s as usize)
+                        .ok_or_else(|| format!("event {event} pool {pool} has no seat {s}"))?;
+                    *seat = SeatLocal::Sold(order);
                 }
-                if order.status == OrderStatus::Confirmed {
-                    let e = &mut self.events[ev];
-                    for &s in &order.seats {
-                        e.seats[order.pool as usize][s as usize] = SeatLocal::Sold(order.n);
-                    }
-                }
-                if let Some(h) = order.hold {
-                    self.order_of_hold.insert(h, order.n);
-                }
-                self.next_order = order.n + 1;
-                self.orders.push(order.clone());
             }
-            RecordBody::KeyRestored { key, outcome } => {
-                self.remember(
-                    index,
-                    at,
-                    &Some(IdemRecord {
-                        key: key.clone(),
-                        outcome: outcome.clone(),
-                    }),
-                );
-            }
-            RecordBody::CountersRestored { next_hold } => {
+            RecordBody::CountersRestored {
+                next_hold,
+                next_order,
+            } => {
                 self.holds.restore_next(*next_hold);
+                self.next_order = self.next_order.max(*next_order);
             }
             _ => unreachable!("restore is called with restore records only"),
         }
@@ -326,5 +325,6 @@ impl Core {
         while let Some((caller, reply)) = self.durable.durable_reply() {
             self.deliver_reply(caller, reply);
         }
+        self.trim_recent();
     }
 }
