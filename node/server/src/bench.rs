@@ -81,13 +81,13 @@ pub struct Outcome {
     pub lag: Histogram<u64>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn start_node(
+pub(crate) fn start_node(
     dir: &Path,
     commit: Commit,
     token: &str,
@@ -99,6 +99,17 @@ fn start_node(
         &config,
         format!("[cluster]\nname = \"bench\"\n\n[[region]]\nname = \"eu-west\"\nhttp = \"127.0.0.1:{port}\"\nquic = \"127.0.0.1:0\"\ndata_dir = \"data\"\n"),
     )?;
+    let child = spawn_node(&config, commit, token, args)?;
+    Ok((child, format!("http://127.0.0.1:{port}")))
+}
+
+/// Starts `allot node` on a config written by [`start_node`] (again, after a kill).
+pub(crate) fn spawn_node(
+    config: &Path,
+    commit: Commit,
+    token: &str,
+    args: &HttpBench,
+) -> anyhow::Result<Child> {
     let exe = match &args.node_binary {
         Some(path) => path.clone(),
         None => std::env::current_exe().context("locating the allot binary")?,
@@ -108,7 +119,7 @@ fn start_node(
         .to_possible_value()
         .context("every commit mode has a name")?;
     let mut cmd = Command::new(exe);
-    cmd.args(["node", "--config"]).arg(&config).args([
+    cmd.args(["node", "--config"]).arg(config).args([
         "--region",
         "eu-west",
         "--commit",
@@ -120,16 +131,14 @@ fn start_node(
     if let Some(us) = args.commit_window_us {
         cmd.args(["--commit-window-us", &us.to_string()]);
     }
-    let child = cmd
-        .env("ALLOT_ADMIN_TOKEN", token)
+    cmd.env("ALLOT_ADMIN_TOKEN", token)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .spawn()
-        .context("starting allot node")?;
-    Ok((child, format!("http://127.0.0.1:{port}")))
+        .context("starting allot node")
 }
 
-async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     for _ in 0..400 {
         if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
             if r.status().is_success() {
@@ -157,15 +166,12 @@ pub async fn run(args: &HttpBench) -> anyhow::Result<Vec<Outcome>> {
     Ok(out)
 }
 
-async fn measure(
+/// The event every bench sells from: one pool too large to sell out.
+pub(crate) async fn create_event(
+    client: &reqwest::Client,
     base: &str,
     token: &str,
-    run: usize,
-    commit: Commit,
-    args: &HttpBench,
-) -> anyhow::Result<Outcome> {
-    let client = reqwest::Client::new();
-    wait_ready(&client, base).await?;
+) -> anyhow::Result<()> {
     let event = json!({
         "id": "bench", "name": "Bench", "venue": "Loopback", "lat": 0.0, "lon": 0.0,
         "starts_at": "2027-06-01T19:00:00Z", "currency": "EUR",
@@ -185,6 +191,19 @@ async fn measure(
             r.text().await.unwrap_or_default()
         );
     }
+    Ok(())
+}
+
+async fn measure(
+    base: &str,
+    token: &str,
+    run: usize,
+    commit: Commit,
+    args: &HttpBench,
+) -> anyhow::Result<Outcome> {
+    let client = reqwest::Client::new();
+    wait_ready(&client, base).await?;
+    create_event(&client, base, token).await?;
     let addr: SocketAddr = base
         .trim_start_matches("http://")
         .parse()
@@ -326,11 +345,11 @@ impl Tally {
     }
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+pub(crate) type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// One keep-alive HTTP/1.1 connection, straight on hyper: the generator shares the machine
 /// with the node, so it spends as little as it can per request.
-async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;

@@ -792,6 +792,7 @@ async fn cluster(State(s): St, _: Operator) -> ApiResult {
         .transport
         .as_ref()
         .map(|t| t.lock().expect("status").clone());
+    let store = s.core.store().memory();
     let v = read(&s, move |core| {
         let cfg = core.config();
         let now = crate::driver::wall_ms();
@@ -831,6 +832,18 @@ async fn cluster(State(s): St, _: Operator) -> ApiResult {
         json!({
             "region": cfg.region, "catalog_region": cfg.catalog_region, "incarnation": cfg.incarnation,
             "ready": ready, "durable_index": core.persisted_index(), "peers": peers, "events": events,
+            "memory": {
+                "core": {
+                    "live_holds": core.footprint().live_holds,
+                    "cached_keys": core.footprint().cached_keys,
+                    "recent_orders": core.footprint().recent_orders,
+                    "reads_in_flight": core.footprint().reads_in_flight,
+                },
+                "store_bytes": {
+                    "block_cache": store.block_cache, "memtables": store.memtables,
+                    "table_readers": store.table_readers, "total": store.total(),
+                },
+            },
         })
     })?;
     Ok(Json(v).into_response())

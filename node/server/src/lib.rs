@@ -2,6 +2,7 @@
 //! core and writer threads, the HTTP API, and the in-process demo.
 
 pub mod bench;
+pub mod bench_restart;
 pub mod config;
 pub mod demo;
 pub mod driver;
