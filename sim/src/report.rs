@@ -32,6 +32,9 @@ pub struct Report {
     pub other_errors: u64,
     /// Answers that another region gave through a call between regions.
     pub remote_answers: u64,
+    /// Purchases sent again with the same idempotency key, and refunds answered.
+    pub retried: u64,
+    pub refunds: u64,
     pub abandoned: u64,
     pub expired: u64,
     pub latency_ms: Latency,
@@ -72,6 +75,8 @@ impl Report {
             unavailable: 0,
             other_errors: 0,
             remote_answers: 0,
+            retried: 0,
+            refunds: 0,
             abandoned: 0,
             expired: 0,
             latency_ms: Latency::default(),
@@ -141,6 +146,13 @@ impl Report {
                 .map_or("not sold out".into(), |t| format!("{t} ms")),
         );
         row(&mut s, "handoffs", self.handoffs.to_string());
+        if self.retried + self.refunds > 0 {
+            row(
+                &mut s,
+                "retried / refunds",
+                format!("{} / {}", self.retried, self.refunds),
+            );
+        }
         row(
             &mut s,
             "crashes",

@@ -85,6 +85,14 @@ pub struct Demand {
     /// Fraction of buyers who want assigned seats (when the event has some).
     #[serde(default)]
     pub seat_fraction: f64,
+    /// Fraction of purchases sent with an `Idempotency-Key` and sent again with the same key
+    /// a moment later (a front end retrying after a timeout): both answers must name one order.
+    #[serde(default)]
+    pub retry: f64,
+    /// Fraction of orders refunded after thinking; half of those refunds are sent twice at
+    /// once (two operators racing), and the quota must come back once.
+    #[serde(default)]
+    pub refund: f64,
     /// How the rate changes over time: during `[from_ms, to_ms)` it is multiplied by `factor`
     /// (e.g. a rush in the first seconds of an on-sale).
     #[serde(default)]

@@ -77,6 +77,22 @@ enum Ev {
     },
     Rebalance,
     Transfer,
+    /// An operator refunds an order at the region that sold it.
+    Refund {
+        region: usize,
+        order: String,
+    },
+}
+
+/// What an answer is for.
+#[derive(Debug, Clone, PartialEq)]
+enum Purpose {
+    /// A buyer's purchase, hold or confirm: counted in the report.
+    Sale,
+    /// A purchase sent again with its key: only checked against the first answer.
+    Retry,
+    /// An operator's refund.
+    Refund,
 }
 
 #[derive(Debug)]
@@ -86,6 +102,9 @@ struct Pending {
     pool: &'static str,
     /// The region the buyer is in (differs from the serving region under `central`).
     client: usize,
+    purpose: Purpose,
+    /// The `Idempotency-Key` the request carries.
+    key: Option<String>,
 }
 
 struct Node {
@@ -122,6 +141,8 @@ pub struct World {
     quiet: Vec<usize>,
     /// Reused output buffers of the cores.
     ready: Ready,
+    /// The order each idempotency key was first answered with: (region, order number).
+    keyed: HashMap<String, (usize, u64)>,
 }
 
 const EVENT: &str = "sim";
@@ -171,6 +192,7 @@ impl World {
             arrival_clock: vec![],
             quiet: vec![],
             ready: Ready::default(),
+            keyed: HashMap::new(),
         }
     }
 
@@ -446,6 +468,8 @@ impl World {
                     quantity,
                     pool,
                     client,
+                    purpose: Purpose::Sale,
+                    key: None,
                 };
                 let delay = self.sc.one_way(&self.names[client], &self.names[region]);
                 self.at(
@@ -550,6 +574,17 @@ impl World {
                 self.at(self.now + dt, Ev::Transfer);
                 self.random_transfer();
             }
+            Ev::Refund { region, order } => {
+                let pending = Pending {
+                    arrival: self.now,
+                    quantity: 0,
+                    pool: "floor",
+                    client: region,
+                    purpose: Purpose::Refund,
+                    key: None,
+                };
+                self.request(region, Command::Refund { order }, Some(pending));
+            }
         }
     }
 
@@ -583,11 +618,37 @@ impl World {
             }
         };
         let arrival = self.now;
+        let key = (!hold && self.rng.random_bool(d.retry.clamp(0.0, 1.0))).then(|| {
+            self.report.retried += 1;
+            format!("k-{}", self.report.retried)
+        });
+        if let Some(key) = &key {
+            // The front end sends it again with the same key a moment later.
+            let again = Pending {
+                arrival,
+                quantity,
+                pool,
+                client,
+                purpose: Purpose::Retry,
+                key: Some(key.clone()),
+            };
+            let later = self.rng.random_range(0..=300);
+            self.at(
+                arrival + delay + later,
+                Ev::Request {
+                    region: serving,
+                    command: Box::new(cmd.clone()),
+                    pending: again,
+                },
+            );
+        }
         let pending = Pending {
             arrival,
             quantity,
             pool,
             client,
+            purpose: Purpose::Sale,
+            key,
         };
         if delay > 0 {
             // Under `central` the request crosses the WAN first.
@@ -611,17 +672,17 @@ impl World {
         }
         let id = RequestId(self.next_request);
         self.next_request += 1;
+        let key = pending
+            .as_ref()
+            .and_then(|p| p.key.clone())
+            .map(|key| IdempotencyKey {
+                key,
+                body_hash: [0; 32],
+            });
         if let Some(p) = pending {
             self.nodes[r].pending.insert(id, p);
         }
-        self.input(
-            r,
-            Input::Request {
-                id,
-                key: None,
-                command,
-            },
-        );
+        self.input(r, Input::Request { id, key, command });
     }
 
     /// Feeds an input to region `r` and routes everything it outputs.
@@ -722,6 +783,9 @@ impl World {
     fn answer(&mut self, r: usize, p: Pending, reply: Reply) {
         let back = self.sc.one_way(&self.names[r], &self.names[p.client]);
         let done = self.now + back;
+        if p.purpose != Purpose::Sale {
+            return self.answer_aside(r, p, reply);
+        }
         match reply {
             Ok(Outcome::Held(h)) => {
                 let d = self.sc.demand.clone();
@@ -753,24 +817,14 @@ impl World {
             }
             Ok(Outcome::Remote(remote)) => {
                 self.report.remote_answers += 1;
-                let outcome = match remote.outcome {
-                    Answered::Order(o) => Outcome::Order(o),
-                    Answered::Held(h) => Outcome::Held(h),
-                    _ => return,
-                };
-                self.answer(r, p, Ok(outcome));
-            }
-            Ok(Outcome::Order(o)) => {
-                self.report.answers += 1;
-                self.report.sold += o.quantity;
-                self.report.orders += 1;
-                let _ = self.latency.record(done.saturating_sub(p.arrival));
-                if self.total_sold() >= self.report.capacity && self.report.sold_out_at_ms.is_none()
-                {
-                    self.report.sold_out_at_ms =
-                        Some(done.saturating_sub(self.report.opened_at_ms));
+                let seller = self.names.iter().position(|n| *n == remote.region);
+                match (remote.outcome, seller) {
+                    (Answered::Order(o), Some(seller)) => self.sold(seller, done, p, o),
+                    (Answered::Held(h), _) => self.answer(r, p, Ok(Outcome::Held(h))),
+                    _ => {}
                 }
             }
+            Ok(Outcome::Order(o)) => self.sold(r, done, p, o),
             Ok(_) => {}
             Err(CoreError::SoldOut { wanted, .. }) => {
                 self.report.answers += 1;
@@ -788,6 +842,68 @@ impl World {
             Err(_) => {
                 self.report.answers += 1;
                 self.report.other_errors += 1;
+            }
+        }
+    }
+
+    /// A buyer's order, sold by region `r`, answered at `done`.
+    fn sold(&mut self, r: usize, done: u64, p: Pending, o: Order) {
+        self.keyed_order(r, &p, &o);
+        if self.rng.random_bool(self.sc.demand.refund.clamp(0.0, 1.0)) {
+            let order = self.nodes[r]
+                .cfg
+                .id_key
+                .format(IdKind::Order, &self.names[r], o.n);
+            let at = done + self.rng.random_range(0..=self.sc.demand.think_ms);
+            let copies = if self.rng.random_bool(0.5) { 2 } else { 1 };
+            for _ in 0..copies {
+                self.at(
+                    at,
+                    Ev::Refund {
+                        region: r,
+                        order: order.clone(),
+                    },
+                );
+            }
+        }
+        self.report.answers += 1;
+        self.report.sold += o.quantity;
+        self.report.orders += 1;
+        let _ = self.latency.record(done.saturating_sub(p.arrival));
+        if self.total_sold() >= self.report.capacity && self.report.sold_out_at_ms.is_none() {
+            self.report.sold_out_at_ms = Some(done.saturating_sub(self.report.opened_at_ms));
+        }
+    }
+
+    /// Answers to retries and refunds: checked, not counted as sales.
+    fn answer_aside(&mut self, r: usize, p: Pending, reply: Reply) {
+        match (&p.purpose, reply) {
+            (Purpose::Retry, Ok(Outcome::Order(o))) => self.keyed_order(r, &p, &o),
+            (Purpose::Refund, Ok(Outcome::Order(o))) => {
+                self.report.refunds += 1;
+                if o.status != OrderStatus::Refunded {
+                    self.report.violations.push(format!(
+                        "t={}ms {}: a refund answered order {} as {:?}",
+                        self.now, self.names[r], o.n, o.status
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Every answer to one idempotency key names one order.
+    fn keyed_order(&mut self, r: usize, p: &Pending, o: &Order) {
+        let Some(key) = &p.key else { return };
+        let named = (r, o.n);
+        match self.keyed.get(key) {
+            Some(&first) if first != named => self.report.violations.push(format!(
+                "t={}ms: key {key} answered order {:?} and then {named:?}",
+                self.now, first
+            )),
+            Some(_) => {}
+            None => {
+                self.keyed.insert(key.clone(), named);
             }
         }
     }

@@ -305,7 +305,7 @@ impl Core {
 
     // ----- requests -------------------------------------------------------------------------
 
-    fn request(&mut self, caller: Caller, key: Option<IdempotencyKey>, command: Command) {
+    fn request(&mut self, caller: Caller, mut key: Option<IdempotencyKey>, command: Command) {
         if let Some(k) = &key {
             if k.key.is_empty()
                 || k.key.len() > MAX_KEY_LEN
@@ -319,13 +319,24 @@ impl Core {
                 );
             }
         }
+        // A key another region's buyer chose is that region's: scoped by it (a space, which
+        // no client key may hold, keeps the scopes apart), so two regions' buyers never share
+        // an answer by choosing the same key.
+        if let (Caller::Peer { region, .. }, Some(k)) = (&caller, &mut key) {
+            k.key = format!("{region} {}", k.key);
+        }
         self.run(Request::new(caller, key, command));
     }
 
     /// Runs a request as far as it goes: answered, or parked on a read or behind its key.
     fn run(&mut self, mut req: Request) {
         if let Some(k) = &req.key {
-            match self.idem.seen(k, self.now, self.cfg.idempotency_ttl_ms) {
+            let (now, ttl, persisted) = (
+                self.now,
+                self.cfg.idempotency_ttl_ms,
+                self.durable.persisted(),
+            );
+            match self.idem.seen(k, now, ttl, persisted) {
                 Seen::NotHere => {}
                 Seen::OtherBody => {
                     self.reply_now(req.caller.clone(), Err(CoreError::IdempotencyMismatch));
@@ -539,7 +550,9 @@ impl Core {
     }
 
     fn expire_keys(&mut self) {
-        self.idem.expire(self.now, self.cfg.idempotency_ttl_ms);
+        let persisted = self.durable.persisted();
+        self.idem
+            .expire(self.now, self.cfg.idempotency_ttl_ms, persisted);
     }
 
     // ----- reads ----------------------------------------------------------------------------

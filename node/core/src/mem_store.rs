@@ -47,6 +47,9 @@ pub struct MemStore {
     /// Sold seats of assigned pools: (event, pool, seat) → order.
     seats: BTreeMap<(String, PoolIdx, SeatIdx), OrderNo>,
     keys: BTreeMap<String, StoredKey>,
+    /// Keys by (time made, record index), oldest first: dropped once past the TTL, as RocksDB's
+    /// compaction does.
+    keys_by_age: BTreeMap<(Millis, u64), String>,
     /// Per (event, pool): units this region's stored orders sold and refunded, kept as records
     /// apply so [`MemStore::check`] costs nothing per order.
     totals: BTreeMap<(String, PoolIdx), OrderTotals>,
@@ -70,6 +73,7 @@ impl MemStore {
             order_of_hold: BTreeMap::new(),
             seats: BTreeMap::new(),
             keys: BTreeMap::new(),
+            keys_by_age: BTreeMap::new(),
             totals: BTreeMap::new(),
             violations: Vec::new(),
             next_hold: 1,
@@ -101,10 +105,20 @@ impl MemStore {
             self.last_index = r.index;
             self.clock = self.clock.max(r.at);
         }
+        while let Some((&(at, index), key)) = self.keys_by_age.first_key_value() {
+            if at.saturating_add(self.key_ttl_ms) > self.clock {
+                break;
+            }
+            if self.keys.get(key).is_some_and(|k| k.index.0 == index) {
+                self.keys.remove(key);
+            }
+            self.keys_by_age.pop_first();
+        }
     }
 
     fn key(&mut self, r: &Record, idem: &Option<IdemRecord>) {
         if let Some(i) = idem {
+            self.keys_by_age.insert((r.at, r.index), i.key.key.clone());
             self.keys.insert(
                 i.key.key.clone(),
                 StoredKey {

@@ -241,3 +241,49 @@ fn a_restart_holds_live_state_only_and_reads_the_rest() {
     assert_eq!(c.stores[0].order_count(), 1000);
     c.check().unwrap();
 }
+
+#[test]
+fn a_key_in_flight_outlives_its_ttl_until_durable() {
+    let mut c = LocalCluster::new(&["eu-west"]);
+    let mut cfg = Config::new("eu-west", &["eu-west".to_string()]);
+    cfg.idempotency_ttl_ms = 10;
+    c.cores[0] = Core::new(cfg);
+    c.call(0, Command::CreateEvent(spec("rock", 30, 0)))
+        .unwrap();
+    // The first purchase's record is not durable (a slow sync) when its TTL passes.
+    let first = c.send(0, key("slow", 1), buy(1));
+    c.advance(1_000);
+    c.tick(0);
+    let retry = c.send(0, key("slow", 1), buy(1));
+    c.persist(0);
+    let (first, retry) = (
+        c.take_reply(0, first).unwrap(),
+        c.take_reply(0, retry).unwrap(),
+    );
+    assert_eq!(first, retry, "the retry waited for the first answer");
+    assert_eq!(c.stores[0].order_count(), 1, "one order for one key");
+    c.check().unwrap();
+}
+
+#[test]
+fn keys_in_calls_from_other_regions_are_scoped_by_the_caller() {
+    let mut c = cluster_with(&REGIONS, 30, 0);
+    let h = hold_id(&c.call(0, hold_qty("c-1", "floor", 1)), "eu-west");
+    let confirm = |hold: &str| Command::Confirm {
+        hold: hold.to_owned(),
+        payment_ref: "p".into(),
+    };
+    // A buyer at eu-west uses key "same" for a local purchase; one at us-east uses the same
+    // key to confirm an eu-west hold, through a call to eu-west: each gets its own answer.
+    let local = c.call_keyed(0, key("same", 1), buy(1));
+    let remote = c.call_keyed(1, key("same", 2), confirm(&h));
+    assert!(local.is_ok());
+    match remote {
+        Ok(Outcome::Remote(r)) => assert!(matches!(r.outcome, Answered::Order(_))),
+        other => panic!("expected eu-west's order, got {other:?}"),
+    }
+    // And each key still dedupes within its own scope.
+    assert_eq!(c.call_keyed(0, key("same", 1), buy(1)), local);
+    assert_eq!(c.stores[0].order_count(), 2);
+    c.check().unwrap();
+}

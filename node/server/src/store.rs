@@ -46,6 +46,11 @@ const NODE: &str = "node";
 /// Row keys and values of one batch, last write wins.
 type Rows = BTreeMap<Vec<u8>, Vec<u8>>;
 
+/// The layout of the column families. Version 2: orders with their record index, the order of
+/// each confirmed hold, sold seats, order and record counters (read on demand, restarts from
+/// live state). Data of another layout is refused at open, never read as if it were this one.
+const FORMAT: u64 = 2;
+
 /// How long an idempotency key is kept by default: 24 h.
 pub const DEFAULT_KEY_TTL_MS: u64 = 24 * 3600 * 1000;
 
@@ -192,10 +197,32 @@ impl Store {
             .chain([ColumnFamilyDescriptor::new(KEYS, keys)]);
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .with_context(|| format!("opening RocksDB in {}", dir.display()))?;
-        Ok(Store {
+        let store = Store {
             db,
             key_ttl_ms: options.key_ttl_ms,
-        })
+        };
+        store.check_format(dir)?;
+        Ok(store)
+    }
+
+    /// Stamps a new store with [`FORMAT`]; refuses one written in another layout (an older
+    /// node kept orders and keys in other encodings and no order counter: reading it as this
+    /// layout would reuse order numbers).
+    fn check_format(&self, dir: &Path) -> anyhow::Result<()> {
+        match self.node_u64(b"format")? {
+            FORMAT => Ok(()),
+            0 if self.node_u64(b"incarnation")? == 0 => {
+                let mut b = WriteBatch::default();
+                b.put_cf(self.cf(NODE), b"format", FORMAT.to_be_bytes());
+                self.write(b)?;
+                Ok(())
+            }
+            found => anyhow::bail!(
+                "{} holds data of store format {found} (0: written before formats were \
+                 numbered); this allot reads format {FORMAT}: run the allot that wrote it",
+                dir.display()
+            ),
+        }
     }
 
     /// RocksDB's own memory, as it reports it.

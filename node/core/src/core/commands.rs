@@ -10,7 +10,7 @@ use allot_crdt::{Change, EventMeta, Genesis, MetaDoc, MetaPatch, PoolIdx, PoolSp
 use crate::api::*;
 use crate::event::{EventState, SeatLocal};
 use crate::ids::{GlobalId, IdKind};
-use crate::reads::{Found, HoldNo, Lookup, OrderNo};
+use crate::reads::{Found, HoldNo, Lookup, OrderNo, StoredOrder};
 use crate::record::{RecordBody, ReleaseReason};
 
 use super::sync::{largest_gossip_unit, unit_room};
@@ -18,6 +18,15 @@ use super::{Core, Halt};
 
 const MAX_TEXT: usize = 4000;
 const MAX_PRICE: u64 = 1_000_000_000;
+
+/// The store answered a read with another order than the one asked for: asking again would
+/// get the same answer, so the request fails (503) and nothing changes.
+fn mismatch(asked: &str, got: &StoredOrder) -> Halt {
+    Halt::Refused(CoreError::Storage(format!(
+        "asked the store for {asked}, it answered order {} (hold {:?})",
+        got.order.n, got.order.hold
+    )))
+}
 
 pub(super) fn invalid<T>(why: impl Into<String>) -> Result<T, CoreError> {
     Err(CoreError::Invalid(why.into()))
@@ -501,6 +510,7 @@ impl Core {
                 }
                 Ok(recent.or(stored.as_ref()).map(|s| s.order.clone()))
             }
+            Some(Found::Order(Some(s))) => Err(mismatch(&format!("order {}", n.0), s)),
             _ => match recent {
                 Some(r) => Ok(Some(r.order.clone())),
                 None => Err(Halt::Need(Lookup::Order(n))),
@@ -519,6 +529,7 @@ impl Core {
                 self.order_now(n, found)
             }
             Some(Found::Order(None)) => Ok(None),
+            Some(Found::Order(Some(s))) => Err(mismatch(&format!("the order of hold {}", h.0), s)),
             _ => Err(Halt::Need(Lookup::OrderOfHold(h))),
         }
     }
@@ -602,6 +613,19 @@ impl Core {
         }
         let ev = self.event_idx(&order.event)?;
         let e = &self.events[ev];
+        // The order came from the store: its seats must be the ones this region marks sold to
+        // it, or the store and memory disagree and the refund would free someone else's seat.
+        let seats = e.seats.get(order.pool as usize);
+        if !order
+            .seats
+            .iter()
+            .all(|&s| seats.and_then(|p| p.get(s as usize)) == Some(&SeatLocal::Sold(n)))
+        {
+            return Err(CoreError::Storage(format!(
+                "order {n} as read names seats this region does not mark sold to it"
+            ))
+            .into());
+        }
         let row = e
             .ledger
             .write(

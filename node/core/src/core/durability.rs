@@ -59,7 +59,14 @@ impl DurabilityQueues {
     }
 
     pub fn reply_after(&mut self, index: u64, caller: Caller, reply: Reply) {
-        self.replies.push_back((index, caller, reply));
+        // Mostly in order; a repeated idempotency key waits on its first answer's record,
+        // which may be older than replies already queued.
+        let at = if self.replies.back().is_none_or(|r| r.0 <= index) {
+            self.replies.len()
+        } else {
+            self.replies.partition_point(|r| r.0 <= index)
+        };
+        self.replies.insert(at, (index, caller, reply));
     }
 
     pub fn own_row(&mut self, row: PendingRow) {

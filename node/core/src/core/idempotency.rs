@@ -48,11 +48,13 @@ pub(super) struct IdempotencyTable {
 }
 
 impl IdempotencyTable {
-    /// What `key` finds at `now`: an answer `ttl` or older is gone, even before a tick drops it.
-    pub fn seen(&self, key: &IdempotencyKey, now: Millis, ttl: Millis) -> Seen<'_> {
+    /// What `key` finds at `now`: a durable answer `ttl` or older is gone, even before a tick
+    /// drops it. One still in flight (record above `persisted`) stands whatever its age: the
+    /// store does not have it yet, so forgetting it would let a retry run twice.
+    pub fn seen(&self, key: &IdempotencyKey, now: Millis, ttl: Millis, persisted: u64) -> Seen<'_> {
         match self.entries.get(&key.key) {
             None => Seen::NotHere,
-            Some(e) if e.at.saturating_add(ttl) <= now => Seen::NotHere,
+            Some(e) if e.index <= persisted && e.at.saturating_add(ttl) <= now => Seen::NotHere,
             Some(e) if e.body_hash == key.body_hash => Seen::Again(e),
             Some(_) => Seen::OtherBody,
         }
@@ -124,10 +126,11 @@ impl IdempotencyTable {
         }
     }
 
-    /// Forgets keys remembered `ttl` or longer before `now`.
-    pub fn expire(&mut self, now: Millis, ttl: Millis) {
-        while let Some((&(at, _), key)) = self.by_age.first_key_value() {
-            if at.saturating_add(ttl) > now {
+    /// Forgets durable keys remembered `ttl` or longer before `now` (in-flight ones wait until
+    /// the store has them).
+    pub fn expire(&mut self, now: Millis, ttl: Millis, persisted: u64) {
+        while let Some((&(at, index), key)) = self.by_age.first_key_value() {
+            if at.saturating_add(ttl) > now || index > persisted {
                 break;
             }
             let key = key.clone();
