@@ -77,6 +77,8 @@ struct Engine {
     /// The same flag as [`CoreHandle`]'s: false once a synced write failed.
     ready_flag: Arc<AtomicBool>,
     ready: Ready,
+    /// For reads memory can answer while the lock is held.
+    store: Arc<Store>,
 }
 
 enum ToWriter {
@@ -89,10 +91,31 @@ enum ToWriter {
 type Reads = Vec<(ReadId, Lookup)>;
 
 impl Engine {
+    /// Feeds one input; answers at once the reads RocksDB can answer from memory (a new
+    /// idempotency key, a recent order), and returns those that need the disk, to be served
+    /// outside the lock.
     #[must_use = "the core's reads must be served"]
     fn handle(&mut self, input: Input) -> Reads {
         self.core.handle(wall_ms(), input);
-        self.pump()
+        let mut reads = self.pump();
+        let mut disk = Reads::new();
+        while !reads.is_empty() {
+            let now = wall_ms();
+            for (id, lookup) in std::mem::take(&mut reads) {
+                match self.store.lookup_in_memory(&lookup, now) {
+                    Some(found) => {
+                        let found = found.map_err(|e| {
+                            tracing::error!("reading {lookup:?} from the store: {e:#}");
+                            format!("{e:#}")
+                        });
+                        self.core.handle(now, Input::Read { id, found });
+                    }
+                    None => disk.push((id, lookup)),
+                }
+            }
+            reads = self.pump();
+        }
+        disk
     }
 
     /// Routes what the core made ready: records to the writer, released replies to their
@@ -315,7 +338,9 @@ pub fn start(
     let (wtx, wrx) = crossbeam_channel::unbounded::<ToWriter>();
     let ready = Arc::new(AtomicBool::new(true));
     let (changes_tx, changes_rx) = watch::channel(0u64);
+    let store = Arc::new(store);
     let engine = Arc::new(Mutex::new(Engine {
+        store: store.clone(),
         core,
         waiting: HashMap::new(),
         next_id: 1,
@@ -325,7 +350,6 @@ pub fn start(
         ready_flag: ready.clone(),
         ready: Ready::default(),
     }));
-    let store = Arc::new(store);
     let handle = CoreHandle {
         engine,
         store: store.clone(),
