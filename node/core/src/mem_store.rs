@@ -40,7 +40,8 @@ pub struct MemStore {
     /// How long an idempotency answer is found after it was made.
     key_ttl_ms: Millis,
     events: BTreeMap<String, StoredEvent>,
-    rows: BTreeMap<(String, RegionIdx), StoredRow>,
+    /// Rows by event, then writer (looked up by `&str`: no allocation per record).
+    rows: BTreeMap<String, Vec<StoredRow>>,
     holds: BTreeMap<u64, Hold>,
     orders: BTreeMap<OrderNo, StoredOrder>,
     order_of_hold: BTreeMap<HoldNo, OrderNo>,
@@ -52,7 +53,10 @@ pub struct MemStore {
     keys_by_age: BTreeMap<(Millis, u64), String>,
     /// Per (event, pool): units this region's stored orders sold and refunded, kept as records
     /// apply so [`MemStore::check`] costs nothing per order.
-    totals: BTreeMap<(String, PoolIdx), OrderTotals>,
+    totals: BTreeMap<String, Vec<OrderTotals>>,
+    /// Keep every order (for reads of past orders). A simulation that never reads one (no
+    /// refunds, no retried keys) turns it off to stay fast at a million sales.
+    keep_orders: bool,
     /// Records that broke a rule the store can see (a refund of an order not confirmed).
     violations: Vec<String>,
     next_hold: u64,
@@ -75,12 +79,32 @@ impl MemStore {
             keys: BTreeMap::new(),
             keys_by_age: BTreeMap::new(),
             totals: BTreeMap::new(),
+            keep_orders: true,
             violations: Vec::new(),
             next_hold: 1,
             next_order: 1,
             last_index: 0,
             clock: 0,
         }
+    }
+
+    /// Stops keeping orders: lookups of past orders then find none (a confirmed hold looks
+    /// expired). For simulations that never read one.
+    pub fn forget_orders(&mut self) {
+        self.keep_orders = false;
+        self.orders.clear();
+        self.order_of_hold.clear();
+    }
+
+    fn totals(&mut self, event: &str, pool: PoolIdx) -> &mut OrderTotals {
+        if !self.totals.contains_key(event) {
+            self.totals.insert(event.to_owned(), Vec::new());
+        }
+        let v = self.totals.get_mut(event).expect("inserted above");
+        if v.len() <= pool as usize {
+            v.resize(pool as usize + 1, OrderTotals::default());
+        }
+        &mut v[pool as usize]
     }
 
     /// The index of the last record applied.
@@ -181,30 +205,31 @@ impl MemStore {
                 let n = OrderNo(order.n);
                 if let Some(h) = hold {
                     self.holds.remove(h);
-                    self.order_of_hold.insert(HoldNo(*h), n);
+                    if self.keep_orders {
+                        self.order_of_hold.insert(HoldNo(*h), n);
+                    }
                 }
                 for &s in &order.seats {
                     self.seats
                         .insert((order.event.to_string(), order.pool, s), n);
                 }
-                self.orders.insert(
-                    n,
-                    StoredOrder {
-                        index,
-                        order: order.clone(),
-                    },
-                );
+                if self.keep_orders {
+                    self.orders.insert(
+                        n,
+                        StoredOrder {
+                            index,
+                            order: order.clone(),
+                        },
+                    );
+                }
                 self.next_order = self.next_order.max(order.n + 1);
-                self.totals
-                    .entry((order.event.to_string(), order.pool))
-                    .or_default()
-                    .sold += order.quantity;
+                self.totals(&order.event, order.pool).sold += order.quantity;
                 self.row(&order.event, row);
                 self.key(r, idem);
             }
             RecordBody::Refunded { order, row, idem } => {
                 let before = self.orders.get(&OrderNo(order.n)).map(|o| &o.order.status);
-                if before != Some(&OrderStatus::Confirmed) {
+                if self.keep_orders && before != Some(&OrderStatus::Confirmed) {
                     self.violations.push(format!(
                         "record {}: refund of order {} whose stored status is {before:?}",
                         r.index, order.n
@@ -213,17 +238,16 @@ impl MemStore {
                 for &s in &order.seats {
                     self.seats.remove(&(order.event.to_string(), order.pool, s));
                 }
-                self.totals
-                    .entry((order.event.to_string(), order.pool))
-                    .or_default()
-                    .refunded += order.quantity;
-                self.orders.insert(
-                    OrderNo(order.n),
-                    StoredOrder {
-                        index,
-                        order: order.clone(),
-                    },
-                );
+                self.totals(&order.event, order.pool).refunded += order.quantity;
+                if self.keep_orders {
+                    self.orders.insert(
+                        OrderNo(order.n),
+                        StoredOrder {
+                            index,
+                            order: order.clone(),
+                        },
+                    );
+                }
                 self.row(&order.event, row);
                 self.key(r, idem);
             }
@@ -241,7 +265,14 @@ impl MemStore {
     }
 
     fn row(&mut self, event: &str, row: &RowDelta) {
-        let stored = self.rows.entry((event.to_owned(), row.writer)).or_default();
+        if !self.rows.contains_key(event) {
+            self.rows.insert(event.to_owned(), Vec::new());
+        }
+        let rows = self.rows.get_mut(event).expect("inserted above");
+        if rows.len() <= row.writer as usize {
+            rows.resize(row.writer as usize + 1, StoredRow::default());
+        }
+        let stored = &mut rows[row.writer as usize];
         for &(stamp, entry) in &row.entries {
             stored.entries.insert(entry.key(), (stamp, entry));
         }
@@ -289,7 +320,7 @@ impl MemStore {
                 idem: None,
             });
             for writer in 0..e.genesis.regions.len() as RegionIdx {
-                let Some(row) = self.rows.get(&(id.clone(), writer)) else {
+                let Some(row) = self.rows.get(id).and_then(|r| r.get(writer as usize)) else {
                     continue;
                 };
                 if row.seq == 0 {
@@ -355,7 +386,7 @@ impl MemStore {
             let Some(me) = e.genesis.region_index(&self.region) else {
                 continue;
             };
-            let row = self.rows.get(&(id.clone(), me));
+            let row = self.rows.get(id).and_then(|r| r.get(me as usize));
             for p in 0..e.genesis.pools.len() as PoolIdx {
                 let counter = |kind: u8| {
                     row.and_then(|r| r.entries.get(&(p, kind, 0)))
@@ -366,7 +397,8 @@ impl MemStore {
                 };
                 let t = self
                     .totals
-                    .get(&(id.clone(), p))
+                    .get(id)
+                    .and_then(|v| v.get(p as usize))
                     .copied()
                     .unwrap_or_default();
                 let (sold, refunded) = (t.sold, t.refunded);

@@ -1,4 +1,4 @@
-//! Recent orders: every order this region changed since the oldest read still in flight could
+//! Recent orders: every order this region changed since the oldest read in flight could
 //! have been taken, so no answer from the store is ever acted on stale.
 //!
 //! Past orders live in the store. A read asked when records `..=p` were durable sees at least
@@ -6,77 +6,84 @@
 //! version of each order it changed after `p` and prefers it to the store's. Entries leave once
 //! they are durable and older than every read in flight: memory holds what is in flight, not
 //! the history.
+//!
+//! Records arrive in index order, so the versions form a queue: writing and trimming cost O(1)
+//! on the sale path; finding an order scans the queue from its newest end, which only a refund,
+//! a repeated confirm or a read does, and the queue holds only what is not yet durable or not
+//! yet seen by a read.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
 use crate::reads::{HoldNo, OrderNo, RecordIndex, StoredOrder};
 
+/// One record's write of an order.
+struct Version {
+    stored: StoredOrder,
+    /// The hold this record confirmed, if it did.
+    confirmed: Option<HoldNo>,
+}
+
 #[derive(Default)]
 pub(super) struct RecentOrders {
-    orders: BTreeMap<OrderNo, StoredOrder>,
-    /// Confirmed holds, with the record that confirmed them.
-    of_hold: BTreeMap<HoldNo, (RecordIndex, OrderNo)>,
-    /// What each record wrote, oldest first, for trimming.
-    by_index: BTreeMap<RecordIndex, (OrderNo, Option<HoldNo>)>,
+    /// Oldest first, by record index.
+    versions: VecDeque<Version>,
 }
 
 impl RecentOrders {
-    /// Notes the order as the record at `index` left it.
+    /// Notes the order as the record at `stored.index` left it.
     pub fn wrote(&mut self, stored: StoredOrder, confirmed: Option<HoldNo>) {
-        let (n, index) = (OrderNo(stored.order.n), stored.index);
-        if let Some(h) = confirmed {
-            self.of_hold.insert(h, (index, n));
-        }
-        self.by_index.insert(index, (n, confirmed));
-        self.orders.insert(n, stored);
+        debug_assert!(self
+            .versions
+            .back()
+            .is_none_or(|v| v.stored.index < stored.index));
+        self.versions.push_back(Version { stored, confirmed });
     }
 
+    /// The newest version of order `n`, if it is recent.
     pub fn get(&self, n: OrderNo) -> Option<&StoredOrder> {
-        self.orders.get(&n)
+        self.versions
+            .iter()
+            .rev()
+            .map(|v| &v.stored)
+            .find(|s| s.order.n == n.0)
     }
 
     /// The order that confirmed hold `h`, if that is recent.
     pub fn of_hold(&self, h: HoldNo) -> Option<OrderNo> {
-        self.of_hold.get(&h).map(|&(_, n)| n)
+        self.versions
+            .iter()
+            .rev()
+            .find(|v| v.confirmed == Some(h))
+            .map(|v| OrderNo(v.stored.order.n))
     }
 
     /// Forgets what records `..=floor` wrote: durable, and seen by every read in flight.
     pub fn trim(&mut self, floor: RecordIndex) {
-        while let Some(entry) = self.by_index.first_entry() {
-            let index = *entry.key();
-            if index > floor {
-                break;
-            }
-            let (n, hold) = entry.remove();
-            if self.orders.get(&n).is_some_and(|o| o.index == index) {
-                self.orders.remove(&n);
-            }
-            if let Some(h) = hold {
-                if self.of_hold.get(&h).is_some_and(|&(i, _)| i == index) {
-                    self.of_hold.remove(&h);
-                }
-            }
+        while self
+            .versions
+            .front()
+            .is_some_and(|v| v.stored.index <= floor)
+        {
+            self.versions.pop_front();
         }
     }
 
+    /// Versions kept (an order changed twice while a read was in flight counts twice).
     pub fn len(&self) -> usize {
-        self.orders.len()
+        self.versions.len()
     }
 
-    /// Every kept order and confirmed hold is queued for trimming under its own record.
+    /// Versions are kept in record order, one per record.
     pub fn check(&self) -> Result<(), String> {
-        for (n, o) in &self.orders {
-            if self.by_index.get(&o.index).map(|w| w.0) != Some(*n) || OrderNo(o.order.n) != *n {
+        let mut last = None;
+        for v in &self.versions {
+            if last.is_some_and(|l| l >= v.stored.index) {
                 return Err(format!(
-                    "recent order {} is not queued under its record",
-                    n.0
+                    "recent order versions out of record order at record {}",
+                    v.stored.index.0
                 ));
             }
-        }
-        for (h, (index, n)) in &self.of_hold {
-            if self.by_index.get(index) != Some(&(*n, Some(*h))) {
-                return Err(format!("recent confirm of hold {} is not queued", h.0));
-            }
+            last = Some(v.stored.index);
         }
         Ok(())
     }
