@@ -160,7 +160,12 @@ impl World {
                 cfg.max_holds_per_customer = u32::MAX;
                 cfg.id_key = IdKey::new(keys.random());
                 let mut store = MemStore::new(n, cfg.idempotency_ttl_ms);
-                if sc.demand.refund == 0.0 && sc.demand.retry == 0.0 {
+                // A confirm that reaches the owner twice (a duplicated call after the owner's
+                // restart) reads the order of its hold: keep orders when confirms travel.
+                if sc.demand.refund == 0.0
+                    && sc.demand.retry == 0.0
+                    && sc.demand.confirm_elsewhere == 0.0
+                {
                     // Nothing reads a past order: keeping a million would halve the speed.
                     store.forget_orders();
                 }

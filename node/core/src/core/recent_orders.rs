@@ -32,10 +32,14 @@ pub(super) struct RecentOrders {
 impl RecentOrders {
     /// Notes the order as the record at `stored.index` left it.
     pub fn wrote(&mut self, stored: StoredOrder, confirmed: Option<HoldNo>) {
-        debug_assert!(self
-            .versions
-            .back()
-            .is_none_or(|v| v.stored.index < stored.index));
+        // O(1), so checked in release builds too: out of order, `get` could return a stale
+        // version.
+        assert!(
+            self.versions
+                .back()
+                .is_none_or(|v| v.stored.index < stored.index),
+            "recent order versions arrive in record order"
+        );
         self.versions.push_back(Version { stored, confirmed });
     }
 
