@@ -142,7 +142,7 @@ pub struct World {
     /// Reused output buffers of the cores.
     ready: Ready,
     /// The order each idempotency key was first answered with: (region, order number).
-    keyed: HashMap<String, (usize, u64)>,
+    keyed: HashMap<String, (usize, OrderNo)>,
 }
 
 const EVENT: &str = "sim";

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use allot_crdt::{Allotments, GenesisError, MetaPatch, PoolIdx, PoolKind, SeatIdx};
 use serde::{Deserialize, Serialize};
 
+pub use crate::reads::{HoldNo, OrderNo};
+
 pub type Millis = u64;
 
 /// Identifies a request so its reply can be matched; chosen by the driver.
@@ -139,7 +141,7 @@ pub enum OrderStatus {
 /// A live hold: quota set aside for a buyer until `expires_at`, at a locked price.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
-    pub n: u64,
+    pub n: HoldNo,
     pub event: Arc<str>,
     pub pool: PoolIdx,
     pub quantity: u64,
@@ -153,7 +155,7 @@ pub struct Hold {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
-    pub n: u64,
+    pub n: OrderNo,
     pub event: Arc<str>,
     pub pool: PoolIdx,
     pub quantity: u64,
@@ -166,7 +168,7 @@ pub struct Order {
     pub status: OrderStatus,
     pub created_at: Millis,
     /// The hold this order confirmed, if it came from one.
-    pub hold: Option<u64>,
+    pub hold: Option<HoldNo>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -179,7 +181,7 @@ pub enum Outcome {
     },
     Held(Hold),
     Released {
-        hold: u64,
+        hold: HoldNo,
     },
     Order(Order),
     Granted {

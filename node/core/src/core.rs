@@ -164,7 +164,7 @@ pub struct Core {
     idem: IdempotencyTable,
     /// Requests waiting on the store or behind another request with their key.
     parked: Parked,
-    next_order: u64,
+    next_order: OrderNo,
     last_index: u64,
     now: Millis,
     /// What waits for the disk.
@@ -205,7 +205,7 @@ impl Core {
             recent: RecentOrders::default(),
             idem: IdempotencyTable::default(),
             parked: Parked::default(),
-            next_order: 1,
+            next_order: OrderNo(1),
             last_index: 0,
             now: 0,
             durable: DurabilityQueues::default(),
@@ -565,7 +565,7 @@ impl Core {
         self.by_id.get(id).map(|&i| &self.events[i])
     }
 
-    pub fn live_hold(&self, n: u64) -> Option<&Hold> {
+    pub fn live_hold(&self, n: HoldNo) -> Option<&Hold> {
         self.holds.get(n)
     }
 
@@ -585,7 +585,7 @@ impl Core {
     }
 
     /// The number the next order gets.
-    pub fn next_order(&self) -> u64 {
+    pub fn next_order(&self) -> OrderNo {
         self.next_order
     }
 

@@ -15,8 +15,8 @@ use crate::api::Millis;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SeatLocal {
     Free,
-    Held(u64),
-    Sold(u64),
+    Held(crate::reads::HoldNo),
+    Sold(crate::reads::OrderNo),
     /// Received from a peer by the record at this index; not spendable until it is durable.
     Arriving(u64),
 }

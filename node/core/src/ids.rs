@@ -102,7 +102,8 @@ impl IdKey {
     }
 
     /// The id of hold or order `n` of `region` (whose key this is).
-    pub fn format(&self, kind: IdKind, region: &str, n: u64) -> String {
+    pub fn format(&self, kind: IdKind, region: &str, n: impl Into<u64>) -> String {
+        let n = n.into();
         GlobalId {
             kind,
             region: region.to_owned(),
@@ -187,7 +188,7 @@ mod tests {
     #[test]
     fn ids_round_trip_and_reject_garbage() {
         let key = IdKey::insecure_for_tests("eu-west");
-        let id = key.format(IdKind::Order, "eu-west", 42);
+        let id = key.format(IdKind::Order, "eu-west", 42u64);
         assert!(id.starts_with("o-eu-west-42-"), "{id}");
         assert_eq!(id.len(), "o-eu-west-42-".len() + 24);
         let g = GlobalId::parse(IdKind::Order, &id).unwrap();
@@ -217,7 +218,7 @@ mod tests {
         assert_ne!(key.tag(IdKind::Hold, 1), key.tag(IdKind::Hold, 2));
         assert_ne!(key.tag(IdKind::Hold, 1), key.tag(IdKind::Order, 1));
         assert_ne!(key.tag(IdKind::Hold, 1), other.tag(IdKind::Hold, 1));
-        let forged = GlobalId::parse(IdKind::Hold, &other.format(IdKind::Hold, "eu-west", 1));
+        let forged = GlobalId::parse(IdKind::Hold, &other.format(IdKind::Hold, "eu-west", 1u64));
         assert!(!key.verifies(&forged.unwrap()));
     }
 }

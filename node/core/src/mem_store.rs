@@ -42,7 +42,7 @@ pub struct MemStore {
     events: BTreeMap<String, StoredEvent>,
     /// Rows by event, then writer (looked up by `&str`: no allocation per record).
     rows: BTreeMap<String, Vec<StoredRow>>,
-    holds: BTreeMap<u64, Hold>,
+    holds: BTreeMap<HoldNo, Hold>,
     orders: BTreeMap<OrderNo, StoredOrder>,
     order_of_hold: BTreeMap<HoldNo, OrderNo>,
     /// Sold seats of assigned pools: (event, pool, seat) → order.
@@ -59,8 +59,8 @@ pub struct MemStore {
     keep_orders: bool,
     /// Records that broke a rule the store can see (a refund of an order not confirmed).
     violations: Vec<String>,
-    next_hold: u64,
-    next_order: u64,
+    next_hold: HoldNo,
+    next_order: OrderNo,
     last_index: u64,
     clock: Millis,
 }
@@ -81,8 +81,8 @@ impl MemStore {
             totals: BTreeMap::new(),
             keep_orders: true,
             violations: Vec::new(),
-            next_hold: 1,
-            next_order: 1,
+            next_hold: HoldNo(1),
+            next_order: OrderNo(1),
             last_index: 0,
             clock: 0,
         }
@@ -188,7 +188,7 @@ impl MemStore {
             }
             RecordBody::HoldPlaced { hold, idem } => {
                 self.holds.insert(hold.n, hold.clone());
-                self.next_hold = self.next_hold.max(hold.n + 1);
+                self.next_hold = self.next_hold.max(hold.n.next());
                 self.key(r, idem);
             }
             RecordBody::HoldsReleased { holds, .. } => {
@@ -202,11 +202,11 @@ impl MemStore {
                 row,
                 idem,
             } => {
-                let n = OrderNo(order.n);
+                let n = order.n;
                 if let Some(h) = hold {
                     self.holds.remove(h);
                     if self.keep_orders {
-                        self.order_of_hold.insert(HoldNo(*h), n);
+                        self.order_of_hold.insert(*h, n);
                     }
                 }
                 for &s in &order.seats {
@@ -222,13 +222,13 @@ impl MemStore {
                         },
                     );
                 }
-                self.next_order = self.next_order.max(order.n + 1);
+                self.next_order = self.next_order.max(order.n.next());
                 self.totals(&order.event, order.pool).sold += order.quantity;
                 self.row(&order.event, row);
                 self.key(r, idem);
             }
             RecordBody::Refunded { order, row, idem } => {
-                let before = self.orders.get(&OrderNo(order.n)).map(|o| &o.order.status);
+                let before = self.orders.get(&order.n).map(|o| &o.order.status);
                 // Without orders kept nothing refunds (the simulation sends no refunds): any
                 // refund record is then a core's own doing.
                 if !self.keep_orders || before != Some(&OrderStatus::Confirmed) {
@@ -243,7 +243,7 @@ impl MemStore {
                 self.totals(&order.event, order.pool).refunded += order.quantity;
                 if self.keep_orders {
                     self.orders.insert(
-                        OrderNo(order.n),
+                        order.n,
                         StoredOrder {
                             index,
                             order: order.clone(),
@@ -344,10 +344,10 @@ impl MemStore {
                 });
             }
             for pool in 0..e.genesis.pools.len() as PoolIdx {
-                let sold: Vec<(SeatIdx, u64)> = self
+                let sold: Vec<(SeatIdx, OrderNo)> = self
                     .seats
                     .range((id.clone(), pool, 0)..=(id.clone(), pool, SeatIdx::MAX))
-                    .map(|(&(_, _, s), n)| (s, n.0))
+                    .map(|(&(_, _, s), &n)| (s, n))
                     .collect();
                 if !sold.is_empty() {
                     bodies.push(RecordBody::SeatsRestored {

@@ -38,6 +38,44 @@ pub struct OrderNo(pub u64);
 #[serde(transparent)]
 pub struct HoldNo(pub u64);
 
+impl OrderNo {
+    /// The number after this one.
+    pub fn next(self) -> OrderNo {
+        OrderNo(self.0 + 1)
+    }
+}
+
+impl HoldNo {
+    /// The number after this one.
+    pub fn next(self) -> HoldNo {
+        HoldNo(self.0 + 1)
+    }
+}
+
+impl From<OrderNo> for u64 {
+    fn from(n: OrderNo) -> u64 {
+        n.0
+    }
+}
+
+impl From<HoldNo> for u64 {
+    fn from(n: HoldNo) -> u64 {
+        n.0
+    }
+}
+
+impl std::fmt::Display for OrderNo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Display for HoldNo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// What the core asks of the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {

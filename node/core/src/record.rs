@@ -8,7 +8,7 @@
 use allot_crdt::{Genesis, PoolIdx, RowDelta, SeatIdx};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Hold, IdempotencyKey, Millis, Order, Outcome};
+use crate::api::{Hold, HoldNo, IdempotencyKey, Millis, Order, OrderNo, Outcome};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -52,13 +52,13 @@ pub enum RecordBody {
     },
     HoldsReleased {
         event: String,
-        holds: Vec<u64>,
+        holds: Vec<HoldNo>,
         reason: ReleaseReason,
     },
     /// A confirmed hold or a one-step purchase, with the row version recording the sale.
     OrderPlaced {
         order: Order,
-        hold: Option<u64>,
+        hold: Option<HoldNo>,
         row: RowDelta,
         idem: Option<IdemRecord>,
     },
@@ -87,8 +87,11 @@ pub enum RecordBody {
     SeatsRestored {
         event: String,
         pool: PoolIdx,
-        sold: Vec<(SeatIdx, u64)>,
+        sold: Vec<(SeatIdx, OrderNo)>,
     },
     /// Numbers already given out, so ids are never reused after a restart.
-    CountersRestored { next_hold: u64, next_order: u64 },
+    CountersRestored {
+        next_hold: HoldNo,
+        next_order: OrderNo,
+    },
 }

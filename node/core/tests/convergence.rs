@@ -68,7 +68,7 @@ fn run(c: &mut LocalCluster, op: &Op) {
             );
         }
         Op::Confirm { r, k } | Op::Release { r, k } => {
-            let mut holds: Vec<u64> = c.cores[r % n].holds().map(|h| h.n).collect();
+            let mut holds: Vec<HoldNo> = c.cores[r % n].holds().map(|h| h.n).collect();
             holds.sort();
             if let Some(&h) = holds.get(k % holds.len().max(1)) {
                 let hold = c.cores[r % n].id_of(IdKind::Hold, h);
@@ -84,7 +84,7 @@ fn run(c: &mut LocalCluster, op: &Op) {
             }
         }
         Op::Refund { r, k } => {
-            let orders: Vec<u64> = c.stores[r % n]
+            let orders: Vec<OrderNo> = c.stores[r % n]
                 .orders_after(None, 0, usize::MAX)
                 .iter()
                 .map(|o| o.order.n)

@@ -242,7 +242,7 @@ fn confirm_twice_returns_the_same_order_and_release_returns_quota() {
         c.call(
             1,
             Command::Release {
-                hold: common::id(IdKind::Hold, "eu-west", 1)
+                hold: common::id(IdKind::Hold, "eu-west", 1u64)
             }
         ),
         Err(CoreError::Invalid(_))
@@ -351,7 +351,7 @@ fn bad_input_is_refused_with_a_typed_error() {
         (hold_qty("bad customer", "floor", 1), "invalid-input"),
         (
             Command::Confirm {
-                hold: id(IdKind::Hold, "eu-west", 999),
+                hold: id(IdKind::Hold, "eu-west", 999u64),
                 payment_ref: "p".into(),
             },
             "unknown-hold",
@@ -365,7 +365,7 @@ fn bad_input_is_refused_with_a_typed_error() {
         ),
         (
             Command::Refund {
-                order: id(IdKind::Order, "eu-west", 7),
+                order: id(IdKind::Order, "eu-west", 7u64),
             },
             "unknown-order",
         ),
@@ -445,7 +445,7 @@ fn recover_rebuilds_the_same_core() {
         })
     };
     let refund = || Command::Refund {
-        order: id(IdKind::Order, "eu-west", 1),
+        order: id(IdKind::Order, "eu-west", 1u64),
     };
     let refunded = c.call_keyed(0, key(0), refund()).unwrap();
     c.call(

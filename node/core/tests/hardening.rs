@@ -232,7 +232,7 @@ fn an_order_is_readable_only_once_durable() {
     let mut c = cluster_with(&REGIONS, 30, 0);
     let n = c.cores[0].next_order();
     let id = c.send(0, None, buy(1));
-    assert_eq!(c.cores[0].next_order(), n + 1, "the rules see it");
+    assert_eq!(c.cores[0].next_order(), n.next(), "the rules see it");
     let oid = c.cores[0].id_of(IdKind::Order, n);
     assert!(
         matches!(read_now(&mut c, &oid), Err(CoreError::UnknownOrder(_))),
@@ -334,7 +334,7 @@ fn ids_of_unknown_regions_and_wrong_tags_are_unknown() {
         )
         .is_ok());
     // A known region's id is asked of that region, which has no such order.
-    let theirs = id(IdKind::Order, "us-east", 1);
+    let theirs = id(IdKind::Order, "us-east", 1u64);
     assert!(matches!(
         c.call(0, Command::Refund { order: theirs }),
         Err(CoreError::UnknownOrder(_))

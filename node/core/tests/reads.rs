@@ -130,7 +130,7 @@ fn a_stale_read_is_never_acted_on() {
     c.send(0, None, refund(&oid));
     let late = c.send(0, None, refund(&oid));
     let (stale_id, _) = c.reads[0][1].clone();
-    let stale = c.stores[0].lookup(&Lookup::Order(OrderNo(order.n)), c.now);
+    let stale = c.stores[0].lookup(&Lookup::Order(order.n), c.now);
     c.answer_read(0, 0);
     c.persist(0);
     assert_eq!(returned(&c), 2);
@@ -237,7 +237,7 @@ fn a_restart_holds_live_state_only_and_reads_the_rest() {
     );
     // Every key answered before is answered the same from the store.
     let first = c.call_keyed(0, key("k-0", 1), buy(1)).unwrap();
-    assert_eq!(order_of(&Ok(first)).n, 1);
+    assert_eq!(order_of(&Ok(first)).n, OrderNo(1));
     assert_eq!(c.stores[0].order_count(), 1000);
     c.check().unwrap();
 }

@@ -393,13 +393,13 @@ impl Store {
                 key(b, idem);
             }
             RecordBody::HoldPlaced { hold, idem } => {
-                b.put_cf(self.cf(HOLDS), hold.n.to_be_bytes(), enc(hold));
-                b.put_cf(self.cf(NODE), b"next_hold", (hold.n + 1).to_be_bytes());
+                b.put_cf(self.cf(HOLDS), hold.n.0.to_be_bytes(), enc(hold));
+                b.put_cf(self.cf(NODE), b"next_hold", hold.n.next().0.to_be_bytes());
                 key(b, idem);
             }
             RecordBody::HoldsReleased { holds, .. } => {
                 for n in holds {
-                    b.delete_cf(self.cf(HOLDS), n.to_be_bytes());
+                    b.delete_cf(self.cf(HOLDS), n.0.to_be_bytes());
                 }
             }
             RecordBody::OrderPlaced {
@@ -408,7 +408,7 @@ impl Store {
                 row,
                 idem,
             } => {
-                let n = order.n.to_be_bytes();
+                let n = order.n.0.to_be_bytes();
                 b.put_cf(self.cf(ORDERS), n, stored(order));
                 let mut by_event = event_key(&order.event);
                 by_event.extend_from_slice(&n);
@@ -416,16 +416,16 @@ impl Store {
                 for &s in &order.seats {
                     b.put_cf(self.cf(SEATS), seat_key(&order.event, order.pool, s), n);
                 }
-                b.put_cf(self.cf(NODE), b"next_order", (order.n + 1).to_be_bytes());
+                b.put_cf(self.cf(NODE), b"next_order", order.n.next().0.to_be_bytes());
                 if let Some(h) = hold {
-                    b.delete_cf(self.cf(HOLDS), h.to_be_bytes());
-                    b.put_cf(self.cf(HOLD_ORDERS), h.to_be_bytes(), n);
+                    b.delete_cf(self.cf(HOLDS), h.0.to_be_bytes());
+                    b.put_cf(self.cf(HOLD_ORDERS), h.0.to_be_bytes(), n);
                 }
                 self.row(rows, &order.event, row);
                 key(b, idem);
             }
             RecordBody::Refunded { order, row, idem } => {
-                b.put_cf(self.cf(ORDERS), order.n.to_be_bytes(), stored(order));
+                b.put_cf(self.cf(ORDERS), order.n.0.to_be_bytes(), stored(order));
                 for &s in &order.seats {
                     b.delete_cf(self.cf(SEATS), seat_key(&order.event, order.pool, s));
                 }
@@ -541,7 +541,7 @@ impl Store {
         }
         for (event, ..) in &events {
             let prefix = event_key(event);
-            let mut by_pool: BTreeMap<PoolIdx, Vec<(SeatIdx, u64)>> = BTreeMap::new();
+            let mut by_pool: BTreeMap<PoolIdx, Vec<(SeatIdx, OrderNo)>> = BTreeMap::new();
             for item in self.db.prefix_iterator_cf(self.cf(SEATS), &prefix) {
                 let (k, v) = item?;
                 if !k.starts_with(&prefix) {
@@ -554,7 +554,7 @@ impl Store {
                 by_pool
                     .entry(pool)
                     .or_default()
-                    .push((seat, be_u64(&v, "a seat's order")?));
+                    .push((seat, OrderNo(be_u64(&v, "a seat's order")?)));
             }
             for (pool, sold) in by_pool {
                 bodies.push(RecordBody::SeatsRestored {
@@ -570,8 +570,8 @@ impl Store {
             bodies.push(RecordBody::HoldPlaced { hold, idem: None });
         }
         bodies.push(RecordBody::CountersRestored {
-            next_hold: self.node_u64(b"next_hold")?.max(1),
-            next_order: self.node_u64(b"next_order")?.max(1),
+            next_hold: HoldNo(self.node_u64(b"next_hold")?.max(1)),
+            next_order: OrderNo(self.node_u64(b"next_order")?.max(1)),
         });
         let clock = self.node_u64(b"clock")?;
         let first = self.node_u64(b"last_index")? + 1;

@@ -211,7 +211,7 @@ fn a_restart_loads_live_state_only_and_reads_orders_and_keys_on_demand() {
     // The operator's list pages through the store.
     let page = node.store.orders_after(Some("arena"), 1990, 100).unwrap();
     assert_eq!(
-        page.iter().map(|o| o.order.n).collect::<Vec<_>>(),
+        page.iter().map(|o| o.order.n.0).collect::<Vec<_>>(),
         (1991..=2001).collect::<Vec<_>>()
     );
     assert_eq!(node.store.orders_after(None, 0, 5).unwrap().len(), 5);

@@ -365,8 +365,8 @@ impl Core {
     }
 
     /// The id buyers and operators see for this region's hold or order `n`.
-    pub fn id_of(&self, kind: IdKind, n: u64) -> String {
-        self.cfg.id_key.format(kind, &self.cfg.region, n)
+    pub fn id_of(&self, kind: IdKind, n: impl Into<u64>) -> String {
+        self.cfg.id_key.format(kind, &self.cfg.region, n.into())
     }
 
     pub(super) fn confirm(
@@ -376,13 +376,13 @@ impl Core {
         key: Option<&IdempotencyKey>,
         found: Option<&Found>,
     ) -> Result<(u64, Outcome), Halt> {
-        let n = self.local_id(IdKind::Hold, hold_id)?;
+        let n = HoldNo(self.local_id(IdKind::Hold, hold_id)?);
         let Some(hold) = self.holds.get(n) else {
             if !self.holds.issued(n) {
                 return Err(CoreError::UnknownHold(hold_id.to_owned()).into());
             }
             // Not live: confirmed before (its order is the answer), or expired or released.
-            return match self.order_of_hold(HoldNo(n), found)? {
+            return match self.order_of_hold(n, found)? {
                 Some(order) => Ok((self.last_index, Outcome::Order(order))),
                 None => Err(CoreError::HoldExpired.into()),
             };
@@ -464,7 +464,7 @@ impl Core {
         hold_id: &str,
         found: Option<&Found>,
     ) -> Result<(u64, Outcome), Halt> {
-        let n = self.local_id(IdKind::Hold, hold_id)?;
+        let n = HoldNo(self.local_id(IdKind::Hold, hold_id)?);
         if let Some(h) = self.holds.get(n) {
             let event = h.event.to_string();
             let index = self.commit(RecordBody::HoldsReleased {
@@ -477,7 +477,7 @@ impl Core {
         if !self.holds.issued(n) {
             return Err(CoreError::UnknownHold(hold_id.to_owned()).into());
         }
-        match self.order_of_hold(HoldNo(n), found)? {
+        match self.order_of_hold(n, found)? {
             Some(_) => Err(CoreError::Invalid(
                 "the hold is confirmed; refund the order instead".into(),
             )
@@ -496,7 +496,7 @@ impl Core {
     ) -> Result<Option<Order>, Halt> {
         let recent = self.recent.get(n);
         match found {
-            Some(Found::Order(stored)) if stored.as_ref().is_none_or(|s| s.order.n == n.0) => {
+            Some(Found::Order(stored)) if stored.as_ref().is_none_or(|s| s.order.n == n) => {
                 if let (Some(r), Some(s)) = (recent, stored) {
                     // A read reflects what was durable when it was asked; the core keeps
                     // everything written since. A store ahead of the core is a driver bug.
@@ -524,8 +524,8 @@ impl Core {
             return self.order_now(n, None);
         }
         match found {
-            Some(Found::Order(Some(stored))) if stored.order.hold == Some(h.0) => {
-                let n = OrderNo(stored.order.n);
+            Some(Found::Order(Some(stored))) if stored.order.hold == Some(h) => {
+                let n = stored.order.n;
                 self.order_now(n, found)
             }
             Some(Found::Order(None)) => Ok(None),
@@ -537,12 +537,12 @@ impl Core {
     /// A durable order for a reader: the core's newest version once durable, else the store's
     /// (which holds only durable state), so a refund shows only once it survives a crash.
     pub(super) fn read_order(&self, id: &str, found: Option<&Found>) -> Result<Order, Halt> {
-        let n = self.local_id(IdKind::Order, id)?;
+        let n = OrderNo(self.local_id(IdKind::Order, id)?);
         let unknown = || Halt::Refused(CoreError::UnknownOrder(id.to_owned()));
         if n >= self.next_order {
             return Err(unknown());
         }
-        if let Some(r) = self.recent.get(OrderNo(n)) {
+        if let Some(r) = self.recent.get(n) {
             if r.index.0 <= self.durable.persisted() {
                 return Ok(r.order.clone());
             }
@@ -550,7 +550,7 @@ impl Core {
         match found {
             Some(Found::Order(Some(s))) if s.order.n == n => Ok(s.order.clone()),
             Some(Found::Order(_)) => Err(unknown()),
-            _ => Err(Halt::Need(Lookup::Order(OrderNo(n)))),
+            _ => Err(Halt::Need(Lookup::Order(n))),
         }
     }
 
@@ -600,12 +600,12 @@ impl Core {
         key: Option<&IdempotencyKey>,
         found: Option<&Found>,
     ) -> Result<(u64, Outcome), Halt> {
-        let n = self.local_id(IdKind::Order, order_id)?;
+        let n = OrderNo(self.local_id(IdKind::Order, order_id)?);
         let unknown = || Halt::Refused(CoreError::UnknownOrder(order_id.to_owned()));
         if n >= self.next_order {
             return Err(unknown());
         }
-        let order = self.order_now(OrderNo(n), found)?.ok_or_else(unknown)?;
+        let order = self.order_now(n, found)?.ok_or_else(unknown)?;
         if order.status == OrderStatus::Refunded {
             // Refunded already (perhaps by a request racing this one): the same answer, and
             // nothing returned twice.

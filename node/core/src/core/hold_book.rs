@@ -7,17 +7,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::api::{Hold, Millis};
+use crate::api::{Hold, HoldNo, Millis};
 
 pub(super) struct HoldBook {
     // B-trees like every map that grows with a sale: a hash map doubles all at once.
-    holds: BTreeMap<u64, Hold>,
+    holds: BTreeMap<HoldNo, Hold>,
     /// Live holds by (expiry, hold number), soonest first. A hold leaves it when confirmed or
     /// released, so it holds the live holds only.
-    expiry: BTreeSet<(Millis, u64)>,
+    expiry: BTreeSet<(Millis, HoldNo)>,
     per_customer: BTreeMap<Arc<str>, u32>,
     /// Numbers below are taken, even after a restart.
-    next: u64,
+    next: HoldNo,
 }
 
 impl Default for HoldBook {
@@ -26,24 +26,24 @@ impl Default for HoldBook {
             holds: BTreeMap::new(),
             expiry: BTreeSet::new(),
             per_customer: BTreeMap::new(),
-            next: 1,
+            next: HoldNo(1),
         }
     }
 }
 
 impl HoldBook {
     /// The number the next hold gets.
-    pub fn next_number(&self) -> u64 {
+    pub fn next_number(&self) -> HoldNo {
         self.next
     }
 
     /// Whether hold `n` was ever given out here (live or not).
-    pub fn issued(&self, n: u64) -> bool {
+    pub fn issued(&self, n: HoldNo) -> bool {
         n < self.next
     }
 
     /// Numbers below `next` were given out before a restart.
-    pub fn restore_next(&mut self, next: u64) {
+    pub fn restore_next(&mut self, next: HoldNo) {
         self.next = self.next.max(next);
     }
 
@@ -51,7 +51,7 @@ impl HoldBook {
         self.per_customer.get(customer).copied().unwrap_or(0)
     }
 
-    pub fn get(&self, n: u64) -> Option<&Hold> {
+    pub fn get(&self, n: HoldNo) -> Option<&Hold> {
         self.holds.get(&n)
     }
 
@@ -62,12 +62,12 @@ impl HoldBook {
     pub fn insert(&mut self, hold: Hold) {
         *self.per_customer.entry(hold.customer.clone()).or_insert(0) += 1;
         self.expiry.insert((hold.expires_at, hold.n));
-        self.next = self.next.max(hold.n + 1);
+        self.next = self.next.max(hold.n.next());
         self.holds.insert(hold.n, hold);
     }
 
     /// Takes hold `n` out of the book (confirmed, released or expired).
-    pub fn take(&mut self, n: u64) -> Option<Hold> {
+    pub fn take(&mut self, n: HoldNo) -> Option<Hold> {
         let h = self.holds.remove(&n)?;
         self.expiry.remove(&(h.expires_at, h.n));
         if let Some(c) = self.per_customer.get_mut(&h.customer) {
@@ -80,8 +80,8 @@ impl HoldBook {
     }
 
     /// Live holds whose expiry is at or before `now`, by event, soonest first.
-    pub fn due(&self, now: Millis) -> BTreeMap<String, Vec<u64>> {
-        let mut by_event: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    pub fn due(&self, now: Millis) -> BTreeMap<String, Vec<HoldNo>> {
+        let mut by_event: BTreeMap<String, Vec<HoldNo>> = BTreeMap::new();
         for &(_, n) in self.expiry.iter().take_while(|(at, _)| *at <= now) {
             if let Some(h) = self.holds.get(&n) {
                 by_event.entry(h.event.to_string()).or_default().push(n);

@@ -49,7 +49,7 @@ impl RecentOrders {
             .iter()
             .rev()
             .map(|v| &v.stored)
-            .find(|s| s.order.n == n.0)
+            .find(|s| s.order.n == n)
     }
 
     /// The order that confirmed hold `h`, if that is recent.
@@ -58,7 +58,7 @@ impl RecentOrders {
             .iter()
             .rev()
             .find(|v| v.confirmed == Some(h))
-            .map(|v| OrderNo(v.stored.order.n))
+            .map(|v| v.stored.order.n)
     }
 
     /// Forgets what records `..=floor` wrote: durable, and seen by every read in flight.

@@ -6,7 +6,7 @@ use allot_crdt::{Applied, MetaDoc, RowDelta};
 
 use crate::api::*;
 use crate::event::{EventState, SeatLocal};
-use crate::reads::{HoldNo, RecordIndex, StoredOrder};
+use crate::reads::{RecordIndex, StoredOrder};
 use crate::record::{IdemRecord, Record, RecordBody};
 
 use super::durability::{PendingCredit, PendingRow};
@@ -130,13 +130,13 @@ impl Core {
                         order.n, self.next_order
                     ));
                 }
-                self.next_order = order.n + 1;
+                self.next_order = order.n.next();
                 self.recent.wrote(
                     StoredOrder {
                         index: RecordIndex(index),
                         order: order.clone(),
                     },
-                    hold.map(HoldNo),
+                    *hold,
                 );
                 self.remember(index, at, idem);
             }

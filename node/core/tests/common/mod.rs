@@ -81,7 +81,7 @@ pub fn hold_seats(customer: &str, seats: &[&str]) -> Command {
 }
 
 /// The id region `region` gives its hold or order `n` (tests run with the test keys).
-pub fn id(kind: IdKind, region: &str, n: u64) -> String {
+pub fn id(kind: IdKind, region: &str, n: impl Into<u64>) -> String {
     IdKey::insecure_for_tests(region).format(kind, region, n)
 }
 
