@@ -5,8 +5,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use allot_crdt::{Allotments, PoolKind};
 use allot_node::*;
+
+mod common;
 
 struct Counting;
 
@@ -90,7 +91,7 @@ impl Driver {
             id: RequestId(self.next),
             key: Some(key),
             command: Command::Purchase {
-                event: "arena".into(),
+                event: "rock".into(),
                 want: Want::Quantity {
                     pool: "floor".into(),
                     quantity: 1,
@@ -113,25 +114,7 @@ fn live_bytes_after_100k_purchases_do_not_grow_with_the_count() {
     driver.feed(Input::Request {
         id: RequestId(0),
         key: None,
-        command: Command::CreateEvent(EventSpec {
-            id: "arena".into(),
-            name: "Arena".into(),
-            description: String::new(),
-            venue: "Arena".into(),
-            lat: 0.0,
-            lon: 0.0,
-            starts_at: "2027-06-01T19:00:00Z".into(),
-            currency: "EUR".into(),
-            hold_ttl_s: 600,
-            pools: vec![PoolInput {
-                id: "floor".into(),
-                kind: PoolKind::General {
-                    capacity: 1_000_000,
-                },
-                price_cents: 5000,
-            }],
-            allotments: Allotments::Even,
-        }),
+        command: Command::CreateEvent(common::spec("rock", 1_000_000, 0)),
     });
     // Warm up past the key cache's size, so what follows is steady state.
     for _ in 0..10_000 {
@@ -143,7 +126,7 @@ fn live_bytes_after_100k_purchases_do_not_grow_with_the_count() {
     }
     let after = live();
     let sold = {
-        let e = driver.core.event("arena").unwrap();
+        let e = driver.core.event("rock").unwrap();
         e.ledger.consumed(0, e.me)
     };
     assert_eq!(sold, 100_000, "every purchase sold");

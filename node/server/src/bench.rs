@@ -87,11 +87,29 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// Which `allot` runs as the node under test, and the node flags a bench may set.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct NodeLaunch<'a> {
+    pub node_binary: Option<&'a Path>,
+    pub http_threads: Option<usize>,
+    pub commit_window_us: Option<u64>,
+}
+
+impl HttpBench {
+    fn launch(&self) -> NodeLaunch<'_> {
+        NodeLaunch {
+            node_binary: self.node_binary.as_deref(),
+            http_threads: self.http_threads,
+            commit_window_us: self.commit_window_us,
+        }
+    }
+}
+
 pub(crate) fn start_node(
     dir: &Path,
     commit: Commit,
     token: &str,
-    args: &HttpBench,
+    args: &NodeLaunch,
 ) -> anyhow::Result<(Child, String)> {
     let port = free_port()?;
     let config = dir.join("regions.toml");
@@ -108,10 +126,10 @@ pub(crate) fn spawn_node(
     config: &Path,
     commit: Commit,
     token: &str,
-    args: &HttpBench,
+    args: &NodeLaunch,
 ) -> anyhow::Result<Child> {
-    let exe = match &args.node_binary {
-        Some(path) => path.clone(),
+    let exe = match args.node_binary {
+        Some(path) => path.to_owned(),
         None => std::env::current_exe().context("locating the allot binary")?,
     };
     // The node's own spelling of the mode, from the same `ValueEnum` that parses it.
@@ -156,7 +174,7 @@ pub async fn run(args: &HttpBench) -> anyhow::Result<Vec<Outcome>> {
         for &commit in &args.commit {
             let dir = tempfile::tempdir()?;
             let token = "bench-token";
-            let (mut child, base) = start_node(dir.path(), commit, token, args)?;
+            let (mut child, base) = start_node(dir.path(), commit, token, &args.launch())?;
             let result = measure(&base, token, run, commit, args).await;
             let _ = child.kill();
             let _ = child.wait();
@@ -360,6 +378,26 @@ pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
     Ok(sender)
 }
 
+/// Purchase `i` of the bench event (one unit, one of 1,000 customers), with `key` as its
+/// `Idempotency-Key` if given.
+pub(crate) fn purchase_request(
+    host: &str,
+    i: u64,
+    key: Option<String>,
+) -> anyhow::Result<hyper::Request<Full<Bytes>>> {
+    let body = format!(
+        r#"{{"pool":"floor","quantity":1,"customer":"c-{}","payment_ref":"p-{i}"}}"#,
+        i % 1000
+    );
+    let mut request = hyper::Request::post("/v1/events/bench/purchases")
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    Ok(request.body(Full::new(Bytes::from(body)))?)
+}
+
 /// Takes the next due slot whenever this connection is free, like wrk2: with every
 /// connection busy, slots wait, and their wait counts in their latency.
 async fn purchase_loop(
@@ -375,17 +413,8 @@ async fn purchase_loop(
         let Some((i, due)) = next else {
             return Ok(tally);
         };
-        let body = format!(
-            r#"{{"pool":"floor","quantity":1,"customer":"c-{}","payment_ref":"p-{i}"}}"#,
-            i % 1000
-        );
-        let mut request = hyper::Request::post("/v1/events/bench/purchases")
-            .header(hyper::header::HOST, host.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json");
-        if load.idempotency_keys {
-            request = request.header("idempotency-key", format!("bench-{i}"));
-        }
-        let request = request.body(Full::new(Bytes::from(body)))?;
+        let key = load.idempotency_keys.then(|| format!("bench-{i}"));
+        let request = purchase_request(&host, i, key)?;
         if sender.ready().await.is_err() {
             sender = connect(addr).await?;
         }

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use serde_json::Value;
 
-use crate::bench::{connect, create_event, spawn_node, start_node, wait_ready, HttpBench};
+use crate::bench::{
+    connect, create_event, purchase_request, spawn_node, start_node, wait_ready, NodeLaunch,
+};
 use crate::driver::Commit;
 
 #[derive(clap::Args, Debug)]
@@ -73,24 +74,13 @@ async fn store_bytes(client: &reqwest::Client, base: &str, token: &str) -> anyho
     Ok(v["memory"]["store_bytes"]["total"].as_u64().unwrap_or(0))
 }
 
-fn body(i: u64) -> Bytes {
-    Bytes::from(format!(
-        r#"{{"pool":"floor","quantity":1,"customer":"c-{}","payment_ref":"p-{i}"}}"#,
-        i % 1000
-    ))
-}
-
 /// Sends purchase `i` with key `restart-{i}`; returns the order id answered.
 async fn purchase(
     addr: SocketAddr,
     sender: &mut crate::bench::Sender,
     i: u64,
 ) -> anyhow::Result<Option<String>> {
-    let request = hyper::Request::post("/v1/events/bench/purchases")
-        .header(hyper::header::HOST, addr.to_string())
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header("idempotency-key", format!("restart-{i}"))
-        .body(Full::new(body(i)))?;
+    let request = purchase_request(&addr.to_string(), i, Some(format!("restart-{i}")))?;
     if sender.ready().await.is_err() {
         *sender = connect(addr).await?;
     }
@@ -151,27 +141,16 @@ async fn sell(addr: SocketAddr, orders: u64, connections: usize) -> anyhow::Resu
 }
 
 pub async fn run(args: &RestartBench) -> anyhow::Result<Vec<Measured>> {
-    let http = HttpBench {
-        rate: 0,
-        seconds: 0,
-        commit: vec![Commit::Group],
-        markdown: None,
-        http_threads: None,
-        commit_window_us: None,
-        pace_us: 500,
-        connections: args.connections,
-        timeline: false,
-        client_threads: 1,
-        idempotency_keys: true,
-        node_binary: args.node_binary.clone(),
-        runs: 1,
+    let launch = NodeLaunch {
+        node_binary: args.node_binary.as_deref(),
+        ..NodeLaunch::default()
     };
     let token = "bench-token";
     let client = reqwest::Client::new();
     let mut out = Vec::new();
     for &orders in &args.orders {
         let dir = tempfile::tempdir()?;
-        let (mut child, base) = start_node(dir.path(), Commit::Group, token, &http)?;
+        let (mut child, base) = start_node(dir.path(), Commit::Group, token, &launch)?;
         wait_ready(&client, &base).await?;
         create_event(&client, &base, token).await?;
         let addr: SocketAddr = base.trim_start_matches("http://").parse()?;
@@ -196,7 +175,7 @@ pub async fn run(args: &RestartBench) -> anyhow::Result<Vec<Measured>> {
             &dir.path().join("regions.toml"),
             Commit::Group,
             token,
-            &http,
+            &launch,
         )?;
         let ready = loop {
             if let Ok(r) = client.get(format!("{base}/readyz")).send().await {

@@ -90,6 +90,18 @@ enum ToWriter {
 /// Reads the core asked for, to be served outside the lock.
 type Reads = Vec<(ReadId, Lookup)>;
 
+/// A store answer as the core takes it: a failed read is logged here and reaches the core as
+/// its reason (the request that asked hears 503).
+fn read_result(
+    lookup: &Lookup,
+    found: anyhow::Result<allot_node::Found>,
+) -> allot_node::ReadResult {
+    found.map_err(|e| {
+        tracing::error!("reading {lookup:?} from the store: {e:#}");
+        format!("{e:#}")
+    })
+}
+
 impl Engine {
     /// Feeds one input; answers at once the reads RocksDB can answer from memory (a new
     /// idempotency key, a recent order), and returns those that need the disk, to be served
@@ -110,10 +122,7 @@ impl Engine {
             for (id, lookup) in std::mem::take(&mut reads) {
                 match self.store.lookup_in_memory(&lookup, now) {
                     Some(found) => {
-                        let found = found.map_err(|e| {
-                            tracing::error!("reading {lookup:?} from the store: {e:#}");
-                            format!("{e:#}")
-                        });
+                        let found = read_result(&lookup, found);
                         self.core.handle(now, Input::Read { id, found });
                     }
                     None => disk.push((id, lookup)),
@@ -219,11 +228,8 @@ impl CoreHandle {
             let answers: Vec<_> = reads
                 .drain(..)
                 .map(|(id, lookup)| {
-                    let found = self.store.lookup(&lookup, now).map_err(|e| {
-                        tracing::error!("reading {lookup:?} from the store: {e:#}");
-                        format!("{e:#}")
-                    });
-                    (id, found)
+                    let found = self.store.lookup(&lookup, now);
+                    (id, read_result(&lookup, found))
                 })
                 .collect();
             let Some(mut e) = self.engine() else { return };

@@ -43,6 +43,12 @@ const SEATS: &str = "seats";
 const KEYS: &str = "idempotency";
 const NODE: &str = "node";
 
+/// The column families read by scans or whole at start.
+const PLAIN_FAMILIES: [&str; 7] = [EVENTS, META, ROWS, HOLDS, NODE, EVENT_ORDERS, SEATS];
+/// The column families read by point lookups (bloom filters); `KEYS` is one too, with its
+/// own expiry filter.
+const POINT_READ_FAMILIES: [&str; 2] = [ORDERS, HOLD_ORDERS];
+
 /// Row keys and values of one batch, last write wins.
 type Rows = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -94,6 +100,9 @@ impl StoreMemory {
 pub struct Store {
     db: DB,
     key_ttl_ms: Millis,
+    /// Reads from memtables and block cache only, made once: a new key is read this way on
+    /// every keyed request, under the core's lock.
+    memory_only: ReadOptions,
 }
 
 fn wall_ms() -> u64 {
@@ -189,20 +198,23 @@ impl Store {
                 _ => CompactionDecision::Keep,
             },
         );
-        let cfs = [EVENTS, META, ROWS, HOLDS, NODE, EVENT_ORDERS, SEATS]
+        let cfs = PLAIN_FAMILIES
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, cf_options(false)))
             .chain(
-                [ORDERS, HOLD_ORDERS]
+                POINT_READ_FAMILIES
                     .into_iter()
                     .map(|n| ColumnFamilyDescriptor::new(n, cf_options(true))),
             )
             .chain([ColumnFamilyDescriptor::new(KEYS, keys)]);
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .with_context(|| format!("opening RocksDB in {}", dir.display()))?;
+        let mut memory_only = ReadOptions::default();
+        memory_only.set_read_tier(ReadTier::BlockCache);
         let store = Store {
             db,
             key_ttl_ms: options.key_ttl_ms,
+            memory_only,
         };
         store.check_format(dir)?;
         Ok(store)
@@ -231,19 +243,10 @@ impl Store {
     /// RocksDB's own memory, as it reports it.
     pub fn memory(&self) -> StoreMemory {
         let int = |name: &str| -> u64 {
-            let cfs = [
-                EVENTS,
-                META,
-                ROWS,
-                HOLDS,
-                ORDERS,
-                HOLD_ORDERS,
-                EVENT_ORDERS,
-                SEATS,
-                KEYS,
-                NODE,
-            ];
-            cfs.iter()
+            PLAIN_FAMILIES
+                .iter()
+                .chain(&POINT_READ_FAMILIES)
+                .chain(&[KEYS])
                 .filter_map(|cf| {
                     self.db
                         .property_int_value_cf(self.cf(cf), name)
@@ -602,9 +605,7 @@ impl Store {
     /// which spares a new key (absent: memtable and SST bloom filters say so) a second trip
     /// through the lock.
     pub fn lookup_in_memory(&self, lookup: &Lookup, now: Millis) -> Option<anyhow::Result<Found>> {
-        let mut memory_only = ReadOptions::default();
-        memory_only.set_read_tier(ReadTier::BlockCache);
-        match self.lookup_in(lookup, now, &memory_only) {
+        match self.lookup_in(lookup, now, &self.memory_only) {
             Err(e)
                 if e.downcast_ref::<rocksdb::Error>()
                     .is_some_and(|e| e.kind() == rocksdb::ErrorKind::Incomplete) =>
