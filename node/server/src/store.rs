@@ -24,8 +24,8 @@ use allot_node::{
 };
 use anyhow::Context;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, CompactionDecision, Direction, IteratorMode,
-    Options, ReadOptions, ReadTier, WriteBatch, WriteBufferManager, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, CompactionDecision, Direction, Env,
+    IteratorMode, Options, ReadOptions, ReadTier, WriteBatch, WriteBufferManager, WriteOptions, DB,
 };
 use sha2::{Digest, Sha256};
 
@@ -156,6 +156,9 @@ pub struct Loaded {
     pub clock: Millis,
 }
 
+/// A memtable's allocation unit (see [`Store::open`]).
+const ARENA_BLOCK_BYTES: usize = 1 << 20;
+
 impl Store {
     pub fn open(dir: &Path, options: StoreOptions) -> anyhow::Result<Store> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -165,6 +168,13 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_write_buffer_manager(&memtables);
+        // Flushes and compactions run at a lower CPU priority than the node's own threads:
+        // on a small machine a flush's burst otherwise takes a core from the sales in flight
+        // and shows in their p99 (docs/benchmarks.md, "Memory and restart").
+        let mut env = Env::new().context("creating RocksDB's environment")?;
+        env.lower_thread_pool_cpu_priority();
+        env.lower_high_priority_thread_pool_cpu_priority();
+        opts.set_env(&env);
         let cf_options = |bloom: bool| {
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
@@ -181,9 +191,19 @@ impl Store {
                 o.set_memtable_prefix_bloom_ratio(0.05);
                 o.set_memtable_whole_key_filtering(true);
             }
-            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            // What a flush writes is compacted again soon: it is not worth compressing.
+            use rocksdb::DBCompressionType::{Lz4, None as Plain};
+            o.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
             o.set_block_based_table_factory(&table);
-            o.set_write_buffer_size((options.memtable_bytes / 4).max(1 << 20));
+            // The budget is shared, not split: any family may fill it (the manager flushes
+            // the largest when the total nears it). A quarter each made the idempotency
+            // family flush every few seconds under keyed load, and each flush's CPU burst
+            // showed in the p99 (docs/benchmarks.md, "Memory and restart").
+            o.set_write_buffer_size(options.memtable_bytes.max(1 << 20));
+            // RocksDB sizes a memtable's arena blocks at an eighth of its write buffer and the
+            // manager counts them whole: with seven families, 8 MiB blocks would fill the
+            // budget before any data did (and stall writes). Small blocks count what is used.
+            o.set_arena_block_size(ARENA_BLOCK_BYTES);
             o.set_max_write_buffer_number(2);
             o
         };
