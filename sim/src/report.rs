@@ -40,7 +40,10 @@ pub struct Report {
     pub latency_ms: Latency,
     pub opened_at_ms: u64,
     pub sold_out_at_ms: Option<u64>,
+    /// Operator transfers the simulator made (`operator` strategy and fuzz chaos).
     pub handoffs: u64,
+    /// Handoff asks and their answers between regions (`rebalance` strategy).
+    pub handoff_messages: u64,
     pub crashes: u64,
     pub lost_unacknowledged: u64,
     pub convergence_ms: Vec<u64>,
@@ -83,6 +86,7 @@ impl Report {
             opened_at_ms: 0,
             sold_out_at_ms: None,
             handoffs: 0,
+            handoff_messages: 0,
             crashes: 0,
             lost_unacknowledged: 0,
             convergence_ms: vec![],
@@ -145,7 +149,16 @@ impl Report {
             self.sold_out_at_ms
                 .map_or("not sold out".into(), |t| format!("{t} ms")),
         );
-        row(&mut s, "handoffs", self.handoffs.to_string());
+        row(&mut s, "operator transfers", self.handoffs.to_string());
+        row(
+            &mut s,
+            "handoff messages",
+            format!(
+                "{} ({:.1} per 1,000 sales)",
+                self.handoff_messages,
+                self.handoff_messages as f64 * 1000.0 / self.orders.max(1) as f64
+            ),
+        );
         if self.retried + self.refunds > 0 {
             row(
                 &mut s,

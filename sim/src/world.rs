@@ -19,9 +19,11 @@ use crate::scenario::Scenario;
 pub enum Strategy {
     /// Allotments never move.
     Static,
-    /// An operator's handoff: every second, the region with the most spare quota gives half its
-    /// surplus over the poorest to the poorest (until the rebalancer exists).
+    /// The regions' own rebalancer: asks and grants by demand (`allot_node::policy`).
     Rebalance,
+    /// An operator's handoff by hand: every second, the region with the most spare quota
+    /// gives half its surplus over the poorest to the poorest.
+    Operator,
     /// Every sale is a round trip to one home region that owns everything (a central database).
     Central,
 }
@@ -115,6 +117,9 @@ struct Node {
     store: MemStore,
     persist_scheduled: bool,
     pending: HashMap<RequestId, Pending>,
+    /// While the region is down: its durable state as a restart will recover it, which the
+    /// global invariants count in its place (quota it gave or sold does not vanish with it).
+    ghost: Option<Core>,
 }
 
 pub struct World {
@@ -141,6 +146,8 @@ pub struct World {
     quiet: Vec<usize>,
     /// Reused output buffers of the cores.
     ready: Ready,
+    /// Handoff asks sent, by asking region: their answers count as handoff messages too.
+    asks: std::collections::HashSet<(usize, CallId)>,
     /// The order each idempotency key was first answered with: (region, order number).
     keyed: HashMap<String, (usize, OrderNo)>,
 }
@@ -159,6 +166,12 @@ impl World {
                 let mut cfg = Config::new(n, &names);
                 cfg.max_holds_per_customer = u32::MAX;
                 cfg.id_key = IdKey::new(keys.random());
+                if strategy == Strategy::Rebalance {
+                    cfg.rebalance = Some(allot_node::policy::Tuning {
+                        max_order: sc.demand.max_quantity,
+                        ..Default::default()
+                    });
+                }
                 let mut store = MemStore::new(n, cfg.idempotency_ttl_ms);
                 // A confirm that reaches the owner twice (a duplicated call after the owner's
                 // restart) reads the order of its hold: keep orders when confirms travel.
@@ -176,6 +189,7 @@ impl World {
                     store,
                     persist_scheduled: false,
                     pending: HashMap::new(),
+                    ghost: None,
                 }
             })
             .collect();
@@ -201,6 +215,7 @@ impl World {
             arrival_clock: vec![],
             quiet: vec![],
             ready: Ready::default(),
+            asks: Default::default(),
             keyed: HashMap::new(),
         }
     }
@@ -328,7 +343,7 @@ impl World {
         for p in self.sc.faults.partition.clone() {
             self.heal_pending.push(open + p.to_ms);
         }
-        if self.strategy == Strategy::Rebalance {
+        if self.strategy == Strategy::Operator {
             self.at(open + 1000, Ev::Rebalance);
         }
         if self.chaos.transfers_per_s > 0.0 {
@@ -547,6 +562,13 @@ impl World {
                     node.unpersisted.clear();
                     self.report.lost_unacknowledged += node.pending.len() as u64;
                     node.pending.clear();
+                    match Core::recover(node.cfg.clone(), node.store.load()) {
+                        Ok(ghost) => node.ghost = Some(ghost),
+                        Err(e) => self.report.violations.push(format!(
+                            "t={}ms: {}'s durable state does not recover: {e}",
+                            self.now, self.names[region]
+                        )),
+                    }
                     self.at(restart_at, Ev::Restart { region });
                 }
             }
@@ -556,6 +578,7 @@ impl World {
                     return;
                 }
                 node.cfg.incarnation += 1;
+                node.ghost = None;
                 match Core::recover(node.cfg.clone(), node.store.load()) {
                     Ok(core) => node.core = Some(core),
                     Err(e) => self.report.violations.push(format!(
@@ -752,10 +775,24 @@ impl World {
                 .iter()
                 .position(|n| *n == peer)
                 .expect("a known region");
-            if let PeerMessage::Gossip(frame) = &message {
-                self.report.gossip_bytes += postcard::to_stdvec(frame)
-                    .map(|b| b.len() as u64 + 8)
-                    .unwrap_or(0);
+            match &message {
+                PeerMessage::Gossip(frame) => {
+                    self.report.gossip_bytes += postcard::to_stdvec(frame)
+                        .map(|b| b.len() as u64 + 8)
+                        .unwrap_or(0);
+                }
+                PeerMessage::Exchange(Exchange::Call { id, command, .. })
+                    if matches!(**command, Command::Ask(_)) =>
+                {
+                    self.report.handoff_messages += 1;
+                    self.asks.insert((r, *id));
+                }
+                PeerMessage::Exchange(Exchange::Answer { id, .. })
+                    if self.asks.contains(&(to, *id)) =>
+                {
+                    self.report.handoff_messages += 1;
+                }
+                _ => {}
             }
             if self.rng.random_bool(self.sc.faults.loss) {
                 continue;
@@ -797,6 +834,7 @@ impl World {
         }
         match reply {
             Ok(Outcome::Held(h)) => {
+                self.note_sold_out(done);
                 let d = self.sc.demand.clone();
                 if self.rng.random_bool(d.abandon.clamp(0.0, 1.0)) {
                     self.report.abandoned += 1;
@@ -879,9 +917,24 @@ impl World {
         self.report.sold += o.quantity;
         self.report.orders += 1;
         let _ = self.latency.record(done.saturating_sub(p.arrival));
-        if self.total_sold() >= self.report.capacity && self.report.sold_out_at_ms.is_none() {
-            self.report.sold_out_at_ms = Some(done.saturating_sub(self.report.opened_at_ms));
+        self.note_sold_out(done);
+    }
+
+    /// Sold out: every unit sold or in a live hold, nothing sellable anywhere (the same
+    /// moment for every strategy).
+    fn note_sold_out(&mut self, at: u64) {
+        if self.report.sold_out_at_ms.is_none()
+            && self.total_sold() + self.total_held() >= self.report.capacity
+        {
+            self.report.sold_out_at_ms = Some(at.saturating_sub(self.report.opened_at_ms));
         }
+    }
+
+    fn total_held(&self) -> u64 {
+        self.nodes
+            .iter()
+            .filter_map(|n| Some(n.core.as_ref()?.event(EVENT)?.held.iter().sum::<u64>()))
+            .sum()
     }
 
     /// Answers to retries and refunds: checked, not counted as sales.
@@ -1066,7 +1119,8 @@ impl World {
         }
     }
 
-    /// Every region's invariants, and the global ones while every region is up.
+    /// Every region's invariants, and the global ones over every region: a region that is
+    /// down counts with its durable state.
     pub fn check(&self) -> Result<(), String> {
         for (i, n) in self.nodes.iter().enumerate() {
             if let Some(c) = &n.core {
@@ -1075,8 +1129,12 @@ impl World {
             }
             n.store.check()?;
         }
-        if self.nodes.iter().all(|n| n.core.is_some()) {
-            let cores: Vec<&Core> = self.nodes.iter().filter_map(|n| n.core.as_ref()).collect();
+        let cores: Option<Vec<&Core>> = self
+            .nodes
+            .iter()
+            .map(|n| n.core.as_ref().or(n.ghost.as_ref()))
+            .collect();
+        if let Some(cores) = cores {
             check_global(&cores)?;
         }
         if let Some(v) = self.report.violations.first() {

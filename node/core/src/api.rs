@@ -130,6 +130,9 @@ pub enum Command {
     ReadOrder {
         order: String,
     },
+    /// Another region's rebalancer asks this one for quota (only ever a call between
+    /// regions; the asker is the calling region).
+    Ask(crate::handoff::HandoffAsk),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +241,8 @@ pub enum CoreError {
     IdempotencyMismatch,
     #[error("metadata: {0}")]
     Meta(String),
+    #[error("nothing to spare: {0}")]
+    NothingToSpare(String),
 }
 
 impl CoreError {
@@ -263,6 +268,7 @@ impl CoreError {
             CoreError::IdempotencyMismatch => "idempotency-mismatch",
             CoreError::Unreachable { .. } | CoreError::Storage(_) => "unavailable",
             CoreError::Meta(_) => "invalid-metadata",
+            CoreError::NothingToSpare(_) => "nothing-to-spare",
         }
     }
 }

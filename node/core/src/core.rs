@@ -24,10 +24,12 @@ use crate::record::{IdemRecord, Record, RecordBody, ReleaseReason};
 
 mod commands;
 mod durability;
+mod handoffs;
 mod hold_book;
 mod idempotency;
 mod parked;
 mod peer_calls;
+mod rebalancer;
 mod recent_orders;
 mod records;
 mod sync;
@@ -38,6 +40,8 @@ use hold_book::HoldBook;
 use idempotency::{IdempotencyTable, Seen};
 use parked::{Parked, Request};
 pub(crate) use peer_calls::Caller;
+pub use rebalancer::HandoffCounters;
+use rebalancer::Rebalancer;
 use recent_orders::RecentOrders;
 
 /// Limits and identity of one region's core.
@@ -63,6 +67,11 @@ pub struct Config {
     pub peer_call_timeout_ms: Millis,
     /// Calls to one region in flight at once; more answer 503 at once.
     pub max_calls_per_peer: usize,
+    /// The rebalancer's tuning; `None` keeps allotments where they are (only operators move
+    /// quota), and this region then refuses other regions' asks.
+    pub rebalance: Option<crate::policy::Tuning>,
+    /// How long a handoff ask may take before the asker tries another donor.
+    pub handoff_timeout_ms: Millis,
 }
 
 /// How long a call to another region may take by default before its caller hears 503.
@@ -85,6 +94,8 @@ impl Config {
             frame_budget_bytes: DEFAULT_FRAME_BUDGET,
             peer_call_timeout_ms: DEFAULT_PEER_CALL_TIMEOUT_MS,
             max_calls_per_peer: 256,
+            rebalance: None,
+            handoff_timeout_ms: 2_000,
         }
     }
 }
@@ -171,6 +182,7 @@ pub struct Core {
     durable: DurabilityQueues,
     /// Calls to and from other regions.
     calls: ExchangeBook,
+    rebalancer: Rebalancer,
     out: Ready,
 }
 
@@ -197,6 +209,7 @@ impl From<CoreError> for Halt {
 impl Core {
     pub fn new(cfg: Config) -> Core {
         let incarnation = cfg.incarnation;
+        let tuning = cfg.rebalance;
         Core {
             cfg,
             events: Vec::new(),
@@ -210,6 +223,7 @@ impl Core {
             now: 0,
             durable: DurabilityQueues::default(),
             calls: ExchangeBook::new(incarnation),
+            rebalancer: Rebalancer::new(tuning),
             out: Ready::default(),
         }
     }
@@ -274,6 +288,7 @@ impl Core {
                 self.expire_holds();
                 self.expire_keys();
                 self.expire_calls();
+                self.rebalance();
                 self.gossip();
             }
             Input::Persisted(n) => self.persisted(n),
@@ -397,6 +412,15 @@ impl Core {
             Command::ReadOrder { order } => self
                 .read_order(order, found)
                 .map(|o| (0, Outcome::Order(o))),
+            Command::Ask(ask) => match &req.caller {
+                Caller::Peer { region, .. } => {
+                    let (region, ask) = (region.clone(), ask.clone());
+                    self.give_on_ask(&region, &ask, key).map_err(Halt::from)
+                }
+                Caller::Client(_) => Err(Halt::Refused(CoreError::Invalid(
+                    "asks for quota come from other regions only".into(),
+                ))),
+            },
             _ => {
                 let command = std::mem::replace(
                     &mut req.command,
@@ -443,7 +467,8 @@ impl Core {
             Command::Confirm { .. }
             | Command::Release { .. }
             | Command::Refund { .. }
-            | Command::ReadOrder { .. } => unreachable!("executed by reference"),
+            | Command::ReadOrder { .. }
+            | Command::Ask(_) => unreachable!("executed by reference"),
         }
     }
 
@@ -604,6 +629,7 @@ impl Core {
     /// Checks the whole state against DESIGN's invariants, as this region sees them.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.calls.check()?;
+        self.rebalancer.check()?;
         self.idem.check()?;
         self.parked.check()?;
         self.recent.check()?;

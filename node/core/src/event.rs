@@ -29,6 +29,8 @@ pub struct PeerView {
     pub meta_heads: Vec<[u8; 32]>,
     pub held: Vec<u64>,
     pub sale_rate_per_min: Vec<u64>,
+    /// Its recent demand per pool (units asked for per minute, refused ones included).
+    pub demand_per_min: Vec<u64>,
     pub heard_at: Option<Millis>,
     /// Since when this peer has been owed a delta of the event that did not fit a frame:
     /// the longest-owed events go first in the next frame, so catch-up after a reset spreads
@@ -42,6 +44,45 @@ pub struct SaleRate {
     pub window_start: Millis,
     pub consumed_at_start: u64,
     pub per_min: u64,
+}
+
+/// Recent demand for one pool in this region: units buyers asked for (held, bought, or
+/// refused for want of stock), smoothed over windows of [`DEMAND_WINDOW_MS`]. It is what the
+/// rebalancer sizes asks by: a region that ran dry sells nothing but still has buyers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Demand {
+    pub window_start: Millis,
+    pub units: u64,
+    pub per_s: f64,
+}
+
+/// How often demand is re-estimated, and how much the newest window weighs.
+pub const DEMAND_WINDOW_MS: Millis = 500;
+const DEMAND_WEIGHT: f64 = 0.4;
+
+impl Demand {
+    /// Closes the window once it is old enough.
+    pub fn update(&mut self, now: Millis) {
+        if self.window_start == 0 {
+            self.window_start = now;
+            return;
+        }
+        let elapsed = now.saturating_sub(self.window_start);
+        if elapsed < DEMAND_WINDOW_MS {
+            return;
+        }
+        let rate = self.units as f64 * 1000.0 / elapsed as f64;
+        self.per_s = DEMAND_WEIGHT * rate + (1.0 - DEMAND_WEIGHT) * self.per_s;
+        if self.per_s < 0.01 {
+            self.per_s = 0.0;
+        }
+        self.units = 0;
+        self.window_start = now;
+    }
+
+    pub fn per_min(&self) -> u64 {
+        (self.per_s * 60.0).round() as u64
+    }
 }
 
 pub struct EventState {
@@ -59,6 +100,9 @@ pub struct EventState {
     /// Per pool, per seat (assigned pools only).
     pub seats: Vec<Vec<SeatLocal>>,
     pub seat_index: Vec<HashMap<String, SeatIdx>>,
+    /// Per assigned pool, per seat: whether it is *not* next to the seat before it in the
+    /// seat map ("B-1" after "A-30"), so a block of adjacent seats never spans two rows.
+    pub row_starts: Vec<Vec<bool>>,
     /// This region's row as far as it is durable: the only version gossip may publish.
     pub published: Row,
     /// Index of the record that created the event here.
@@ -69,6 +113,10 @@ pub struct EventState {
     pub meta_bytes: usize,
     pub peers: Vec<PeerView>,
     pub rates: Vec<SaleRate>,
+    pub demand: Vec<Demand>,
+    /// Quota credited on a bare "+k" (the `credit_bare_grant` bug only).
+    #[cfg(feature = "inject-bugs")]
+    pub bare_credit: Vec<u64>,
 }
 
 impl EventState {
@@ -98,6 +146,16 @@ impl EventState {
                     .collect(),
             })
             .collect();
+        let row_starts = genesis
+            .pools
+            .iter()
+            .map(|pool| match &pool.kind {
+                allot_crdt::PoolKind::General { .. } => Vec::new(),
+                allot_crdt::PoolKind::Assigned { seats } => (0..seats.len())
+                    .map(|i| i == 0 || !next_to(&seats[i - 1], &seats[i]))
+                    .collect(),
+            })
+            .collect();
         let mut ev = EventState {
             id: Arc::from(genesis.id.as_str()),
             ledger: Ledger::new(genesis),
@@ -109,12 +167,16 @@ impl EventState {
             pending_credit: vec![0; p],
             seats,
             seat_index,
+            row_starts,
             published: Row::new(me, n, p),
             created_at_index: index,
             meta_index: index,
             meta_bytes: 0,
             peers: vec![PeerView::default(); n],
             rates: vec![SaleRate::default(); p],
+            demand: vec![Demand::default(); p],
+            #[cfg(feature = "inject-bugs")]
+            bare_credit: vec![0; p],
         };
         ev.refresh_prices();
         ev
@@ -122,6 +184,9 @@ impl EventState {
 
     /// Closes the current rate window of every pool once it is a second old.
     pub fn update_rates(&mut self, now: Millis) {
+        for d in &mut self.demand {
+            d.update(now);
+        }
         for (p, r) in self.rates.iter_mut().enumerate() {
             let consumed = self.ledger.consumed(p as PoolIdx, self.me);
             if r.window_start == 0 {
@@ -136,6 +201,45 @@ impl EventState {
                 r.consumed_at_start = consumed;
             }
         }
+    }
+
+    /// Runs of seats this region owns and has free, each within one row, in seat-map order.
+    pub fn free_blocks(&self, pool: PoolIdx) -> Vec<std::ops::Range<SeatIdx>> {
+        let p = pool as usize;
+        let owners = self.ledger.seat_owners(pool);
+        let mut blocks = Vec::new();
+        let mut start: Option<usize> = None;
+        for s in 0..owners.len() {
+            let free = owners[s].owner == self.me && self.seats[p][s] == SeatLocal::Free;
+            if let Some(b) = start {
+                if !free || self.row_starts[p][s] {
+                    blocks.push(b as SeatIdx..s as SeatIdx);
+                    start = None;
+                }
+            }
+            if free && start.is_none() {
+                start = Some(s);
+            }
+        }
+        if let Some(b) = start {
+            blocks.push(b as SeatIdx..owners.len() as SeatIdx);
+        }
+        blocks
+    }
+
+    /// `n` free seats of this region for one buyer: side by side in one row where a block
+    /// holds them (the smallest such block, so large blocks stay whole for large groups),
+    /// else the first free seats. Fewer than `n` if this region has fewer.
+    pub fn adjacent_seats(&self, pool: PoolIdx, n: usize) -> Vec<SeatIdx> {
+        let blocks = self.free_blocks(pool);
+        if let Some(b) = blocks
+            .iter()
+            .filter(|b| b.len() >= n)
+            .min_by_key(|b| (b.len(), b.start))
+        {
+            return (b.start..b.start + n as SeatIdx).collect();
+        }
+        blocks.into_iter().flatten().take(n).collect()
     }
 
     pub fn genesis(&self) -> &Arc<Genesis> {
@@ -154,9 +258,14 @@ impl EventState {
     #[inline]
     pub fn sellable(&self, pool: PoolIdx) -> i64 {
         let p = pool as usize;
-        let wide = i128::from(self.ledger.available(pool, self.me))
+        #[allow(unused_mut)]
+        let mut wide = i128::from(self.ledger.available(pool, self.me))
             - i128::from(self.held[p])
             - i128::from(self.pending_credit[p]);
+        #[cfg(feature = "inject-bugs")]
+        {
+            wide += i128::from(self.bare_credit[p]);
+        }
         i64::try_from(wide).unwrap_or(if wide < 0 { i64::MIN } else { i64::MAX })
     }
 
@@ -232,8 +341,11 @@ impl EventState {
         if g.vv.len() > self.genesis().regions.len() {
             return Err("version vector names more regions than the event has".into());
         }
-        if g.held.len() != g_pools.len() || g.sale_rate_per_min.len() != g_pools.len() {
-            return Err("held and sale rates must list every pool once".into());
+        if g.held.len() != g_pools.len()
+            || g.sale_rate_per_min.len() != g_pools.len()
+            || g.demand_per_min.len() != g_pools.len()
+        {
+            return Err("held, sale rates and demand must list every pool once".into());
         }
         if let Some((pool, held)) = g_pools
             .iter()
@@ -253,5 +365,36 @@ impl EventState {
             region: region.to_owned(),
             incarnation,
         }
+    }
+}
+
+/// Whether seat `b` sits right after seat `a` in one row, by their ids: the same row prefix
+/// and consecutive numbers ("A-11", "A-12"). Ids without a number are taken in map order.
+fn next_to(a: &str, b: &str) -> bool {
+    fn parts(id: &str) -> Option<(&str, u64)> {
+        let row = id.trim_end_matches(|c: char| c.is_ascii_digit());
+        let number = id[row.len()..].parse().ok()?;
+        Some((row, number))
+    }
+    match (parts(a), parts(b)) {
+        (Some((ra, na)), Some((rb, nb))) => ra == rb && na.checked_add(1) == Some(nb),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_to;
+
+    #[test]
+    fn seats_are_next_to_each_other_within_a_row() {
+        assert!(next_to("A-11", "A-12"));
+        assert!(next_to("S-9", "S-10"));
+        assert!(!next_to("A-30", "B-1"));
+        assert!(!next_to("A-12", "A-14"));
+        assert!(!next_to("A-12", "AA-13"));
+        assert!(next_to("stall-left", "stall-right"));
+        assert!(!next_to("A-1", "box"));
     }
 }

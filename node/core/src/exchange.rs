@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use allot_crdt::Genesis;
+use allot_crdt::{Genesis, RowDelta};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{Command, CoreError, Hold, IdempotencyKey, Millis, Order, Outcome, RequestId};
@@ -57,7 +57,17 @@ pub enum Answered {
     Held(Hold),
     Order(Order),
     Released,
-    EventCreated { event: String },
+    EventCreated {
+        event: String,
+    },
+    /// A handoff ask granted: `quantity` of the pool (these seats, for assigned seating) now
+    /// belong to the asker, as the donor's row in [`RemoteOutcome::row`] proves.
+    Granted {
+        event: String,
+        pool: allot_crdt::PoolIdx,
+        quantity: u64,
+        seats: Vec<allot_crdt::SeatIdx>,
+    },
 }
 
 impl Answered {
@@ -68,6 +78,18 @@ impl Answered {
             Outcome::Order(o) => Answered::Order(o),
             Outcome::Released { .. } => Answered::Released,
             Outcome::EventCreated { event } => Answered::EventCreated { event },
+            Outcome::Granted {
+                event,
+                pool,
+                quantity,
+                seats,
+                ..
+            } => Answered::Granted {
+                event,
+                pool,
+                quantity,
+                seats,
+            },
             _ => return None,
         })
     }
@@ -85,12 +107,24 @@ pub struct RemoteOutcome {
     /// The hold an order confirmed.
     pub hold_id: Option<String>,
     pub event: Option<(Genesis, Vec<Vec<u8>>)>,
+    /// For a grant: the donor's durable row from what the asker last reported, which is the
+    /// only way the asker credits it (never the bare quantity).
+    pub row: Option<RowDelta>,
+}
+
+/// Who waits for the answer to a call this region made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Waiter {
+    /// A request of this region's driver, proxied to the region that owns what it is about.
+    Client(RequestId),
+    /// The rebalancer's ask for quota.
+    Handoff,
 }
 
 /// A call this region made and still awaits.
 #[derive(Clone, Debug)]
 pub(crate) struct Outstanding {
-    pub client: RequestId,
+    pub waiter: Waiter,
     pub region: String,
     pub deadline: Millis,
 }
@@ -137,8 +171,8 @@ impl ExchangeBook {
             .count()
     }
 
-    /// Opens a call for `client` to `region`, answered by `deadline`.
-    pub fn open(&mut self, client: RequestId, region: &str, deadline: Millis) -> CallId {
+    /// Opens a call for `waiter` to `region`, answered by `deadline`.
+    pub fn open(&mut self, waiter: Waiter, region: &str, deadline: Millis) -> CallId {
         self.next += 1;
         let id = CallId {
             incarnation: self.incarnation,
@@ -147,7 +181,7 @@ impl ExchangeBook {
         self.outstanding.insert(
             id,
             Outstanding {
-                client,
+                waiter,
                 region: region.to_owned(),
                 deadline,
             },
@@ -167,14 +201,14 @@ impl ExchangeBook {
     }
 
     /// Calls whose deadline passed, closed.
-    pub fn expire(&mut self, now: Millis) -> Vec<Outstanding> {
+    pub fn expire(&mut self, now: Millis) -> Vec<(CallId, Outstanding)> {
         let mut out = Vec::new();
         while let Some(&(at, id)) = self.deadlines.first() {
             if at > now {
                 break;
             }
             self.deadlines.pop_first();
-            out.extend(self.outstanding.remove(&id));
+            out.extend(self.outstanding.remove(&id).map(|o| (id, o)));
         }
         while let Some((at, region, id)) = self.served_order.first().cloned() {
             if at.saturating_add(ANSWER_KEPT_MS) > now {
@@ -238,19 +272,22 @@ mod tests {
     #[test]
     fn calls_close_once_only_from_their_region_and_expire() {
         let mut b = ExchangeBook::new(1);
-        let a = b.open(RequestId(1), "us-east", 100);
-        let c = b.open(RequestId(2), "ap-south", 50);
+        let a = b.open(Waiter::Client(RequestId(1)), "us-east", 100);
+        let c = b.open(Waiter::Client(RequestId(2)), "ap-south", 50);
         assert!(
             b.close("ap-south", a).is_none(),
             "another region cannot answer"
         );
-        assert_eq!(b.close("us-east", a).unwrap().client, RequestId(1));
+        assert_eq!(
+            b.close("us-east", a).unwrap().waiter,
+            Waiter::Client(RequestId(1))
+        );
         assert!(
             b.close("us-east", a).is_none(),
             "a duplicate answer is ignored"
         );
         assert!(b.expire(49).is_empty());
-        assert_eq!(b.expire(50)[0].client, RequestId(2));
+        assert_eq!(b.expire(50)[0].1.waiter, Waiter::Client(RequestId(2)));
         assert!(b.close("ap-south", c).is_none());
         b.check().unwrap();
     }
@@ -272,6 +309,7 @@ mod tests {
                 id: None,
                 hold_id: None,
                 event: None,
+                row: None,
             })),
         };
         b.answered("eu-west", c7, &answer);

@@ -31,4 +31,6 @@ pub struct EventGossip {
     pub held: Vec<u64>,
     /// Ephemeral: the sender's recent sales per minute, per pool (for the rebalancer).
     pub sale_rate_per_min: Vec<u64>,
+    /// Ephemeral: the sender's recent demand per minute, per pool (for the rebalancer).
+    pub demand_per_min: Vec<u64>,
 }

@@ -13,14 +13,17 @@ mod core;
 pub mod event;
 pub mod exchange;
 pub mod gossip;
+pub mod handoff;
 pub mod ids;
 mod mem_store;
+pub mod policy;
 pub mod reads;
 pub mod record;
 
 pub use crate::api::*;
 pub use crate::core::{
-    Config, Core, Footprint, Input, Ready, DEFAULT_FRAME_BUDGET, DEFAULT_PEER_CALL_TIMEOUT_MS,
+    Config, Core, Footprint, HandoffCounters, Input, Ready, DEFAULT_FRAME_BUDGET,
+    DEFAULT_PEER_CALL_TIMEOUT_MS,
 };
 pub use crate::exchange::{Answered, CallId, Exchange, PeerMessage, RemoteOutcome};
 pub use crate::gossip::{EventGossip, GossipFrame};

@@ -273,6 +273,7 @@ fn a_malformed_answer_is_refused_and_its_caller_hears_unavailable() {
             id: Some(order_id.clone()),
             hold_id: None,
             event: None,
+            row: None,
         },
         RemoteOutcome {
             region: "ap-south".into(),
@@ -280,6 +281,7 @@ fn a_malformed_answer_is_refused_and_its_caller_hears_unavailable() {
             id: None,
             hold_id: None,
             event: None,
+            row: None,
         },
         RemoteOutcome {
             region: "us-east".into(),
@@ -289,6 +291,7 @@ fn a_malformed_answer_is_refused_and_its_caller_hears_unavailable() {
             id: None,
             hold_id: None,
             event: None,
+            row: None,
         },
     ];
     for r in bad.drain(..) {

@@ -35,6 +35,14 @@ pub struct ClusterSection {
     /// RocksDB's memtables, all column families together (MiB).
     #[serde(default = "default_memtable_mib")]
     pub store_memtable_mib: usize,
+    /// Whether regions move unsold quota to where the buyers are by themselves (default
+    /// true); off, allotments move only by an operator's transfer.
+    #[serde(default = "default_rebalance")]
+    pub rebalance: bool,
+}
+
+fn default_rebalance() -> bool {
+    true
 }
 
 fn default_key_ttl() -> u64 {

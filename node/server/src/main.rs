@@ -25,8 +25,13 @@ struct Cli {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum SimStrategy {
+    /// Allotments never move.
     Static,
+    /// The regions' rebalancer moves quota by demand (what a node does).
     Rebalance,
+    /// An operator moves quota by hand every second.
+    Operator,
+    /// One home region owns everything; every sale is a round trip to it.
     Central,
 }
 
@@ -87,7 +92,7 @@ enum Verb {
         /// Fuzz mode: seeds A..B (B excluded), random faults each, invariants after every step.
         #[arg(long)]
         seeds: Option<String>,
-        #[arg(long, value_enum, default_value = "static")]
+        #[arg(long, value_enum, default_value = "rebalance")]
         strategy: SimStrategy,
         /// Write the report as JSON.
         #[arg(long)]
@@ -168,6 +173,7 @@ fn run_sim(
     let strategy = match strategy {
         SimStrategy::Static => allot_sim::Strategy::Static,
         SimStrategy::Rebalance => allot_sim::Strategy::Rebalance,
+        SimStrategy::Operator => allot_sim::Strategy::Operator,
         SimStrategy::Central => allot_sim::Strategy::Central,
     };
     if let Some(range) = seeds {

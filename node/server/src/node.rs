@@ -57,6 +57,8 @@ pub struct NodeOptions {
     pub net_faults: Arc<NetFaults>,
     /// The idempotency TTL and RocksDB's memory bounds.
     pub store: StoreOptions,
+    /// Whether this region's rebalancer asks peers for quota and grants their asks.
+    pub rebalance: bool,
 }
 
 impl NodeOptions {
@@ -93,6 +95,7 @@ impl NodeOptions {
             largest_rtt: Duration::ZERO,
             net_faults: Arc::default(),
             store: StoreOptions::default(),
+            rebalance: true,
         }
     }
 
@@ -144,7 +147,20 @@ impl NodeOptions {
                 block_cache_bytes: cfg.cluster.store_block_cache_mib.max(1) << 20,
                 memtable_bytes: cfg.cluster.store_memtable_mib.max(4) << 20,
             },
+            rebalance: cfg.cluster.rebalance,
         })
+    }
+}
+
+/// The rebalancer's tuning for this cluster: it asks while the stock left would last a few
+/// of the slowest round trips plus gossip ticks, so a grant lands before the last sale.
+fn rebalance_tuning(opts: &NodeOptions) -> allot_node::policy::Tuning {
+    let defaults = allot_node::policy::Tuning::default();
+    let round_trips = 4 * opts.largest_rtt.as_millis() as u64 + 4 * opts.tick.as_millis() as u64;
+    allot_node::policy::Tuning {
+        lead_ms: defaults.lead_ms.max(round_trips),
+        max_order: opts.max_quantity,
+        ..defaults
     }
 }
 
@@ -170,6 +186,7 @@ pub async fn serve(
     cfg.catalog_region = opts.catalog_region.clone();
     cfg.max_holds_per_customer = opts.max_holds_per_customer;
     cfg.max_quantity = opts.max_quantity;
+    cfg.rebalance = opts.rebalance.then(|| rebalance_tuning(&opts));
     let outbound: Outbound = Arc::default();
     let running = driver::start(
         cfg,

@@ -67,7 +67,8 @@ impl From<CoreError> for Problem {
             | CoreError::SoldOut { .. }
             | CoreError::SeatTaken(_)
             | CoreError::SeatElsewhere { .. }
-            | CoreError::NotOwner(_) => S::CONFLICT,
+            | CoreError::NotOwner(_)
+            | CoreError::NothingToSpare(_) => S::CONFLICT,
             CoreError::UnknownEvent(_)
             | CoreError::UnknownPool(_)
             | CoreError::UnknownSeat(_)

@@ -1,6 +1,7 @@
 //! The wire format between regions: one message per QUIC unidirectional stream,
 //! `b"ALT" · version (u8) · length (u32, big-endian) · postcard(PeerMessage)`. A message is a
-//! gossip frame, or a call between regions or its answer (version 2; version 1 carried
+//! gossip frame, or a call between regions or its answer (version 3: frames carry each pool's
+//! demand, and a grant's answer the donor's row; version 2 lacked both; version 1 carried
 //! gossip frames only).
 //!
 //! Frames are bounded; anything malformed — a bad magic, an unknown version, a length that
@@ -9,7 +10,7 @@
 use allot_node::PeerMessage;
 
 pub const MAGIC: &[u8; 3] = b"ALT";
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 pub const HEADER: usize = 8;
 /// The largest frame a node sends or accepts.
 pub const MAX_FRAME: usize = 8 << 20;
@@ -98,6 +99,7 @@ mod tests {
                 meta_changes: vec![],
                 held: vec![3, 0],
                 sale_rate_per_min: vec![60, 0],
+                demand_per_min: vec![90, 0],
             }],
         })
     }
@@ -132,8 +134,9 @@ mod tests {
         let good = encode(&sample()).unwrap();
         assert_eq!(decode(&good[..5]), Err(WireError::Truncated));
         assert_eq!(decode(b"XYZ\x01\0\0\0\0"), Err(WireError::BadMagic));
-        // A node of another wire version (1 carried gossip frames only) is refused cleanly.
-        for other in [1u8, 3] {
+        // A node of another wire version (1 carried gossip frames only; 2 had no demand in
+        // its frames) is refused cleanly.
+        for other in [1u8, 2, 4] {
             let mut v = good.clone();
             v[3] = other;
             assert_eq!(decode(&v), Err(WireError::Version(other)));

@@ -10,9 +10,11 @@ use allot_crdt::{Change, EventMeta, Genesis, MetaDoc, MetaPatch, PoolIdx, PoolSp
 use crate::api::*;
 use crate::event::{EventState, SeatLocal};
 use crate::ids::{GlobalId, IdKind};
+use crate::policy::Reason;
 use crate::reads::{Found, HoldNo, Lookup, OrderNo, StoredOrder};
 use crate::record::{RecordBody, ReleaseReason};
 
+use super::handoffs::Give;
 use super::sync::{largest_gossip_unit, unit_room};
 use super::{Core, Halt};
 
@@ -229,15 +231,16 @@ impl Core {
                     });
                 }
                 let seats = if e.genesis().pool(p).is_assigned() {
-                    let owners = e.ledger.seat_owners(p);
-                    let picked: Vec<SeatIdx> = (0..owners.len())
-                        .filter(|&s| {
-                            (owners[s].owner == e.me || crate::bugs::skip_owner_check())
-                                && e.seats[p as usize][s] == SeatLocal::Free
-                        })
-                        .take(*quantity as usize)
-                        .map(|s| s as SeatIdx)
-                        .collect();
+                    let picked = if crate::bugs::skip_owner_check() {
+                        let owners = e.ledger.seat_owners(p);
+                        (0..owners.len())
+                            .filter(|&s| e.seats[p as usize][s] == SeatLocal::Free)
+                            .take(*quantity as usize)
+                            .map(|s| s as SeatIdx)
+                            .collect()
+                    } else {
+                        e.adjacent_seats(p, *quantity as usize)
+                    };
                     if (picked.len() as u64) < *quantity {
                         return Err(CoreError::SoldOut {
                             available: picked.len() as u64,
@@ -321,6 +324,7 @@ impl Core {
         if live >= self.cfg.max_holds_per_customer {
             return Err(CoreError::HoldLimit(live));
         }
+        self.note_demand(ev, want);
         let (pool, quantity, seats) = self.resolve(ev, want)?;
         let e = &self.events[ev];
         let hold = Hold {
@@ -568,6 +572,7 @@ impl Core {
             return invalid("payment_ref is required");
         }
         check_text("payment_ref", &payment_ref, 128)?;
+        self.note_demand(ev, want);
         let (pool, quantity, seats) = self.resolve(ev, want)?;
         let e = &self.events[ev];
         let row = e
@@ -670,7 +675,7 @@ impl Core {
         if to_idx == e.me {
             return invalid("a region cannot grant to itself");
         }
-        let (changes, quantity, seats) = match amount {
+        let give = match amount {
             GrantAmount::Quantity(q) => {
                 if e.genesis().pool(p).is_assigned() {
                     return invalid("assigned seats move by seat id");
@@ -689,15 +694,7 @@ impl Core {
                         sellable.max(0)
                     )));
                 }
-                (
-                    vec![Change::Grant {
-                        pool: p,
-                        to: to_idx,
-                        n: q,
-                    }],
-                    q,
-                    Vec::new(),
-                )
+                Give::Quantity(q)
             }
             GrantAmount::Seats(ids) => {
                 if ids.is_empty() || ids.len() > 10_000 {
@@ -716,34 +713,9 @@ impl Core {
                         return Err(CoreError::SeatTaken(id.clone()));
                     }
                 }
-                let changes = idx
-                    .iter()
-                    .map(|&seat| Change::GiveSeat {
-                        pool: p,
-                        seat,
-                        to: to_idx,
-                    })
-                    .collect();
-                (changes, idx.len() as u64, idx)
+                Give::Seats(idx)
             }
         };
-        let row = e
-            .ledger
-            .write(e.me, &changes)
-            .map_err(|r| CoreError::NotOwner(r.to_string()))?;
-        let outcome = Outcome::Granted {
-            event: event.to_owned(),
-            pool: p,
-            to: to.to_owned(),
-            quantity,
-            seats,
-        };
-        let idem = Self::idem_record(key, &outcome);
-        let index = self.commit(RecordBody::Granted {
-            event: event.to_owned(),
-            row,
-            idem,
-        });
-        Ok((index, outcome))
+        self.give(ev, p, to_idx, give, key, Reason::Operator)
     }
 }

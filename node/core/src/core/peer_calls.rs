@@ -3,7 +3,7 @@
 //! whoever asked — a local client or a calling region.
 
 use crate::api::{Command, CoreError, IdempotencyKey, Outcome, Reply, RequestId};
-use crate::exchange::{Answered, Arrival, CallId, Exchange, RemoteOutcome};
+use crate::exchange::{Answered, Arrival, CallId, Exchange, RemoteOutcome, Waiter};
 use crate::ids::{GlobalId, IdKind};
 
 use super::Core;
@@ -28,6 +28,7 @@ impl Command {
                 | Command::Refund { .. }
                 | Command::CreateEvent(_)
                 | Command::ReadOrder { .. }
+                | Command::Ask(_)
         )
     }
 }
@@ -56,7 +57,7 @@ impl Core {
             Caller::Peer { region, call } => {
                 let answer = Exchange::Answer {
                     id: call,
-                    answer: reply.and_then(|o| self.remote_outcome(o).map(Box::new)),
+                    answer: reply.and_then(|o| self.remote_outcome(&region, o).map(Box::new)),
                 };
                 self.calls.answered(&region, call, &answer);
                 self.out.exchange.push((region, answer));
@@ -66,7 +67,7 @@ impl Core {
 
     /// An outcome as the calling region needs it: with this region's ids, and a new event's
     /// genesis and metadata.
-    fn remote_outcome(&mut self, outcome: Outcome) -> Result<RemoteOutcome, CoreError> {
+    fn remote_outcome(&mut self, to: &str, outcome: Outcome) -> Result<RemoteOutcome, CoreError> {
         let outcome = Answered::from_outcome(outcome)
             .ok_or_else(|| CoreError::Invalid("not an answer between regions".into()))?;
         let (id, hold_id) = match &outcome {
@@ -89,19 +90,38 @@ impl Core {
                 .map(|e| ((**e.genesis()).clone(), e.meta.all_changes())),
             _ => None,
         };
+        // A grant goes with this region's durable row from what the asker last reported: the
+        // asker credits it only through that row.
+        let row = match &outcome {
+            Answered::Granted { event, .. } => self.by_id.get(event.as_str()).and_then(|&ev| {
+                let e = &self.events[ev];
+                let have = e
+                    .genesis()
+                    .region_index(to)
+                    .and_then(|r| e.peers[r as usize].vv.as_ref())
+                    .map_or(0, |vv| vv.get(e.me as usize));
+                if crate::bugs::grant_answered_before_durable() {
+                    e.ledger.row(e.me).delta_since(e.ledger.hash(), have)
+                } else {
+                    e.published.delta_since(e.ledger.hash(), have)
+                }
+            }),
+            _ => None,
+        };
         Ok(RemoteOutcome {
             region: self.cfg.region.clone(),
             outcome,
             id,
             hold_id,
             event,
+            row,
         })
     }
 
     /// Checks an answer before anything of it is believed or shown: it names the region that
     /// sent it, its hold or order fits an event this region knows (pool and seat indices are
     /// rendered against the local genesis), and only the catalog answers with a new event.
-    fn check_remote(&self, from: &str, r: &RemoteOutcome) -> Result<(), String> {
+    pub(super) fn check_remote(&self, from: &str, r: &RemoteOutcome) -> Result<(), String> {
         if r.region != from {
             return Err(format!("answer from {from} names region {:?}", r.region));
         }
@@ -125,6 +145,9 @@ impl Core {
             Answered::EventCreated { .. } if from != self.cfg.catalog_region => {
                 return Err("an event created by a region that is not the catalog".into())
             }
+            Answered::Granted {
+                event, pool, seats, ..
+            } => fits(event, *pool, seats)?,
             Answered::EventCreated { .. } | Answered::Released => {}
         }
         Ok(())
@@ -152,7 +175,7 @@ impl Core {
             );
         }
         let deadline = self.now.saturating_add(self.cfg.peer_call_timeout_ms);
-        let id = self.calls.open(client, region, deadline);
+        let id = self.calls.open(Waiter::Client(client), region, deadline);
         self.out.exchange.push((
             region.to_owned(),
             Exchange::Call {
@@ -165,10 +188,14 @@ impl Core {
 
     /// Calls not answered in time: their callers hear that the region is unreachable.
     pub(super) fn expire_calls(&mut self) {
-        for o in self.calls.expire(self.now) {
+        for (call, o) in self.calls.expire(self.now) {
+            let Waiter::Client(client) = o.waiter else {
+                self.ask_lost(call);
+                continue;
+            };
             let why = "it did not answer in time".to_owned();
             self.reply_now(
-                Caller::Client(o.client),
+                Caller::Client(client),
                 Err(CoreError::Unreachable {
                     region: o.region,
                     why,
@@ -182,12 +209,15 @@ impl Core {
             return; // an answer lost: its caller times out.
         };
         if let Some(o) = self.calls.close(to, id) {
+            let Waiter::Client(client) = o.waiter else {
+                return self.ask_lost(id);
+            };
             let why = "this node has no link to it".to_owned();
             let e = CoreError::Unreachable {
                 region: o.region,
                 why,
             };
-            self.reply_now(Caller::Client(o.client), Err(e));
+            self.reply_now(Caller::Client(client), Err(e));
         }
     }
 
@@ -237,7 +267,10 @@ impl Core {
                 let Some(o) = self.calls.close(from, id) else {
                     return;
                 };
-                let caller = Caller::Client(o.client);
+                let Waiter::Client(client) = o.waiter else {
+                    return self.ask_answered(from, id, answer);
+                };
+                let caller = Caller::Client(client);
                 match answer {
                     Ok(remote) => {
                         if let Err(why) = self.check_remote(from, &remote) {

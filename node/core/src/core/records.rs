@@ -325,6 +325,7 @@ impl Core {
         while let Some((caller, reply)) = self.durable.durable_reply() {
             self.deliver_reply(caller, reply);
         }
+        self.handoffs_durable(self.durable.persisted());
         self.trim_recent();
     }
 }

@@ -71,7 +71,7 @@ impl Core {
     /// Builds the frame for one peer within the frame budget. Each event is one unit, never
     /// split (a row's entries keep only their last stamp, so part of a delta would pass for all
     /// of it); units the peer has been owed longest go first, and what does not fit waits.
-    fn gossip_to(&mut self, peer: &str) {
+    pub(super) fn gossip_to(&mut self, peer: &str) {
         let now = self.now;
         let mut units: Vec<Unit> = Vec::new();
         for (ev, e) in self.events.iter_mut().enumerate() {
@@ -167,6 +167,7 @@ impl Core {
             meta_changes,
             held: e.held.clone(),
             sale_rate_per_min: e.rates.iter().map(|r| r.per_min).collect(),
+            demand_per_min: e.demand.iter().map(|d| d.per_min()).collect(),
         })
     }
 
@@ -216,6 +217,7 @@ impl Core {
                 view.meta_heads = g.meta_heads;
                 view.held = g.held;
                 view.sale_rate_per_min = g.sale_rate_per_min;
+                view.demand_per_min = g.demand_per_min;
                 view.heard_at = Some(self.now);
             }
             for row in g.rows {
@@ -271,7 +273,7 @@ impl Core {
     }
 
     /// Applies peer input as a record; emits it only if it changed something.
-    fn commit_peer(&mut self, body: RecordBody, from: &str) {
+    pub(super) fn commit_peer(&mut self, body: RecordBody, from: &str) {
         let index = self.last_index + 1;
         match self.apply_record(index, self.now, &body) {
             Ok(true) => {

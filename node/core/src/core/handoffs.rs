@@ -1,0 +1,382 @@
+//! The core's side of quota handoff (the protocol: [`crate::handoff`]): demand counting, the
+//! asker's tick, the donor's grant, and the asker's credit through the donor's row.
+
+use allot_crdt::{Change, PoolIdx, RegionIdx, SeatIdx};
+
+use crate::api::{Command, CoreError, IdempotencyKey, Outcome, Want};
+use crate::exchange::{Answered, CallId, Exchange, RemoteOutcome, Waiter};
+use crate::handoff::{Handoff, HandoffAsk};
+use crate::policy::{self, PoolFigures, Reason};
+use crate::record::RecordBody;
+
+use super::rebalancer::{AskInFlight, PoolKey};
+use super::Core;
+
+/// A peer not heard from for this long is not asked for quota (its figures still count).
+const PEER_FRESH_MS: u64 = 3_000;
+
+/// What a grant gives: a count of a general-admission pool, or these seats.
+pub(crate) enum Give {
+    Quantity(u64),
+    Seats(Vec<SeatIdx>),
+}
+
+impl Core {
+    /// Counts what a buyer asks for as demand for its pool, whether or not it can be served.
+    pub(super) fn note_demand(&mut self, ev: usize, want: &Want) {
+        let e = &self.events[ev];
+        let (pool, units) = match want {
+            Want::Quantity { pool, quantity } => (e.genesis().pool_index(pool), *quantity),
+            Want::Seats { pool, seats } => (
+                match pool {
+                    Some(pool) => e.genesis().pool_index(pool),
+                    None => seats.first().and_then(|s| {
+                        e.seat_index
+                            .iter()
+                            .position(|m| m.contains_key(s))
+                            .map(|p| p as PoolIdx)
+                    }),
+                },
+                seats.len() as u64,
+            ),
+        };
+        if let Some(p) = pool {
+            let d = &mut self.events[ev].demand[p as usize];
+            d.units = d.units.saturating_add(units.min(self.cfg.max_quantity));
+        }
+    }
+
+    /// Every region's figures for one pool, as this region knows them: its own exactly, its
+    /// peers' from their rows and their last gossip.
+    fn figures(&self, ev: usize, p: PoolIdx) -> Vec<PoolFigures> {
+        let e = &self.events[ev];
+        (0..e.genesis().regions.len())
+            .map(|r| {
+                if r == e.me as usize {
+                    return PoolFigures {
+                        sellable: e.sellable(p).max(0) as u64,
+                        demand_per_s: e.demand[p as usize].per_s,
+                    };
+                }
+                let view = &e.peers[r];
+                let held = view.held.get(p as usize).copied().unwrap_or(0);
+                let available = e.ledger.available_wide(p, r as RegionIdx);
+                PoolFigures {
+                    sellable: u64::try_from((available - i128::from(held)).max(0))
+                        .unwrap_or(u64::MAX),
+                    demand_per_s: view.demand_per_min.get(p as usize).copied().unwrap_or(0) as f64
+                        / 60.0,
+                }
+            })
+            .collect()
+    }
+
+    /// The asker's tick: for every pool short of stock with no ask in flight, ask the best
+    /// donor (see [`policy::plan_ask`]).
+    pub(super) fn rebalance(&mut self) {
+        let Some(tuning) = self.rebalancer.tuning else {
+            return;
+        };
+        let now = self.now;
+        self.rebalancer.expire(now);
+        let persisted = self.durable.persisted();
+        for ev in 0..self.events.len() {
+            let e = &self.events[ev];
+            if e.created_at_index > persisted {
+                continue;
+            }
+            for p in 0..e.genesis().pools.len() as PoolIdx {
+                let key = (ev, p);
+                if self.rebalancer.asking(key) || self.rebalancer.gave_recently(key, now) {
+                    continue;
+                }
+                let figures = self.figures(ev, p);
+                let e = &self.events[ev];
+                let unavailable = |r: usize| {
+                    let heard = e.peers[r].heard_at;
+                    heard.is_none_or(|h| now.saturating_sub(h) > PEER_FRESH_MS)
+                        || self.rebalancer.resting(key, r as RegionIdx, now)
+                        || self.calls.outstanding_to(&e.genesis().regions[r])
+                            >= self.cfg.max_calls_per_peer
+                };
+                if let Some(ask) = policy::plan_ask(e.me as usize, &figures, unavailable, &tuning) {
+                    self.send_ask(key, ask);
+                }
+            }
+        }
+    }
+
+    fn send_ask(&mut self, key: PoolKey, ask: policy::Ask) {
+        let (ev, p) = key;
+        let e = &self.events[ev];
+        let donor = e.genesis().regions[ask.donor].clone();
+        let message = HandoffAsk {
+            event: e.id.to_string(),
+            pool: p,
+            want: ask.want,
+            demand_per_min: e.demand[p as usize].per_min(),
+            reason: ask.reason,
+        };
+        let deadline = self.now.saturating_add(self.cfg.handoff_timeout_ms);
+        let call = self.calls.open(Waiter::Handoff, &donor, deadline);
+        // The ask's id is its idempotency key at the donor (scoped there by this region): a
+        // duplicate of it, even after the donor restarted, gets the first answer.
+        let idem = IdempotencyKey {
+            key: format!("ask-{}-{}", call.incarnation, call.n),
+            body_hash: [0; 32],
+        };
+        self.out.exchange.push((
+            donor,
+            Exchange::Call {
+                id: call,
+                key: Some(idem),
+                command: Box::new(Command::Ask(message)),
+            },
+        ));
+        self.rebalancer.sent(
+            key,
+            AskInFlight {
+                call,
+                donor: ask.donor as RegionIdx,
+                asked_at: self.now,
+                reason: ask.reason,
+            },
+        );
+    }
+
+    /// The donor's side: grants what the policy lets it spare, durably, before it answers.
+    pub(super) fn give_on_ask(
+        &mut self,
+        asker: &str,
+        ask: &HandoffAsk,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<(u64, Outcome), CoreError> {
+        let Some(tuning) = self.rebalancer.tuning else {
+            return Err(CoreError::NothingToSpare(format!(
+                "the rebalancer of {} is off",
+                self.cfg.region
+            )));
+        };
+        let ev = self.event_idx(&ask.event)?;
+        let e = &self.events[ev];
+        let p = ask.pool;
+        if p as usize >= e.genesis().pools.len() {
+            return Err(CoreError::UnknownPool(format!("#{p}")));
+        }
+        let to = e
+            .genesis()
+            .region_index(asker)
+            .filter(|&r| r != e.me)
+            .ok_or_else(|| CoreError::Invalid(format!("{asker} cannot ask for this event")))?;
+        if ask.want == 0 || ask.want > e.genesis().pool(p).capacity() {
+            return Err(CoreError::Invalid("an ask for more than the pool".into()));
+        }
+        if self.rebalancer.received_recently((ev, p), self.now) {
+            return Err(CoreError::NothingToSpare(format!(
+                "{} received quota of this pool moments ago",
+                self.cfg.region
+            )));
+        }
+        let mut figures = self.figures(ev, p);
+        figures[to as usize].demand_per_s = ask.demand_per_min as f64 / 60.0;
+        let n = ask
+            .want
+            .min(policy::spare(e.me as usize, to as usize, &figures, &tuning));
+        if n == 0 {
+            return Err(CoreError::NothingToSpare(format!(
+                "{} keeps what it has for its own buyers",
+                self.cfg.region
+            )));
+        }
+        let amount = if e.genesis().pool(p).is_assigned() {
+            Give::Seats(self.seats_to_give(ev, p, n))
+        } else {
+            Give::Quantity(n)
+        };
+        let (index, outcome) = self.give(ev, p, to, amount, key, ask.reason)?;
+        if crate::bugs::grant_answered_before_durable() {
+            return Ok((0, outcome));
+        }
+        Ok((index, outcome))
+    }
+
+    /// Gives quota this region owns to region `to`, as one durable record. The recipient
+    /// hears it from the ask's answer or, for an operator's transfer, from a gossip frame sent
+    /// the moment the record is durable.
+    pub(super) fn give(
+        &mut self,
+        ev: usize,
+        p: PoolIdx,
+        to: RegionIdx,
+        amount: Give,
+        key: Option<&IdempotencyKey>,
+        reason: Reason,
+    ) -> Result<(u64, Outcome), CoreError> {
+        let e = &self.events[ev];
+        let (changes, quantity, seats) = match amount {
+            Give::Quantity(n) => (vec![Change::Grant { pool: p, to, n }], n, Vec::new()),
+            Give::Seats(seats) => (
+                seats
+                    .iter()
+                    .map(|&seat| Change::GiveSeat { pool: p, seat, to })
+                    .collect(),
+                seats.len() as u64,
+                seats,
+            ),
+        };
+        let row = e
+            .ledger
+            .write(e.me, &changes)
+            .map_err(|r| CoreError::NotOwner(r.to_string()))?;
+        let to_name = e.genesis().regions[to as usize].clone();
+        let entry = Handoff {
+            event: e.id.clone(),
+            pool: p,
+            from: self.cfg.region.clone(),
+            to: to_name.clone(),
+            quantity,
+            reason,
+            at: self.now,
+            ask_to_spendable_ms: None,
+        };
+        let outcome = Outcome::Granted {
+            event: e.id.to_string(),
+            pool: p,
+            to: to_name.clone(),
+            quantity,
+            seats,
+        };
+        let idem = Self::idem_record(key, &outcome);
+        let index = self.commit(RecordBody::Granted {
+            event: entry.event.to_string(),
+            row,
+            idem,
+        });
+        self.rebalancer.gave((ev, p), entry);
+        if reason == Reason::Operator {
+            self.rebalancer.push_after(index, to_name);
+        } else {
+            self.rebalancer.counters.asks_served += 1;
+        }
+        Ok((index, outcome))
+    }
+
+    /// Seats of a pool this region owns and has free, `n` of them, in whole blocks: the
+    /// smallest block that holds them all, else the largest blocks first, each taken from its
+    /// end (so what stays here stays in one piece too).
+    fn seats_to_give(&self, ev: usize, p: PoolIdx, n: u64) -> Vec<SeatIdx> {
+        let mut blocks = self.events[ev].free_blocks(p);
+        let n = n as usize;
+        if let Some(b) = blocks
+            .iter()
+            .filter(|b| b.len() >= n)
+            .min_by_key(|b| (b.len(), b.start))
+        {
+            return (b.end - n as SeatIdx..b.end).collect();
+        }
+        blocks.sort_by_key(|b| std::cmp::Reverse(b.len()));
+        let mut out = Vec::with_capacity(n);
+        for b in blocks {
+            let take = (n - out.len()).min(b.len());
+            out.extend(b.end - take as SeatIdx..b.end);
+            if out.len() == n {
+                break;
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// The answer to one of this region's asks.
+    pub(super) fn ask_answered(
+        &mut self,
+        from: &str,
+        call: CallId,
+        answer: Result<Box<RemoteOutcome>, CoreError>,
+    ) {
+        let Some((key, ask)) = self.rebalancer.close(call) else {
+            return;
+        };
+        let (ev, p) = key;
+        let remote = match answer {
+            Ok(remote) => remote,
+            Err(e) => {
+                let refused = matches!(e, CoreError::NothingToSpare(_));
+                return self.rebalancer.failed(key, ask.donor, self.now, refused);
+            }
+        };
+        let e = &self.events[ev];
+        let fits = match &remote.outcome {
+            Answered::Granted { event, pool, .. } => {
+                *event == *e.id
+                    && *pool == p
+                    && remote.row.as_ref().is_none_or(|r| r.writer == ask.donor)
+            }
+            _ => false,
+        };
+        if !fits || self.check_remote(from, &remote).is_err() {
+            self.out
+                .warnings
+                .push(format!("an answer to a handoff ask from {from} refused"));
+            return self.rebalancer.failed(key, ask.donor, self.now, false);
+        }
+        let Answered::Granted { quantity, .. } = remote.outcome else {
+            return;
+        };
+        let event = e.id.clone();
+        if crate::bugs::credit_bare_grant() {
+            #[cfg(feature = "inject-bugs")]
+            {
+                self.events[ev].bare_credit[p as usize] += quantity;
+            }
+        }
+        let before = self.last_index;
+        if let Some(row) = remote.row {
+            self.commit_peer(
+                RecordBody::PeerRow {
+                    event: event.to_string(),
+                    row,
+                },
+                from,
+            );
+        }
+        let landing = (self.last_index > before).then_some(self.last_index);
+        let entry = Handoff {
+            event,
+            pool: p,
+            from: from.to_owned(),
+            to: self.cfg.region.clone(),
+            quantity,
+            reason: ask.reason,
+            at: self.now,
+            ask_to_spendable_ms: None,
+        };
+        self.rebalancer.received(key, ask.asked_at, entry, landing);
+    }
+
+    /// One of this region's asks timed out or could not be sent.
+    pub(super) fn ask_lost(&mut self, call: CallId) {
+        if let Some((key, ask)) = self.rebalancer.close(call) {
+            self.rebalancer.failed(key, ask.donor, self.now, false);
+        }
+    }
+
+    /// Records up to `persisted` are durable: grants they carried are spendable, and
+    /// operators' transfers go to their recipients at once.
+    pub(super) fn handoffs_durable(&mut self, persisted: u64) {
+        let now = self.now;
+        self.rebalancer.landed(persisted, now);
+        for peer in self.rebalancer.pushes_due(persisted) {
+            self.gossip_to(&peer);
+        }
+    }
+
+    /// The handoffs this region made or received, newest first.
+    pub fn handoffs(&self) -> impl Iterator<Item = &Handoff> {
+        self.rebalancer.log()
+    }
+
+    pub fn handoff_counters(&self) -> super::rebalancer::HandoffCounters {
+        self.rebalancer.counters
+    }
+}

@@ -1,0 +1,303 @@
+//! What the rebalancer remembers between ticks: per event and pool, the ask in flight (at most
+//! one), when quota last left or arrived (hysteresis), which donors rest after a refusal or a
+//! silence, the grants waiting for their credit to be durable, and the handoff log.
+//!
+//! All of it is volatile: after a restart a region asks again from what its ledger says, and a
+//! donor's duplicate protection lives in the idempotency table, which is durable.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use allot_crdt::{PoolIdx, RegionIdx};
+
+use crate::api::Millis;
+use crate::exchange::CallId;
+use crate::handoff::Handoff;
+use crate::policy::{Reason, Tuning};
+
+/// A region that gave quota away does not ask for it back for this long, and one that
+/// received quota does not give it away for this long: quota does not ping-pong.
+pub(crate) const HYSTERESIS_MS: Millis = 5_000;
+/// A donor that refused or did not answer is not asked again for this long.
+pub(crate) const REST_MS: Millis = 2_000;
+/// Handoffs kept in the log, newest first.
+pub(crate) const LOG_LEN: usize = 64;
+
+/// An event's pool, by its position in the core.
+pub(crate) type PoolKey = (usize, PoolIdx);
+
+/// An ask on its way.
+#[derive(Clone, Debug)]
+pub(crate) struct AskInFlight {
+    pub call: CallId,
+    pub donor: RegionIdx,
+    pub asked_at: Millis,
+    pub reason: Reason,
+}
+
+/// Counts since the region started, for the operator and the simulator's report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HandoffCounters {
+    pub asks_sent: u64,
+    pub asks_granted: u64,
+    pub asks_refused: u64,
+    /// Asks that timed out or could not be sent.
+    pub asks_lost: u64,
+    pub asks_served: u64,
+    pub units_received: u64,
+    pub units_given: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Rebalancer {
+    pub tuning: Option<Tuning>,
+    asks: BTreeMap<PoolKey, AskInFlight>,
+    by_call: BTreeMap<CallId, PoolKey>,
+    last_gave: BTreeMap<PoolKey, Millis>,
+    last_received: BTreeMap<PoolKey, Millis>,
+    resting: BTreeMap<(PoolKey, RegionIdx), Millis>,
+    /// Received grants whose credit waits for the record at this index to be durable: the
+    /// log entry's sequence number and the ask's time.
+    landing: VecDeque<(u64, u64, Millis)>,
+    log: VecDeque<(u64, Handoff)>,
+    next_seq: u64,
+    /// Operators' transfers: once the record at this index is durable, gossip goes to the
+    /// recipient at once instead of at the next tick.
+    pushes: VecDeque<(u64, String)>,
+    pub counters: HandoffCounters,
+}
+
+impl Rebalancer {
+    pub fn new(tuning: Option<Tuning>) -> Rebalancer {
+        Rebalancer {
+            tuning,
+            asks: BTreeMap::new(),
+            by_call: BTreeMap::new(),
+            last_gave: BTreeMap::new(),
+            last_received: BTreeMap::new(),
+            resting: BTreeMap::new(),
+            landing: VecDeque::new(),
+            log: VecDeque::new(),
+            next_seq: 0,
+            pushes: VecDeque::new(),
+            counters: HandoffCounters::default(),
+        }
+    }
+
+    pub fn asking(&self, pool: PoolKey) -> bool {
+        self.asks.contains_key(&pool)
+    }
+
+    pub fn gave_recently(&self, pool: PoolKey, now: Millis) -> bool {
+        self.last_gave
+            .get(&pool)
+            .is_some_and(|&t| now < t.saturating_add(HYSTERESIS_MS))
+    }
+
+    pub fn received_recently(&self, pool: PoolKey, now: Millis) -> bool {
+        self.last_received
+            .get(&pool)
+            .is_some_and(|&t| now < t.saturating_add(HYSTERESIS_MS))
+    }
+
+    pub fn resting(&self, pool: PoolKey, donor: RegionIdx, now: Millis) -> bool {
+        self.resting
+            .get(&(pool, donor))
+            .is_some_and(|&until| now < until)
+    }
+
+    pub fn sent(&mut self, pool: PoolKey, ask: AskInFlight) {
+        debug_assert!(!self.asks.contains_key(&pool), "one ask per pool at a time");
+        self.counters.asks_sent += 1;
+        self.by_call.insert(ask.call, pool);
+        self.asks.insert(pool, ask);
+    }
+
+    /// The ask a call was, closed.
+    pub fn close(&mut self, call: CallId) -> Option<(PoolKey, AskInFlight)> {
+        let pool = self.by_call.remove(&call)?;
+        let ask = self.asks.remove(&pool)?;
+        Some((pool, ask))
+    }
+
+    /// An ask refused, timed out or undeliverable: that donor rests.
+    pub fn failed(&mut self, pool: PoolKey, donor: RegionIdx, now: Millis, refused: bool) {
+        if refused {
+            self.counters.asks_refused += 1;
+        } else {
+            self.counters.asks_lost += 1;
+        }
+        self.resting
+            .insert((pool, donor), now.saturating_add(REST_MS));
+    }
+
+    /// A grant this region made.
+    pub fn gave(&mut self, pool: PoolKey, entry: Handoff) {
+        self.counters.units_given += entry.quantity;
+        self.last_gave.insert(pool, entry.at);
+        self.log_entry(entry);
+    }
+
+    /// A grant this region received; its credit is spendable once record `landing` is durable
+    /// (`None`: it already is).
+    pub fn received(
+        &mut self,
+        pool: PoolKey,
+        asked_at: Millis,
+        mut entry: Handoff,
+        landing: Option<u64>,
+    ) {
+        self.counters.asks_granted += 1;
+        self.counters.units_received += entry.quantity;
+        self.last_received.insert(pool, entry.at);
+        if landing.is_none() {
+            entry.ask_to_spendable_ms = Some(entry.at.saturating_sub(asked_at));
+        }
+        let seq = self.log_entry(entry);
+        if let Some(index) = landing {
+            self.landing.push_back((index, seq, asked_at));
+        }
+    }
+
+    /// Records up to `persisted` are durable at `now`: grants they carried are spendable.
+    pub fn landed(&mut self, persisted: u64, now: Millis) {
+        while let Some(&(index, seq, asked_at)) = self.landing.front() {
+            if index > persisted {
+                break;
+            }
+            self.landing.pop_front();
+            if let Some((_, h)) = self.log.iter_mut().find(|(s, _)| *s == seq) {
+                h.ask_to_spendable_ms = Some(now.saturating_sub(asked_at));
+            }
+        }
+    }
+
+    pub fn push_after(&mut self, index: u64, to: String) {
+        debug_assert!(self.pushes.back().is_none_or(|p| p.0 <= index));
+        self.pushes.push_back((index, to));
+    }
+
+    /// Recipients whose transfers are durable up to `persisted`, each once.
+    pub fn pushes_due(&mut self, persisted: u64) -> Vec<String> {
+        let mut due: Vec<String> = Vec::new();
+        while let Some((index, _)) = self.pushes.front() {
+            if *index > persisted {
+                break;
+            }
+            if let Some((_, to)) = self.pushes.pop_front() {
+                if !due.contains(&to) {
+                    due.push(to);
+                }
+            }
+        }
+        due
+    }
+
+    fn log_entry(&mut self, entry: Handoff) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.log.push_front((seq, entry));
+        self.log.truncate(LOG_LEN);
+        seq
+    }
+
+    /// Forgets rests that are over; called every tick so the map stays small.
+    pub fn expire(&mut self, now: Millis) {
+        self.resting.retain(|_, &mut until| now < until);
+        let fresh = |t: &Millis| now < t.saturating_add(HYSTERESIS_MS);
+        self.last_gave.retain(|_, t| fresh(t));
+        self.last_received.retain(|_, t| fresh(t));
+    }
+
+    /// Newest first.
+    pub fn log(&self) -> impl Iterator<Item = &Handoff> {
+        self.log.iter().map(|(_, h)| h)
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        if self.asks.len() != self.by_call.len()
+            || self
+                .by_call
+                .iter()
+                .any(|(call, pool)| self.asks.get(pool).is_none_or(|a| a.call != *call))
+        {
+            return Err("rebalancer: asks in flight disagree with their calls".into());
+        }
+        if self.log.len() > LOG_LEN {
+            return Err("rebalancer: the handoff log outgrew its bound".into());
+        }
+        if self
+            .landing
+            .iter()
+            .zip(self.landing.iter().skip(1))
+            .any(|(a, b)| a.0 > b.0)
+        {
+            return Err("rebalancer: landing grants out of record order".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(at: Millis, quantity: u64) -> Handoff {
+        Handoff {
+            event: "e".into(),
+            pool: 0,
+            from: "us-east".into(),
+            to: "eu-west".into(),
+            quantity,
+            reason: Reason::RunningDry,
+            at,
+            ask_to_spendable_ms: None,
+        }
+    }
+
+    #[test]
+    fn one_ask_per_pool_and_hysteresis_both_ways() {
+        let mut r = Rebalancer::new(Some(Tuning::default()));
+        let call = CallId {
+            incarnation: 1,
+            n: 1,
+        };
+        r.sent(
+            (0, 0),
+            AskInFlight {
+                call,
+                donor: 1,
+                asked_at: 100,
+                reason: Reason::RunningDry,
+            },
+        );
+        assert!(r.asking((0, 0)));
+        assert!(!r.asking((0, 1)));
+        let (pool, ask) = r.close(call).unwrap();
+        assert_eq!((pool, ask.donor), ((0, 0), 1));
+        assert!(r.close(call).is_none(), "a duplicate answer finds no ask");
+        r.received((0, 0), 100, entry(350, 40), Some(7));
+        assert!(r.received_recently((0, 0), 350 + HYSTERESIS_MS - 1));
+        assert!(!r.received_recently((0, 0), 350 + HYSTERESIS_MS));
+        r.landed(6, 400);
+        assert_eq!(r.log().next().unwrap().ask_to_spendable_ms, None);
+        r.landed(7, 420);
+        assert_eq!(r.log().next().unwrap().ask_to_spendable_ms, Some(320));
+        r.gave((0, 0), entry(1_000, 5));
+        assert!(r.gave_recently((0, 0), 1_000 + HYSTERESIS_MS - 1));
+        r.failed((0, 0), 2, 1_000, true);
+        assert!(r.resting((0, 0), 2, 1_000 + REST_MS - 1));
+        assert!(!r.resting((0, 0), 2, 1_000 + REST_MS));
+        r.check().unwrap();
+    }
+
+    #[test]
+    fn the_log_is_bounded_and_newest_first() {
+        let mut r = Rebalancer::new(None);
+        for i in 0..(LOG_LEN as u64 + 10) {
+            r.gave((0, 0), entry(i, 1));
+        }
+        assert_eq!(r.log().count(), LOG_LEN);
+        assert_eq!(r.log().next().unwrap().at, LOG_LEN as u64 + 9);
+        r.check().unwrap();
+    }
+}
