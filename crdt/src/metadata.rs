@@ -30,6 +30,9 @@ pub struct EventMeta {
     pub hold_ttl_s: u64,
     /// Price of one unit of each pool, in the event currency's minor unit.
     pub prices: BTreeMap<String, u64>,
+    /// Whether the regions' rebalancer moves this event's quota (operators pause it). A
+    /// document written before the field existed reads as `true`.
+    pub rebalance: bool,
 }
 
 /// An edit: `None` leaves a field alone.
@@ -43,6 +46,7 @@ pub struct MetaPatch {
     pub starts_at: Option<String>,
     pub hold_ttl_s: Option<u64>,
     pub prices: BTreeMap<String, u64>,
+    pub rebalance: Option<bool>,
 }
 
 /// The automerge actor: region name and incarnation.
@@ -99,6 +103,7 @@ impl MetaDoc {
         doc.put(ROOT, "lon", meta.lon)?;
         doc.put(ROOT, "starts_at", meta.starts_at.as_str())?;
         doc.put(ROOT, "hold_ttl_s", ScalarValue::Uint(meta.hold_ttl_s))?;
+        doc.put(ROOT, "rebalance", meta.rebalance)?;
         let prices = doc.put_object(ROOT, "prices", ObjType::Map)?;
         for (pool, cents) in &meta.prices {
             doc.put(&prices, pool.as_str(), ScalarValue::Uint(*cents))?;
@@ -158,6 +163,12 @@ impl MetaDoc {
         if let Some(v) = p.hold_ttl_s {
             d.put(ROOT, "hold_ttl_s", ScalarValue::Uint(v))?;
         }
+        if let Some(v) = p.rebalance {
+            // A scalar at the root: a region may write it even where the catalog's first
+            // change did not (a document from before the field), and concurrent writes of
+            // it resolve like any other field.
+            d.put(ROOT, "rebalance", v)?;
+        }
         for (pool, cents) in &p.prices {
             d.put(&prices, pool.as_str(), ScalarValue::Uint(*cents))?;
         }
@@ -206,6 +217,14 @@ fn read_doc(doc: &AutoCommit) -> Result<EventMeta, MetaError> {
         Some((Value::Scalar(v), _)) => v.as_u64().ok_or(MetaError::Field("hold_ttl_s"))?,
         _ => return Err(MetaError::Field("hold_ttl_s")),
     };
+    let rebalance = match doc.get(ROOT, "rebalance")? {
+        None => true,
+        Some((Value::Scalar(v), _)) => match v.as_ref() {
+            ScalarValue::Boolean(b) => *b,
+            _ => return Err(MetaError::Field("rebalance")),
+        },
+        Some(_) => return Err(MetaError::Field("rebalance")),
+    };
     let mut prices = BTreeMap::new();
     if let Some((Value::Object(ObjType::Map), id)) = doc.get(ROOT, "prices")? {
         for key in doc.keys(&id) {
@@ -227,6 +246,7 @@ fn read_doc(doc: &AutoCommit) -> Result<EventMeta, MetaError> {
         starts_at: s("starts_at")?,
         hold_ttl_s,
         prices,
+        rebalance,
     })
 }
 
@@ -281,7 +301,67 @@ mod tests {
             starts_at: "2027-06-01T19:00:00Z".into(),
             hold_ttl_s: 600,
             prices: [("floor".to_string(), 8900)].into(),
+            rebalance: true,
         }
+    }
+
+    #[test]
+    fn a_pause_from_any_region_reaches_every_replica_and_old_documents_read_unpaused() {
+        // The catalog's first change as written before the field existed.
+        let mut old = AutoCommit::new().with_actor(actor("eu-west", 1).actor_id());
+        let m = meta();
+        old.put(ROOT, "name", m.name.as_str()).unwrap();
+        old.put(ROOT, "description", m.description.as_str())
+            .unwrap();
+        old.put(ROOT, "venue", m.venue.as_str()).unwrap();
+        old.put(ROOT, "lat", m.lat).unwrap();
+        old.put(ROOT, "lon", m.lon).unwrap();
+        old.put(ROOT, "starts_at", m.starts_at.as_str()).unwrap();
+        old.put(ROOT, "hold_ttl_s", ScalarValue::Uint(m.hold_ttl_s))
+            .unwrap();
+        let prices = old.put_object(ROOT, "prices", ObjType::Map).unwrap();
+        old.put(&prices, "floor", ScalarValue::Uint(8900)).unwrap();
+        old.commit();
+        let first = old.get_last_local_change().unwrap().raw_bytes().to_vec();
+        let mut a = MetaDoc::from_changes(&actor("eu-west", 2), &[first.clone()]).unwrap();
+        let mut b = MetaDoc::from_changes(&actor("us-east", 1), &[first]).unwrap();
+        assert!(a.read().unwrap().rebalance);
+        let pause = b
+            .patch(&MetaPatch {
+                rebalance: Some(false),
+                ..Default::default()
+            })
+            .unwrap()
+            .unwrap();
+        let rename = a
+            .patch(&MetaPatch {
+                name: Some("Rock II".into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .unwrap();
+        a.apply_checked(&[pause]).unwrap();
+        b.apply_checked(&[rename]).unwrap();
+        assert_eq!(a.read().unwrap(), b.read().unwrap());
+        assert!(!a.read().unwrap().rebalance);
+        assert_eq!(a.read().unwrap().name, "Rock II");
+    }
+
+    #[test]
+    fn a_rebalance_field_of_the_wrong_type_is_refused() {
+        let (a, first) = MetaDoc::create(&actor("eu-west", 1), &meta()).unwrap();
+        let mut bad = AutoCommit::new().with_actor(actor("us-east", 1).actor_id());
+        bad.apply_changes(decode(&[first]).unwrap()).unwrap();
+        bad.put(ROOT, "rebalance", "no").unwrap();
+        bad.commit();
+        let change = bad.get_last_local_change().unwrap().raw_bytes().to_vec();
+        let mut a = a;
+        let before = a.heads();
+        assert!(matches!(
+            a.apply_checked(&[change]),
+            Err(MetaError::Field("rebalance"))
+        ));
+        assert_eq!(a.heads(), before);
     }
 
     fn actor(r: &str, i: u64) -> ActorIncarnation {

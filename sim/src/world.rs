@@ -291,6 +291,7 @@ impl World {
             starts_at: "2027-01-01T00:00:00Z".into(),
             currency: "EUR".into(),
             hold_ttl_s: self.sc.event.hold_ttl_s.max(1),
+            rebalance: true,
             pools,
             allotments,
         }

@@ -52,6 +52,8 @@ pub struct EventSpec {
     pub starts_at: String,
     pub currency: String,
     pub hold_ttl_s: u64,
+    /// Whether the regions' rebalancer may move this event's quota.
+    pub rebalance: bool,
     pub pools: Vec<PoolInput>,
     #[serde(with = "allotments_serde")]
     pub allotments: Allotments,

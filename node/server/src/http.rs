@@ -500,12 +500,18 @@ struct CreateEventBody {
     currency: String,
     #[serde(default = "default_ttl")]
     hold_ttl_s: u64,
+    #[serde(default = "default_rebalance")]
+    rebalance: bool,
     pools: Vec<PoolBody>,
     allotments: AllotmentsBody,
 }
 
 fn default_ttl() -> u64 {
     600
+}
+
+fn default_rebalance() -> bool {
+    true
 }
 
 async fn create_event(
@@ -554,6 +560,7 @@ async fn create_event(
         starts_at: c.starts_at,
         currency: c.currency,
         hold_ttl_s: c.hold_ttl_s,
+        rebalance: c.rebalance,
         pools,
         allotments,
     };
@@ -589,6 +596,7 @@ struct PatchBody {
     hold_ttl_s: Option<u64>,
     #[serde(default)]
     prices: BTreeMap<String, u64>,
+    rebalance: Option<bool>,
 }
 
 async fn patch_event(
@@ -609,6 +617,7 @@ async fn patch_event(
         starts_at: p.starts_at,
         hold_ttl_s: p.hold_ttl_s,
         prices: p.prices,
+        rebalance: p.rebalance,
     };
     let v = call_render(
         &s,
@@ -832,6 +841,11 @@ async fn cluster(State(s): St, _: Operator) -> ApiResult {
         json!({
             "region": cfg.region, "catalog_region": cfg.catalog_region, "incarnation": cfg.incarnation,
             "ready": ready, "durable_index": core.persisted_index(), "peers": peers, "events": events,
+            "rebalance": cfg.rebalance.is_some(),
+            "handoffs": {
+                "counters": core.handoff_counters(),
+                "recent": core.handoffs().map(|h| views::handoff(core, h)).collect::<Vec<_>>(),
+            },
             "memory": {
                 "core": {
                     "live_holds": core.footprint().live_holds,

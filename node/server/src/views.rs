@@ -158,7 +158,7 @@ pub fn event_detail(core: &Core, e: &EventState) -> Value {
     json!({
         "id": &*e.id, "name": i.name, "description": i.description, "venue": i.venue,
         "lat": i.lat, "lon": i.lon, "starts_at": i.starts_at, "currency": g.currency,
-        "hold_ttl_s": i.hold_ttl_s, "region": core.config().region,
+        "hold_ttl_s": i.hold_ttl_s, "rebalance": i.rebalance, "region": core.config().region,
         "genesis_hash": e.ledger.hash().to_string(), "pools": pools,
     })
 }
@@ -188,6 +188,18 @@ pub fn seat_map(e: &EventState, p: PoolIdx) -> Value {
         })
         .collect();
     json!({ "event": &*e.id, "pool": pool.id, "region": g.regions[e.me as usize], "seats": list })
+}
+
+/// One handoff of the rebalancer's log (or an operator's transfer), for operators.
+pub fn handoff(core: &Core, h: &allot_node::handoff::Handoff) -> Value {
+    let pool = core
+        .event(&h.event)
+        .and_then(|e| e.genesis().pools.get(h.pool as usize))
+        .map(|p| p.id.clone());
+    json!({
+        "event": &*h.event, "pool": pool, "from": h.from, "to": h.to, "quantity": h.quantity,
+        "reason": h.reason, "at": rfc3339(h.at), "ask_to_spendable_ms": h.ask_to_spendable_ms,
+    })
 }
 
 pub fn ledger(core: &Core, e: &EventState) -> Value {
@@ -239,5 +251,13 @@ pub fn ledger(core: &Core, e: &EventState) -> Value {
         .enumerate()
         .map(|(r, n)| (n.clone(), json!(vv.get(r))))
         .collect();
-    json!({ "event": &*e.id, "region": core.config().region, "pools": pools, "version_vector": versions })
+    let handoffs: Vec<Value> = core
+        .handoffs()
+        .filter(|h| h.event == e.id)
+        .map(|h| handoff(core, h))
+        .collect();
+    json!({
+        "event": &*e.id, "region": core.config().region, "pools": pools,
+        "version_vector": versions, "rebalance": e.info.rebalance, "handoffs": handoffs,
+    })
 }

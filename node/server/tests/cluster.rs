@@ -177,7 +177,7 @@ fn conserved(ledger: &Value, full: &[Value]) {
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|x| x["held_age_ms"] == 0)
+                .find(|x| x["region"] == view["region"])
                 .unwrap();
             total += mine["available"].as_i64().unwrap()
                 + mine["held"].as_i64().unwrap()
@@ -300,7 +300,8 @@ async fn three_regions_sell_and_converge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_region_keeps_selling_and_nobody_oversells() {
-    let c = Cluster::start().await;
+    // Allotments stay put here: each region sells exactly what it was given.
+    let c = Cluster::start_with(|_, o| o.rebalance = false).await;
     assert_eq!(
         c.post(0, "/v1/admin/events", even_event()).await.0,
         StatusCode::CREATED
@@ -521,5 +522,174 @@ async fn calls_between_regions_carry_holds_orders_and_refunds_without_the_token(
         assert!(start.elapsed() < Duration::from_secs(5), "{us_east}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    c.stop().await;
+}
+
+/// One buyer's stream at one region: `units` asked for in orders of 1 or 2 (2 every third
+/// order), paced at `per_s` units a second; the orders acknowledged.
+async fn buyer(c: &Cluster, i: usize, pool: &str, units: u64, per_s: f64) -> Vec<Value> {
+    let mut orders = Vec::new();
+    let mut asked = 0;
+    let mut n = 0u64;
+    let start = tokio::time::Instant::now();
+    while asked < units {
+        n += 1;
+        let q = if n % 3 == 0 { 2 } else { 1 }.min(units - asked);
+        asked += q;
+        let body = json!({"pool": pool, "quantity": q, "customer": format!("c-{i}-{n}"), "payment_ref": "p"});
+        let (s, v) = c.post(i, "/v1/events/rock/purchases", body).await;
+        match s {
+            StatusCode::CREATED => orders.push(v),
+            StatusCode::CONFLICT => assert_eq!(v["type"], "urn:allot:problem:sold-out", "{v}"),
+            _ => panic!("region {i}: {s} {v}"),
+        }
+        tokio::time::sleep_until(start + Duration::from_secs_f64(asked as f64 / per_s)).await;
+    }
+    orders
+}
+
+/// Demand skewed 70/20/10 against an even split, three times the stock: with no operator
+/// action, the regions' rebalancer moves the quiet regions' quota to the busy one, the whole
+/// capacity sells, every acknowledged order is there and no seat is sold twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skewed_demand_sells_the_whole_capacity_by_handoffs_alone() {
+    let c = Cluster::start().await;
+    let (s, v) = c.post(0, "/v1/admin/events", even_event()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    c.converge("rock", Duration::from_secs(5)).await;
+    // 300 GA and 30 seats, 100 and 10 per region; 900 and 90 units asked for, 70/20/10,
+    // over about five seconds.
+    let share = [0.7, 0.2, 0.1];
+    let run = |i: usize| {
+        let c = &c;
+        async move {
+            let (floor, stalls) = tokio::join!(
+                buyer(c, i, "floor", (900.0 * share[i]) as u64, 180.0 * share[i]),
+                buyer(c, i, "stalls", (90.0 * share[i]) as u64, 18.0 * share[i]),
+            );
+            (floor, stalls)
+        }
+    };
+    let (a, b, d) = tokio::join!(run(0), run(1), run(2));
+    let ledger = c.converge("rock", Duration::from_secs(10)).await;
+    let mut views = Vec::new();
+    for i in 0..3 {
+        views.push(c.get(i, "/v1/admin/events/rock/ledger").await.1);
+    }
+    conserved(&ledger, &views);
+    let sold = |p: usize| -> u64 {
+        (0..3)
+            .map(|r| {
+                ledger["pools"][p]["regions"][r]["consumed"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .sum()
+    };
+    assert_eq!(
+        (sold(0), sold(1)),
+        (300, 30),
+        "the whole capacity sells: {ledger}"
+    );
+    // The busy region sold far beyond its allotment, by quota the others gave it.
+    let eu = &ledger["pools"][0]["regions"][0];
+    assert!(eu["consumed"].as_u64().unwrap() > 150, "{eu}");
+    assert!(eu["granted_in"].as_u64().unwrap() > 50, "{eu}");
+    // Every acknowledged order is there, and no seat went twice.
+    let (mut floor_units, mut seats) = (0, std::collections::BTreeSet::new());
+    for (floor, stalls) in [&a, &b, &d] {
+        for o in floor.iter().chain(stalls.iter()) {
+            let id = o["order_id"].as_str().unwrap();
+            let (s, got) = c.get(0, &format!("/v1/orders/{id}")).await;
+            assert_eq!((s, &got), (StatusCode::OK, o));
+        }
+        floor_units += floor
+            .iter()
+            .map(|o| o["quantity"].as_u64().unwrap())
+            .sum::<u64>();
+        for o in stalls {
+            for seat in o["seats"].as_array().unwrap() {
+                assert!(
+                    seats.insert(seat.as_str().unwrap().to_owned()),
+                    "{seat} sold twice"
+                );
+            }
+        }
+    }
+    assert_eq!((floor_units, seats.len()), (300, 30));
+    // The handoffs are the rebalancer's, logged where they happened.
+    let (_, cl) = c.get(0, "/v1/admin/cluster").await;
+    assert!(
+        cl["handoffs"]["counters"]["asks_granted"].as_u64().unwrap() > 0,
+        "{cl}"
+    );
+    let log = views[0]["handoffs"].as_array().unwrap();
+    assert!(!log.is_empty());
+    for h in log {
+        assert_ne!(h["reason"], "operator", "{h}");
+        assert_eq!(h["to"], "eu-west", "{h}");
+    }
+    c.stop().await;
+}
+
+/// An operator pauses the rebalancer for one event at one region; every region hears it, and
+/// a region that runs dry stays dry until it is resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_event_keeps_its_allotments_until_resumed() {
+    let c = Cluster::start().await;
+    assert_eq!(
+        c.post(0, "/v1/admin/events", even_event()).await.0,
+        StatusCode::CREATED
+    );
+    c.converge("rock", Duration::from_secs(5)).await;
+    let patch = |i: usize, on: bool| {
+        c.client
+            .patch(format!("{}/v1/admin/events/rock", c.bases[i]))
+            .bearer_auth(TOKEN)
+            .json(&json!({ "rebalance": on }))
+    };
+    let (s, v) = send(patch(2, false)).await;
+    assert_eq!((s, &v["rebalance"]), (StatusCode::OK, &json!(false)), "{v}");
+    // A value that is not a boolean changes nothing.
+    let (s, v) = send(
+        c.client
+            .patch(format!("{}/v1/admin/events/rock", c.bases[1]))
+            .bearer_auth(TOKEN)
+            .json(&json!({"rebalance": "no"})),
+    )
+    .await;
+    assert!(s.is_client_error(), "{s} {v}");
+    let converged = c.converge("rock", Duration::from_secs(5)).await;
+    assert_eq!(converged["rebalance"], false);
+    for i in 0..3 {
+        assert_eq!(c.get(i, "/v1/events/rock").await.1["rebalance"], false);
+    }
+    // eu-west sells out its 100 and keeps asking buyers; nothing comes.
+    let mut sold = 0;
+    while buy(&c, 0, "floor", 2).await == StatusCode::CREATED {
+        sold += 2;
+    }
+    assert_eq!(sold, 100);
+    for _ in 0..20 {
+        assert_eq!(buy(&c, 0, "floor", 1).await, StatusCode::CONFLICT);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, l) = c.get(0, "/v1/admin/events/rock/ledger").await;
+    assert_eq!(l["pools"][0]["regions"][1]["granted_out"], 0, "{l}");
+    assert_eq!(l["pools"][0]["regions"][2]["granted_out"], 0, "{l}");
+    // Resumed (at another region): quota arrives and eu-west sells again.
+    let (s, _) = send(patch(1, true)).await;
+    assert_eq!(s, StatusCode::OK);
+    let start = std::time::Instant::now();
+    while buy(&c, 0, "floor", 1).await != StatusCode::CREATED {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no quota came after resuming"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, l) = c.get(0, "/v1/admin/events/rock/ledger").await;
+    assert_eq!(l["rebalance"], true);
+    assert!(!l["handoffs"].as_array().unwrap().is_empty(), "{l}");
     c.stop().await;
 }

@@ -17,6 +17,7 @@ fn spec() -> EventSpec {
         starts_at: "2027-06-01T19:00:00Z".into(),
         currency: "EUR".into(),
         hold_ttl_s: 600,
+        rebalance: true,
         pools: vec![
             PoolInput {
                 id: "floor".into(),

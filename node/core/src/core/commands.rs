@@ -121,6 +121,7 @@ impl Core {
             starts_at: spec.starts_at,
             hold_ttl_s: spec.hold_ttl_s,
             prices,
+            rebalance: spec.rebalance,
         };
         let actor = EventState::actor(&self.cfg.region, self.cfg.incarnation);
         let (_, change) =

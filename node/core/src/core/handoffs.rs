@@ -82,7 +82,7 @@ impl Core {
         let persisted = self.durable.persisted();
         for ev in 0..self.events.len() {
             let e = &self.events[ev];
-            if e.created_at_index > persisted {
+            if e.created_at_index > persisted || !e.info.rebalance {
                 continue;
             }
             for p in 0..e.genesis().pools.len() as PoolIdx {
@@ -159,6 +159,12 @@ impl Core {
         };
         let ev = self.event_idx(&ask.event)?;
         let e = &self.events[ev];
+        if !e.info.rebalance {
+            return Err(CoreError::NothingToSpare(format!(
+                "the rebalancer is paused for {}",
+                e.id
+            )));
+        }
         let p = ask.pool;
         if p as usize >= e.genesis().pools.len() {
             return Err(CoreError::UnknownPool(format!("#{p}")));

@@ -31,6 +31,7 @@ pub fn spec(id: &str, ga: u64, seats: usize) -> EventSpec {
         starts_at: "2027-06-01T19:00:00Z".into(),
         currency: "EUR".into(),
         hold_ttl_s: 600,
+        rebalance: true,
         pools,
         allotments: Allotments::Even,
     }

@@ -275,7 +275,9 @@ pub async fn replicated_view(client: &Client, base: &str, event: &str) -> Value 
             }
         }
     }
+    // Each region's own: its name and the handoffs it took part in.
     l.as_object_mut().unwrap().remove("region");
+    l.as_object_mut().unwrap().remove("handoffs");
     l
 }
 
