@@ -13,6 +13,17 @@ pub struct Latency {
     pub max: u64,
 }
 
+impl Latency {
+    pub(crate) fn of(h: &hdrhistogram::Histogram<u64>) -> Latency {
+        Latency {
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub scenario: String,
@@ -38,6 +49,8 @@ pub struct Report {
     pub abandoned: u64,
     pub expired: u64,
     pub latency_ms: Latency,
+    /// Per buyer region, over every answer its buyers got.
+    pub latency_ms_by_region: std::collections::BTreeMap<String, Latency>,
     pub opened_at_ms: u64,
     pub sold_out_at_ms: Option<u64>,
     /// Operator transfers the simulator made (`operator` strategy and fuzz chaos).
@@ -83,6 +96,7 @@ impl Report {
             abandoned: 0,
             expired: 0,
             latency_ms: Latency::default(),
+            latency_ms_by_region: Default::default(),
             opened_at_ms: 0,
             sold_out_at_ms: None,
             handoffs: 0,
@@ -142,6 +156,15 @@ impl Report {
                 "{}/{}/{}/{}",
                 self.latency_ms.p50, self.latency_ms.p90, self.latency_ms.p99, self.latency_ms.max
             ),
+        );
+        row(
+            &mut s,
+            "p99 ms by buyer region",
+            self.latency_ms_by_region
+                .iter()
+                .map(|(r, l)| format!("{r} {}", l.p99))
+                .collect::<Vec<_>>()
+                .join(" · "),
         );
         row(
             &mut s,

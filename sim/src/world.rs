@@ -137,6 +137,8 @@ pub struct World {
     pub check_every_step: bool,
     report: Report,
     latency: Histogram<u64>,
+    /// The same, per buyer region.
+    latency_by_region: Vec<Histogram<u64>>,
     heal_pending: Vec<u64>,
     steps: u64,
     /// Per region, the exact (fractional ms) time of the last arrival: arrivals may be denser
@@ -196,6 +198,10 @@ impl World {
         let capacity = sc.event.capacity + sc.event.seats as u64;
         let mut report = Report::new(&sc.name, strategy, seed, capacity);
         report.regions = names.clone();
+        let latency_by_region = names
+            .iter()
+            .map(|_| Histogram::new(3).expect("histogram"))
+            .collect();
         World {
             rng: ChaCha8Rng::seed_from_u64(seed),
             sc,
@@ -210,6 +216,7 @@ impl World {
             check_every_step: false,
             report,
             latency: Histogram::new(3).expect("histogram"),
+            latency_by_region,
             heal_pending: vec![],
             steps: 0,
             arrival_clock: vec![],
@@ -880,7 +887,7 @@ impl World {
                 if self.global_sellable(p.pool) >= wanted {
                     self.report.false_sold_outs += 1;
                 }
-                let _ = self.latency.record(done.saturating_sub(p.arrival));
+                self.record_latency(&p, done);
             }
             Err(CoreError::HoldExpired) => self.report.expired += 1,
             Err(CoreError::Unreachable { .. }) => {
@@ -917,8 +924,17 @@ impl World {
         self.report.answers += 1;
         self.report.sold += o.quantity;
         self.report.orders += 1;
-        let _ = self.latency.record(done.saturating_sub(p.arrival));
+        self.record_latency(&p, done);
         self.note_sold_out(done);
+    }
+
+    /// A buyer's wait for an answer, where the buyer is.
+    fn record_latency(&mut self, p: &Pending, done: u64) {
+        let wait = done.saturating_sub(p.arrival);
+        let _ = self.latency.record(wait);
+        if let Some(h) = self.latency_by_region.get_mut(p.client) {
+            let _ = h.record(wait);
+        }
     }
 
     /// Sold out: every unit sold or in a live hold, nothing sellable anywhere (the same
@@ -1161,13 +1177,13 @@ impl World {
                 .violations
                 .push(format!("oversold by {}", self.report.oversold));
         }
-        let h = &self.latency;
-        self.report.latency_ms = Latency {
-            p50: h.value_at_quantile(0.5),
-            p90: h.value_at_quantile(0.9),
-            p99: h.value_at_quantile(0.99),
-            max: h.max(),
-        };
+        self.report.latency_ms = Latency::of(&self.latency);
+        self.report.latency_ms_by_region = self
+            .names
+            .iter()
+            .zip(&self.latency_by_region)
+            .map(|(n, h)| (n.to_string(), Latency::of(h)))
+            .collect();
         self.report.finish();
         self.report
     }

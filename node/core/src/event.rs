@@ -53,12 +53,18 @@ pub struct SaleRate {
 pub struct Demand {
     pub window_start: Millis,
     pub units: u64,
+    /// The moving average, not yet corrected for its start at zero.
+    average: f64,
+    /// How much of the average is made of measured windows (1 − (1 − w)ⁿ after n windows):
+    /// dividing by it removes the pull towards zero of a young average, so a region that
+    /// opened a second ago does not look half as busy as it is.
+    measured: f64,
     pub per_s: f64,
 }
 
 /// How often demand is re-estimated, and how much the newest window weighs.
 pub const DEMAND_WINDOW_MS: Millis = 500;
-const DEMAND_WEIGHT: f64 = 0.4;
+const DEMAND_WEIGHT: f64 = 0.2;
 
 impl Demand {
     /// Closes the window once it is old enough.
@@ -72,7 +78,16 @@ impl Demand {
             return;
         }
         let rate = self.units as f64 * 1000.0 / elapsed as f64;
-        self.per_s = DEMAND_WEIGHT * rate + (1.0 - DEMAND_WEIGHT) * self.per_s;
+        if self.measured > 0.0 || rate > 0.0 {
+            // The average starts with the first window that saw demand.
+            self.average = DEMAND_WEIGHT * rate + (1.0 - DEMAND_WEIGHT) * self.average;
+            self.measured = DEMAND_WEIGHT + (1.0 - DEMAND_WEIGHT) * self.measured;
+        }
+        self.per_s = if self.measured > 0.0 {
+            self.average / self.measured
+        } else {
+            0.0
+        };
         if self.per_s < 0.01 {
             self.per_s = 0.0;
         }
@@ -385,7 +400,29 @@ fn next_to(a: &str, b: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::next_to;
+    use super::{next_to, Demand, DEMAND_WINDOW_MS};
+
+    #[test]
+    fn demand_is_right_from_the_first_window_and_forgets_a_stop() {
+        let mut d = Demand::default();
+        d.update(1_000);
+        // Nothing asked before the sale opens: no demand, and no pull towards zero later.
+        for w in 1..=4 {
+            d.update(1_000 + w * DEMAND_WINDOW_MS);
+        }
+        assert_eq!(d.per_s, 0.0);
+        // 30 units every half second is 60 a second, from the very first window.
+        for w in 5..=8 {
+            d.units = 30;
+            d.update(1_000 + w * DEMAND_WINDOW_MS);
+            assert!((d.per_s - 60.0).abs() < 1e-9, "window {w}: {}", d.per_s);
+        }
+        // Buyers stop: the estimate decays to nothing.
+        for w in 9..=60 {
+            d.update(1_000 + w * DEMAND_WINDOW_MS);
+        }
+        assert_eq!(d.per_s, 0.0);
+    }
 
     #[test]
     fn seats_are_next_to_each_other_within_a_row() {

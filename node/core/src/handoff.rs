@@ -26,6 +26,9 @@ pub struct HandoffAsk {
     pub want: u64,
     /// The asker's recent demand for the pool (its gossip carries the same figure, later).
     pub demand_per_min: u64,
+    /// What the asker may still sell of the pool as it asks: with the demand, its time to
+    /// empty. The donor's copy from gossip is older, and would make the donor keep more.
+    pub sellable: u64,
     pub reason: Reason,
 }
 

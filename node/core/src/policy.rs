@@ -27,7 +27,8 @@ pub struct Tuning {
     /// An ask covers this much of the asker's demand (at most its demand share of the stock).
     pub horizon_ms: u64,
     /// The endgame starts when the whole stock would last less than this at the cluster's
-    /// demand: from then on the stock is pooled in the busiest region.
+    /// demand (a few round trips: no ask for a share could land in time) or is no more than
+    /// one maximum order per region: from then on only crumbs move, to the busiest region.
     pub endgame_ms: u64,
     /// The largest single order: a region with demand keeps at least this much in the endgame,
     /// and no grant leaves a donor a crumb smaller than it.
@@ -39,7 +40,7 @@ impl Default for Tuning {
         Tuning {
             lead_ms: 1_500,
             horizon_ms: 10_000,
-            endgame_ms: 3_000,
+            endgame_ms: 500,
             max_order: 20,
         }
     }
@@ -106,19 +107,22 @@ fn reserve(donor: usize, regions: &[PoolFigures], t: &Tuning) -> u64 {
     if d.demand_per_s <= 0.0 {
         return 0;
     }
+    let share = total_stock(regions) as f64 * d.demand_per_s / total_demand(regions);
     if endgame(regions, t) {
-        // One maximum order while it has buyers, never a smaller crumb: a donor holding less
-        // than that keeps nothing (forwarding sells for its buyers).
+        // No ask for a share lands in time any more: a region keeps its share, and at least
+        // one maximum order while it has buyers, but never a smaller crumb: a donor holding
+        // less than one maximum order keeps nothing, so the last units sit where most buyers
+        // are (forwarding sells them for the others).
         return if d.sellable >= t.max_order {
-            t.max_order
+            (share.ceil() as u64).max(t.max_order)
         } else {
             0
         };
     }
-    // Its demand share of the stock, and at least what it sells before a grant could come
-    // back to it, and one maximum order.
-    let share = total_stock(regions) as f64 * d.demand_per_s / total_demand(regions);
-    let near = d.demand_per_s * (t.lead_ms + t.horizon_ms) as f64 / 1000.0;
+    // Its demand share of the stock (so that every region would run out at the same moment),
+    // at least what it sells within the lead time (what it could not replace by an ask of its
+    // own), and one maximum order.
+    let near = d.demand_per_s * t.lead_ms as f64 / 1000.0;
     (share.max(near).ceil() as u64).max(t.max_order)
 }
 
@@ -182,10 +186,20 @@ pub fn plan_ask(
         }
         (want, Reason::RunningDry)
     };
+    // An ask costs two messages: it is worth them only if it brings at least one maximum
+    // order (or a donor's whole crumb, in the endgame), and, outside the endgame, a quarter
+    // of what this region sells in the lead time (a trickle would only bring the next ask
+    // sooner).
+    let worth = if end {
+        t.max_order
+    } else {
+        let lead_demand = mine.demand_per_s * t.lead_ms as f64 / 1000.0;
+        t.max_order.max((lead_demand / 4.0) as u64)
+    };
     let donor = (0..regions.len())
         .filter(|&r| r != me && !excluded(r))
         .map(|r| (r, spare(r, me, regions, t)))
-        .filter(|&(_, s)| s > 0)
+        .filter(|&(r, s)| s > 0 && s >= worth.min(want).min(regions[r].sellable))
         .max_by_key(|&(r, s)| (s, std::cmp::Reverse(r)))?;
     Some(Ask {
         donor: donor.0,
@@ -263,11 +277,10 @@ mod tests {
         // A donor that just refused is skipped for the next best.
         let b = plan_ask(0, &regions, |r| r == 1, &t).unwrap();
         assert_eq!(b.donor, 2);
+        // It keeps its demand share of all the stock (2,950 × 10 / 120), which lasts it as
+        // long as the others' shares last them.
         let keep = regions[2].sellable - spare(2, 0, &regions, &t);
-        assert!(
-            keep as f64 >= 10.0 * (t.lead_ms + t.horizon_ms) as f64 / 1000.0,
-            "the donor keeps its near-term demand: {keep}"
-        );
+        assert_eq!(keep, 246, "the donor keeps its demand share");
     }
 
     #[test]
@@ -326,13 +339,16 @@ mod tests {
             after[0].sellable >= 25,
             "the busiest region gets the stock: {after:?}"
         );
-        // Larger leftovers: each quiet region with demand keeps one maximum order, the rest
-        // goes to the busiest.
-        let (after, _) = settle(vec![f(40, 70.0), f(60, 20.0), f(60, 10.0)], &t);
-        assert_eq!(after.iter().map(|r| r.sellable).sum::<u64>(), 160);
-        assert_eq!(after[1].sellable, t.max_order);
-        assert_eq!(after[2].sellable, t.max_order);
-        assert_eq!(after[0].sellable, 160 - 2 * t.max_order);
+        // Larger leftovers (260 units, half a second at 1,000 a second): each quiet region
+        // keeps its demand share, at least one maximum order, so that every region runs out at
+        // about the same moment; what is beyond goes to the busiest.
+        let regions = vec![f(40, 700.0), f(120, 200.0), f(100, 100.0)];
+        assert!(endgame(&regions, &t));
+        let (after, _) = settle(regions, &t);
+        assert_eq!(after.iter().map(|r| r.sellable).sum::<u64>(), 260);
+        assert_eq!(after[1].sellable, 52, "{after:?}");
+        assert_eq!(after[2].sellable, 26, "{after:?}");
+        assert_eq!(after[0].sellable, 182, "{after:?}");
         for r in &after {
             assert!(r.sellable == 0 || r.sellable >= t.max_order, "{after:?}");
         }

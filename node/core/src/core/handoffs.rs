@@ -61,11 +61,18 @@ impl Core {
                 let view = &e.peers[r];
                 let held = view.held.get(p as usize).copied().unwrap_or(0);
                 let available = e.ledger.available_wide(p, r as RegionIdx);
+                let demand_per_s =
+                    view.demand_per_min.get(p as usize).copied().unwrap_or(0) as f64 / 60.0;
+                // What its last frame said, less what it has likely sold since: a peer's row
+                // is always a little old, and an ask on stale stock is refused.
+                let age_s = view
+                    .heard_at
+                    .map_or(0.0, |h| self.now.saturating_sub(h) as f64 / 1000.0);
+                let since = (demand_per_s * age_s) as i128;
                 PoolFigures {
-                    sellable: u64::try_from((available - i128::from(held)).max(0))
+                    sellable: u64::try_from((available - i128::from(held) - since).max(0))
                         .unwrap_or(u64::MAX),
-                    demand_per_s: view.demand_per_min.get(p as usize).copied().unwrap_or(0) as f64
-                        / 60.0,
+                    demand_per_s,
                 }
             })
             .collect()
@@ -92,10 +99,15 @@ impl Core {
                 }
                 let figures = self.figures(ev, p);
                 let e = &self.events[ev];
+                let reason = if policy::endgame(&figures, &tuning) {
+                    Reason::Endgame
+                } else {
+                    Reason::RunningDry
+                };
                 let unavailable = |r: usize| {
                     let heard = e.peers[r].heard_at;
                     heard.is_none_or(|h| now.saturating_sub(h) > PEER_FRESH_MS)
-                        || self.rebalancer.resting(key, r as RegionIdx, now)
+                        || self.rebalancer.resting(key, r as RegionIdx, now, reason)
                         || self.calls.outstanding_to(&e.genesis().regions[r])
                             >= self.cfg.max_calls_per_peer
                 };
@@ -115,6 +127,7 @@ impl Core {
             pool: p,
             want: ask.want,
             demand_per_min: e.demand[p as usize].per_min(),
+            sellable: e.sellable(p).max(0) as u64,
             reason: ask.reason,
         };
         let deadline = self.now.saturating_add(self.cfg.handoff_timeout_ms);
@@ -184,7 +197,11 @@ impl Core {
             )));
         }
         let mut figures = self.figures(ev, p);
-        figures[to as usize].demand_per_s = ask.demand_per_min as f64 / 60.0;
+        // The asker's own figures, as of its ask, over the older ones gossip brought; its
+        // sellable can only be less than what its row (which the donor knows) allows.
+        let theirs = &mut figures[to as usize];
+        theirs.demand_per_s = ask.demand_per_min as f64 / 60.0;
+        theirs.sellable = theirs.sellable.min(ask.sellable);
         let n = ask
             .want
             .min(policy::spare(e.me as usize, to as usize, &figures, &tuning));
@@ -308,7 +325,7 @@ impl Core {
             Ok(remote) => remote,
             Err(e) => {
                 let refused = matches!(e, CoreError::NothingToSpare(_));
-                return self.rebalancer.failed(key, ask.donor, self.now, refused);
+                return self.rebalancer.failed(key, &ask, self.now, refused);
             }
         };
         let e = &self.events[ev];
@@ -324,7 +341,7 @@ impl Core {
             self.out
                 .warnings
                 .push(format!("an answer to a handoff ask from {from} refused"));
-            return self.rebalancer.failed(key, ask.donor, self.now, false);
+            return self.rebalancer.failed(key, &ask, self.now, false);
         }
         let Answered::Granted { quantity, .. } = remote.outcome else {
             return;
@@ -363,7 +380,7 @@ impl Core {
     /// One of this region's asks timed out or could not be sent.
     pub(super) fn ask_lost(&mut self, call: CallId) {
         if let Some((key, ask)) = self.rebalancer.close(call) {
-            self.rebalancer.failed(key, ask.donor, self.now, false);
+            self.rebalancer.failed(key, &ask, self.now, false);
         }
     }
 

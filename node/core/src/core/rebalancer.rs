@@ -16,7 +16,7 @@ use crate::policy::{Reason, Tuning};
 
 /// A region that gave quota away does not ask for it back for this long, and one that
 /// received quota does not give it away for this long: quota does not ping-pong.
-pub(crate) const HYSTERESIS_MS: Millis = 5_000;
+pub(crate) const HYSTERESIS_MS: Millis = 3_000;
 /// A donor that refused or did not answer is not asked again for this long.
 pub(crate) const REST_MS: Millis = 2_000;
 /// Handoffs kept in the log, newest first.
@@ -32,6 +32,13 @@ pub(crate) struct AskInFlight {
     pub donor: RegionIdx,
     pub asked_at: Millis,
     pub reason: Reason,
+}
+
+/// A donor not to be asked again before `until`, after an ask of this reason failed.
+#[derive(Clone, Copy, Debug)]
+struct Rest {
+    until: Millis,
+    reason: Reason,
 }
 
 /// Counts since the region started, for the operator and the simulator's report.
@@ -54,7 +61,7 @@ pub(crate) struct Rebalancer {
     by_call: BTreeMap<CallId, PoolKey>,
     last_gave: BTreeMap<PoolKey, Millis>,
     last_received: BTreeMap<PoolKey, Millis>,
-    resting: BTreeMap<(PoolKey, RegionIdx), Millis>,
+    resting: BTreeMap<(PoolKey, RegionIdx), Rest>,
     /// Received grants whose credit waits for the record at this index to be durable: the
     /// log entry's sequence number and the ask's time.
     landing: VecDeque<(u64, u64, Millis)>,
@@ -99,10 +106,13 @@ impl Rebalancer {
             .is_some_and(|&t| now < t.saturating_add(HYSTERESIS_MS))
     }
 
-    pub fn resting(&self, pool: PoolKey, donor: RegionIdx, now: Millis) -> bool {
-        self.resting
-            .get(&(pool, donor))
-            .is_some_and(|&until| now < until)
+    /// Whether `donor` is not to be asked now, for an ask of this reason. A refusal of a
+    /// running-dry ask does not hold back an endgame ask: the donor's figures for itself
+    /// change at the endgame (it keeps less), and the last units must not wait out a rest.
+    pub fn resting(&self, pool: PoolKey, donor: RegionIdx, now: Millis, reason: Reason) -> bool {
+        self.resting.get(&(pool, donor)).is_some_and(|rest| {
+            now < rest.until && (reason != Reason::Endgame || rest.reason == Reason::Endgame)
+        })
     }
 
     pub fn sent(&mut self, pool: PoolKey, ask: AskInFlight) {
@@ -120,14 +130,17 @@ impl Rebalancer {
     }
 
     /// An ask refused, timed out or undeliverable: that donor rests.
-    pub fn failed(&mut self, pool: PoolKey, donor: RegionIdx, now: Millis, refused: bool) {
+    pub fn failed(&mut self, pool: PoolKey, ask: &AskInFlight, now: Millis, refused: bool) {
         if refused {
             self.counters.asks_refused += 1;
         } else {
             self.counters.asks_lost += 1;
         }
-        self.resting
-            .insert((pool, donor), now.saturating_add(REST_MS));
+        let rest = Rest {
+            until: now.saturating_add(REST_MS),
+            reason: ask.reason,
+        };
+        self.resting.insert((pool, ask.donor), rest);
     }
 
     /// A grant this region made.
@@ -202,7 +215,7 @@ impl Rebalancer {
 
     /// Forgets rests that are over; called every tick so the map stays small.
     pub fn expire(&mut self, now: Millis) {
-        self.resting.retain(|_, &mut until| now < until);
+        self.resting.retain(|_, rest| now < rest.until);
         let fresh = |t: &Millis| now < t.saturating_add(HYSTERESIS_MS);
         self.last_gave.retain(|_, t| fresh(t));
         self.last_received.retain(|_, t| fresh(t));
@@ -284,9 +297,24 @@ mod tests {
         assert_eq!(r.log().next().unwrap().ask_to_spendable_ms, Some(320));
         r.gave((0, 0), entry(1_000, 5));
         assert!(r.gave_recently((0, 0), 1_000 + HYSTERESIS_MS - 1));
-        r.failed((0, 0), 2, 1_000, true);
-        assert!(r.resting((0, 0), 2, 1_000 + REST_MS - 1));
-        assert!(!r.resting((0, 0), 2, 1_000 + REST_MS));
+        let refused = AskInFlight {
+            call,
+            donor: 2,
+            asked_at: 900,
+            reason: Reason::RunningDry,
+        };
+        r.failed((0, 0), &refused, 1_000, true);
+        let dry = Reason::RunningDry;
+        assert!(r.resting((0, 0), 2, 1_000 + REST_MS - 1, dry));
+        assert!(!r.resting((0, 0), 2, 1_000 + REST_MS, dry));
+        // The endgame does not wait out a rest earned before it.
+        assert!(!r.resting((0, 0), 2, 1_000, Reason::Endgame));
+        let endgame = AskInFlight {
+            reason: Reason::Endgame,
+            ..refused
+        };
+        r.failed((0, 0), &endgame, 1_000, true);
+        assert!(r.resting((0, 0), 2, 1_000, Reason::Endgame));
         r.check().unwrap();
     }
 
