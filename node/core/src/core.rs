@@ -412,6 +412,9 @@ impl Core {
             Command::ReadOrder { order } => self
                 .read_order(order, found)
                 .map(|o| (0, Outcome::Order(o))),
+            Command::Ask(_) if key.is_none() => Err(Halt::Refused(CoreError::Invalid(
+                "an ask for quota carries its id as its key".into(),
+            ))),
             Command::Ask(ask) => match &req.caller {
                 Caller::Peer { region, .. } => {
                     let (region, ask) = (region.clone(), ask.clone());
@@ -630,6 +633,14 @@ impl Core {
     pub fn check_invariants(&self) -> Result<(), String> {
         self.calls.check()?;
         self.rebalancer.check()?;
+        if let Some(call) = self
+            .rebalancer
+            .calls()
+            .find(|&c| !self.calls.awaits_handoff(c))
+        {
+            // An ask whose call is gone would keep its pool "asking" for ever.
+            return Err(format!("rebalancer: ask {call:?} has no call awaiting it"));
+        }
         self.idem.check()?;
         self.parked.check()?;
         self.recent.check()?;

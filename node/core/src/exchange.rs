@@ -164,6 +164,13 @@ impl ExchangeBook {
         }
     }
 
+    /// Whether call `id` is a rebalancer's ask still awaited.
+    pub fn awaits_handoff(&self, id: CallId) -> bool {
+        self.outstanding
+            .get(&id)
+            .is_some_and(|o| matches!(o.waiter, Waiter::Handoff))
+    }
+
     pub fn outstanding_to(&self, region: &str) -> usize {
         self.outstanding
             .values()

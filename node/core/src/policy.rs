@@ -81,7 +81,7 @@ pub fn endgame(regions: &[PoolFigures], t: &Tuning) -> bool {
     let demand = total_demand(regions);
     demand > 0.0
         && ((stock as f64) < demand * t.endgame_ms as f64 / 1000.0
-            || stock <= t.max_order * regions.len() as u64)
+            || stock <= t.max_order.saturating_mul(regions.len() as u64))
 }
 
 /// How long `r`'s stock lasts at its demand; `None` without demand.
@@ -112,7 +112,7 @@ fn reserve(donor: usize, regions: &[PoolFigures], t: &Tuning) -> u64 {
         // No ask for a share lands in time any more: a region keeps its share, and at least
         // one maximum order while it has buyers, but never a smaller crumb: a donor holding
         // less than one maximum order keeps nothing, so the last units sit where most buyers
-        // are (forwarding sells them for the others).
+        // are (forwarding, once built, will sell them for the others).
         return if d.sellable >= t.max_order {
             (share.ceil() as u64).max(t.max_order)
         } else {
@@ -132,7 +132,8 @@ pub fn spare(donor: usize, asker: usize, regions: &[PoolFigures], t: &Tuning) ->
     if donor == asker {
         return 0;
     }
-    if endgame(regions, t) {
+    let end = endgame(regions, t);
+    if end {
         // In the endgame the stock flows only towards the busiest region (or to a region
         // busier than the donor while the busiest cannot be told apart).
         let toward_busiest = busiest(regions) == Some(asker)
@@ -144,9 +145,10 @@ pub fn spare(donor: usize, asker: usize, regions: &[PoolFigures], t: &Tuning) ->
     let d = &regions[donor];
     let keep = reserve(donor, regions, t);
     let free = d.sellable.saturating_sub(keep);
-    // Never leave the donor a crumb it could not sell one maximum order from.
+    // In the endgame, never leave the donor a crumb it could not sell one maximum order from
+    // (its asker is busier: see above). Before it, a small stock stays where it is.
     let left = d.sellable - free;
-    if left > 0 && left < t.max_order && d.demand_per_s > 0.0 {
+    if end && left > 0 && left < t.max_order && d.demand_per_s > 0.0 {
         return d.sellable;
     }
     free

@@ -81,11 +81,11 @@ impl Core {
     /// The asker's tick: for every pool short of stock with no ask in flight, ask the best
     /// donor (see [`policy::plan_ask`]).
     pub(super) fn rebalance(&mut self) {
+        let now = self.now;
+        self.rebalancer.expire(now);
         let Some(tuning) = self.rebalancer.tuning else {
             return;
         };
-        let now = self.now;
-        self.rebalancer.expire(now);
         let persisted = self.durable.persisted();
         for ev in 0..self.events.len() {
             let e = &self.events[ev];
@@ -330,9 +330,15 @@ impl Core {
         };
         let e = &self.events[ev];
         let fits = match &remote.outcome {
-            Answered::Granted { event, pool, .. } => {
+            Answered::Granted {
+                event,
+                pool,
+                quantity,
+                ..
+            } => {
                 *event == *e.id
                     && *pool == p
+                    && *quantity <= e.genesis().pool(p).capacity()
                     && remote.row.as_ref().is_none_or(|r| r.writer == ask.donor)
             }
             _ => false,

@@ -145,7 +145,7 @@ impl Rebalancer {
 
     /// A grant this region made.
     pub fn gave(&mut self, pool: PoolKey, entry: Handoff) {
-        self.counters.units_given += entry.quantity;
+        self.counters.units_given = self.counters.units_given.saturating_add(entry.quantity);
         self.last_gave.insert(pool, entry.at);
         self.log_entry(entry);
     }
@@ -160,7 +160,7 @@ impl Rebalancer {
         landing: Option<u64>,
     ) {
         self.counters.asks_granted += 1;
-        self.counters.units_received += entry.quantity;
+        self.counters.units_received = self.counters.units_received.saturating_add(entry.quantity);
         self.last_received.insert(pool, entry.at);
         if landing.is_none() {
             entry.ask_to_spendable_ms = Some(entry.at.saturating_sub(asked_at));
@@ -219,6 +219,11 @@ impl Rebalancer {
         let fresh = |t: &Millis| now < t.saturating_add(HYSTERESIS_MS);
         self.last_gave.retain(|_, t| fresh(t));
         self.last_received.retain(|_, t| fresh(t));
+    }
+
+    /// The calls of the asks in flight.
+    pub fn calls(&self) -> impl Iterator<Item = CallId> + '_ {
+        self.by_call.keys().copied()
     }
 
     /// Newest first.
