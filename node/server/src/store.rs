@@ -175,6 +175,10 @@ impl Store {
         env.lower_thread_pool_cpu_priority();
         env.lower_high_priority_thread_pool_cpu_priority();
         opts.set_env(&env);
+        // A flush or compaction syncs its new table a megabyte at a time rather than all at
+        // the end: one large sync would hold the WAL's sync (every sale waits on it) behind it
+        // on the same disk.
+        opts.set_bytes_per_sync(1 << 20);
         let cf_options = |bloom: bool| {
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
