@@ -34,6 +34,28 @@ pub(crate) struct AskInFlight {
     pub reason: Reason,
 }
 
+/// A received grant whose credit is spendable once the record at `index` is durable.
+#[derive(Clone, Copy, Debug)]
+struct Landing {
+    index: u64,
+    /// The log entry to complete with the time from ask to spendable.
+    seq: u64,
+    asked_at: Millis,
+}
+
+#[derive(Clone, Debug)]
+struct LogEntry {
+    seq: u64,
+    handoff: Handoff,
+}
+
+/// A recipient to send gossip to once the transfer at record `index` is durable.
+#[derive(Clone, Debug)]
+struct Push {
+    index: u64,
+    to: String,
+}
+
 /// A donor not to be asked again before `until`, after an ask of this reason failed.
 #[derive(Clone, Copy, Debug)]
 struct Rest {
@@ -62,14 +84,14 @@ pub(crate) struct Rebalancer {
     last_gave: BTreeMap<PoolKey, Millis>,
     last_received: BTreeMap<PoolKey, Millis>,
     resting: BTreeMap<(PoolKey, RegionIdx), Rest>,
-    /// Received grants whose credit waits for the record at this index to be durable: the
-    /// log entry's sequence number and the ask's time.
-    landing: VecDeque<(u64, u64, Millis)>,
-    log: VecDeque<(u64, Handoff)>,
+    /// Received grants whose credit waits for its record to be durable, in record order.
+    landing: VecDeque<Landing>,
+    /// Newest first.
+    log: VecDeque<LogEntry>,
     next_seq: u64,
-    /// Operators' transfers: once the record at this index is durable, gossip goes to the
-    /// recipient at once instead of at the next tick.
-    pushes: VecDeque<(u64, String)>,
+    /// Operators' transfers, in record order: once a transfer's record is durable, gossip goes
+    /// to its recipient at once instead of at the next tick.
+    pushes: VecDeque<Push>,
     pub counters: HandoffCounters,
 }
 
@@ -167,36 +189,42 @@ impl Rebalancer {
         }
         let seq = self.log_entry(entry);
         if let Some(index) = landing {
-            self.landing.push_back((index, seq, asked_at));
+            self.landing.push_back(Landing {
+                index,
+                seq,
+                asked_at,
+            });
         }
+    }
+
+    /// Quota of `pool` arrived here at `at`, by whatever path.
+    pub fn note_received(&mut self, pool: PoolKey, at: Millis) {
+        self.last_received.insert(pool, at);
     }
 
     /// Records up to `persisted` are durable at `now`: grants they carried are spendable.
     pub fn landed(&mut self, persisted: u64, now: Millis) {
-        while let Some(&(index, seq, asked_at)) = self.landing.front() {
-            if index > persisted {
+        while let Some(&landing) = self.landing.front() {
+            if landing.index > persisted {
                 break;
             }
             self.landing.pop_front();
-            if let Some((_, h)) = self.log.iter_mut().find(|(s, _)| *s == seq) {
-                h.ask_to_spendable_ms = Some(now.saturating_sub(asked_at));
+            if let Some(e) = self.log.iter_mut().find(|e| e.seq == landing.seq) {
+                e.handoff.ask_to_spendable_ms = Some(now.saturating_sub(landing.asked_at));
             }
         }
     }
 
     pub fn push_after(&mut self, index: u64, to: String) {
-        debug_assert!(self.pushes.back().is_none_or(|p| p.0 <= index));
-        self.pushes.push_back((index, to));
+        debug_assert!(self.pushes.back().is_none_or(|p| p.index <= index));
+        self.pushes.push_back(Push { index, to });
     }
 
     /// Recipients whose transfers are durable up to `persisted`, each once.
     pub fn pushes_due(&mut self, persisted: u64) -> Vec<String> {
         let mut due: Vec<String> = Vec::new();
-        while let Some((index, _)) = self.pushes.front() {
-            if *index > persisted {
-                break;
-            }
-            if let Some((_, to)) = self.pushes.pop_front() {
+        while self.pushes.front().is_some_and(|p| p.index <= persisted) {
+            if let Some(Push { to, .. }) = self.pushes.pop_front() {
                 if !due.contains(&to) {
                     due.push(to);
                 }
@@ -208,7 +236,10 @@ impl Rebalancer {
     fn log_entry(&mut self, entry: Handoff) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.log.push_front((seq, entry));
+        self.log.push_front(LogEntry {
+            seq,
+            handoff: entry,
+        });
         self.log.truncate(LOG_LEN);
         seq
     }
@@ -228,7 +259,7 @@ impl Rebalancer {
 
     /// Newest first.
     pub fn log(&self) -> impl Iterator<Item = &Handoff> {
-        self.log.iter().map(|(_, h)| h)
+        self.log.iter().map(|e| &e.handoff)
     }
 
     pub fn check(&self) -> Result<(), String> {
@@ -247,9 +278,14 @@ impl Rebalancer {
             .landing
             .iter()
             .zip(self.landing.iter().skip(1))
-            .any(|(a, b)| a.0 > b.0)
+            .any(|(a, b)| a.index > b.index)
+            || self
+                .pushes
+                .iter()
+                .zip(self.pushes.iter().skip(1))
+                .any(|(a, b)| a.index > b.index)
         {
-            return Err("rebalancer: landing grants out of record order".into());
+            return Err("rebalancer: landing grants or pushes out of record order".into());
         }
         Ok(())
     }

@@ -220,6 +220,15 @@ impl Core {
                                 seat: Some(m.seat),
                             });
                         }
+                        // However quota arrives (an answer, gossip healing a lost one, an
+                        // operator's transfer), it is not given away again at once.
+                        let now = self.now;
+                        for c in credits.iter().filter(|c| c.to == e.me && c.amount > 0) {
+                            self.rebalancer.note_received((ev, c.pool), now);
+                        }
+                        for m in seats.iter().filter(|m| m.to == e.me) {
+                            self.rebalancer.note_received((ev, m.pool), now);
+                        }
                     }
                 }
             }
