@@ -49,6 +49,8 @@ pub struct Report {
     pub abandoned: u64,
     pub expired: u64,
     pub latency_ms: Latency,
+    /// From a handoff ask to spendable credit at the asker (`rebalance`).
+    pub ask_to_spendable_ms: Option<Latency>,
     /// Per buyer region, over every answer its buyers got.
     pub latency_ms_by_region: std::collections::BTreeMap<String, Latency>,
     pub opened_at_ms: u64,
@@ -97,6 +99,7 @@ impl Report {
             expired: 0,
             latency_ms: Latency::default(),
             latency_ms_by_region: Default::default(),
+            ask_to_spendable_ms: None,
             opened_at_ms: 0,
             sold_out_at_ms: None,
             handoffs: 0,
@@ -182,6 +185,13 @@ impl Report {
                 self.handoff_messages as f64 * 1000.0 / self.orders.max(1) as f64
             ),
         );
+        if let Some(l) = &self.ask_to_spendable_ms {
+            row(
+                &mut s,
+                "ask → spendable ms",
+                format!("p50 {} · max {}", l.p50, l.max),
+            );
+        }
         if self.retried + self.refunds > 0 {
             row(
                 &mut s,

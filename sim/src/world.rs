@@ -1178,6 +1178,15 @@ impl World {
                 .push(format!("oversold by {}", self.report.oversold));
         }
         self.report.latency_ms = Latency::of(&self.latency);
+        // From each ask to the credit being spendable, as the askers' logs have it (a log
+        // keeps the newest 64 handoffs; a region that crashed lost its log).
+        let mut spendable = Histogram::<u64>::new(3).expect("histogram");
+        for core in self.nodes.iter().filter_map(|n| n.core.as_ref()) {
+            for ms in core.handoffs().filter_map(|h| h.ask_to_spendable_ms) {
+                let _ = spendable.record(ms);
+            }
+        }
+        self.report.ask_to_spendable_ms = (!spendable.is_empty()).then(|| Latency::of(&spendable));
         self.report.latency_ms_by_region = self
             .names
             .iter()
