@@ -176,7 +176,7 @@ pub struct Core {
     /// Requests waiting on the store or behind another request with their key.
     parked: Parked,
     next_order: OrderNo,
-    last_index: u64,
+    last_index: RecordIndex,
     now: Millis,
     /// What waits for the disk.
     durable: DurabilityQueues,
@@ -190,7 +190,7 @@ const MAX_KEY_LEN: usize = 128;
 
 /// How far a command got.
 enum Step {
-    Done(Result<(u64, Outcome), CoreError>),
+    Done(Result<(RecordIndex, Outcome), CoreError>),
     /// It needs the store's answer to this first.
     Need(Lookup),
 }
@@ -219,7 +219,7 @@ impl Core {
             idem: IdempotencyTable::default(),
             parked: Parked::default(),
             next_order: OrderNo(1),
-            last_index: 0,
+            last_index: RecordIndex(0),
             now: 0,
             durable: DurabilityQueues::default(),
             calls: ExchangeBook::new(incarnation),
@@ -235,21 +235,21 @@ impl Core {
         let mut core = Core::new(cfg);
         let mut records = records.into_iter().peekable();
         if let Some(first) = records.peek() {
-            core.last_index = first.index.saturating_sub(1);
+            core.last_index = RecordIndex(first.index.saturating_sub(1));
             core.durable.advance(core.last_index);
         }
         for r in records {
-            if r.index != core.last_index + 1 {
+            if r.index != core.last_index.0 + 1 {
                 return Err(format!(
                     "record {} follows {}: records must be contiguous",
                     r.index, core.last_index
                 ));
             }
             core.now = core.now.max(r.at);
-            core.apply_record(r.index, r.at, &r.body)?;
-            core.last_index = r.index;
+            core.apply_record(RecordIndex(r.index), r.at, &r.body)?;
+            core.last_index = RecordIndex(r.index);
             // Everything replayed is durable: credits it brought are spendable at once.
-            core.persisted(r.index);
+            core.persisted(RecordIndex(r.index));
         }
         core.out.replies.clear();
         Ok(core)
@@ -265,11 +265,11 @@ impl Core {
     }
 
     pub fn last_index(&self) -> u64 {
-        self.last_index
+        self.last_index.0
     }
 
     pub fn persisted_index(&self) -> u64 {
-        self.durable.persisted()
+        self.durable.persisted().0
     }
 
     pub fn handle(&mut self, now: Millis, input: Input) {
@@ -291,7 +291,7 @@ impl Core {
                 self.rebalance();
                 self.gossip();
             }
-            Input::Persisted(n) => self.persisted(n),
+            Input::Persisted(n) => self.persisted(RecordIndex(n)),
             Input::PeerReset { peer } => {
                 for e in &mut self.events {
                     if let Some(p) = e.genesis().region_index(&peer) {
@@ -411,7 +411,7 @@ impl Core {
             Command::Refund { order } => self.refund(order, key, found),
             Command::ReadOrder { order } => self
                 .read_order(order, found)
-                .map(|o| (0, Outcome::Order(o))),
+                .map(|o| (RecordIndex(0), Outcome::Order(o))),
             Command::Ask(_) if key.is_none() => Err(Halt::Refused(CoreError::Invalid(
                 "an ask for quota carries its id as its key".into(),
             ))),
@@ -446,7 +446,7 @@ impl Core {
         &mut self,
         command: Command,
         key: Option<&IdempotencyKey>,
-    ) -> Result<(u64, Outcome), CoreError> {
+    ) -> Result<(RecordIndex, Outcome), CoreError> {
         match command {
             Command::CreateEvent(spec) => self.create_event(spec, key),
             Command::PatchEvent { event, patch } => self.patch_event(&event, patch, key),
@@ -476,7 +476,7 @@ impl Core {
     }
 
     fn park(&mut self, req: Request, lookup: Lookup) {
-        let asked_at = RecordIndex(self.durable.persisted());
+        let asked_at = self.durable.persisted();
         let id = self.parked.park(req, lookup.clone(), asked_at);
         self.out.reads.push((id, lookup));
     }
@@ -547,7 +547,7 @@ impl Core {
     }
 
     /// Releases the reply once record `index` is durable.
-    fn reply_after(&mut self, index: u64, id: Caller, reply: Reply) {
+    fn reply_after(&mut self, index: RecordIndex, id: Caller, reply: Reply) {
         if index <= self.durable.persisted() {
             self.deliver_reply(id, reply);
         } else {
@@ -618,13 +618,13 @@ impl Core {
     }
 
     fn trim_recent(&mut self) {
-        let persisted = RecordIndex(self.durable.persisted());
+        let persisted = self.durable.persisted();
         let floor = self
             .parked
             .oldest_read()
             .map_or(persisted, |r| r.min(persisted));
         self.recent.trim(floor);
-        self.idem.trim(persisted.0);
+        self.idem.trim(persisted);
     }
 
     // ----- invariants -----------------------------------------------------------------------

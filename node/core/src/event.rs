@@ -10,6 +10,7 @@ use allot_crdt::{
 };
 
 use crate::api::Millis;
+use crate::reads::RecordIndex;
 
 /// A seat's state in the region that owns it (ownership itself is the ledger's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,7 +19,7 @@ pub enum SeatLocal {
     Held(crate::reads::HoldNo),
     Sold(crate::reads::OrderNo),
     /// Received from a peer by the record at this index; not spendable until it is durable.
-    Arriving(u64),
+    Arriving(RecordIndex),
 }
 
 /// What a peer last told us about an event.
@@ -121,9 +122,9 @@ pub struct EventState {
     /// This region's row as far as it is durable: the only version gossip may publish.
     pub published: Row,
     /// Index of the record that created the event here.
-    pub created_at_index: u64,
+    pub created_at_index: RecordIndex,
     /// Index of the last metadata record; changes are sent only once it is durable.
-    pub meta_index: u64,
+    pub meta_index: RecordIndex,
     /// Bytes of every metadata change held, as a peer that lacks the event receives them.
     pub meta_bytes: usize,
     pub peers: Vec<PeerView>,
@@ -140,7 +141,7 @@ impl EventState {
         me: RegionIdx,
         meta: MetaDoc,
         info: EventMeta,
-        index: u64,
+        index: RecordIndex,
     ) -> Self {
         let genesis = Arc::new(genesis);
         let (n, p) = (genesis.regions.len(), genesis.pools.len());

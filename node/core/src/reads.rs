@@ -24,9 +24,24 @@ pub struct ReadId(pub u64);
 
 /// The position of a record in emission order. Indices keep growing across restarts (a store
 /// remembers the last one it wrote), so a stored index can be compared with a live one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct RecordIndex(pub u64);
+
+impl RecordIndex {
+    /// The record after this one.
+    pub fn next(self) -> RecordIndex {
+        RecordIndex(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for RecordIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// An order's number in the region that sold it (dense, from 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ use crate::api::*;
 use crate::event::{EventState, SeatLocal};
 use crate::ids::{GlobalId, IdKind};
 use crate::policy::Reason;
+use crate::reads::RecordIndex;
 use crate::reads::{Found, HoldNo, Lookup, OrderNo, StoredOrder};
 use crate::record::{RecordBody, ReleaseReason};
 
@@ -70,7 +71,7 @@ impl Core {
         &mut self,
         spec: EventSpec,
         key: Option<&IdempotencyKey>,
-    ) -> Result<(u64, Outcome), CoreError> {
+    ) -> Result<(RecordIndex, Outcome), CoreError> {
         if self.cfg.region != self.cfg.catalog_region {
             return Err(CoreError::NotCatalog {
                 catalog: self.cfg.catalog_region.clone(),
@@ -149,7 +150,7 @@ impl Core {
         event: &str,
         patch: MetaPatch,
         key: Option<&IdempotencyKey>,
-    ) -> Result<(u64, Outcome), CoreError> {
+    ) -> Result<(RecordIndex, Outcome), CoreError> {
         let ev = self.event_idx(event)?;
         for (field, v, max) in [
             ("name", &patch.name, 200),
@@ -318,7 +319,7 @@ impl Core {
         want: &Want,
         customer: String,
         key: Option<&IdempotencyKey>,
-    ) -> Result<(u64, Outcome), CoreError> {
+    ) -> Result<(RecordIndex, Outcome), CoreError> {
         let ev = self.event_idx(event)?;
         check_id("customer", &customer)?;
         let live = self.holds.live_of(&customer);
@@ -380,7 +381,7 @@ impl Core {
         payment_ref: &str,
         key: Option<&IdempotencyKey>,
         found: Option<&Found>,
-    ) -> Result<(u64, Outcome), Halt> {
+    ) -> Result<(RecordIndex, Outcome), Halt> {
         let n = HoldNo(self.local_id(IdKind::Hold, hold_id)?);
         let Some(hold) = self.holds.get(n) else {
             if !self.holds.issued(n) {
@@ -468,7 +469,7 @@ impl Core {
         &mut self,
         hold_id: &str,
         found: Option<&Found>,
-    ) -> Result<(u64, Outcome), Halt> {
+    ) -> Result<(RecordIndex, Outcome), Halt> {
         let n = HoldNo(self.local_id(IdKind::Hold, hold_id)?);
         if let Some(h) = self.holds.get(n) {
             let event = h.event.to_string();
@@ -548,7 +549,7 @@ impl Core {
             return Err(unknown());
         }
         if let Some(r) = self.recent.get(n) {
-            if r.index.0 <= self.durable.persisted() {
+            if r.index <= self.durable.persisted() {
                 return Ok(r.order.clone());
             }
         }
@@ -566,7 +567,7 @@ impl Core {
         customer: String,
         payment_ref: String,
         key: Option<&IdempotencyKey>,
-    ) -> Result<(u64, Outcome), CoreError> {
+    ) -> Result<(RecordIndex, Outcome), CoreError> {
         let ev = self.event_idx(event)?;
         check_id("customer", &customer)?;
         if payment_ref.is_empty() {
@@ -605,7 +606,7 @@ impl Core {
         order_id: &str,
         key: Option<&IdempotencyKey>,
         found: Option<&Found>,
-    ) -> Result<(u64, Outcome), Halt> {
+    ) -> Result<(RecordIndex, Outcome), Halt> {
         let n = OrderNo(self.local_id(IdKind::Order, order_id)?);
         let unknown = || Halt::Refused(CoreError::UnknownOrder(order_id.to_owned()));
         if n >= self.next_order {
@@ -665,7 +666,7 @@ impl Core {
         to: &str,
         amount: GrantAmount,
         key: Option<&IdempotencyKey>,
-    ) -> Result<(u64, Outcome), CoreError> {
+    ) -> Result<(RecordIndex, Outcome), CoreError> {
         let ev = self.event_idx(event)?;
         let p = self.pool_idx(ev, pool)?;
         let e = &self.events[ev];

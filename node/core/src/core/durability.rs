@@ -15,12 +15,13 @@ use std::collections::VecDeque;
 use allot_crdt::{PoolIdx, RowDelta, SeatIdx};
 
 use crate::api::Reply;
+use crate::reads::RecordIndex;
 
 use super::Caller;
 
 /// Quota or a seat a peer's row gave this region, not spendable until durable.
 pub(super) struct PendingCredit {
-    pub index: u64,
+    pub index: RecordIndex,
     /// The event's position in the core.
     pub event: usize,
     pub pool: PoolIdx,
@@ -30,27 +31,34 @@ pub(super) struct PendingCredit {
 
 /// A version of this region's own row, published once durable.
 pub(super) struct PendingRow {
-    pub index: u64,
+    pub index: RecordIndex,
     pub event: usize,
     pub row: RowDelta,
 }
 
+/// A reply released once the record at `index` is durable.
+struct WaitingReply {
+    index: RecordIndex,
+    caller: Caller,
+    reply: Reply,
+}
+
 #[derive(Default)]
 pub(super) struct DurabilityQueues {
-    persisted: u64,
-    replies: VecDeque<(u64, Caller, Reply)>,
+    persisted: RecordIndex,
+    replies: VecDeque<WaitingReply>,
     own_rows: VecDeque<PendingRow>,
     credits: VecDeque<PendingCredit>,
 }
 
 impl DurabilityQueues {
     /// Records up to this index are durable.
-    pub fn persisted(&self) -> u64 {
+    pub fn persisted(&self) -> RecordIndex {
         self.persisted
     }
 
     /// Notes records `..=upto` durable; false if that is not news.
-    pub fn advance(&mut self, upto: u64) -> bool {
+    pub fn advance(&mut self, upto: RecordIndex) -> bool {
         if upto <= self.persisted {
             return false;
         }
@@ -58,15 +66,20 @@ impl DurabilityQueues {
         true
     }
 
-    pub fn reply_after(&mut self, index: u64, caller: Caller, reply: Reply) {
+    pub fn reply_after(&mut self, index: RecordIndex, caller: Caller, reply: Reply) {
         // Mostly in order; a repeated idempotency key waits on its first answer's record,
         // which may be older than replies already queued.
-        let at = if self.replies.back().is_none_or(|r| r.0 <= index) {
+        let at = if self.replies.back().is_none_or(|r| r.index <= index) {
             self.replies.len()
         } else {
-            self.replies.partition_point(|r| r.0 <= index)
+            self.replies.partition_point(|r| r.index <= index)
         };
-        self.replies.insert(at, (index, caller, reply));
+        let waiting = WaitingReply {
+            index,
+            caller,
+            reply,
+        };
+        self.replies.insert(at, waiting);
     }
 
     pub fn own_row(&mut self, row: PendingRow) {
@@ -104,14 +117,14 @@ impl DurabilityQueues {
         let upto = self.persisted;
         self.replies
             .front()
-            .is_some_and(|r| r.0 <= upto)
-            .then(|| self.replies.pop_front().map(|(_, c, r)| (c, r)))?
+            .is_some_and(|r| r.index <= upto)
+            .then(|| self.replies.pop_front().map(|w| (w.caller, w.reply)))?
     }
 
     /// Every queue waits only on records not yet durable, in record order.
     pub fn check(&self) -> Result<(), String> {
         let upto = self.persisted;
-        let ordered = |it: &mut dyn Iterator<Item = u64>| {
+        let ordered = |it: &mut dyn Iterator<Item = RecordIndex>| {
             let mut last = upto;
             for i in it {
                 if i <= upto || i < last {
@@ -121,7 +134,7 @@ impl DurabilityQueues {
             }
             true
         };
-        if !ordered(&mut self.replies.iter().map(|r| r.0))
+        if !ordered(&mut self.replies.iter().map(|r| r.index))
             || !ordered(&mut self.own_rows.iter().map(|r| r.index))
             || !ordered(&mut self.credits.iter().map(|c| c.index))
         {

@@ -7,6 +7,7 @@ use crate::api::{Command, CoreError, IdempotencyKey, Outcome, Want};
 use crate::exchange::{Answered, CallId, Exchange, RemoteOutcome, Waiter};
 use crate::handoff::{Handoff, HandoffAsk};
 use crate::policy::{self, PoolFigures, Reason};
+use crate::reads::RecordIndex;
 use crate::record::RecordBody;
 
 use super::rebalancer::{AskInFlight, PoolKey};
@@ -163,7 +164,7 @@ impl Core {
         asker: &str,
         ask: &HandoffAsk,
         key: Option<&IdempotencyKey>,
-    ) -> Result<(u64, Outcome), CoreError> {
+    ) -> Result<(RecordIndex, Outcome), CoreError> {
         let Some(tuning) = self.rebalancer.tuning else {
             return Err(CoreError::NothingToSpare(format!(
                 "the rebalancer of {} is off",
@@ -218,7 +219,7 @@ impl Core {
         };
         let (index, outcome) = self.give(ev, p, to, amount, key, ask.reason)?;
         if crate::bugs::grant_answered_before_durable() {
-            return Ok((0, outcome));
+            return Ok((RecordIndex(0), outcome));
         }
         Ok((index, outcome))
     }
@@ -234,7 +235,7 @@ impl Core {
         amount: Give,
         key: Option<&IdempotencyKey>,
         reason: Reason,
-    ) -> Result<(u64, Outcome), CoreError> {
+    ) -> Result<(RecordIndex, Outcome), CoreError> {
         let e = &self.events[ev];
         let (changes, quantity, seats) = match amount {
             Give::Quantity(n) => (vec![Change::Grant { pool: p, to, n }], n, Vec::new()),
@@ -392,7 +393,7 @@ impl Core {
 
     /// Records up to `persisted` are durable: grants they carried are spendable, and
     /// operators' transfers go to their recipients at once.
-    pub(super) fn handoffs_durable(&mut self, persisted: u64) {
+    pub(super) fn handoffs_durable(&mut self, persisted: RecordIndex) {
         let now = self.now;
         self.rebalancer.landed(persisted, now);
         for peer in self.rebalancer.pushes_due(persisted) {

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use crate::api::{IdempotencyKey, Millis, Outcome};
+use crate::reads::RecordIndex;
 use crate::reads::StoredKey;
 use crate::record::IdemRecord;
 
@@ -21,7 +22,7 @@ pub(super) const CACHED_KEYS: usize = 4096;
 pub(super) struct IdemEntry {
     pub body_hash: [u8; 32],
     /// The record that carried the answer: a repeat is answered once it is durable.
-    pub index: u64,
+    pub index: RecordIndex,
     pub at: Millis,
     pub outcome: Outcome,
 }
@@ -42,16 +43,22 @@ pub(super) enum Seen<'a> {
 pub(super) struct IdempotencyTable {
     entries: BTreeMap<String, IdemEntry>,
     /// Keys by (time remembered, record index), oldest first, for expiry.
-    by_age: BTreeMap<(Millis, u64), String>,
+    by_age: BTreeMap<(Millis, RecordIndex), String>,
     /// Keys by record index, oldest first: durable ones leave first when the cache is full.
-    by_index: BTreeMap<u64, String>,
+    by_index: BTreeMap<RecordIndex, String>,
 }
 
 impl IdempotencyTable {
     /// What `key` finds at `now`: a durable answer `ttl` or older is gone, even before a tick
     /// drops it. One still in flight (record above `persisted`) stands whatever its age: the
     /// store does not have it yet, so forgetting it would let a retry run twice.
-    pub fn seen(&self, key: &IdempotencyKey, now: Millis, ttl: Millis, persisted: u64) -> Seen<'_> {
+    pub fn seen(
+        &self,
+        key: &IdempotencyKey,
+        now: Millis,
+        ttl: Millis,
+        persisted: RecordIndex,
+    ) -> Seen<'_> {
         match self.entries.get(&key.key) {
             None => Seen::NotHere,
             Some(e) if e.index <= persisted && e.at.saturating_add(ttl) <= now => Seen::NotHere,
@@ -77,7 +84,7 @@ impl IdempotencyTable {
     }
 
     /// Remembers the answer a record at `index`, made at `at`, carries.
-    pub fn remember(&mut self, index: u64, at: Millis, idem: &Option<IdemRecord>) {
+    pub fn remember(&mut self, index: RecordIndex, at: Millis, idem: &Option<IdemRecord>) {
         if let Some(r) = idem {
             self.insert(
                 &r.key.key,
@@ -92,10 +99,10 @@ impl IdempotencyTable {
     }
 
     /// Keeps an answer the store gave back, as a durable entry of the cache.
-    pub fn cache_stored(&mut self, key: &str, stored: StoredKey, persisted: u64) {
+    pub fn cache_stored(&mut self, key: &str, stored: StoredKey, persisted: RecordIndex) {
         // An index from before a restart is below every live one; the entry is durable, so
         // it may not claim an index above what is persisted (it would never leave the cache).
-        let index = stored.index.0.min(persisted);
+        let index = stored.index.min(persisted);
         if self.by_index.contains_key(&index) {
             // The slot is taken (two stored answers from one batch): keep the key unmemoised.
             return;
@@ -113,7 +120,7 @@ impl IdempotencyTable {
 
     /// Drops the oldest durable answers (records `..=persisted`) beyond the cache's size; the
     /// store still has them.
-    pub fn trim(&mut self, persisted: u64) {
+    pub fn trim(&mut self, persisted: RecordIndex) {
         while self.entries.len() > CACHED_KEYS {
             let Some((&index, key)) = self.by_index.first_key_value() else {
                 break;
@@ -128,7 +135,7 @@ impl IdempotencyTable {
 
     /// Forgets durable keys remembered `ttl` or longer before `now` (in-flight ones wait until
     /// the store has them).
-    pub fn expire(&mut self, now: Millis, ttl: Millis, persisted: u64) {
+    pub fn expire(&mut self, now: Millis, ttl: Millis, persisted: RecordIndex) {
         while let Some((&(at, index), key)) = self.by_age.first_key_value() {
             if at.saturating_add(ttl) > now || index > persisted {
                 break;

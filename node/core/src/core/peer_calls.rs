@@ -5,6 +5,7 @@
 use crate::api::{Command, CoreError, IdempotencyKey, Outcome, Reply, RequestId};
 use crate::exchange::{Answered, Arrival, CallId, Exchange, RemoteOutcome, Waiter};
 use crate::ids::{GlobalId, IdKind};
+use crate::reads::RecordIndex;
 
 use super::Core;
 
@@ -294,14 +295,14 @@ impl Core {
 
     /// A new event in an answer from the catalog is learned at once (as gossip would), so the
     /// caller can show it; the reply waits until that record is durable.
-    fn learn_from_answer(&mut self, from: &str, remote: &RemoteOutcome) -> u64 {
+    fn learn_from_answer(&mut self, from: &str, remote: &RemoteOutcome) -> RecordIndex {
         let (Some((genesis, meta)), Answered::EventCreated { event }) =
             (&remote.event, &remote.outcome)
         else {
-            return 0;
+            return RecordIndex(0);
         };
         if self.by_id.contains_key(event.as_str()) {
-            return 0;
+            return RecordIndex(0);
         }
         let hash = genesis.hash();
         match self.learn_event(genesis.clone(), meta.clone(), hash, event) {
@@ -310,7 +311,7 @@ impl Core {
                 self.out.warnings.push(format!(
                     "event {event:?} in an answer from {from} refused: {why}"
                 ));
-                0
+                RecordIndex(0)
             }
         }
     }

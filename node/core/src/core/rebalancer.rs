@@ -13,6 +13,7 @@ use crate::api::Millis;
 use crate::exchange::CallId;
 use crate::handoff::Handoff;
 use crate::policy::{Reason, Tuning};
+use crate::reads::RecordIndex;
 
 /// A region that gave quota away does not ask for it back for this long, and one that
 /// received quota does not give it away for this long: quota does not ping-pong.
@@ -37,7 +38,7 @@ pub(crate) struct AskInFlight {
 /// A received grant whose credit is spendable once the record at `index` is durable.
 #[derive(Clone, Copy, Debug)]
 struct Landing {
-    index: u64,
+    index: RecordIndex,
     /// The log entry to complete with the time from ask to spendable.
     seq: u64,
     asked_at: Millis,
@@ -52,7 +53,7 @@ struct LogEntry {
 /// A recipient to send gossip to once the transfer at record `index` is durable.
 #[derive(Clone, Debug)]
 struct Push {
-    index: u64,
+    index: RecordIndex,
     to: String,
 }
 
@@ -179,7 +180,7 @@ impl Rebalancer {
         pool: PoolKey,
         asked_at: Millis,
         mut entry: Handoff,
-        landing: Option<u64>,
+        landing: Option<RecordIndex>,
     ) {
         self.counters.asks_granted += 1;
         self.counters.units_received = self.counters.units_received.saturating_add(entry.quantity);
@@ -203,7 +204,7 @@ impl Rebalancer {
     }
 
     /// Records up to `persisted` are durable at `now`: grants they carried are spendable.
-    pub fn landed(&mut self, persisted: u64, now: Millis) {
+    pub fn landed(&mut self, persisted: RecordIndex, now: Millis) {
         while let Some(&landing) = self.landing.front() {
             if landing.index > persisted {
                 break;
@@ -215,13 +216,13 @@ impl Rebalancer {
         }
     }
 
-    pub fn push_after(&mut self, index: u64, to: String) {
+    pub fn push_after(&mut self, index: RecordIndex, to: String) {
         debug_assert!(self.pushes.back().is_none_or(|p| p.index <= index));
         self.pushes.push_back(Push { index, to });
     }
 
     /// Recipients whose transfers are durable up to `persisted`, each once.
-    pub fn pushes_due(&mut self, persisted: u64) -> Vec<String> {
+    pub fn pushes_due(&mut self, persisted: RecordIndex) -> Vec<String> {
         let mut due: Vec<String> = Vec::new();
         while self.pushes.front().is_some_and(|p| p.index <= persisted) {
             if let Some(Push { to, .. }) = self.pushes.pop_front() {
@@ -329,12 +330,12 @@ mod tests {
         let (pool, ask) = r.close(call).unwrap();
         assert_eq!((pool, ask.donor), ((0, 0), 1));
         assert!(r.close(call).is_none(), "a duplicate answer finds no ask");
-        r.received((0, 0), 100, entry(350, 40), Some(7));
+        r.received((0, 0), 100, entry(350, 40), Some(RecordIndex(7)));
         assert!(r.received_recently((0, 0), 350 + HYSTERESIS_MS - 1));
         assert!(!r.received_recently((0, 0), 350 + HYSTERESIS_MS));
-        r.landed(6, 400);
+        r.landed(RecordIndex(6), 400);
         assert_eq!(r.log().next().unwrap().ask_to_spendable_ms, None);
-        r.landed(7, 420);
+        r.landed(RecordIndex(7), 420);
         assert_eq!(r.log().next().unwrap().ask_to_spendable_ms, Some(320));
         r.gave((0, 0), entry(1_000, 5));
         assert!(r.gave_recently((0, 0), 1_000 + HYSTERESIS_MS - 1));

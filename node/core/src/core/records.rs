@@ -14,15 +14,15 @@ use super::Core;
 
 impl Core {
     /// Applies a record the live path built (so it cannot fail) and emits it.
-    pub(super) fn commit(&mut self, body: RecordBody) -> u64 {
-        let index = self.last_index + 1;
+    pub(super) fn commit(&mut self, body: RecordBody) -> RecordIndex {
+        let index = self.last_index.next();
         let changed = self
             .apply_record(index, self.now, &body)
             .expect("the live path builds only valid records");
         assert!(changed, "a command's record always changes state");
         self.last_index = index;
         self.out.records.push(Record {
-            index,
+            index: index.0,
             at: self.now,
             body,
         });
@@ -33,7 +33,7 @@ impl Core {
     /// may turn out to be old news, and then is not recorded).
     pub(super) fn apply_record(
         &mut self,
-        index: u64,
+        index: RecordIndex,
         at: Millis,
         body: &RecordBody,
     ) -> Result<bool, String> {
@@ -133,7 +133,7 @@ impl Core {
                 self.next_order = order.n.next();
                 self.recent.wrote(
                     StoredOrder {
-                        index: RecordIndex(index),
+                        index,
                         order: order.clone(),
                     },
                     *hold,
@@ -164,7 +164,7 @@ impl Core {
                 self.events[ev].assert_pool(order.pool);
                 self.recent.wrote(
                     StoredOrder {
-                        index: RecordIndex(index),
+                        index,
                         order: order.clone(),
                     },
                     None,
@@ -280,7 +280,7 @@ impl Core {
 
     pub(super) fn apply_own_row(
         &mut self,
-        index: u64,
+        index: RecordIndex,
         ev: usize,
         row: &RowDelta,
     ) -> Result<(), String> {
@@ -310,11 +310,11 @@ impl Core {
         }
     }
 
-    pub(super) fn remember(&mut self, index: u64, at: Millis, idem: &Option<IdemRecord>) {
+    pub(super) fn remember(&mut self, index: RecordIndex, at: Millis, idem: &Option<IdemRecord>) {
         self.idem.remember(index, at, idem);
     }
 
-    pub(super) fn persisted(&mut self, upto: u64) {
+    pub(super) fn persisted(&mut self, upto: RecordIndex) {
         if !self.durable.advance(upto.min(self.last_index)) {
             return;
         }

@@ -7,6 +7,7 @@ use allot_crdt::{Genesis, RegionIdx};
 use crate::api::Millis;
 use crate::event::EventState;
 use crate::gossip::{EventGossip, GossipFrame};
+use crate::reads::RecordIndex;
 use crate::record::{Record, RecordBody};
 
 use super::Core;
@@ -122,7 +123,11 @@ impl Core {
 
     /// What one event tells peer `p`: its digest entry (version vector, ephemeral figures),
     /// the row deltas the peer lacks, and the genesis and metadata while it lacks them.
-    fn gossip_unit(e: &mut EventState, p: RegionIdx, persisted: u64) -> Option<EventGossip> {
+    fn gossip_unit(
+        e: &mut EventState,
+        p: RegionIdx,
+        persisted: RecordIndex,
+    ) -> Option<EventGossip> {
         let meta_durable = e.meta_index <= persisted;
         let view = &e.peers[p as usize];
         let genesis = match (&view.vv, meta_durable) {
@@ -256,7 +261,7 @@ impl Core {
         if genesis.hash() != hash || genesis.id != id {
             return Err("genesis does not match its hash or id".into());
         }
-        let index = self.last_index + 1;
+        let index = self.last_index.next();
         let body = RecordBody::EventCreated {
             genesis,
             meta,
@@ -265,7 +270,7 @@ impl Core {
         self.apply_record(index, self.now, &body)?;
         self.last_index = index;
         self.out.records.push(Record {
-            index,
+            index: index.0,
             at: self.now,
             body,
         });
@@ -274,12 +279,12 @@ impl Core {
 
     /// Applies peer input as a record; emits it only if it changed something.
     pub(super) fn commit_peer(&mut self, body: RecordBody, from: &str) {
-        let index = self.last_index + 1;
+        let index = self.last_index.next();
         match self.apply_record(index, self.now, &body) {
             Ok(true) => {
                 self.last_index = index;
                 self.out.records.push(Record {
-                    index,
+                    index: index.0,
                     at: self.now,
                     body,
                 });
