@@ -10,7 +10,7 @@ use crate::policy::{self, PoolFigures, Reason};
 use crate::reads::RecordIndex;
 use crate::record::RecordBody;
 
-use super::rebalancer::{AskInFlight, PoolKey};
+use super::rebalancer::{Arrival, AskInFlight, PoolKey};
 use super::Core;
 
 /// A peer not heard from for this long is not asked for quota (its figures still count).
@@ -361,6 +361,7 @@ impl Core {
             }
         }
         let before = self.last_index;
+        let seq = remote.row.as_ref().map(|r| r.seq);
         if let Some(row) = remote.row {
             self.commit_peer(
                 RecordBody::PeerRow {
@@ -370,7 +371,19 @@ impl Core {
                 from,
             );
         }
-        let landing = (self.last_index > before).then_some(self.last_index);
+        let merged_upto = self.events[ev]
+            .ledger
+            .version_vector()
+            .get(ask.donor as usize);
+        let arrival = if self.last_index > before {
+            Arrival::Landing(self.last_index)
+        } else if seq.is_some_and(|s| merged_upto >= s) {
+            // Gossip brought the same row first.
+            Arrival::AlreadyHere
+        } else {
+            // The row did not apply (a gap, or refused): gossip brings the credit later.
+            Arrival::NotYet
+        };
         let entry = Handoff {
             event,
             pool: p,
@@ -381,7 +394,7 @@ impl Core {
             at: self.now,
             ask_to_spendable_ms: None,
         };
-        self.rebalancer.received(key, ask.asked_at, entry, landing);
+        self.rebalancer.received(key, ask.asked_at, entry, arrival);
     }
 
     /// One of this region's asks timed out or could not be sent.

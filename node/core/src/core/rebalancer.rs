@@ -35,6 +35,18 @@ pub(crate) struct AskInFlight {
     pub reason: Reason,
 }
 
+/// Where the credit of a granted ask stands when its answer arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Arrival {
+    /// The answer's row applied as the record at this index: spendable once it is durable.
+    Landing(RecordIndex),
+    /// Gossip brought the same row before the answer.
+    AlreadyHere,
+    /// The row did not apply (a gap in the donor's versions, or refused): gossip brings it
+    /// later, and the log does not know when.
+    NotYet,
+}
+
 /// A received grant whose credit is spendable once the record at `index` is durable.
 #[derive(Clone, Copy, Debug)]
 struct Landing {
@@ -173,23 +185,22 @@ impl Rebalancer {
         self.log_entry(entry);
     }
 
-    /// A grant this region received; its credit is spendable once record `landing` is durable
-    /// (`None`: it already is).
+    /// A grant this region received, and where its credit stands.
     pub fn received(
         &mut self,
         pool: PoolKey,
         asked_at: Millis,
         mut entry: Handoff,
-        landing: Option<RecordIndex>,
+        arrival: Arrival,
     ) {
         self.counters.asks_granted += 1;
         self.counters.units_received = self.counters.units_received.saturating_add(entry.quantity);
         self.last_received.insert(pool, entry.at);
-        if landing.is_none() {
+        if arrival == Arrival::AlreadyHere {
             entry.ask_to_spendable_ms = Some(entry.at.saturating_sub(asked_at));
         }
         let seq = self.log_entry(entry);
-        if let Some(index) = landing {
+        if let Arrival::Landing(index) = arrival {
             self.landing.push_back(Landing {
                 index,
                 seq,
@@ -330,7 +341,12 @@ mod tests {
         let (pool, ask) = r.close(call).unwrap();
         assert_eq!((pool, ask.donor), ((0, 0), 1));
         assert!(r.close(call).is_none(), "a duplicate answer finds no ask");
-        r.received((0, 0), 100, entry(350, 40), Some(RecordIndex(7)));
+        r.received(
+            (0, 0),
+            100,
+            entry(350, 40),
+            Arrival::Landing(RecordIndex(7)),
+        );
         assert!(r.received_recently((0, 0), 350 + HYSTERESIS_MS - 1));
         assert!(!r.received_recently((0, 0), 350 + HYSTERESIS_MS));
         r.landed(RecordIndex(6), 400);
