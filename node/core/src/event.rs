@@ -248,14 +248,18 @@ impl EventState {
     /// else the first free seats. Fewer than `n` if this region has fewer.
     pub fn adjacent_seats(&self, pool: PoolIdx, n: usize) -> Vec<SeatIdx> {
         let blocks = self.free_blocks(pool);
-        if let Some(b) = blocks
-            .iter()
-            .filter(|b| b.len() >= n)
-            .min_by_key(|b| (b.len(), b.start))
-        {
+        if let Some(b) = smallest_block(&blocks, n) {
             return (b.start..b.start + n as SeatIdx).collect();
         }
         blocks.into_iter().flatten().take(n).collect()
+    }
+
+    /// The assigned pool that has a seat of this id.
+    pub fn pool_of_seat(&self, seat: &str) -> Option<PoolIdx> {
+        self.seat_index
+            .iter()
+            .position(|m| m.contains_key(seat))
+            .map(|p| p as PoolIdx)
     }
 
     pub fn genesis(&self) -> &Arc<Genesis> {
@@ -382,6 +386,18 @@ impl EventState {
             incarnation,
         }
     }
+}
+
+/// The smallest of `blocks` that holds `n` seats (the first, among equals): taking from it
+/// leaves the larger blocks whole.
+pub fn smallest_block(
+    blocks: &[std::ops::Range<SeatIdx>],
+    n: usize,
+) -> Option<&std::ops::Range<SeatIdx>> {
+    blocks
+        .iter()
+        .filter(|b| b.len() >= n)
+        .min_by_key(|b| (b.len(), b.start))
 }
 
 /// Whether seat `b` sits right after seat `a` in one row, by their ids: the same row prefix

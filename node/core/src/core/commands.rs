@@ -262,10 +262,7 @@ impl Core {
                 let p = match pool {
                     Some(pool) => self.pool_idx(ev, pool)?,
                     None => e
-                        .seat_index
-                        .iter()
-                        .position(|m| m.contains_key(&seats[0]))
-                        .map(|i| i as PoolIdx)
+                        .pool_of_seat(&seats[0])
                         .ok_or_else(|| CoreError::UnknownSeat(seats[0].clone()))?,
                 };
                 let idx = self.seat_indices(ev, p, seats)?;

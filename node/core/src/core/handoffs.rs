@@ -4,6 +4,7 @@
 use allot_crdt::{Change, PoolIdx, RegionIdx, SeatIdx};
 
 use crate::api::{Command, CoreError, IdempotencyKey, Outcome, Want};
+use crate::event::smallest_block;
 use crate::exchange::{Answered, CallId, Exchange, RemoteOutcome, Waiter};
 use crate::handoff::{Handoff, HandoffAsk};
 use crate::policy::{self, PoolFigures, Reason};
@@ -31,12 +32,7 @@ impl Core {
             Want::Seats { pool, seats } => (
                 match pool {
                     Some(pool) => e.genesis().pool_index(pool),
-                    None => seats.first().and_then(|s| {
-                        e.seat_index
-                            .iter()
-                            .position(|m| m.contains_key(s))
-                            .map(|p| p as PoolIdx)
-                    }),
+                    None => seats.first().and_then(|s| e.pool_of_seat(s)),
                 },
                 seats.len() as u64,
             ),
@@ -291,11 +287,7 @@ impl Core {
     fn seats_to_give(&self, ev: usize, p: PoolIdx, n: u64) -> Vec<SeatIdx> {
         let mut blocks = self.events[ev].free_blocks(p);
         let n = n as usize;
-        if let Some(b) = blocks
-            .iter()
-            .filter(|b| b.len() >= n)
-            .min_by_key(|b| (b.len(), b.start))
-        {
+        if let Some(b) = smallest_block(&blocks, n) {
             return (b.end - n as SeatIdx..b.end).collect();
         }
         blocks.sort_by_key(|b| std::cmp::Reverse(b.len()));
