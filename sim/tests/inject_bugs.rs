@@ -25,18 +25,33 @@ fn first_caught(
 // One test, so the switches (process-wide) never overlap.
 #[test]
 fn the_fuzz_mode_catches_each_injected_bug() {
-    let (seed, why) = first_caught(&bugs::SKIP_OWNER_CHECK, Strategy::Static)
-        .expect("skipping the owner check went unnoticed");
-    eprintln!("skip owner check: caught at seed {seed}: {why}");
-    let (seed, why) = first_caught(&bugs::PUBLISH_BEFORE_DURABLE, Strategy::Static)
-        .expect("publishing before durable went unnoticed");
-    eprintln!("publish before durable: caught at seed {seed}: {why}");
-    // The handoff's two deliberate breaks, as the model checker finds them too
+    // The last two are the handoff's deliberate breaks, as the model checker finds them too
     // (node/core/tests/handoff_model.rs).
-    let (seed, why) = first_caught(&bugs::GRANT_ANSWERED_BEFORE_DURABLE, Strategy::Rebalance)
-        .expect("a grant answered before it was durable went unnoticed");
-    eprintln!("grant answered before durable: caught at seed {seed}: {why}");
-    let (seed, why) = first_caught(&bugs::CREDIT_BARE_GRANT, Strategy::Rebalance)
-        .expect("a grant credited on a bare +k went unnoticed");
-    eprintln!("credit on a bare +k: caught at seed {seed}: {why}");
+    let cases = [
+        (
+            &bugs::SKIP_OWNER_CHECK,
+            Strategy::Static,
+            "skipping the owner check",
+        ),
+        (
+            &bugs::PUBLISH_BEFORE_DURABLE,
+            Strategy::Static,
+            "publishing before durable",
+        ),
+        (
+            &bugs::GRANT_ANSWERED_BEFORE_DURABLE,
+            Strategy::Rebalance,
+            "a grant answered before it was durable",
+        ),
+        (
+            &bugs::CREDIT_BARE_GRANT,
+            Strategy::Rebalance,
+            "a grant credited on a bare +k",
+        ),
+    ];
+    for (switch, strategy, what) in cases {
+        let (seed, why) =
+            first_caught(switch, strategy).unwrap_or_else(|| panic!("{what} went unnoticed"));
+        eprintln!("{what}: caught at seed {seed}: {why}");
+    }
 }

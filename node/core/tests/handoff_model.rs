@@ -112,17 +112,27 @@ enum Action {
     Lose(Msg),
 }
 
+/// A deliberate break of the protocol, which the model must catch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Break {
+    /// A donor answers an ask with its row as in memory, before the grant is durable.
+    AnswerBeforeDurable,
+    /// An asker credits the bare amount of an answer besides the donor's row.
+    BareCredit,
+    /// A donor does not look its asks up in its idempotency table.
+    ForgetAsks,
+}
+
 struct HandoffModel {
     initial: [u8; REGIONS],
-    /// Break: a donor answers an ask with its row as in memory, before the grant is durable.
-    answer_before_durable: bool,
-    /// Break: an asker credits the bare amount of an answer besides the donor's row.
-    bare_credit: bool,
-    /// Break: a donor does not look its asks up in its idempotency table.
-    forget_asks: bool,
+    broken: Option<Break>,
 }
 
 impl HandoffModel {
+    fn broken(&self, b: Break) -> bool {
+        self.broken == Some(b)
+    }
+
     fn capacity(&self) -> u8 {
         self.initial.iter().sum()
     }
@@ -145,7 +155,7 @@ impl HandoffModel {
     fn answer(&self, w: &mut World, id: AskId) {
         let (asker, donor) = w.asks[id as usize];
         let s = &w.regions[donor];
-        let row = if self.answer_before_durable {
+        let row = if self.broken(Break::AnswerBeforeDurable) {
             s.memory.granted_out[asker]
         } else {
             s.durable.granted_out[asker]
@@ -158,7 +168,7 @@ impl HandoffModel {
             Msg::Ask { id } => {
                 let (asker, donor) = w.asks[id as usize];
                 let s = &w.regions[donor];
-                if s.memory.served & (1 << id) != 0 && !self.forget_asks {
+                if s.memory.served & (1 << id) != 0 && !self.broken(Break::ForgetAsks) {
                     // A duplicate: the first answer again, once its grant is durable.
                     if s.durable.served & (1 << id) != 0 {
                         self.answer(w, id);
@@ -171,7 +181,7 @@ impl HandoffModel {
                     s.memory.granted_out[asker] += 1;
                     s.memory.served |= 1 << id;
                     s.granting[id as usize] += 1;
-                    if self.answer_before_durable {
+                    if self.broken(Break::AnswerBeforeDurable) {
                         self.answer(w, id);
                     } else {
                         w.regions[donor].answers_due |= 1 << id;
@@ -185,7 +195,7 @@ impl HandoffModel {
                 // A late or duplicated answer finds no call: only gossip credits then.
                 if s.asking == Some(id) {
                     s.asking = None;
-                    if self.bare_credit {
+                    if self.broken(Break::BareCredit) {
                         s.memory.bare += amount;
                     }
                     let k = &mut s.memory.known_in[donor];
@@ -385,9 +395,7 @@ const ONCE: &str = "an ask id never grants twice";
 fn the_handoff_keeps_every_invariant_in_every_interleaving() {
     let checker = check(HandoffModel {
         initial: INITIAL,
-        answer_before_durable: false,
-        bare_credit: false,
-        forget_asks: false,
+        broken: None,
     });
     eprintln!(
         "handoff model: {} states visited, {} unique, searched to the end",
@@ -403,9 +411,7 @@ fn a_grant_answered_before_it_is_durable_breaks_the_model() {
     let checker = check_until(
         HandoffModel {
             initial: INITIAL,
-            answer_before_durable: true,
-            bare_credit: false,
-            forget_asks: false,
+            broken: Some(Break::AnswerBeforeDurable),
         },
         &[ONE_OWNER, NO_OVERSPEND],
     );
@@ -424,9 +430,7 @@ fn a_credit_on_a_bare_amount_breaks_the_model() {
     let checker = check_until(
         HandoffModel {
             initial: INITIAL,
-            answer_before_durable: false,
-            bare_credit: true,
-            forget_asks: false,
+            broken: Some(Break::BareCredit),
         },
         &[CONSERVED],
     );
@@ -441,9 +445,7 @@ fn a_donor_that_forgets_its_asks_grants_twice() {
     let checker = check_until(
         HandoffModel {
             initial: INITIAL,
-            answer_before_durable: false,
-            bare_credit: false,
-            forget_asks: true,
+            broken: Some(Break::ForgetAsks),
         },
         &[ONCE],
     );

@@ -115,6 +115,16 @@ impl Cluster {
         .await
     }
 
+    async fn patch(&self, i: usize, path: &str, body: Value) -> (StatusCode, Value) {
+        send(
+            self.client
+                .patch(format!("{}{path}", self.bases[i]))
+                .bearer_auth(TOKEN)
+                .json(&body),
+        )
+        .await
+    }
+
     /// Cuts region `i` off from the others, both ways.
     fn isolate(&self, i: usize, cut: bool) {
         for (j, f) in self.faults.iter().enumerate() {
@@ -240,21 +250,13 @@ async fn three_regions_sell_and_converge() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Concurrent metadata edits in two regions merge.
-    let (s, _) = send(
-        c.client
-            .patch(format!("{}/v1/admin/events/rock", c.bases[1]))
-            .bearer_auth(TOKEN)
-            .json(&json!({"name": "Rock II"})),
-    )
-    .await;
+    let (s, _) = c
+        .patch(1, "/v1/admin/events/rock", json!({"name": "Rock II"}))
+        .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = send(
-        c.client
-            .patch(format!("{}/v1/admin/events/rock", c.bases[2]))
-            .bearer_auth(TOKEN)
-            .json(&json!({"venue": "Stadium"})),
-    )
-    .await;
+    let (s, _) = c
+        .patch(2, "/v1/admin/events/rock", json!({"venue": "Stadium"}))
+        .await;
     assert_eq!(s, StatusCode::OK);
     let start = std::time::Instant::now();
     loop {
@@ -642,22 +644,17 @@ async fn a_paused_event_keeps_its_allotments_until_resumed() {
         StatusCode::CREATED
     );
     c.converge("rock", Duration::from_secs(5)).await;
-    let patch = |i: usize, on: bool| {
-        c.client
-            .patch(format!("{}/v1/admin/events/rock", c.bases[i]))
-            .bearer_auth(TOKEN)
-            .json(&json!({ "rebalance": on }))
+    let patch = |i: usize, rebalance: Value| {
+        c.patch(
+            i,
+            "/v1/admin/events/rock",
+            json!({ "rebalance": rebalance }),
+        )
     };
-    let (s, v) = send(patch(2, false)).await;
+    let (s, v) = patch(2, json!(false)).await;
     assert_eq!((s, &v["rebalance"]), (StatusCode::OK, &json!(false)), "{v}");
     // A value that is not a boolean changes nothing.
-    let (s, v) = send(
-        c.client
-            .patch(format!("{}/v1/admin/events/rock", c.bases[1]))
-            .bearer_auth(TOKEN)
-            .json(&json!({"rebalance": "no"})),
-    )
-    .await;
+    let (s, v) = patch(1, json!("no")).await;
     assert!(s.is_client_error(), "{s} {v}");
     let converged = c.converge("rock", Duration::from_secs(5)).await;
     assert_eq!(converged["rebalance"], false);
@@ -678,7 +675,7 @@ async fn a_paused_event_keeps_its_allotments_until_resumed() {
     assert_eq!(l["pools"][0]["regions"][1]["granted_out"], 0, "{l}");
     assert_eq!(l["pools"][0]["regions"][2]["granted_out"], 0, "{l}");
     // Resumed (at another region): quota arrives and eu-west sells again.
-    let (s, _) = send(patch(1, true)).await;
+    let (s, _) = patch(1, json!(true)).await;
     assert_eq!(s, StatusCode::OK);
     let start = std::time::Instant::now();
     while buy(&c, 0, "floor", 1).await != StatusCode::CREATED {
