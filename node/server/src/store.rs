@@ -52,6 +52,13 @@ const POINT_READ_FAMILIES: [&str; 2] = [ORDERS, HOLD_ORDERS];
 /// Row keys and values of one batch, last write wins.
 type Rows = BTreeMap<Vec<u8>, Vec<u8>>;
 
+/// The numbers the next hold and order take, as one batch leaves them.
+#[derive(Default)]
+struct Counters {
+    next_hold: Option<HoldNo>,
+    next_order: Option<OrderNo>,
+}
+
 /// The layout of the column families. Version 2: orders with their record index, the order of
 /// each confirmed hold, sold seats, order and record counters (read on demand, restarts from
 /// live state). Data of another layout is refused at open, never read as if it were this one.
@@ -156,6 +163,16 @@ pub struct Loaded {
     pub clock: Millis,
 }
 
+/// Which bloom filters a column family keeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bloom {
+    None,
+    /// In its tables (SST files).
+    Tables,
+    /// In its tables and over its memtable.
+    TablesAndMemtable,
+}
+
 /// A memtable's allocation unit (see [`Store::open`]).
 const ARENA_BLOCK_BYTES: usize = 1 << 20;
 
@@ -179,7 +196,7 @@ impl Store {
         // the end: one large sync would hold the WAL's sync (every sale waits on it) behind it
         // on the same disk.
         opts.set_bytes_per_sync(1 << 20);
-        let cf_options = |bloom: bool| {
+        let cf_options = |bloom: Bloom| {
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
             // Index and filter blocks count against the cache instead of growing beside it
@@ -187,11 +204,15 @@ impl Store {
             table.set_cache_index_and_filter_blocks(true);
             table.set_pin_l0_filter_and_index_blocks_in_cache(true);
             let mut o = Options::default();
-            if bloom {
+            if bloom != Bloom::None {
                 // Point reads of keys and orders that mostly do not exist (a new key) or sit
-                // in one file: a bloom filter answers most without reading a block, and one
-                // over the memtable spares its skip list the search.
+                // in one file: a bloom filter answers most without reading a block.
                 table.set_bloom_filter(10.0, false);
+            }
+            if bloom == Bloom::TablesAndMemtable {
+                // Every keyed request looks its (mostly new) key up under the core's lock: a
+                // filter over the memtable spares the skip list that search. The families read
+                // only by refunds and order reads do not pay its cost on every insert.
                 o.set_memtable_prefix_bloom_ratio(0.05);
                 o.set_memtable_whole_key_filtering(true);
             }
@@ -212,7 +233,7 @@ impl Store {
             o
         };
         let ttl = options.key_ttl_ms;
-        let mut keys = cf_options(true);
+        let mut keys = cf_options(Bloom::TablesAndMemtable);
         // Drops idempotency answers older than the TTL when RocksDB compacts; lookups treat
         // them as absent before that.
         keys.set_compaction_filter(
@@ -224,11 +245,11 @@ impl Store {
         );
         let cfs = PLAIN_FAMILIES
             .into_iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, cf_options(false)))
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_options(Bloom::None)))
             .chain(
                 POINT_READ_FAMILIES
                     .into_iter()
-                    .map(|n| ColumnFamilyDescriptor::new(n, cf_options(true))),
+                    .map(|n| ColumnFamilyDescriptor::new(n, cf_options(Bloom::Tables))),
             )
             .chain([ColumnFamilyDescriptor::new(KEYS, keys)]);
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
@@ -367,14 +388,22 @@ impl Store {
         // Row keys hold cumulative values, so within one batch only the last write of a key
         // matters: twenty sales from one pool put its counter and its row's seq once each.
         let mut rows = BTreeMap::new();
+        // The hold and order counters likewise: one put per batch, not one per sale.
+        let mut counters = Counters::default();
         for r in records {
             clock = clock.max(r.at);
             last = r.index;
-            self.record(batch, &mut rows, r);
+            self.record(batch, &mut rows, &mut counters, r);
         }
         let cf = self.cf(ROWS);
         for (k, v) in rows {
             batch.put_cf(cf, k, v);
+        }
+        if let Some(n) = counters.next_hold {
+            batch.put_cf(self.cf(NODE), b"next_hold", n.0.to_be_bytes());
+        }
+        if let Some(n) = counters.next_order {
+            batch.put_cf(self.cf(NODE), b"next_order", n.0.to_be_bytes());
         }
         batch.put_cf(self.cf(NODE), b"clock", clock.to_be_bytes());
         // Record indices go on from here after a restart: a stored order's index is
@@ -382,7 +411,7 @@ impl Store {
         batch.put_cf(self.cf(NODE), b"last_index", last.to_be_bytes());
     }
 
-    fn record(&self, b: &mut WriteBatch, rows: &mut Rows, r: &Record) {
+    fn record(&self, b: &mut WriteBatch, rows: &mut Rows, counters: &mut Counters, r: &Record) {
         let key = |b: &mut WriteBatch, idem: &Option<allot_node::IdemRecord>| {
             if let Some(i) = idem {
                 let mut v = r.at.to_be_bytes().to_vec();
@@ -421,7 +450,7 @@ impl Store {
             }
             RecordBody::HoldPlaced { hold, idem } => {
                 b.put_cf(self.cf(HOLDS), hold.n.0.to_be_bytes(), enc(hold));
-                b.put_cf(self.cf(NODE), b"next_hold", hold.n.next().0.to_be_bytes());
+                counters.next_hold = counters.next_hold.max(Some(hold.n.next()));
                 key(b, idem);
             }
             RecordBody::HoldsReleased { holds, .. } => {
@@ -443,7 +472,7 @@ impl Store {
                 for &s in &order.seats {
                     b.put_cf(self.cf(SEATS), seat_key(&order.event, order.pool, s), n);
                 }
-                b.put_cf(self.cf(NODE), b"next_order", order.n.next().0.to_be_bytes());
+                counters.next_order = counters.next_order.max(Some(order.n.next()));
                 if let Some(h) = hold {
                     b.delete_cf(self.cf(HOLDS), h.0.to_be_bytes());
                     b.put_cf(self.cf(HOLD_ORDERS), h.0.to_be_bytes(), n);
