@@ -40,9 +40,20 @@ pub struct Report {
     pub false_sold_outs: u64,
     pub false_sold_out_pct: f64,
     pub unavailable: u64,
+    /// 503 `stock-unreachable`: only regions out of reach had the stock (not a sold-out).
+    pub stock_unreachable: u64,
     pub other_errors: u64,
     /// Answers that another region gave through a call between regions.
     pub remote_answers: u64,
+    /// Sales (orders and holds) another region made for a buyer through forwarding, their
+    /// share of all sales answered, and their latency (buyer's request to answer).
+    pub forwarded: u64,
+    pub forwarded_pct: f64,
+    pub forward_latency_ms: Option<Latency>,
+    /// Forwarded calls the targets refused (their stock had gone) or left unanswered, as the
+    /// regions that sent them count (a region that crashed lost its counts).
+    pub forwards_refused: u64,
+    pub forwards_lost: u64,
     /// Purchases sent again with the same idempotency key, and refunds answered.
     pub retried: u64,
     pub refunds: u64,
@@ -91,8 +102,14 @@ impl Report {
             false_sold_outs: 0,
             false_sold_out_pct: 0.0,
             unavailable: 0,
+            stock_unreachable: 0,
             other_errors: 0,
             remote_answers: 0,
+            forwarded: 0,
+            forwarded_pct: 0.0,
+            forward_latency_ms: None,
+            forwards_refused: 0,
+            forwards_lost: 0,
             retried: 0,
             refunds: 0,
             abandoned: 0,
@@ -121,6 +138,7 @@ impl Report {
             round(100.0 * self.sold_in_rows as f64 / self.capacity.max(1) as f64);
         self.false_sold_out_pct =
             round(100.0 * self.false_sold_outs as f64 / self.answers.max(1) as f64);
+        self.forwarded_pct = round(100.0 * self.forwarded as f64 / self.answers.max(1) as f64);
     }
 
     pub fn table(&self) -> String {
@@ -152,6 +170,26 @@ impl Report {
             "sold-out answers",
             self.sold_out_answers.to_string(),
         );
+        row(
+            &mut s,
+            "stock unreachable",
+            self.stock_unreachable.to_string(),
+        );
+        if let Some(l) = &self.forward_latency_ms {
+            row(
+                &mut s,
+                "forwarded sales",
+                format!(
+                    "{} ({}% of answers), ms p50/p99 {}/{}; {} refused, {} lost",
+                    self.forwarded,
+                    self.forwarded_pct,
+                    l.p50,
+                    l.p99,
+                    self.forwards_refused,
+                    self.forwards_lost
+                ),
+            );
+        }
         row(
             &mut s,
             "latency ms p50/p90/p99/max",

@@ -139,6 +139,8 @@ pub struct World {
     latency: Histogram<u64>,
     /// The same, per buyer region.
     latency_by_region: Vec<Histogram<u64>>,
+    /// Of the sales another region made through forwarding.
+    forward_latency: Histogram<u64>,
     heal_pending: Vec<u64>,
     steps: u64,
     /// Per region, the exact (fractional ms) time of the last arrival: arrivals may be denser
@@ -173,6 +175,13 @@ impl World {
                         max_order: sc.demand.max_quantity,
                         ..Default::default()
                     });
+                }
+                // Forwarding goes with the rebalancer: `static` and `operator` show what a
+                // region sells from its own quota alone.
+                cfg.forwarding = strategy == Strategy::Rebalance;
+                for peer in names.iter().filter(|p| *p != n) {
+                    cfg.peer_rtt_ms
+                        .insert(peer.clone(), 2 * sc.one_way(n, peer));
                 }
                 let mut store = MemStore::new(n, cfg.idempotency_ttl_ms);
                 // A confirm that reaches the owner twice (a duplicated call after the owner's
@@ -217,6 +226,7 @@ impl World {
             report,
             latency: Histogram::new(3).expect("histogram"),
             latency_by_region,
+            forward_latency: Histogram::new(3).expect("histogram"),
             heal_pending: vec![],
             steps: 0,
             arrival_clock: vec![],
@@ -842,40 +852,28 @@ impl World {
         }
         match reply {
             Ok(Outcome::Held(h)) => {
-                self.note_sold_out(done);
-                let d = self.sc.demand.clone();
-                if self.rng.random_bool(d.abandon.clamp(0.0, 1.0)) {
-                    self.report.abandoned += 1;
-                } else {
-                    let think = self.rng.random_range(0..=d.think_ms);
-                    let hold = self.nodes[r]
-                        .cfg
-                        .id_key
-                        .format(IdKind::Hold, &self.names[r], h.n);
-                    let n = self.names.len();
-                    let at = if n > 1 && self.rng.random_bool(d.confirm_elsewhere.clamp(0.0, 1.0)) {
-                        (r + self.rng.random_range(1..n)) % n
-                    } else {
-                        r
-                    };
-                    self.at(
-                        done + think,
-                        Ev::Confirm {
-                            region: at,
-                            hold,
-                            quantity: p.quantity,
-                            pool: p.pool,
-                            client: p.client,
-                        },
-                    );
-                }
+                let hold = self.nodes[r]
+                    .cfg
+                    .id_key
+                    .format(IdKind::Hold, &self.names[r], h.n);
+                self.held(r, done, p, hold);
             }
             Ok(Outcome::Remote(remote)) => {
                 self.report.remote_answers += 1;
                 let seller = self.names.iter().position(|n| *n == remote.region);
-                match (remote.outcome, seller) {
-                    (Answered::Order(o), Some(seller)) => self.sold(seller, done, p, o),
-                    (Answered::Held(h), _) => self.answer(r, p, Ok(Outcome::Held(h))),
+                let forwarded = |w: &mut World, p: &Pending| {
+                    w.report.forwarded += 1;
+                    let _ = w.forward_latency.record(done.saturating_sub(p.arrival));
+                };
+                match (remote.outcome, seller, remote.id) {
+                    (Answered::Order(o), Some(seller), _) => {
+                        forwarded(self, &p);
+                        self.sold(seller, done, p, o)
+                    }
+                    (Answered::Held(_), Some(_), Some(hold)) => {
+                        forwarded(self, &p);
+                        self.held(r, done, p, hold)
+                    }
                     _ => {}
                 }
             }
@@ -889,8 +887,14 @@ impl World {
                 }
                 self.record_latency(&p, done);
             }
+            // Counted apart from sold-outs (DESIGN): the stock exists, out of reach.
+            Err(CoreError::StockUnreachable { .. }) => {
+                self.report.answers += 1;
+                self.report.stock_unreachable += 1;
+                self.record_latency(&p, done);
+            }
             Err(CoreError::HoldExpired) => self.report.expired += 1,
-            Err(CoreError::Unreachable { .. }) => {
+            Err(CoreError::Unreachable { .. } | CoreError::DeadlinePassed) => {
                 self.report.answers += 1;
                 self.report.unavailable += 1;
             }
@@ -898,6 +902,34 @@ impl World {
                 self.report.answers += 1;
                 self.report.other_errors += 1;
             }
+        }
+    }
+
+    /// A buyer's hold, placed by whichever region (`hold` names it), answered at `done` to a
+    /// buyer who asked region `r`: confirmed later (there or at another region), or abandoned.
+    fn held(&mut self, r: usize, done: u64, p: Pending, hold: String) {
+        self.note_sold_out(done);
+        let d = self.sc.demand.clone();
+        if self.rng.random_bool(d.abandon.clamp(0.0, 1.0)) {
+            self.report.abandoned += 1;
+        } else {
+            let think = self.rng.random_range(0..=d.think_ms);
+            let n = self.names.len();
+            let at = if n > 1 && self.rng.random_bool(d.confirm_elsewhere.clamp(0.0, 1.0)) {
+                (r + self.rng.random_range(1..n)) % n
+            } else {
+                r
+            };
+            self.at(
+                done + think,
+                Ev::Confirm {
+                    region: at,
+                    hold,
+                    quantity: p.quantity,
+                    pool: p.pool,
+                    client: p.client,
+                },
+            );
         }
     }
 
@@ -958,6 +990,12 @@ impl World {
     fn answer_aside(&mut self, r: usize, p: Pending, reply: Reply) {
         match (&p.purpose, reply) {
             (Purpose::Retry, Ok(Outcome::Order(o))) => self.keyed_order(r, &p, &o),
+            (Purpose::Retry, Ok(Outcome::Remote(remote))) => {
+                let seller = self.names.iter().position(|n| *n == remote.region);
+                if let (Answered::Order(o), Some(seller)) = (&remote.outcome, seller) {
+                    self.keyed_order(seller, &p, o);
+                }
+            }
             (Purpose::Refund, Ok(Outcome::Order(o))) => {
                 self.report.refunds += 1;
                 if o.status != OrderStatus::Refunded {
@@ -1187,6 +1225,14 @@ impl World {
             }
         }
         self.report.ask_to_spendable_ms = (!spendable.is_empty()).then(|| Latency::of(&spendable));
+        self.report.forward_latency_ms =
+            (!self.forward_latency.is_empty()).then(|| Latency::of(&self.forward_latency));
+        for core in self.nodes.iter().filter_map(|n| n.core.as_ref()) {
+            for s in core.forward_stats().values() {
+                self.report.forwards_refused += s.refused;
+                self.report.forwards_lost += s.lost;
+            }
+        }
         self.report.latency_ms_by_region = self
             .names
             .iter()

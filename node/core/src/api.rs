@@ -198,6 +198,14 @@ pub enum Outcome {
     },
     /// The answer of the region that owns what was asked (see `crate::exchange`).
     Remote(Box<crate::exchange::RemoteOutcome>),
+    /// Kept under a buyer's key at the region that forwarded the request (never shown to a
+    /// buyer): a retry of the key goes to `target` again, and only there.
+    Forwarded {
+        target: String,
+    },
+    /// Kept under a forwarded request's key at the region that refused it: a late duplicate
+    /// of the request is refused the same way, never sold after the origin moved on.
+    Refused(CoreError),
 }
 
 /// Every way a command can fail. Each maps to one stable problem type (see [`CoreError::kind`]).
@@ -245,6 +253,12 @@ pub enum CoreError {
     Meta(String),
     #[error("nothing to spare: {0}")]
     NothingToSpare(String),
+    /// Only regions this one cannot reach have the stock: not a sold-out.
+    #[error("{wanted} wanted; only unreachable regions have them ({})", regions.join(", "))]
+    StockUnreachable { wanted: u64, regions: Vec<String> },
+    /// A forwarded request that reached its target after the origin stopped waiting.
+    #[error("the request arrived after its deadline")]
+    DeadlinePassed,
 }
 
 impl CoreError {
@@ -271,7 +285,20 @@ impl CoreError {
             CoreError::Unreachable { .. } | CoreError::Storage(_) => "unavailable",
             CoreError::Meta(_) => "invalid-metadata",
             CoreError::NothingToSpare(_) => "nothing-to-spare",
+            CoreError::StockUnreachable { .. } => "stock-unreachable",
+            CoreError::DeadlinePassed => "deadline-passed",
         }
+    }
+}
+
+impl CoreError {
+    /// A refusal that says the region had not the quota or the seats: the origin of a
+    /// forwarded request may try another region after it.
+    pub fn is_out_of_stock(&self) -> bool {
+        matches!(
+            self,
+            CoreError::SoldOut { .. } | CoreError::SeatElsewhere { .. }
+        )
     }
 }
 

@@ -22,6 +22,7 @@ pub struct Envelope {
 }
 
 /// A call or answer between regions on its way.
+#[derive(Clone, Debug)]
 pub struct CallEnvelope {
     pub from: usize,
     pub to: usize,
@@ -52,10 +53,19 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     pub fn new(names: &[&str]) -> LocalCluster {
+        LocalCluster::configured(names, |_| {})
+    }
+
+    /// A cluster whose every region's config `tune` adjusts first.
+    pub fn configured(names: &[&str], tune: impl Fn(&mut Config)) -> LocalCluster {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let cores = names
             .iter()
-            .map(|n| Core::new(Config::new(n, &names)))
+            .map(|n| {
+                let mut cfg = Config::new(n, &names);
+                tune(&mut cfg);
+                Core::new(cfg)
+            })
             .collect();
         let n = names.len();
         let stores = names

@@ -24,6 +24,7 @@ use crate::record::{IdemRecord, Record, RecordBody, ReleaseReason};
 
 mod commands;
 mod durability;
+mod forwards;
 mod handoffs;
 mod hold_book;
 mod idempotency;
@@ -36,6 +37,8 @@ mod sync;
 
 use commands::invalid;
 use durability::DurabilityQueues;
+use forwards::ForwardBook;
+pub use forwards::ForwardStats;
 use hold_book::HoldBook;
 use idempotency::{IdempotencyTable, Seen};
 use parked::{Parked, Request};
@@ -72,6 +75,14 @@ pub struct Config {
     pub rebalance: Option<crate::policy::Tuning>,
     /// How long a handoff ask may take before the asker tries another donor.
     pub handoff_timeout_ms: Millis,
+    /// A buyer's request this region cannot cover goes to a region that can (see
+    /// `core/forwards.rs`); off, this region answers `sold-out` from its own quota alone.
+    pub forwarding: bool,
+    /// Forwarded requests to one region in flight at once; more answer 503 at once.
+    pub max_forwards_per_peer: usize,
+    /// Round trips to the other regions as configured: which to forward to first, until
+    /// answers measure them.
+    pub peer_rtt_ms: std::collections::BTreeMap<String, Millis>,
 }
 
 /// How long a call to another region may take by default before its caller hears 503.
@@ -96,6 +107,9 @@ impl Config {
             max_calls_per_peer: 256,
             rebalance: None,
             handoff_timeout_ms: 2_000,
+            forwarding: true,
+            max_forwards_per_peer: 64,
+            peer_rtt_ms: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -160,6 +174,8 @@ pub struct Footprint {
     pub recent_orders: usize,
     pub reads_in_flight: usize,
     pub waiting_replies: usize,
+    /// Buyers' requests sent to (or about to go to) another region.
+    pub forwards_in_flight: usize,
 }
 
 pub struct Core {
@@ -182,6 +198,8 @@ pub struct Core {
     durable: DurabilityQueues,
     /// Calls to and from other regions.
     calls: ExchangeBook,
+    /// Buyers' requests sent to the region that has the stock.
+    forwards: ForwardBook,
     rebalancer: Rebalancer,
     out: Ready,
 }
@@ -223,6 +241,7 @@ impl Core {
             now: 0,
             durable: DurabilityQueues::default(),
             calls: ExchangeBook::new(incarnation),
+            forwards: ForwardBook::new(incarnation),
             rebalancer: Rebalancer::new(tuning),
             out: Ready::default(),
         }
@@ -288,6 +307,7 @@ impl Core {
                 self.expire_holds();
                 self.expire_keys();
                 self.expire_calls();
+                self.forwards.expire(self.now);
                 self.rebalance();
                 self.gossip();
             }
@@ -320,7 +340,18 @@ impl Core {
 
     // ----- requests -------------------------------------------------------------------------
 
-    fn request(&mut self, caller: Caller, mut key: Option<IdempotencyKey>, command: Command) {
+    fn request(&mut self, caller: Caller, key: Option<IdempotencyKey>, command: Command) {
+        self.request_until(caller, key, command, None);
+    }
+
+    /// A request that is not run after `deadline` (a call from another region).
+    fn request_until(
+        &mut self,
+        caller: Caller,
+        mut key: Option<IdempotencyKey>,
+        command: Command,
+        deadline: Option<Millis>,
+    ) {
         if let Some(k) = &key {
             if k.key.is_empty()
                 || k.key.len() > MAX_KEY_LEN
@@ -340,7 +371,9 @@ impl Core {
         if let (Caller::Peer { region, .. }, Some(k)) = (&caller, &mut key) {
             k.key = format!("{region} {}", k.key);
         }
-        self.run(Request::new(caller, key, command));
+        let mut req = Request::new(caller, key, command);
+        req.deadline = deadline;
+        self.run(req);
     }
 
     /// Runs a request as far as it goes: answered, or parked on a read or behind its key.
@@ -359,8 +392,7 @@ impl Core {
                 }
                 Seen::Again(e) => {
                     let (index, outcome) = (e.index, e.outcome.clone());
-                    self.reply_after(index, req.caller.clone(), Ok(outcome));
-                    return self.decided(req);
+                    return self.answer_again(req, index, outcome);
                 }
             }
         }
@@ -385,14 +417,58 @@ impl Core {
                 return self.park(req, lookup);
             }
         }
+        // A forwarded request the origin no longer waits for is not sold.
+        if req.deadline.is_some_and(|d| self.now > d) {
+            self.reply_now(req.caller.clone(), Err(CoreError::DeadlinePassed));
+            return self.decided(req);
+        }
         match self.execute(&mut req) {
             Step::Need(lookup) => self.park(req, lookup),
             Step::Done(Ok((index, outcome))) => {
                 self.reply_after(index, req.caller.clone(), Ok(outcome));
                 self.decided(req);
             }
+            Step::Done(Err(e)) if self.forwards(&req, &e) => self.forward_refused(req, e),
             Step::Done(Err(e)) => {
+                match (&req.caller, &req.key) {
+                    // A forwarded request refused for want of stock stays refused: a late
+                    // duplicate must not sell after the origin tried another region.
+                    (Caller::Peer { .. }, Some(key))
+                        if e.is_out_of_stock() && req.command.want().is_some() =>
+                    {
+                        let index = self.commit(RecordBody::KeyAnswered {
+                            idem: IdemRecord {
+                                key: key.clone(),
+                                outcome: Outcome::Refused(e.clone()),
+                            },
+                        });
+                        self.reply_after(index, req.caller.clone(), Err(e));
+                    }
+                    _ => self.reply_now(req.caller.clone(), Err(e)),
+                }
+                self.decided(req);
+            }
+        }
+    }
+
+    /// A key's first answer, for a request that repeats it: the same reply, or for a request
+    /// this region forwarded, the same target again.
+    fn answer_again(&mut self, req: Request, index: RecordIndex, outcome: Outcome) {
+        match outcome {
+            Outcome::Forwarded { target } if matches!(req.caller, Caller::Client(_)) => {
+                self.forward_again(req, target, index)
+            }
+            Outcome::Forwarded { .. } => {
+                let e = CoreError::Invalid("a key of a forwarded request, forwarded again".into());
                 self.reply_now(req.caller.clone(), Err(e));
+                self.decided(req);
+            }
+            Outcome::Refused(e) => {
+                self.reply_after(index, req.caller.clone(), Err(e));
+                self.decided(req);
+            }
+            outcome => {
+                self.reply_after(index, req.caller.clone(), Ok(outcome));
                 self.decided(req);
             }
         }
@@ -412,6 +488,21 @@ impl Core {
             Command::ReadOrder { order } => self
                 .read_order(order, found)
                 .map(|o| (RecordIndex(0), Outcome::Order(o))),
+            // A buyer's hold or purchase keeps its command: refused for want of stock here,
+            // it may go to another region.
+            Command::Hold {
+                event,
+                want,
+                customer,
+            } => self.hold(event, want, customer, key).map_err(Halt::from),
+            Command::Purchase {
+                event,
+                want,
+                customer,
+                payment_ref,
+            } => self
+                .purchase(event, want, customer, payment_ref, key)
+                .map_err(Halt::from),
             Command::Ask(_) if key.is_none() => Err(Halt::Refused(CoreError::Invalid(
                 "an ask for quota carries its id as its key".into(),
             ))),
@@ -450,17 +541,6 @@ impl Core {
         match command {
             Command::CreateEvent(spec) => self.create_event(spec, key),
             Command::PatchEvent { event, patch } => self.patch_event(&event, patch, key),
-            Command::Hold {
-                event,
-                want,
-                customer,
-            } => self.hold(&event, &want, customer, key),
-            Command::Purchase {
-                event,
-                want,
-                customer,
-                payment_ref,
-            } => self.purchase(&event, &want, customer, payment_ref, key),
             Command::Grant {
                 event,
                 pool,
@@ -468,6 +548,8 @@ impl Core {
                 amount,
             } => self.grant(&event, &pool, &to, amount, key),
             Command::Confirm { .. }
+            | Command::Hold { .. }
+            | Command::Purchase { .. }
             | Command::Release { .. }
             | Command::Refund { .. }
             | Command::ReadOrder { .. }
@@ -511,17 +593,21 @@ impl Core {
                 let ttl = self.cfg.idempotency_ttl_ms;
                 match stored.filter(|k| k.at.saturating_add(ttl) > self.now) {
                     Some(stored) => {
-                        let reply = match &req.key {
-                            Some(k) if k.body_hash == stored.body_hash => {
-                                Ok(stored.outcome.clone())
-                            }
-                            _ => Err(CoreError::IdempotencyMismatch),
-                        };
+                        let same_body = req
+                            .key
+                            .as_ref()
+                            .is_some_and(|k| k.body_hash == stored.body_hash);
+                        let outcome = stored.outcome.clone();
                         // Kept in memory, so the duplicates waiting behind it find it there.
                         self.idem
                             .cache_stored(&key, stored, self.durable.persisted());
-                        self.reply_now(req.caller.clone(), reply);
-                        self.decided(req);
+                        if same_body {
+                            // Durable already: it came from the store.
+                            self.answer_again(req, RecordIndex(0), outcome);
+                        } else {
+                            self.reply_now(req.caller.clone(), Err(CoreError::IdempotencyMismatch));
+                            self.decided(req);
+                        }
                     }
                     None => self.run(req),
                 }
@@ -609,6 +695,7 @@ impl Core {
             recent_orders: self.recent.len(),
             reads_in_flight: self.parked.in_flight(),
             waiting_replies: self.durable.waiting_replies(),
+            forwards_in_flight: self.forwards.len(),
         }
     }
 
@@ -632,6 +719,7 @@ impl Core {
     /// Checks the whole state against DESIGN's invariants, as this region sees them.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.calls.check()?;
+        self.forwards.check()?;
         self.rebalancer.check()?;
         if let Some(call) = self
             .rebalancer
@@ -642,7 +730,7 @@ impl Core {
             return Err(format!("rebalancer: ask {call:?} has no call awaiting it"));
         }
         self.idem.check()?;
-        self.parked.check()?;
+        self.parked.check(self.forwards.requests())?;
         self.recent.check()?;
         self.durable.check()?;
         self.holds.check()?;

@@ -35,6 +35,9 @@ pub enum Exchange {
         key: Option<IdempotencyKey>,
         /// Boxed: a command is large, and every message on its way is the size of the largest.
         command: Box<Command>,
+        /// The caller stops waiting soon after this (its own clock): a forwarded sale that
+        /// arrives later is refused, not sold to a buyer who was told it failed.
+        deadline: Option<Millis>,
     },
     Answer {
         id: CallId,
@@ -119,6 +122,9 @@ pub(crate) enum Waiter {
     Client(RequestId),
     /// The rebalancer's ask for quota.
     Handoff,
+    /// A buyer's hold or purchase forwarded to a region that has the stock (its state is in
+    /// the core's forward book).
+    Forward,
 }
 
 /// A call this region made and still awaits.
@@ -162,6 +168,14 @@ impl ExchangeBook {
             incarnation,
             ..ExchangeBook::default()
         }
+    }
+
+    /// Calls to `region` of one kind still awaited.
+    pub fn outstanding_of(&self, region: &str, waiter: Waiter) -> usize {
+        self.outstanding
+            .values()
+            .filter(|o| o.region == region && o.waiter == waiter)
+            .count()
     }
 
     /// Whether call `id` is a rebalancer's ask still awaited.

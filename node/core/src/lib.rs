@@ -22,7 +22,7 @@ pub mod record;
 
 pub use crate::api::*;
 pub use crate::core::{
-    Config, Core, Footprint, HandoffCounters, Input, Ready, DEFAULT_FRAME_BUDGET,
+    Config, Core, Footprint, ForwardStats, HandoffCounters, Input, Ready, DEFAULT_FRAME_BUDGET,
     DEFAULT_PEER_CALL_TIMEOUT_MS,
 };
 pub use crate::exchange::{Answered, CallId, Exchange, PeerMessage, RemoteOutcome};

@@ -140,7 +140,7 @@ impl MemStore {
         }
     }
 
-    fn key(&mut self, r: &Record, idem: &Option<IdemRecord>) {
+    fn key(&mut self, r: &Record, idem: Option<&IdemRecord>) {
         if let Some(i) = idem {
             self.keys_by_age.insert((r.at, r.index), i.key.key.clone());
             self.keys.insert(
@@ -170,7 +170,7 @@ impl MemStore {
                         meta: meta.clone(),
                     },
                 );
-                self.key(r, idem);
+                self.key(r, idem.as_ref());
             }
             RecordBody::MetaChanged {
                 event,
@@ -184,12 +184,12 @@ impl MemStore {
                         }
                     }
                 }
-                self.key(r, idem);
+                self.key(r, idem.as_ref());
             }
             RecordBody::HoldPlaced { hold, idem } => {
                 self.holds.insert(hold.n, hold.clone());
                 self.next_hold = self.next_hold.max(hold.n.next());
-                self.key(r, idem);
+                self.key(r, idem.as_ref());
             }
             RecordBody::HoldsReleased { holds, .. } => {
                 for n in holds {
@@ -225,7 +225,7 @@ impl MemStore {
                 self.next_order = self.next_order.max(order.n.next());
                 self.totals(&order.event, order.pool).sold += order.quantity;
                 self.row(&order.event, row);
-                self.key(r, idem);
+                self.key(r, idem.as_ref());
             }
             RecordBody::Refunded { order, row, idem } => {
                 let before = self.orders.get(&order.n).map(|o| &o.order.status);
@@ -251,13 +251,14 @@ impl MemStore {
                     );
                 }
                 self.row(&order.event, row);
-                self.key(r, idem);
+                self.key(r, idem.as_ref());
             }
             RecordBody::Granted { event, row, idem } => {
                 self.row(event, row);
-                self.key(r, idem);
+                self.key(r, idem.as_ref());
             }
             RecordBody::PeerRow { event, row } => self.row(event, row),
+            RecordBody::KeyAnswered { idem } => self.key(r, Some(idem)),
             RecordBody::RowRestored { .. }
             | RecordBody::SeatsRestored { .. }
             | RecordBody::CountersRestored { .. } => {

@@ -76,6 +76,9 @@ pub enum RecordBody {
     },
     /// A peer's row version this region applied.
     PeerRow { event: String, row: RowDelta },
+    /// An idempotency answer with no change of its own: the target a request was forwarded
+    /// to (at the origin), or a forwarded request's refusal (at the target).
+    KeyAnswered { idem: IdemRecord },
     // ----- Restoring from a state store --------------------------------------------------
     // A store rebuilds a core from these, numbered on from the last record it applied: each
     // event (as `EventCreated`) with its rows and sold seats, then live holds (as

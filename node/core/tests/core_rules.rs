@@ -1,4 +1,5 @@
-//! The region core's rules, one at a time.
+//! The region core's rules, one at a time, in regions that answer from their own quota (forwarding
+//! has its own tests: forwarding.rs).
 
 mod common;
 
@@ -8,7 +9,7 @@ use common::*;
 
 #[test]
 fn thirty_interleaved_holds_on_one_seat_one_wins() {
-    let mut c = cluster_with(&REGIONS, 30, 6);
+    let mut c = cluster_alone(&REGIONS, 30, 6);
     // A-1 belongs to eu-west (blocks of 2). Thirty customers ask before anything is durable.
     let ids: Vec<_> = (0..30)
         .map(|i| c.send(0, None, hold_seats(&format!("c-{i}"), &["A-1"])))
@@ -32,7 +33,7 @@ fn thirty_interleaved_holds_on_one_seat_one_wins() {
 
 #[test]
 fn thirty_holds_for_the_last_general_admission_seat_one_wins() {
-    let mut c = cluster_with(&REGIONS, 3, 0);
+    let mut c = cluster_alone(&REGIONS, 3, 0);
     // eu-west owns one of the three: it is the last seat this region can sell.
     let ids: Vec<_> = (0..30)
         .map(|i| c.send(0, None, hold_qty(&format!("c-{i}"), "floor", 1)))
@@ -52,7 +53,7 @@ fn thirty_holds_for_the_last_general_admission_seat_one_wins() {
 
 #[test]
 fn replies_wait_for_their_records_to_be_durable() {
-    let mut c = cluster_with(&REGIONS, 30, 0);
+    let mut c = cluster_alone(&REGIONS, 30, 0);
     let id = c.send(0, None, buy(1));
     assert!(
         c.take_reply(0, id).is_none(),
@@ -64,7 +65,7 @@ fn replies_wait_for_their_records_to_be_durable() {
 
 #[test]
 fn only_the_owner_spends_or_grants_and_failures_change_nothing() {
-    let mut c = cluster_with(&REGIONS, 30, 6);
+    let mut c = cluster_alone(&REGIONS, 30, 6);
     let before = c.cores[1].snapshot();
     // us-east owns; eu-west owns.
     let give = |seats: &[&str], to: &str| Command::Grant {
@@ -110,7 +111,7 @@ fn only_the_owner_spends_or_grants_and_failures_change_nothing() {
 
 #[test]
 fn a_seat_give_away_moves_ownership_and_counters_together() {
-    let mut c = cluster_with(&REGIONS, 30, 6);
+    let mut c = cluster_alone(&REGIONS, 30, 6);
     let give = Command::Grant {
         event: "rock".into(),
         pool: "stalls".into(),
@@ -151,7 +152,7 @@ fn a_seat_give_away_moves_ownership_and_counters_together() {
 
 #[test]
 fn a_granted_credit_is_not_spendable_until_durable() {
-    let mut c = cluster_with(&REGIONS, 3, 0);
+    let mut c = cluster_alone(&REGIONS, 3, 0);
     c.call(
         0,
         Command::Grant {
@@ -175,7 +176,7 @@ fn a_granted_credit_is_not_spendable_until_durable() {
 
 #[test]
 fn holds_expire_return_quota_and_confirming_late_is_gone() {
-    let mut c = cluster_with(&REGIONS, 3, 0);
+    let mut c = cluster_alone(&REGIONS, 3, 0);
     let h = c.call(0, hold_qty("c-1", "floor", 1)).unwrap();
     let Outcome::Held(hold) = &h else { panic!() };
     assert_eq!(hold.price_cents, 8900);
@@ -215,7 +216,7 @@ fn holds_expire_return_quota_and_confirming_late_is_gone() {
 
 #[test]
 fn confirm_twice_returns_the_same_order_and_release_returns_quota() {
-    let mut c = cluster_with(&REGIONS, 30, 0);
+    let mut c = cluster_alone(&REGIONS, 30, 0);
     let id = hold_id(&c.call(0, hold_qty("c-1", "floor", 2)), "eu-west");
     let confirm = Command::Confirm {
         hold: id.clone(),
@@ -252,7 +253,7 @@ fn confirm_twice_returns_the_same_order_and_release_returns_quota() {
 
 #[test]
 fn the_hold_cap_is_per_customer() {
-    let mut c = cluster_with(&REGIONS, 300, 0);
+    let mut c = cluster_alone(&REGIONS, 300, 0);
     for _ in 0..5 {
         c.call(0, hold_qty("c-1", "floor", 1)).unwrap();
     }
@@ -265,7 +266,7 @@ fn the_hold_cap_is_per_customer() {
 
 #[test]
 fn refunds_return_quota_to_the_seller() {
-    let mut c = cluster_with(&REGIONS, 30, 6);
+    let mut c = cluster_alone(&REGIONS, 30, 6);
     let r = c.call(0, hold_seats("c-1", &["A-1", "A-2"]));
     let id = hold_id(&r, "eu-west");
     let o = order_of(&c.call(
@@ -296,7 +297,7 @@ fn refunds_return_quota_to_the_seller() {
 
 #[test]
 fn idempotency_keys_return_the_first_answer() {
-    let mut c = cluster_with(&REGIONS, 30, 0);
+    let mut c = cluster_alone(&REGIONS, 30, 0);
     let key = |h: u8| {
         Some(IdempotencyKey {
             key: "k-1".into(),
@@ -329,7 +330,7 @@ fn idempotency_keys_return_the_first_answer() {
 
 #[test]
 fn bad_input_is_refused_with_a_typed_error() {
-    let mut c = cluster_with(&REGIONS, 30, 4);
+    let mut c = cluster_alone(&REGIONS, 30, 4);
     let cases = vec![
         (buy(0), "invalid-input"),
         (buy(21), "invalid-input"),
@@ -406,7 +407,7 @@ fn bad_input_is_refused_with_a_typed_error() {
 
 #[test]
 fn recover_rebuilds_the_same_core() {
-    let mut c = cluster_with(&REGIONS, 100, 10);
+    let mut c = cluster_alone(&REGIONS, 100, 10);
     c.call(0, buy(3)).unwrap();
     let h = hold_id(&c.call(0, hold_seats("c-1", &["A-1", "A-2"])), "eu-west");
     c.call(0, hold_qty("c-2", "floor", 2)).unwrap();
@@ -496,7 +497,7 @@ fn recover_rebuilds_the_same_core() {
 #[test]
 fn gossip_bytes_to_catch_up_do_not_grow_with_history() {
     let size_after = |sales: u64| {
-        let mut c = cluster_with(&REGIONS[..2], 1_000_000, 0);
+        let mut c = cluster_alone(&REGIONS[..2], 1_000_000, 0);
         for _ in 0..sales {
             c.send(0, None, buy(1));
         }
@@ -517,7 +518,7 @@ fn gossip_bytes_to_catch_up_do_not_grow_with_history() {
 
 #[test]
 fn unpublished_rows_never_leave_the_region() {
-    let mut c = cluster_with(&REGIONS, 30, 0);
+    let mut c = cluster_alone(&REGIONS, 30, 0);
     c.send(0, None, buy(2));
     c.tick(0); // the sale's record is not durable yet
     for env in &c.network {
@@ -539,7 +540,7 @@ fn unpublished_rows_never_leave_the_region() {
 
 #[test]
 fn concurrent_metadata_edits_merge() {
-    let mut c = cluster_with(&REGIONS, 30, 0);
+    let mut c = cluster_alone(&REGIONS, 30, 0);
     let patch = |p: MetaPatch| Command::PatchEvent {
         event: "rock".into(),
         patch: p,

@@ -167,7 +167,9 @@ fn a_region_serves_only_the_calls_regions_make() {
                     n: 1,
                 },
                 key: None,
+                // A purchase is forwarded between regions only with its key.
                 command: Box::new(buy(5)),
+                deadline: None,
             },
         },
     );
@@ -194,6 +196,7 @@ fn a_region_serves_only_the_calls_regions_make() {
                 command: Box::new(Command::ReadOrder {
                     order: "o-eu-west-1".into(),
                 }),
+                deadline: None,
             },
         },
     );

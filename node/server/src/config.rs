@@ -37,11 +37,15 @@ pub struct ClusterSection {
     pub store_memtable_mib: usize,
     /// Whether regions move unsold quota to where the buyers are by themselves (default
     /// true); off, allotments move only by an operator's transfer.
-    #[serde(default = "default_rebalance")]
+    #[serde(default = "default_true")]
     pub rebalance: bool,
+    /// Whether a region that cannot cover a buyer's request sends it to a region that can
+    /// (default true); off, it answers `sold-out` from its own quota alone.
+    #[serde(default = "default_true")]
+    pub forwarding: bool,
 }
 
-fn default_rebalance() -> bool {
+fn default_true() -> bool {
     true
 }
 

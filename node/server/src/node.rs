@@ -1,5 +1,6 @@
 //! `allot node`: one region's node — the store, the core's drivers and the HTTP API.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,6 +60,10 @@ pub struct NodeOptions {
     pub store: StoreOptions,
     /// Whether this region's rebalancer asks peers for quota and grants their asks.
     pub rebalance: bool,
+    /// Whether buyers' requests this region cannot cover go to a region that can.
+    pub forwarding: bool,
+    /// Round trips to the other regions, from `[latency_ms]`: where to forward first.
+    pub peer_rtt_ms: BTreeMap<String, u64>,
 }
 
 impl NodeOptions {
@@ -96,6 +101,8 @@ impl NodeOptions {
             net_faults: Arc::default(),
             store: StoreOptions::default(),
             rebalance: true,
+            forwarding: true,
+            peer_rtt_ms: BTreeMap::new(),
         }
     }
 
@@ -148,6 +155,22 @@ impl NodeOptions {
                 memtable_bytes: cfg.cluster.store_memtable_mib.max(4) << 20,
             },
             rebalance: cfg.cluster.rebalance,
+            forwarding: cfg.cluster.forwarding,
+            peer_rtt_ms: cfg
+                .latency_ms
+                .iter()
+                .filter_map(|(pair, &ms)| {
+                    let (a, b) = pair.split_once('/')?;
+                    let peer = if a == region {
+                        b
+                    } else if b == region {
+                        a
+                    } else {
+                        return None;
+                    };
+                    Some((peer.to_owned(), ms))
+                })
+                .collect(),
         })
     }
 }
@@ -187,6 +210,8 @@ pub async fn serve(
     cfg.max_holds_per_customer = opts.max_holds_per_customer;
     cfg.max_quantity = opts.max_quantity;
     cfg.rebalance = opts.rebalance.then(|| rebalance_tuning(&opts));
+    cfg.forwarding = opts.forwarding;
+    cfg.peer_rtt_ms = opts.peer_rtt_ms.clone();
     let outbound: Outbound = Arc::default();
     let running = driver::start(
         cfg,

@@ -81,6 +81,8 @@ impl From<CoreError> for Problem {
             CoreError::NotCatalog { .. }
             | CoreError::Foreign { .. }
             | CoreError::Unreachable { .. }
+            | CoreError::StockUnreachable { .. }
+            | CoreError::DeadlinePassed
             | CoreError::Storage(_) => S::SERVICE_UNAVAILABLE,
         };
         let retry = (status == S::SERVICE_UNAVAILABLE).then_some(1);

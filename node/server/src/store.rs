@@ -412,7 +412,7 @@ impl Store {
     }
 
     fn record(&self, b: &mut WriteBatch, rows: &mut Rows, counters: &mut Counters, r: &Record) {
-        let key = |b: &mut WriteBatch, idem: &Option<allot_node::IdemRecord>| {
+        let key = |b: &mut WriteBatch, idem: Option<&allot_node::IdemRecord>| {
             if let Some(i) = idem {
                 let mut v = r.at.to_be_bytes().to_vec();
                 v.extend(enc(&StoredKey {
@@ -438,7 +438,7 @@ impl Store {
             } => {
                 b.put_cf(self.cf(EVENTS), genesis.id.as_bytes(), enc(genesis));
                 self.meta(b, &genesis.id, meta);
-                key(b, idem);
+                key(b, idem.as_ref());
             }
             RecordBody::MetaChanged {
                 event,
@@ -446,12 +446,12 @@ impl Store {
                 idem,
             } => {
                 self.meta(b, event, changes);
-                key(b, idem);
+                key(b, idem.as_ref());
             }
             RecordBody::HoldPlaced { hold, idem } => {
                 b.put_cf(self.cf(HOLDS), hold.n.0.to_be_bytes(), enc(hold));
                 counters.next_hold = counters.next_hold.max(Some(hold.n.next()));
-                key(b, idem);
+                key(b, idem.as_ref());
             }
             RecordBody::HoldsReleased { holds, .. } => {
                 for n in holds {
@@ -478,7 +478,7 @@ impl Store {
                     b.put_cf(self.cf(HOLD_ORDERS), h.0.to_be_bytes(), n);
                 }
                 self.row(rows, &order.event, row);
-                key(b, idem);
+                key(b, idem.as_ref());
             }
             RecordBody::Refunded { order, row, idem } => {
                 b.put_cf(self.cf(ORDERS), order.n.0.to_be_bytes(), stored(order));
@@ -486,13 +486,14 @@ impl Store {
                     b.delete_cf(self.cf(SEATS), seat_key(&order.event, order.pool, s));
                 }
                 self.row(rows, &order.event, row);
-                key(b, idem);
+                key(b, idem.as_ref());
             }
             RecordBody::Granted { event, row, idem } => {
                 self.row(rows, event, row);
-                key(b, idem);
+                key(b, idem.as_ref());
             }
             RecordBody::PeerRow { event, row } => self.row(rows, event, row),
+            RecordBody::KeyAnswered { idem } => key(b, Some(idem)),
             RecordBody::RowRestored { .. }
             | RecordBody::SeatsRestored { .. }
             | RecordBody::CountersRestored { .. } => {

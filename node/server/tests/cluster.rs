@@ -302,8 +302,13 @@ async fn three_regions_sell_and_converge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_region_keeps_selling_and_nobody_oversells() {
-    // Allotments stay put here: each region sells exactly what it was given.
-    let c = Cluster::start_with(|_, o| o.rebalance = false).await;
+    // Allotments stay put here, and buyers are not sent elsewhere: each region sells exactly
+    // what it was given.
+    let c = Cluster::start_with(|_, o| {
+        o.rebalance = false;
+        o.forwarding = false;
+    })
+    .await;
     assert_eq!(
         c.post(0, "/v1/admin/events", even_event()).await.0,
         StatusCode::CREATED
@@ -638,7 +643,8 @@ async fn skewed_demand_sells_the_whole_capacity_by_handoffs_alone() {
 /// a region that runs dry stays dry until it is resumed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_event_keeps_its_allotments_until_resumed() {
-    let c = Cluster::start().await;
+    // Without forwarding, eu-west's own sales show its quota exactly.
+    let c = Cluster::start_with(|_, o| o.forwarding = false).await;
     assert_eq!(
         c.post(0, "/v1/admin/events", even_event()).await.0,
         StatusCode::CREATED

@@ -314,12 +314,12 @@ impl Core {
         &mut self,
         event: &str,
         want: &Want,
-        customer: String,
+        customer: &str,
         key: Option<&IdempotencyKey>,
     ) -> Result<(RecordIndex, Outcome), CoreError> {
         let ev = self.event_idx(event)?;
-        check_id("customer", &customer)?;
-        let live = self.holds.live_of(&customer);
+        check_id("customer", customer)?;
+        let live = self.holds.live_of(customer);
         if live >= self.cfg.max_holds_per_customer {
             return Err(CoreError::HoldLimit(live));
         }
@@ -422,7 +422,7 @@ impl Core {
             hold.seats,
             hold.customer,
             hold.price_cents,
-            payment_ref.to_owned(),
+            payment_ref,
         );
         order.hold = Some(n);
         let outcome = Outcome::Order(order.clone());
@@ -445,7 +445,7 @@ impl Core {
         seats: Vec<SeatIdx>,
         customer: Arc<str>,
         price_cents: u64,
-        payment_ref: String,
+        payment_ref: &str,
     ) -> Order {
         Order {
             n: self.next_order,
@@ -561,16 +561,16 @@ impl Core {
         &mut self,
         event: &str,
         want: &Want,
-        customer: String,
-        payment_ref: String,
+        customer: &str,
+        payment_ref: &str,
         key: Option<&IdempotencyKey>,
     ) -> Result<(RecordIndex, Outcome), CoreError> {
         let ev = self.event_idx(event)?;
-        check_id("customer", &customer)?;
+        check_id("customer", customer)?;
         if payment_ref.is_empty() {
             return invalid("payment_ref is required");
         }
-        check_text("payment_ref", &payment_ref, 128)?;
+        check_text("payment_ref", payment_ref, 128)?;
         self.note_demand(ev, want);
         let (pool, quantity, seats) = self.resolve(ev, want)?;
         let e = &self.events[ev];

@@ -14,9 +14,6 @@ use crate::record::RecordBody;
 use super::rebalancer::{Arrival, AskInFlight, PoolKey};
 use super::Core;
 
-/// A peer not heard from for this long is not asked for quota (its figures still count).
-const PEER_FRESH_MS: u64 = 3_000;
-
 /// What a grant gives: a count of a general-admission pool, or these seats.
 pub(crate) enum Give {
     Quantity(u64),
@@ -101,9 +98,9 @@ impl Core {
                 } else {
                     Reason::RunningDry
                 };
+                // A peer not heard from lately is not asked (its figures still count).
                 let unavailable = |r: usize| {
-                    let heard = e.peers[r].heard_at;
-                    heard.is_none_or(|h| now.saturating_sub(h) > PEER_FRESH_MS)
+                    !self.heard_lately(ev, r)
                         || self.rebalancer.resting(key, r as RegionIdx, now, reason)
                         || self.calls.outstanding_to(&e.genesis().regions[r])
                             >= self.cfg.max_calls_per_peer
@@ -141,6 +138,7 @@ impl Core {
                 id: call,
                 key: Some(idem),
                 command: Box::new(Command::Ask(message)),
+                deadline: None,
             },
         ));
         self.rebalancer.sent(

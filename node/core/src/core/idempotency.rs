@@ -84,7 +84,7 @@ impl IdempotencyTable {
     }
 
     /// Remembers the answer a record at `index`, made at `at`, carries.
-    pub fn remember(&mut self, index: RecordIndex, at: Millis, idem: &Option<IdemRecord>) {
+    pub fn remember(&mut self, index: RecordIndex, at: Millis, idem: Option<&IdemRecord>) {
         if let Some(r) = idem {
             self.insert(
                 &r.key.key,

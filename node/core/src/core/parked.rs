@@ -23,6 +23,8 @@ pub(super) struct Request {
     pub found: Option<Found>,
     /// The key was checked against the store and this request holds its claim.
     pub holds_claim: bool,
+    /// A call from another region: not run after this time.
+    pub deadline: Option<crate::api::Millis>,
 }
 
 impl Request {
@@ -33,6 +35,7 @@ impl Request {
             command,
             found: None,
             holds_claim: false,
+            deadline: None,
         }
     }
 }
@@ -107,10 +110,13 @@ impl Parked {
     }
 
     /// Every claim is held by exactly one request still in the core (waiting on a read).
-    pub fn check(&self) -> Result<(), String> {
+    /// Every claim is held by exactly one request: parked here, or `elsewhere` (a request
+    /// forwarded to another region keeps its claim until it is answered).
+    pub fn check<'a>(&'a self, elsewhere: impl Iterator<Item = &'a Request>) -> Result<(), String> {
         let mut holders: BTreeMap<&str, usize> = BTreeMap::new();
-        for w in self.reads.values().filter(|w| w.request.holds_claim) {
-            if let Some(k) = &w.request.key {
+        let requests = self.reads.values().map(|w| &w.request).chain(elsewhere);
+        for r in requests.filter(|r| r.holds_claim) {
+            if let Some(k) = &r.key {
                 *holders.entry(k.key.as_str()).or_default() += 1;
             }
         }

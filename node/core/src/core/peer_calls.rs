@@ -19,8 +19,9 @@ pub(crate) enum Caller {
 }
 
 impl Command {
-    /// Commands that may concern another region's hold or order, or the catalog's event
-    /// creation: the only ones a region forwards, and the only ones it serves for another.
+    /// Commands that may concern another region's hold or order, the catalog's event
+    /// creation, another region's stock or quota: the only ones a region sends to another,
+    /// and the only ones it serves for another.
     pub(crate) fn belongs_elsewhere_maybe(&self) -> bool {
         matches!(
             self,
@@ -30,6 +31,8 @@ impl Command {
                 | Command::CreateEvent(_)
                 | Command::ReadOrder { .. }
                 | Command::Ask(_)
+                | Command::Hold { .. }
+                | Command::Purchase { .. }
         )
     }
 }
@@ -92,9 +95,15 @@ impl Core {
             _ => None,
         };
         // A grant goes with this region's durable row from what the asker last reported: the
-        // asker credits it only through that row.
-        let row = match &outcome {
-            Answered::Granted { event, .. } => self.by_id.get(event.as_str()).and_then(|&ev| {
+        // asker credits it only through that row. An order goes with it too, so a region that
+        // forwarded the sale learns at once what this one has left.
+        let row_of = match &outcome {
+            Answered::Granted { event, .. } => Some(event.as_str()),
+            Answered::Order(o) => Some(&*o.event),
+            _ => None,
+        };
+        let row = match row_of {
+            Some(event) => self.by_id.get(event).and_then(|&ev| {
                 let e = &self.events[ev];
                 let have = e
                     .genesis()
@@ -183,6 +192,7 @@ impl Core {
                 id,
                 key,
                 command: Box::new(command),
+                deadline: None,
             },
         ));
     }
@@ -190,9 +200,16 @@ impl Core {
     /// Calls not answered in time: their callers hear that the region is unreachable.
     pub(super) fn expire_calls(&mut self) {
         for (call, o) in self.calls.expire(self.now) {
-            let Waiter::Client(client) = o.waiter else {
-                self.ask_lost(call);
-                continue;
+            let client = match o.waiter {
+                Waiter::Client(client) => client,
+                Waiter::Handoff => {
+                    self.ask_lost(call);
+                    continue;
+                }
+                Waiter::Forward => {
+                    self.forward_lost(call, true);
+                    continue;
+                }
             };
             let why = "it did not answer in time".to_owned();
             self.reply_now(
@@ -210,8 +227,10 @@ impl Core {
             return; // an answer lost: its caller times out.
         };
         if let Some(o) = self.calls.close(to, id) {
-            let Waiter::Client(client) = o.waiter else {
-                return self.ask_lost(id);
+            let client = match o.waiter {
+                Waiter::Client(client) => client,
+                Waiter::Handoff => return self.ask_lost(id),
+                Waiter::Forward => return self.forward_lost(id, false),
             };
             let why = "this node has no link to it".to_owned();
             let e = CoreError::Unreachable {
@@ -230,7 +249,12 @@ impl Core {
             return;
         }
         match message {
-            Exchange::Call { id, key, command } => {
+            Exchange::Call {
+                id,
+                key,
+                command,
+                deadline,
+            } => {
                 let command = *command;
                 if !command.belongs_elsewhere_maybe() {
                     self.out
@@ -251,13 +275,25 @@ impl Core {
                     };
                     return self.request(caller, key, command);
                 }
+                // A buyer's request forwarded here carries the origin's key (or forward id):
+                // the idempotency table, durable, is what runs it once.
+                if command.want().is_some() && key.is_none() {
+                    let refused = Exchange::Answer {
+                        id,
+                        answer: Err(CoreError::Invalid(
+                            "a forwarded request carries a key".into(),
+                        )),
+                    };
+                    self.out.exchange.push((from.to_owned(), refused));
+                    return;
+                }
                 match self.calls.arrive(from, id, self.now) {
                     Arrival::Run => {
                         let caller = Caller::Peer {
                             region: from.to_owned(),
                             call: id,
                         };
-                        self.request(caller, key, command);
+                        self.request_until(caller, key, command, deadline);
                     }
                     Arrival::Again(answer) => self.out.exchange.push((from.to_owned(), answer)),
                     Arrival::Running => {}
@@ -268,8 +304,10 @@ impl Core {
                 let Some(o) = self.calls.close(from, id) else {
                     return;
                 };
-                let Waiter::Client(client) = o.waiter else {
-                    return self.ask_answered(from, id, answer);
+                let client = match o.waiter {
+                    Waiter::Client(client) => client,
+                    Waiter::Handoff => return self.ask_answered(from, id, answer),
+                    Waiter::Forward => return self.forward_answered(from, id, answer),
                 };
                 let caller = Caller::Client(client);
                 match answer {

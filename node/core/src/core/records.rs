@@ -179,6 +179,9 @@ impl Core {
                 }
                 self.remember(index, at, idem);
             }
+            RecordBody::KeyAnswered { idem } => {
+                self.idem.remember(index, at, Some(idem));
+            }
             RecordBody::RowRestored { .. }
             | RecordBody::SeatsRestored { .. }
             | RecordBody::CountersRestored { .. } => {
@@ -311,7 +314,7 @@ impl Core {
     }
 
     pub(super) fn remember(&mut self, index: RecordIndex, at: Millis, idem: &Option<IdemRecord>) {
-        self.idem.remember(index, at, idem);
+        self.idem.remember(index, at, idem.as_ref());
     }
 
     pub(super) fn persisted(&mut self, upto: RecordIndex) {
@@ -335,6 +338,7 @@ impl Core {
             self.deliver_reply(caller, reply);
         }
         self.handoffs_durable(self.durable.persisted());
+        self.send_durable_forwards();
         self.trim_recent();
     }
 }

@@ -12,6 +12,10 @@ use crate::record::{Record, RecordBody};
 
 use super::Core;
 
+/// A peer whose last frame is older than this is taken as cut off: not asked for quota, not
+/// sent buyers' requests (its stock then counts as unreachable, not sold out).
+const PEER_FRESH_MS: Millis = 3_000;
+
 /// One event's entry for one peer, waiting for a place in the frame.
 struct Unit {
     owed_since: Option<Millis>,
@@ -295,5 +299,14 @@ impl Core {
                 .warnings
                 .push(format!("from {from}: refused: {why}")),
         }
+    }
+}
+
+impl Core {
+    /// Whether region `r` of event `ev` was heard from lately (see [`PEER_FRESH_MS`]).
+    pub(super) fn heard_lately(&self, ev: usize, r: usize) -> bool {
+        self.events[ev].peers[r]
+            .heard_at
+            .is_some_and(|h| self.now.saturating_sub(h) <= PEER_FRESH_MS)
     }
 }

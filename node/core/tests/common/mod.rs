@@ -39,7 +39,20 @@ pub fn spec(id: &str, ga: u64, seats: usize) -> EventSpec {
 
 /// A cluster with one event everywhere, settled.
 pub fn cluster_with(names: &[&str], ga: u64, seats: usize) -> LocalCluster {
-    let mut c = LocalCluster::new(names);
+    settled(LocalCluster::new(names), ga, seats)
+}
+
+/// The same, with regions that answer from their own quota alone (no forwarding): for the
+/// rules of one region.
+pub fn cluster_alone(names: &[&str], ga: u64, seats: usize) -> LocalCluster {
+    settled(
+        LocalCluster::configured(names, |cfg| cfg.forwarding = false),
+        ga,
+        seats,
+    )
+}
+
+fn settled(mut c: LocalCluster, ga: u64, seats: usize) -> LocalCluster {
     c.call(0, Command::CreateEvent(spec("rock", ga, seats)))
         .expect("create");
     c.settle(2);

@@ -1,0 +1,582 @@
+//! Sale forwarding: a buyer's hold or purchase that this region cannot cover from its own
+//! quota goes, whole, to a region that can, and the buyer gets that region's answer. The
+//! hold or order belongs to the region that made it, and its id names that region, so a
+//! later confirm, release or read goes there (DESIGN, "Between regions").
+//!
+//! Exactly once across regions, whatever crashes or the network does:
+//! - A request with an `Idempotency-Key` leaves only once a record naming its target is
+//!   durable here ([`Outcome::Forwarded`] under the key). A retry of the key, even after a
+//!   crash, goes to that target and only there; it never sells here or elsewhere.
+//! - The target keeps the key (scoped by the calling region) with the order, durably, so a
+//!   duplicated call or a retry gets the first order. It keeps an out-of-stock refusal the
+//!   same way ([`Outcome::Refused`]), so a late duplicate is never sold after the origin moved
+//!   on to another candidate.
+//! - The origin moves on from a target only after hearing its refusal, or when the call never
+//!   left (no link): never after a silence, since a silent target may have sold. It tries at
+//!   most [`MAX_TARGETS`] regions per request.
+//! - A forwarded call carries a deadline; the target refuses it after that (the origin stops
+//!   waiting a little later and tells the buyer to retry).
+//! - A request without a key gets a forward id as its key at the target
+//!   (`fwd-<incarnation>-<n>`), so the network's duplicates are deduplicated there too.
+//!
+//! A forwarded request is never forwarded again: only a local client's request is routed.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use allot_crdt::{PoolIdx, RegionIdx};
+use serde::Serialize;
+
+use crate::api::{Command, CoreError, IdempotencyKey, Millis, Outcome, Want};
+use crate::exchange::{CallId, Exchange, Waiter};
+use crate::reads::RecordIndex;
+use crate::record::{IdemRecord, RecordBody};
+
+use super::parked::Request;
+use super::{Caller, Core};
+
+/// Regions one request may be sent to: the best candidate, and one more if it refused.
+pub const MAX_TARGETS: usize = 2;
+
+/// How long what a target said it had left, when it refused a forward, outranks its older
+/// row here (unless its row shows more since): a refusal teaches at once what gossip tells a
+/// little later, so the buyers behind it are not sent to the same empty region.
+const REFUSAL_TRUSTED_MS: Millis = 1_000;
+
+/// One request on its way to another region.
+pub(super) struct Forward {
+    pub request: Request,
+    pub target: String,
+    /// The key the target deduplicates on (the buyer's, or a forward id).
+    pub key: IdempotencyKey,
+    /// Regions that refused it already, in order.
+    pub refused_by: Vec<String>,
+    pub started_at: Millis,
+    /// The pool and quantity of a general-admission request (event position, pool): counted
+    /// against the target's stock while on its way.
+    pub units: Option<(usize, PoolIdx, u64)>,
+}
+
+/// What a target said it had left when it refused a forward.
+#[derive(Clone, Copy, Debug)]
+struct Refusal {
+    available: u64,
+    /// Its quota as this region's ledger showed it then: more since means it received some.
+    ledger_available: i128,
+    at: Millis,
+}
+
+/// What this region knows of its forwards to one region.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ForwardStats {
+    /// Calls sent (a retry or a second candidate is another call).
+    pub sent: u64,
+    /// Answered with a hold or an order.
+    pub served: u64,
+    /// Answered with a refusal (its stock had moved, or the buyer's request was refused).
+    pub refused: u64,
+    /// Not answered in time, or never sent for want of a link.
+    pub lost: u64,
+    /// Of the answered ones: from the buyer's request here to the answer here.
+    pub latency_ms_total: u64,
+    pub latency_ms_max: u64,
+}
+
+impl ForwardStats {
+    pub fn mean_latency_ms(&self) -> Option<u64> {
+        let answered = self.served + self.refused;
+        (answered > 0).then(|| self.latency_ms_total / answered)
+    }
+}
+
+/// Forwards waiting for the disk or for an answer, and what became of the others.
+#[derive(Default)]
+pub(super) struct ForwardBook {
+    incarnation: u64,
+    next: u64,
+    /// Keyed forwards whose target record is not yet durable, in record order.
+    awaiting_disk: VecDeque<(RecordIndex, Forward)>,
+    in_flight: BTreeMap<CallId, Forward>,
+    /// By target region.
+    stats: BTreeMap<String, ForwardStats>,
+    /// Answers heard per target, smoothed: which region answers soonest.
+    rtt_ms: BTreeMap<String, Millis>,
+    /// By (event position, pool, region): the latest refusal for want of stock.
+    refusals: BTreeMap<(usize, PoolIdx, usize), Refusal>,
+}
+
+impl ForwardBook {
+    pub fn new(incarnation: u64) -> ForwardBook {
+        ForwardBook {
+            incarnation,
+            ..ForwardBook::default()
+        }
+    }
+
+    /// A forward id for a request without a key: unique across restarts.
+    fn next_id(&mut self) -> String {
+        self.next += 1;
+        format!("fwd-{}-{}", self.incarnation, self.next)
+    }
+
+    fn after_disk(&mut self, index: RecordIndex, f: Forward) {
+        let at = self.awaiting_disk.partition_point(|(i, _)| *i <= index);
+        self.awaiting_disk.insert(at, (index, f));
+    }
+
+    fn durable(&mut self, persisted: RecordIndex) -> Option<Forward> {
+        if self.awaiting_disk.front()?.0 > persisted {
+            return None;
+        }
+        self.awaiting_disk.pop_front().map(|(_, f)| f)
+    }
+
+    fn stats_of(&mut self, region: &str) -> &mut ForwardStats {
+        self.stats.entry(region.to_owned()).or_default()
+    }
+
+    fn answered(&mut self, f: &Forward, now: Millis, served: bool) {
+        let took = now.saturating_sub(f.started_at);
+        let s = self.stats_of(&f.target);
+        if served {
+            s.served += 1;
+        } else {
+            s.refused += 1;
+        }
+        s.latency_ms_total += took;
+        s.latency_ms_max = s.latency_ms_max.max(took);
+        let rtt = self.rtt_ms.entry(f.target.clone()).or_insert(took);
+        *rtt = (*rtt * 3 + took) / 4;
+    }
+
+    pub fn stats(&self) -> &BTreeMap<String, ForwardStats> {
+        &self.stats
+    }
+
+    /// Units of pool `p` of event `ev` on their way to `region` (or about to be).
+    fn units_to(&self, ev: usize, p: PoolIdx, region: &str) -> u64 {
+        self.awaiting_disk
+            .iter()
+            .map(|(_, f)| f)
+            .chain(self.in_flight.values())
+            .filter(|f| f.target == region)
+            .filter_map(|f| f.units)
+            .filter(|&(e, q, _)| (e, q) == (ev, p))
+            .map(|(_, _, n)| n)
+            .sum()
+    }
+
+    /// The requests on their way to another region.
+    pub fn requests(&self) -> impl Iterator<Item = &Request> {
+        self.awaiting_disk
+            .iter()
+            .map(|(_, f)| &f.request)
+            .chain(self.in_flight.values().map(|f| &f.request))
+    }
+
+    /// Forgets refusals too old to trust.
+    pub fn expire(&mut self, now: Millis) {
+        self.refusals
+            .retain(|_, r| now.saturating_sub(r.at) < REFUSAL_TRUSTED_MS);
+    }
+
+    pub fn len(&self) -> usize {
+        self.awaiting_disk.len() + self.in_flight.len()
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        if self
+            .awaiting_disk
+            .iter()
+            .zip(self.awaiting_disk.iter().skip(1))
+            .any(|(a, b)| a.0 > b.0)
+        {
+            return Err("forwards: the disk queue is out of record order".into());
+        }
+        for f in self
+            .awaiting_disk
+            .iter()
+            .map(|(_, f)| f)
+            .chain(self.in_flight.values())
+        {
+            if !matches!(f.request.caller, Caller::Client(_)) {
+                return Err("forwards: a call from another region forwarded again".into());
+            }
+            if f.refused_by.len() >= MAX_TARGETS || f.refused_by.contains(&f.target) {
+                return Err(format!(
+                    "forwards: {} sent to a region that refused it",
+                    f.key.key
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a buyer's request needs from other regions, as this region knows them.
+enum Plan {
+    Forward(String),
+    Refuse(CoreError),
+}
+
+impl Command {
+    /// A buyer's hold or purchase: what a region forwards when its own quota cannot cover it.
+    pub(crate) fn want(&self) -> Option<(&str, &Want)> {
+        match self {
+            Command::Hold { event, want, .. } | Command::Purchase { event, want, .. } => {
+                Some((event, want))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Core {
+    /// Whether a refusal of this request sends it to another region instead of the buyer.
+    pub(super) fn forwards(&self, req: &Request, refusal: &CoreError) -> bool {
+        self.cfg.forwarding
+            && matches!(req.caller, Caller::Client(_))
+            && refusal.is_out_of_stock()
+            && req.command.want().is_some()
+    }
+
+    /// This region refused `req` for want of stock: it goes to the region that has it, or
+    /// the buyer hears why not.
+    pub(super) fn forward_refused(&mut self, req: Request, refusal: CoreError) {
+        match self.plan(&req.command, refusal, &[]) {
+            Plan::Forward(target) => {
+                let key = match &req.key {
+                    Some(k) => k.clone(),
+                    None => IdempotencyKey {
+                        key: self.forwards.next_id(),
+                        body_hash: [0; 32],
+                    },
+                };
+                let units = self.units_of(&req.command);
+                self.forward(Forward {
+                    request: req,
+                    target,
+                    key,
+                    refused_by: Vec::new(),
+                    started_at: self.now,
+                    units,
+                });
+            }
+            Plan::Refuse(e) => {
+                self.reply_now(req.caller.clone(), Err(e));
+                self.decided(req);
+            }
+        }
+    }
+
+    /// A retry of a key this region forwarded: to the same target, once the record naming
+    /// it is durable.
+    pub(super) fn forward_again(&mut self, req: Request, target: String, index: RecordIndex) {
+        let Some(key) = req.key.clone() else {
+            unreachable!("only a keyed request finds a forward under its key")
+        };
+        let units = self.units_of(&req.command);
+        let f = Forward {
+            request: req,
+            target,
+            key,
+            refused_by: Vec::new(),
+            started_at: self.now,
+            units,
+        };
+        if index <= self.durable.persisted() {
+            self.send_forward(f);
+        } else {
+            self.forwards.after_disk(index, f);
+        }
+    }
+
+    /// Records the target under the buyer's key (if any), then sends once that is durable.
+    fn forward(&mut self, f: Forward) {
+        if self.calls.outstanding_of(&f.target, Waiter::Forward) >= self.cfg.max_forwards_per_peer {
+            let e = CoreError::Unreachable {
+                region: f.target.clone(),
+                why: "too many forwarded requests to it are in flight".into(),
+            };
+            self.reply_now(f.request.caller.clone(), Err(e));
+            return self.decided(f.request);
+        }
+        match f.request.key.clone() {
+            Some(key) => {
+                let index = self.commit(RecordBody::KeyAnswered {
+                    idem: IdemRecord {
+                        key,
+                        outcome: Outcome::Forwarded {
+                            target: f.target.clone(),
+                        },
+                    },
+                });
+                self.forwards.after_disk(index, f);
+            }
+            None => self.send_forward(f),
+        }
+    }
+
+    fn send_forward(&mut self, f: Forward) {
+        // The target stops selling at two thirds of the wait, so an answer it sends in time
+        // has the rest to travel back.
+        let wait = self.cfg.peer_call_timeout_ms;
+        let deadline = self.now.saturating_add(wait * 2 / 3);
+        let id = self
+            .calls
+            .open(Waiter::Forward, &f.target, self.now.saturating_add(wait));
+        self.forwards.stats_of(&f.target).sent += 1;
+        self.out.exchange.push((
+            f.target.clone(),
+            Exchange::Call {
+                id,
+                key: Some(f.key.clone()),
+                command: Box::new(f.request.command.clone()),
+                deadline: Some(deadline),
+            },
+        ));
+        self.forwards.in_flight.insert(id, f);
+    }
+
+    /// Records up to `persisted` are durable: the forwards waiting on them leave.
+    pub(super) fn send_durable_forwards(&mut self) {
+        let persisted = self.durable.persisted();
+        while let Some(f) = self.forwards.durable(persisted) {
+            self.send_forward(f);
+        }
+    }
+
+    /// The target answered a forwarded request.
+    pub(super) fn forward_answered(
+        &mut self,
+        from: &str,
+        id: CallId,
+        answer: Result<Box<crate::exchange::RemoteOutcome>, CoreError>,
+    ) {
+        let Some(mut f) = self.forwards.in_flight.remove(&id) else {
+            return;
+        };
+        let caller = f.request.caller.clone();
+        match answer {
+            Ok(mut remote) => {
+                self.forwards.answered(&f, self.now, true);
+                if let Err(why) = self.check_remote(from, &remote) {
+                    self.out
+                        .warnings
+                        .push(format!("an answer from {from} refused: {why}"));
+                    let e = CoreError::Unreachable {
+                        region: from.to_owned(),
+                        why: "it answered something this region cannot use".into(),
+                    };
+                    self.reply_now(caller, Err(e));
+                } else {
+                    // The seller's row, sale included: merged like gossip, so the requests
+                    // behind this one see what it has left.
+                    if let (Some(row), Some((ev, _, _))) = (remote.row.take(), f.units) {
+                        let e = &self.events[ev];
+                        if e.genesis().region_index(from) == Some(row.writer) {
+                            let event = e.id.to_string();
+                            self.commit_peer(RecordBody::PeerRow { event, row }, from);
+                        }
+                    }
+                    self.reply_now(caller, Ok(Outcome::Remote(remote)));
+                }
+                self.decided(f.request);
+            }
+            Err(e) => {
+                self.forwards.answered(&f, self.now, false);
+                if let (CoreError::SoldOut { available, .. }, Some((ev, p, _))) = (&e, f.units) {
+                    self.note_refusal(ev, p, from, *available);
+                }
+                if !e.is_out_of_stock() {
+                    self.reply_now(caller, Err(e));
+                    return self.decided(f.request);
+                }
+                // Its stock moved since this region last heard: the next candidate, once.
+                f.refused_by.push(f.target.clone());
+                self.forward_next(f, e);
+            }
+        }
+    }
+
+    /// The call was not answered in time (`sent`), or never left for want of a link.
+    pub(super) fn forward_lost(&mut self, id: CallId, sent: bool) {
+        let Some(mut f) = self.forwards.in_flight.remove(&id) else {
+            return;
+        };
+        self.forwards.stats_of(&f.target).lost += 1;
+        let unreachable = CoreError::StockUnreachable {
+            wanted: wanted(&f.request.command),
+            regions: vec![f.target.clone()],
+        };
+        if sent {
+            // It may have sold: the buyer retries (with a key, to the same target).
+            self.reply_now(f.request.caller.clone(), Err(unreachable));
+            return self.decided(f.request);
+        }
+        f.refused_by.push(f.target.clone());
+        self.forward_next(f, unreachable);
+    }
+
+    fn forward_next(&mut self, mut f: Forward, refusal: CoreError) {
+        if f.refused_by.len() >= MAX_TARGETS {
+            self.reply_now(f.request.caller.clone(), Err(refusal));
+            return self.decided(f.request);
+        }
+        match self.plan(&f.request.command, refusal, &f.refused_by) {
+            Plan::Forward(next) => {
+                f.target = next;
+                self.forward(f);
+            }
+            Plan::Refuse(e) => {
+                self.reply_now(f.request.caller.clone(), Err(e));
+                self.decided(f.request);
+            }
+        }
+    }
+
+    /// Where a request this region cannot cover should go, from what it knows of the other
+    /// regions: `refusal` is this region's own answer, given when no other region does better.
+    fn plan(&self, command: &Command, refusal: CoreError, refused_by: &[String]) -> Plan {
+        let Some((event, want)) = command.want() else {
+            return Plan::Refuse(refusal);
+        };
+        let Some(&ev) = self.by_id.get(event) else {
+            return Plan::Refuse(refusal);
+        };
+        let e = &self.events[ev];
+        let regions = &e.genesis().regions;
+        let tried = |r: usize| refused_by.iter().any(|t| *t == regions[r]);
+        let reachable = |r: usize| self.heard_lately(ev, r);
+        match (want, &refusal) {
+            (Want::Seats { seats, .. }, CoreError::SeatElsewhere { .. }) => {
+                // Every seat asked for must be the same other region's.
+                match self.seats_owner(ev, want) {
+                    Some(r) if tried(r) => Plan::Refuse(refusal),
+                    Some(r) if reachable(r) => Plan::Forward(regions[r].clone()),
+                    Some(r) => Plan::Refuse(CoreError::StockUnreachable {
+                        wanted: seats.len() as u64,
+                        regions: vec![regions[r].clone()],
+                    }),
+                    None => Plan::Refuse(refusal),
+                }
+            }
+            (Want::Quantity { pool, quantity }, CoreError::SoldOut { .. }) => {
+                let Some(p) = e.genesis().pool_index(pool) else {
+                    return Plan::Refuse(refusal);
+                };
+                let sellable: Vec<u64> = (0..regions.len())
+                    .map(|r| self.expected_sellable(ev, p, r))
+                    .collect();
+                let others = (0..regions.len()).filter(|&r| r != e.me as usize && !tried(r));
+                let (near, far): (Vec<usize>, Vec<usize>) = others
+                    .filter(|&r| sellable[r] >= *quantity)
+                    .partition(|&r| reachable(r));
+                if let Some(best) = near
+                    .into_iter()
+                    .min_by_key(|&r| (self.rtt_to(&regions[r]), std::cmp::Reverse(sellable[r])))
+                {
+                    return Plan::Forward(regions[best].clone());
+                }
+                if !far.is_empty() {
+                    return Plan::Refuse(CoreError::StockUnreachable {
+                        wanted: *quantity,
+                        regions: far.into_iter().map(|r| regions[r].clone()).collect(),
+                    });
+                }
+                Plan::Refuse(refusal)
+            }
+            _ => Plan::Refuse(refusal),
+        }
+    }
+
+    /// What region `r` may still sell of pool `p`, as this region last heard: its merged
+    /// row's available quota less what its last frame said it holds.
+    pub(super) fn last_known_sellable(&self, ev: usize, p: PoolIdx, r: usize) -> u64 {
+        let e = &self.events[ev];
+        if r == e.me as usize {
+            return e.sellable(p).max(0) as u64;
+        }
+        let held = e.peers[r].held.get(p as usize).copied().unwrap_or(0);
+        let available = e.ledger.available_wide(p, r as RegionIdx);
+        u64::try_from((available - i128::from(held)).max(0)).unwrap_or(u64::MAX)
+    }
+
+    /// What region `r` can be expected to sell of pool `p` for a request sent to it now: its
+    /// last known sellable, or less if it refused a forward lately saying so, less what this
+    /// region already sent it.
+    fn expected_sellable(&self, ev: usize, p: PoolIdx, r: usize) -> u64 {
+        let e = &self.events[ev];
+        let mut s = self.last_known_sellable(ev, p, r);
+        if let Some(f) = self.forwards.refusals.get(&(ev, p, r)) {
+            let fresh = self.now.saturating_sub(f.at) < REFUSAL_TRUSTED_MS;
+            if fresh && e.ledger.available_wide(p, r as RegionIdx) <= f.ledger_available {
+                s = s.min(f.available);
+            }
+        }
+        s.saturating_sub(self.forwards.units_to(ev, p, &e.genesis().regions[r]))
+    }
+
+    fn note_refusal(&mut self, ev: usize, p: PoolIdx, region: &str, available: u64) {
+        let e = &self.events[ev];
+        let Some(r) = e.genesis().region_index(region) else {
+            return;
+        };
+        let refusal = Refusal {
+            available,
+            ledger_available: e.ledger.available_wide(p, r),
+            at: self.now,
+        };
+        self.forwards.refusals.insert((ev, p, r as usize), refusal);
+    }
+
+    /// The event, pool and quantity of a general-admission (or any quantity) request.
+    fn units_of(&self, command: &Command) -> Option<(usize, PoolIdx, u64)> {
+        let (event, Want::Quantity { pool, quantity }) = command.want()? else {
+            return None;
+        };
+        let ev = *self.by_id.get(event)?;
+        let p = self.events[ev].genesis().pool_index(pool)?;
+        Some((ev, p, *quantity))
+    }
+
+    /// The one region that owns every seat of `want`, if it is not this one.
+    fn seats_owner(&self, ev: usize, want: &Want) -> Option<usize> {
+        let Want::Seats { pool, seats } = want else {
+            return None;
+        };
+        let e = &self.events[ev];
+        let p = match pool {
+            Some(pool) => e.genesis().pool_index(pool)?,
+            None => e.pool_of_seat(seats.first()?)?,
+        };
+        let idx = self.seat_indices(ev, p, seats).ok()?;
+        let mut owners = idx.iter().map(|&s| e.ledger.seat_owner(p, s).owner);
+        let first = owners.next()?;
+        (first != e.me && owners.all(|o| o == first)).then_some(first as usize)
+    }
+
+    /// The round trip to `region` this region has seen answers take, else the configured
+    /// hint, else unknown (last).
+    fn rtt_to(&self, region: &str) -> Millis {
+        self.forwards
+            .rtt_ms
+            .get(region)
+            .or_else(|| self.cfg.peer_rtt_ms.get(region))
+            .copied()
+            .unwrap_or(Millis::MAX)
+    }
+
+    /// Forwards this region made, by target region.
+    pub fn forward_stats(&self) -> &BTreeMap<String, ForwardStats> {
+        self.forwards.stats()
+    }
+}
+
+/// How many units a buyer's request wants.
+fn wanted(command: &Command) -> u64 {
+    match command.want() {
+        Some((_, Want::Quantity { quantity, .. })) => *quantity,
+        Some((_, Want::Seats { seats, .. })) => seats.len() as u64,
+        None => 0,
+    }
+}

@@ -1,0 +1,371 @@
+//! Sale forwarding (core/forwards.rs): a region that cannot cover a buyer's request sends it
+//! to a region that can; exactly one order per key whatever crashes; `sold-out` only when no
+//! region has the stock, `stock-unreachable` when only unreachable ones do.
+
+mod common;
+
+use allot_node::cluster::LocalCluster;
+use allot_node::*;
+use common::*;
+
+/// Three regions 80/239 ms from eu-west (as in regions.toml), `ga` general-admission places
+/// split evenly, `seats` assigned seats in blocks.
+fn cluster(ga: u64, seats: usize, tune: impl Fn(&mut Config)) -> LocalCluster {
+    let mut c = LocalCluster::configured(&REGIONS, |cfg| {
+        let rtt = [
+            ("eu-west", "us-east", 80),
+            ("us-east", "ap-south", 217),
+            ("eu-west", "ap-south", 239),
+        ];
+        for (a, b, ms) in rtt {
+            if cfg.region == a {
+                cfg.peer_rtt_ms.insert(b.into(), ms);
+            } else if cfg.region == b {
+                cfg.peer_rtt_ms.insert(a.into(), ms);
+            }
+        }
+        tune(cfg);
+    });
+    c.call(0, Command::CreateEvent(spec("rock", ga, seats)))
+        .expect("create");
+    c.settle(2);
+    c.converged().expect("genesis spread");
+    c
+}
+
+fn key(k: &str) -> Option<IdempotencyKey> {
+    Some(IdempotencyKey {
+        key: k.into(),
+        body_hash: [7; 32],
+    })
+}
+
+fn remote(r: &Reply) -> &RemoteOutcome {
+    match r {
+        Ok(Outcome::Remote(o)) => o,
+        other => panic!("expected another region's answer, got {other:?}"),
+    }
+}
+
+/// Units of the floor pool sold by region `seller`, as region `viewer` sees it.
+fn sold_by(c: &LocalCluster, viewer: usize, seller: u16) -> u64 {
+    c.cores[viewer]
+        .event("rock")
+        .unwrap()
+        .ledger
+        .consumed(0, seller)
+}
+
+fn sell_out_locally(c: &mut LocalCluster, i: usize) {
+    while c.cores[i].event("rock").unwrap().sellable(0) > 0 {
+        c.call(i, buy(1)).expect("local quota");
+    }
+}
+
+#[test]
+fn a_region_without_quota_sells_through_the_nearest_peer_that_has_it() {
+    let mut c = cluster(30, 0, |_| {});
+    sell_out_locally(&mut c, 0);
+    let r = c.call(0, buy(2));
+    let r = remote(&r);
+    // The order belongs to us-east (nearest of those with stock): its id names it, its
+    // ledger counts it, and a read through eu-west finds it there.
+    assert_eq!(r.region, "us-east");
+    let id = r.id.clone().unwrap();
+    assert_eq!(GlobalId::parts(IdKind::Order, &id).unwrap().0, "us-east");
+    assert_eq!(sold_by(&c, 1, 1), 2);
+    assert_eq!(sold_by(&c, 0, 0), 10);
+    let read = c.call(0, Command::ReadOrder { order: id.clone() });
+    assert_eq!(remote(&read).id.as_deref(), Some(id.as_str()));
+    let stats = c.cores[0].forward_stats()["us-east"];
+    assert_eq!((stats.sent, stats.served, stats.refused), (1, 1, 0));
+    c.settle(3);
+    c.converged().unwrap();
+    c.check().unwrap();
+}
+
+#[test]
+fn sold_out_only_when_no_region_has_the_stock() {
+    let mut c = cluster(3, 0, |_| {});
+    for i in 0..3 {
+        sell_out_locally(&mut c, i);
+    }
+    c.settle(2);
+    let r = c.call(0, buy(1));
+    assert!(matches!(r, Err(CoreError::SoldOut { .. })), "{r:?}");
+    assert!(c.calls.is_empty(), "nothing to forward to");
+    c.check().unwrap();
+}
+
+#[test]
+fn stock_only_in_a_cut_off_region_is_unreachable_not_sold_out() {
+    let mut c = cluster(30, 0, |_| {});
+    sell_out_locally(&mut c, 0);
+    // Nothing heard from the peers for longer than a peer stays fresh.
+    c.advance(5_000);
+    let before = c.cores[0].snapshot();
+    let r = c.call(0, buy(1));
+    match &r {
+        Err(CoreError::StockUnreachable { wanted: 1, regions }) => {
+            assert_eq!(regions.len(), 2, "{regions:?}")
+        }
+        other => panic!("expected stock-unreachable, got {other:?}"),
+    }
+    assert_eq!(c.cores[0].snapshot(), before, "a refusal changes nothing");
+    assert_eq!(sold_by(&c, 1, 1) + sold_by(&c, 2, 2), 0);
+}
+
+#[test]
+fn a_seat_hold_for_another_regions_seat_goes_to_its_owner() {
+    // Six seats in blocks of two: are us-east's.
+    let mut c = cluster(30, 6, |_| {});
+    let r = c.call(0, hold_seats("c-1", &["A-3", "A-4"]));
+    let r = remote(&r).clone();
+    assert_eq!(r.region, "us-east");
+    let hold = r.id.clone().unwrap();
+    assert_eq!(GlobalId::parts(IdKind::Hold, &hold).unwrap().0, "us-east");
+    // Confirming through the origin goes to the owner too.
+    let confirmed = c.call(
+        0,
+        Command::Confirm {
+            hold,
+            payment_ref: "pay".into(),
+        },
+    );
+    assert_eq!(remote(&confirmed).region, "us-east");
+    // Seats of two regions at once: neither can sell them whole.
+    let r = c.call(0, hold_seats("c-2", &["A-1", "A-5"]));
+    assert!(matches!(r, Err(CoreError::SeatElsewhere { .. })), "{r:?}");
+    c.settle(3);
+    c.converged().unwrap();
+    c.check().unwrap();
+}
+
+/// The buyer's retry after the origin lost everything not durable, at each point of a
+/// forward: before its target record was durable, after it but before the call left, and
+/// after the target sold but before the answer came back. By the retry the origin has quota
+/// of its own again, so a retry that forgot the forward would sell a second time here.
+/// Always exactly one order.
+#[test]
+fn a_keyed_retry_after_the_origin_crashes_yields_exactly_one_order() {
+    for crash_at in ["record not durable", "call lost", "answer lost"] {
+        let mut c = cluster(30, 0, |_| {});
+        sell_out_locally(&mut c, 0);
+        let first = c.send(0, key("k-1"), buy(2));
+        match crash_at {
+            "record not durable" => {
+                assert!(
+                    c.calls.is_empty(),
+                    "{crash_at}: no call before the record is durable"
+                );
+            }
+            "call lost" => {
+                c.persist(0);
+                assert_eq!(c.calls.len(), 1, "{crash_at}");
+                c.calls.clear();
+            }
+            _ => {
+                c.persist(0);
+                c.deliver_call(0);
+                c.persist(1);
+                assert_eq!(c.calls.len(), 1, "{crash_at}: the answer is on its way");
+                c.calls.clear();
+            }
+        }
+        assert!(c.take_reply(0, first).is_none());
+        c.crash(0);
+        c.call(
+            2,
+            Command::Grant {
+                event: "rock".into(),
+                pool: "floor".into(),
+                to: "eu-west".into(),
+                amount: GrantAmount::Quantity(5),
+            },
+        )
+        .unwrap();
+        c.settle(2); // the restarted region hears its peers (and the grant) again
+        assert_eq!(c.cores[0].event("rock").unwrap().sellable(0), 5);
+        let again = c.call_keyed(0, key("k-1"), buy(2));
+        let seller = match &again {
+            Ok(Outcome::Order(_)) => "eu-west",
+            other => remote(other).region.as_str(),
+        };
+        let expected = if crash_at == "record not durable" {
+            "eu-west" // the first attempt never left: selling here is its only sale
+        } else {
+            "us-east"
+        };
+        assert_eq!(seller, expected, "{crash_at}");
+        // And once more, now that everything is durable: the same answer.
+        let third = c.call_keyed(0, key("k-1"), buy(2));
+        assert_eq!(third, again, "{crash_at}");
+        c.settle(3);
+        c.converged().unwrap();
+        let units = sold_by(&c, 0, 0) - 10 + sold_by(&c, 0, 1) + sold_by(&c, 0, 2);
+        assert_eq!(
+            units, 2,
+            "{crash_at}: one order of two places, in all regions"
+        );
+        c.check().unwrap();
+    }
+}
+
+/// us-east sold out before eu-west heard of it: the forward is refused there, goes to
+/// ap-south, and a late duplicate of the refused call, delivered after us-east got quota
+/// again, is refused again rather than sold: one order for the key.
+#[test]
+fn after_a_refusal_the_next_region_sells_and_a_late_duplicate_never_does() {
+    let mut c = cluster(30, 0, |_| {});
+    sell_out_locally(&mut c, 0);
+    sell_out_locally(&mut c, 1);
+    // eu-west has not heard: us-east's sales stay unpersisted to gossip.
+    c.network.clear();
+    let id = c.send(0, key("k-2"), buy(1));
+    c.persist(0);
+    let call = c.calls[0].clone();
+    assert_eq!(
+        call.to, 1,
+        "us-east is nearest, and eu-west thinks it has stock"
+    );
+    c.deliver_call(0);
+    c.persist(1);
+    c.deliver_call(0); // us-east's refusal
+    c.persist(0); // the record naming ap-south
+    c.deliver_call(0);
+    c.persist(2);
+    c.deliver_call(0);
+    let r = c.take_reply(0, id).unwrap();
+    assert_eq!(remote(&r).region, "ap-south");
+    assert_eq!(c.cores[0].forward_stats()["us-east"].refused, 1);
+    // us-east receives quota again, then the duplicate arrives.
+    c.call(
+        2,
+        Command::Grant {
+            event: "rock".into(),
+            pool: "floor".into(),
+            to: "us-east".into(),
+            amount: GrantAmount::Quantity(5),
+        },
+    )
+    .unwrap();
+    c.settle(2);
+    assert!(c.cores[1].event("rock").unwrap().sellable(0) > 0);
+    let sold_before = sold_by(&c, 1, 1);
+    c.calls.push(call);
+    c.deliver_call(0);
+    c.persist(1);
+    let answer = c.calls.remove(0);
+    assert!(
+        matches!(
+            answer.message,
+            Exchange::Answer {
+                answer: Err(CoreError::SoldOut { .. }),
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(sold_by(&c, 1, 1), sold_before, "the duplicate sold nothing");
+    c.settle(3);
+    c.converged().unwrap();
+    c.check().unwrap();
+}
+
+#[test]
+fn a_forward_that_arrives_after_its_deadline_is_not_sold() {
+    let mut c = cluster(30, 0, |_| {});
+    sell_out_locally(&mut c, 0);
+    let id = c.send(0, None, buy(1));
+    assert_eq!(c.calls.len(), 1, "a request without a key leaves at once");
+    c.advance(DEFAULT_PEER_CALL_TIMEOUT_MS);
+    c.deliver_call(0);
+    c.persist(1);
+    assert_eq!(sold_by(&c, 1, 1), 0);
+    c.deliver_call(0);
+    let r = c.take_reply(0, id).unwrap();
+    assert!(matches!(r, Err(CoreError::DeadlinePassed)), "{r:?}");
+    c.check().unwrap();
+}
+
+#[test]
+fn a_silent_target_is_not_replaced_and_the_buyer_may_retry() {
+    let mut c = cluster(30, 0, |_| {});
+    sell_out_locally(&mut c, 0);
+    let id = c.send(0, key("k-3"), buy(1));
+    c.persist(0);
+    c.calls.clear(); // lost on the way
+    c.advance(DEFAULT_PEER_CALL_TIMEOUT_MS + 1);
+    c.tick(0);
+    let r = c.take_reply(0, id).unwrap();
+    assert!(
+        matches!(&r, Err(CoreError::StockUnreachable { regions, .. }) if regions == &["us-east"]),
+        "{r:?}"
+    );
+    assert!(
+        !c.calls
+            .iter()
+            .any(|m| matches!(m.message, Exchange::Call { .. })),
+        "no second region while the first may have sold"
+    );
+    c.settle(1);
+    let again = c.call_keyed(0, key("k-3"), buy(1));
+    assert_eq!(remote(&again).region, "us-east");
+    assert_eq!(sold_by(&c, 1, 1), 1);
+}
+
+#[test]
+fn forwards_in_flight_to_one_region_are_capped() {
+    let mut c = cluster(30, 0, |cfg| cfg.max_forwards_per_peer = 2);
+    sell_out_locally(&mut c, 0);
+    let ids: Vec<_> = (0..3).map(|_| c.send(0, None, buy(1))).collect();
+    let third = c.take_reply(0, ids[2]).unwrap();
+    assert!(
+        matches!(third, Err(CoreError::Unreachable { .. })),
+        "{third:?}"
+    );
+    while !c.calls.is_empty() {
+        c.deliver_call(0);
+        for i in 0..3 {
+            c.persist(i);
+        }
+    }
+    for &id in &ids[..2] {
+        assert_eq!(remote(&c.take_reply(0, id).unwrap()).region, "us-east");
+    }
+    c.check().unwrap();
+}
+
+#[test]
+fn a_forwarded_request_is_never_forwarded_again() {
+    let mut c = cluster(30, 0, |_| {});
+    sell_out_locally(&mut c, 1);
+    // us-east, out of stock, is asked by eu-west (which has not heard) to sell: it refuses,
+    // it does not pass the request on to ap-south.
+    c.network.clear();
+    c.step(
+        1,
+        Input::Exchange {
+            from: "eu-west".into(),
+            message: Exchange::Call {
+                id: CallId {
+                    incarnation: 1,
+                    n: 99,
+                },
+                key: key("k-4"),
+                command: Box::new(buy(1)),
+                deadline: Some(c.now + 1_000),
+            },
+        },
+    );
+    c.persist(1);
+    assert_eq!(c.calls.len(), 1);
+    assert_eq!(c.calls[0].to, 0, "only the answer, to the caller");
+    assert!(matches!(
+        c.calls[0].message,
+        Exchange::Answer {
+            answer: Err(CoreError::SoldOut { .. }),
+            ..
+        }
+    ));
+}
