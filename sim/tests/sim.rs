@@ -66,14 +66,16 @@ fn every_scenario_runs_clean_under_every_strategy() {
 }
 
 /// The flash sale (70/20/10 demand against an even split, three times more demand than
-/// places): the rebalancer sells out, answers sold-out while another region still has the
-/// units in fewer than 1% of answers on average, in about central's time, with a handful of
-/// messages, and far better than static allotments. Two dozen seeds, since one is weather.
+/// places): the rebalancer with forwarding sells out, answers sold-out while another region
+/// still has the units in at most one answer in 10,000, in no more than central's time, with
+/// a handful of messages, and far better than static allotments. Two dozen seeds, since one
+/// is weather.
 #[test]
-fn the_rebalancer_sells_the_flash_sale_out_with_few_false_sold_outs() {
+fn the_rebalancer_and_forwarding_sell_the_flash_sale_out_without_false_sold_outs() {
     let sc = scenario("flash-sale");
     let seeds = 1..=24u64;
     let (mut false_pct, mut time_ratio, mut messages_per_sale) = (0.0, 0.0, 0.0);
+    let (mut false_sold_outs, mut answers, mut forwarded) = (0, 0, 0);
     for seed in seeds.clone() {
         let r = allot_sim::run(&sc, Strategy::Rebalance, seed);
         let c = allot_sim::run(&sc, Strategy::Central, seed);
@@ -89,6 +91,9 @@ fn the_rebalancer_sells_the_flash_sale_out_with_few_false_sold_outs() {
             s.false_sold_out_pct
         );
         false_pct += r.false_sold_out_pct;
+        false_sold_outs += r.false_sold_outs;
+        answers += r.answers;
+        forwarded += r.forwarded;
         time_ratio += t as f64 / tc as f64;
         messages_per_sale += r.handoff_messages as f64 / r.orders.max(1) as f64;
     }
@@ -99,12 +104,19 @@ fn the_rebalancer_sells_the_flash_sale_out_with_few_false_sold_outs() {
         1000.0 * messages_per_sale / n,
     );
     eprintln!(
-        "flash sale, rebalance, mean of {n} seeds: {false_pct:.2}% false sold-outs, \
+        "flash sale, rebalance, mean of {n} seeds: {false_pct:.3}% false sold-outs \
+         ({false_sold_outs} of {answers} answers), {forwarded} sales forwarded, \
          {time_ratio:.3}x central's time to sell out, {per_1000:.1} handoff messages per 1,000 sales"
     );
-    assert!(false_pct < 1.0, "{false_pct}% false sold-outs");
+    // The bar is none at all; one in about 85,000 answers is seen, not yet traced
+    // (docs/benchmarks.md).
     assert!(
-        time_ratio < 1.05,
+        false_sold_outs * 10_000 <= answers,
+        "{false_sold_outs} false sold-outs in {answers} answers"
+    );
+    assert!(forwarded > 0, "forwarding sold nothing");
+    assert!(
+        time_ratio <= 1.0,
         "{time_ratio}x central's time to sell out"
     );
     // The target is 10 and the policy sits at it (docs/benchmarks.md): a tenth more fails.

@@ -273,6 +273,31 @@ impl EventState {
         }
     }
 
+    /// What this region tells its peers it holds, per pool: its live holds plus what its own
+    /// row spent (sold, gave away, less returned) that is not published yet. A peer computes
+    /// this region's sellable from the published row less this figure; live holds alone
+    /// would show a sale between its confirm and its durability as stock for that moment,
+    /// and a peer would send a buyer here for it.
+    pub fn reported_held(&self) -> Vec<u64> {
+        let mine = &self.ledger.row(self.me).pools;
+        let published = &self.published.pools;
+        self.held
+            .iter()
+            .zip(mine.iter().zip(published))
+            .map(|(&held, (now, then))| {
+                let gave: u64 = now
+                    .granted_out
+                    .iter()
+                    .zip(&then.granted_out)
+                    .map(|(a, b)| a.value.saturating_sub(b.value))
+                    .sum();
+                let spent = now.consumed.value.saturating_sub(then.consumed.value) + gave;
+                let back = now.returned.value.saturating_sub(then.returned.value);
+                (held + spent).saturating_sub(back)
+            })
+            .collect()
+    }
+
     /// What this region may still hold, sell or give away: `ledger_available − held`, minus
     /// credits that are not durable yet.
     #[inline]

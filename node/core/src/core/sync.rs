@@ -174,7 +174,7 @@ impl Core {
             rows,
             meta_heads,
             meta_changes,
-            held: e.held.clone(),
+            held: e.reported_held(),
             sale_rate_per_min: e.rates.iter().map(|r| r.per_min).collect(),
             demand_per_min: e.demand.iter().map(|d| d.per_min()).collect(),
         })
