@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use allot::node::{serve, NodeOptions, Peer};
 use allot::transport::NetFaults;
-use common::{bound_udp, event, replicated_view, send, time_to_agree, TOKEN};
+use common::{bound_udp, event, read, replicated_view, send, time_to_agree, TOKEN};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -694,5 +694,166 @@ async fn a_paused_event_keeps_its_allotments_until_resumed() {
     let (_, l) = c.get(0, "/v1/admin/events/rock/ledger").await;
     assert_eq!(l["rebalance"], true);
     assert!(!l["handoffs"].as_array().unwrap().is_empty(), "{l}");
+    c.stop().await;
+}
+
+/// Waits until every region has lately heard every other about `event` (links come up a
+/// little after the genesis has spread): a region forwards only to peers it hears.
+async fn hear_each_other(c: &Cluster, event: &str) {
+    for _ in 0..100 {
+        let mut all = true;
+        for i in 0..3 {
+            let (_, a) = c.get(i, &format!("/v1/events/{event}/availability")).await;
+            all &= NAMES.iter().all(|n| {
+                a["staleness"]["age_ms"][n]
+                    .as_u64()
+                    .is_some_and(|ms| ms < 1_000)
+            });
+        }
+        if all {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the regions do not hear each other");
+}
+
+/// Sells out eu-west's own quota of the floor (100 of the even event's 300).
+async fn sell_out_eu_west(c: &Cluster) {
+    let mut sold = 0;
+    while sold < 100 && buy(c, 0, "floor", 4).await == StatusCode::CREATED {
+        sold += 4;
+    }
+    assert_eq!(sold, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_without_quota_sells_through_a_peer() {
+    // No rebalancer: only forwarding can sell beyond eu-west's allotment.
+    let c = Cluster::start_with(|_, o| o.rebalance = false).await;
+    assert_eq!(
+        c.post(0, "/v1/admin/events", even_event()).await.0,
+        StatusCode::CREATED
+    );
+    c.converge("rock", Duration::from_secs(5)).await;
+    hear_each_other(&c, "rock").await;
+    sell_out_eu_west(&c).await;
+    let (s, order) = c
+        .post(
+            0,
+            "/v1/events/rock/purchases",
+            json!({"pool": "floor", "quantity": 2, "customer": "c-9", "payment_ref": "p-9"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{order}");
+    let seller = order["region"].as_str().unwrap().to_owned();
+    assert_ne!(seller, "eu-west", "{order}");
+    let id = order["order_id"].as_str().unwrap();
+    assert!(id.starts_with(&format!("o-{seller}-")), "{id}");
+    // The order is the seller's: read through either region, counted in its row.
+    for i in [0, NAMES.iter().position(|n| *n == seller).unwrap()] {
+        let (s, got) = c.get(i, &format!("/v1/orders/{id}")).await;
+        assert_eq!((s, &got), (StatusCode::OK, &order));
+    }
+    c.converge("rock", Duration::from_secs(5)).await;
+    let mut full = Vec::new();
+    for i in 0..3 {
+        full.push(c.get(i, "/v1/admin/events/rock/ledger").await.1);
+    }
+    let regions = &full[0]["pools"][0]["regions"];
+    let consumed = |r: &str| {
+        regions
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["region"] == r)
+            .unwrap()["consumed"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!((consumed("eu-west"), consumed(&seller)), (100, 2));
+    conserved(&full[0], &full);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seat_hold_for_another_regions_seat_is_placed_by_its_owner() {
+    let c = Cluster::start_with(|_, o| o.rebalance = false).await;
+    assert_eq!(
+        c.post(0, "/v1/admin/events", even_event()).await.0,
+        StatusCode::CREATED
+    );
+    c.converge("rock", Duration::from_secs(5)).await;
+    hear_each_other(&c, "rock").await;
+    // Thirty seats in blocks of ten: are us-east's.
+    let (s, hold) = c
+        .post(
+            0,
+            "/v1/events/rock/holds",
+            json!({"seats": ["A-15", "A-16"], "customer": "c-5"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{hold}");
+    let hold_id = hold["hold_id"].as_str().unwrap();
+    assert!(hold_id.starts_with("h-us-east-"), "{hold_id}");
+    let (s, order) = c
+        .post(
+            0,
+            &format!("/v1/holds/{hold_id}/confirm"),
+            json!({"payment_ref": "p-5"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{order}");
+    assert_eq!(order["region"], "us-east");
+    assert_eq!(order["seats"], json!(["A-15", "A-16"]));
+    // The seats show sold wherever one looks, once gossip has carried the order.
+    c.converge("rock", Duration::from_secs(5)).await;
+    let (_, again) = c
+        .post(
+            2,
+            "/v1/events/rock/holds",
+            json!({"seats": ["A-15"], "customer": "c-6"}),
+        )
+        .await;
+    assert_eq!(again["type"], "urn:allot:problem:seat-taken", "{again}");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_only_across_a_partition_is_unreachable_not_sold_out() {
+    let c = Cluster::start_with(|_, o| o.rebalance = false).await;
+    assert_eq!(
+        c.post(0, "/v1/admin/events", even_event()).await.0,
+        StatusCode::CREATED
+    );
+    c.converge("rock", Duration::from_secs(5)).await;
+    hear_each_other(&c, "rock").await;
+    sell_out_eu_west(&c).await;
+    c.isolate(0, true);
+    let r = c
+        .client
+        .post(format!("{}/v1/events/rock/purchases", c.bases[0]))
+        .json(&json!({"pool": "floor", "quantity": 1, "customer": "c", "payment_ref": "p"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    let (_, body) = read(r).await;
+    assert_eq!(
+        body["type"], "urn:allot:problem:stock-unreachable",
+        "{body}"
+    );
+    // Healed, the same request sells through a peer.
+    c.isolate(0, false);
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..100 {
+        status = buy(&c, 0, "floor", 1).await;
+        if status == StatusCode::CREATED {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, StatusCode::CREATED);
     c.stop().await;
 }
