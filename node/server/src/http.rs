@@ -842,6 +842,15 @@ async fn cluster(State(s): St, _: Operator) -> ApiResult {
             "region": cfg.region, "catalog_region": cfg.catalog_region, "incarnation": cfg.incarnation,
             "ready": ready, "durable_index": core.persisted_index(), "peers": peers, "events": events,
             "rebalance": cfg.rebalance.is_some(),
+            "forwarding": cfg.forwarding,
+            // Buyers' requests this region sent to the region that had the stock, per target:
+            // calls sent, served (hold or order), refused, lost (no answer in time or no
+            // link), and the latency of the answered ones.
+            "forwards": core.forward_stats().iter().map(|(region, f)| json!({
+                "to": region, "sent": f.sent, "served": f.served, "refused": f.refused,
+                "lost": f.lost, "mean_latency_ms": f.mean_latency_ms(),
+                "max_latency_ms": f.latency_ms_max,
+            })).collect::<Vec<_>>(),
             "handoffs": {
                 "counters": core.handoff_counters(),
                 "recent": core.handoffs().map(|h| views::handoff(core, h)).collect::<Vec<_>>(),
@@ -852,6 +861,7 @@ async fn cluster(State(s): St, _: Operator) -> ApiResult {
                     "cached_keys": core.footprint().cached_keys,
                     "recent_orders": core.footprint().recent_orders,
                     "reads_in_flight": core.footprint().reads_in_flight,
+                    "forwards_in_flight": core.footprint().forwards_in_flight,
                 },
                 "store_bytes": {
                     "block_cache": store.block_cache, "memtables": store.memtables,

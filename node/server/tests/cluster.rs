@@ -773,6 +773,21 @@ async fn a_region_without_quota_sells_through_a_peer() {
     };
     assert_eq!((consumed("eu-west"), consumed(&seller)), (100, 2));
     conserved(&full[0], &full);
+    // The origin counts the forward, and its latency, per target.
+    let (_, cluster) = c.get(0, "/v1/admin/cluster").await;
+    let f = cluster["forwards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["to"] == seller.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{cluster}"));
+    assert_eq!(
+        (f["sent"].as_u64(), f["served"].as_u64()),
+        (Some(1), Some(1)),
+        "{f}"
+    );
+    assert!(f["mean_latency_ms"].as_u64().is_some(), "{f}");
     c.stop().await;
 }
 
