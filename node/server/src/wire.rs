@@ -10,7 +10,7 @@
 use allot_node::PeerMessage;
 
 pub const MAGIC: &[u8; 3] = b"ALT";
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 pub const HEADER: usize = 8;
 /// The largest frame a node sends or accepts.
 pub const MAX_FRAME: usize = 8 << 20;
@@ -136,8 +136,8 @@ mod tests {
         assert_eq!(decode(&good[..5]), Err(WireError::Truncated));
         assert_eq!(decode(b"XYZ\x01\0\0\0\0"), Err(WireError::BadMagic));
         // A node of another wire version (1 carried gossip frames only; 2 had no demand in
-        // its frames) is refused cleanly.
-        for other in [1u8, 2, 4] {
+        // its frames; 3 no deadline in calls and no forwarded sales) is refused cleanly.
+        for other in [1u8, 2, 3, 5] {
             let mut v = good.clone();
             v[3] = other;
             assert_eq!(decode(&v), Err(WireError::Version(other)));
