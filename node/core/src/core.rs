@@ -352,10 +352,15 @@ impl Core {
         command: Command,
         deadline: Option<Millis>,
     ) {
+        // A region's forward id holds a space, which a buyer's key may not.
+        let peer = matches!(caller, Caller::Peer { .. });
         if let Some(k) = &key {
             if k.key.is_empty()
                 || k.key.len() > MAX_KEY_LEN
-                || !k.key.bytes().all(|b| b.is_ascii_graphic())
+                || !k
+                    .key
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() || (peer && b == b' '))
             {
                 return self.reply_now(
                     caller,
@@ -431,10 +436,10 @@ impl Core {
             Step::Done(Err(e)) if self.forwards(&req, &e) => self.forward_refused(req, e),
             Step::Done(Err(e)) => {
                 match (&req.caller, &req.key) {
-                    // A forwarded request refused for want of stock stays refused: a late
-                    // duplicate must not sell after the origin tried another region.
+                    // A forwarded request stays refused: a late duplicate must not sell after
+                    // the origin told its buyer no, or tried another region.
                     (Caller::Peer { .. }, Some(key))
-                        if e.is_out_of_stock() && req.command.want().is_some() =>
+                        if e.is_decision() && req.command.want().is_some() =>
                     {
                         let index = self.commit(RecordBody::KeyAnswered {
                             idem: IdemRecord {
@@ -453,9 +458,20 @@ impl Core {
 
     /// A key's first answer, for a request that repeats it: the same reply, or for a request
     /// this region forwarded, the same target again.
-    fn answer_again(&mut self, req: Request, index: RecordIndex, outcome: Outcome) {
+    fn answer_again(&mut self, mut req: Request, index: RecordIndex, outcome: Outcome) {
         match outcome {
             Outcome::Forwarded { target } if matches!(req.caller, Caller::Client(_)) => {
+                // One request per key on its way at a time: it alone may move the key to
+                // another region after a refusal, from the target the key's record names.
+                // A duplicate waits, then follows the record as that request left it.
+                if !req.holds_claim {
+                    let key = req.key.as_ref().map(|k| k.key.clone()).unwrap_or_default();
+                    if self.parked.is_claimed(&key) {
+                        return self.parked.wait_behind(&key, req);
+                    }
+                    self.parked.claim(&key);
+                    req.holds_claim = true;
+                }
                 self.forward_again(req, target, index)
             }
             Outcome::Forwarded { .. } => {

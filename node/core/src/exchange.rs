@@ -35,9 +35,11 @@ pub enum Exchange {
         key: Option<IdempotencyKey>,
         /// Boxed: a command is large, and every message on its way is the size of the largest.
         command: Box<Command>,
-        /// The caller stops waiting soon after this (its own clock): a forwarded sale that
-        /// arrives later is refused, not sold to a buyer who was told it failed.
-        deadline: Option<Millis>,
+        /// How long the callee may take to run it, from its arrival (a duration, not a time:
+        /// two regions' clocks are never compared). The caller waits this long plus the
+        /// travel back; a forwarded sale still waiting after it is refused, not sold to a
+        /// buyer who was told it failed.
+        budget_ms: Option<Millis>,
     },
     Answer {
         id: CallId,

@@ -169,7 +169,7 @@ fn a_region_serves_only_the_calls_regions_make() {
                 key: None,
                 // A purchase is forwarded between regions only with its key.
                 command: Box::new(buy(5)),
-                deadline: None,
+                budget_ms: None,
             },
         },
     );
@@ -196,7 +196,7 @@ fn a_region_serves_only_the_calls_regions_make() {
                 command: Box::new(Command::ReadOrder {
                     order: "o-eu-west-1".into(),
                 }),
-                deadline: None,
+                budget_ms: None,
             },
         },
     );

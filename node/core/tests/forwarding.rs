@@ -272,14 +272,20 @@ fn after_a_refusal_the_next_region_sells_and_a_late_duplicate_never_does() {
     c.check().unwrap();
 }
 
+/// The budget a forwarded call carries runs on the target's clock from its arrival: a call
+/// still waiting there after it (here, on the store's answer for its key) is refused, not
+/// sold to a buyer its origin has stopped waiting for.
 #[test]
-fn a_forward_that_arrives_after_its_deadline_is_not_sold() {
+fn a_forward_still_waiting_after_its_budget_is_not_sold() {
     let mut c = cluster(30, 0, |_| {});
     sell_out_locally(&mut c, 0);
     let id = c.send(0, None, buy(1));
     assert_eq!(c.calls.len(), 1, "a request without a key leaves at once");
-    c.advance(DEFAULT_PEER_CALL_TIMEOUT_MS);
+    c.defer_reads = true;
     c.deliver_call(0);
+    assert_eq!(c.reads[1].len(), 1, "us-east looks its forward id up");
+    c.advance(DEFAULT_PEER_CALL_TIMEOUT_MS);
+    c.answer_read(1, 0);
     c.persist(1);
     assert_eq!(sold_by(&c, 1, 1), 0);
     c.deliver_call(0);
@@ -357,7 +363,7 @@ fn a_forwarded_request_is_never_forwarded_again() {
                 },
                 key: key("k-4"),
                 command: Box::new(buy(1)),
-                deadline: Some(c.now + 1_000),
+                budget_ms: Some(1_000),
             },
         },
     );
@@ -371,4 +377,94 @@ fn a_forwarded_request_is_never_forwarded_again() {
             ..
         }
     ));
+}
+
+/// Found in review: with four regions, a buyer's retry sent while the first attempt was on
+/// its way could, after both were refused by the first target, move the key to a different
+/// region than the first attempt did: two orders. Now a retry waits behind the attempt on its
+/// way and then follows the key's record.
+#[test]
+fn a_retry_during_a_forward_waits_for_it_and_follows_the_key() {
+    let names = ["eu-west", "us-east", "ap-south", "sa-east"];
+    let mut c = LocalCluster::configured(&names, |cfg| {
+        if cfg.region == "eu-west" {
+            for (peer, ms) in [("us-east", 80), ("sa-east", 150), ("ap-south", 239)] {
+                cfg.peer_rtt_ms.insert(peer.into(), ms);
+            }
+        }
+    });
+    c.call(0, Command::CreateEvent(spec("rock", 40, 0)))
+        .expect("create");
+    c.settle(2);
+    sell_out_locally(&mut c, 0);
+    sell_out_locally(&mut c, 1); // eu-west has not heard: no tick since
+    let first = c.send(0, key("k-5"), buy(1));
+    c.persist(0);
+    let second = c.send(0, key("k-5"), buy(1));
+    c.persist(0);
+    assert_eq!(
+        c.calls.len(),
+        1,
+        "the retry waits behind the attempt on its way"
+    );
+    while !c.calls.is_empty() {
+        c.deliver_call(0);
+        for i in 0..names.len() {
+            c.persist(i);
+        }
+    }
+    let (a, b) = (
+        c.take_reply(0, first).unwrap(),
+        c.take_reply(0, second).unwrap(),
+    );
+    assert_eq!(
+        remote(&a).region,
+        "sa-east",
+        "us-east refused; sa-east is next"
+    );
+    assert_eq!(a, b, "the retry gets the same order");
+    c.settle(3);
+    c.converged().unwrap();
+    let sold: Vec<u64> = (0..4).map(|r| sold_by(&c, 0, r)).collect();
+    assert_eq!(sold, [10, 10, 0, 1], "one order, in sa-east");
+    c.check().unwrap();
+}
+
+/// A call that could not leave (no link) moves a request without a key to the next region;
+/// a keyed one is answered like a silence, since an earlier attempt of its key may have
+/// reached the region it was recorded for.
+#[test]
+fn an_undeliverable_call_moves_on_only_without_a_key() {
+    let mut c = cluster(30, 0, |_| {});
+    sell_out_locally(&mut c, 0);
+    let undeliverable = |c: &mut LocalCluster| {
+        let call = c.calls.remove(0);
+        let to = c.names[call.to].clone();
+        c.step(
+            0,
+            Input::Undeliverable {
+                to,
+                message: call.message,
+            },
+        );
+    };
+    let keyless = c.send(0, None, buy(1));
+    undeliverable(&mut c);
+    assert_eq!(c.calls.len(), 1);
+    assert_eq!(c.calls[0].to, 2, "on to ap-south");
+    c.calls.clear();
+    c.advance(DEFAULT_PEER_CALL_TIMEOUT_MS + 1);
+    c.tick(0);
+    assert!(c.take_reply(0, keyless).is_some());
+    c.settle(1);
+    let keyed = c.send(0, key("k-6"), buy(1));
+    c.persist(0);
+    undeliverable(&mut c);
+    let r = c.take_reply(0, keyed).unwrap();
+    assert!(
+        matches!(&r, Err(CoreError::StockUnreachable { regions, .. }) if regions == &["us-east"]),
+        "{r:?}"
+    );
+    assert!(c.calls.is_empty(), "not moved on");
+    c.check().unwrap();
 }

@@ -114,7 +114,7 @@ mod tests {
             command: Box::new(Command::ReadOrder {
                 order: "o-us-east-1-000000000000000000000000".into(),
             }),
-            deadline: Some(1_700_000_000_000),
+            budget_ms: Some(2_000),
         })
     }
 

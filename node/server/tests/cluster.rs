@@ -845,6 +845,10 @@ async fn stock_only_across_a_partition_is_unreachable_not_sold_out() {
     hear_each_other(&c, "rock").await;
     sell_out_eu_west(&c).await;
     c.isolate(0, true);
+    // Past the time a region stays heard from: both peers count as cut off, and the answer
+    // comes at once from what eu-west knows (not from a call timing out).
+    tokio::time::sleep(Duration::from_millis(3_300)).await;
+    let asked = std::time::Instant::now();
     let r = c
         .client
         .post(format!("{}/v1/events/rock/purchases", c.bases[0]))
@@ -858,6 +862,16 @@ async fn stock_only_across_a_partition_is_unreachable_not_sold_out() {
     assert_eq!(
         body["type"], "urn:allot:problem:stock-unreachable",
         "{body}"
+    );
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("us-east") && detail.contains("ap-south"),
+        "{detail}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
     );
     // Healed, the same request sells through a peer.
     c.isolate(0, false);

@@ -138,7 +138,7 @@ impl Core {
                 id: call,
                 key: Some(idem),
                 command: Box::new(Command::Ask(message)),
-                deadline: None,
+                budget_ms: None,
             },
         ));
         self.rebalancer.sent(

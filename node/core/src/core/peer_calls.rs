@@ -95,11 +95,11 @@ impl Core {
             _ => None,
         };
         // A grant goes with this region's durable row from what the asker last reported: the
-        // asker credits it only through that row. An order goes with it too, so a region that
-        // forwarded the sale learns at once what this one has left.
+        // asker credits it only through that row. (Not an order: a row that consumed quota
+        // granted by a third region, merged without that region's row, would show the caller
+        // more sold than the capacity.)
         let row_of = match &outcome {
             Answered::Granted { event, .. } => Some(event.as_str()),
-            Answered::Order(o) => Some(&*o.event),
             _ => None,
         };
         let row = match row_of {
@@ -192,7 +192,7 @@ impl Core {
                 id,
                 key,
                 command: Box::new(command),
-                deadline: None,
+                budget_ms: None,
             },
         ));
     }
@@ -253,9 +253,11 @@ impl Core {
                 id,
                 key,
                 command,
-                deadline,
+                budget_ms,
             } => {
                 let command = *command;
+                // The budget runs from the arrival, on this region's own clock.
+                let deadline = budget_ms.map(|b| self.now.saturating_add(b));
                 if !command.belongs_elsewhere_maybe() {
                     self.out
                         .warnings
