@@ -301,16 +301,14 @@ impl CoreError {
         )
     }
 
-    /// A refusal the request's content and the region's state decided, kept under a
-    /// forwarded request's key: not one that says nothing about the request (the store did
-    /// not answer, the key came with another body, the request came too late, a third
-    /// region did not answer).
+    /// A refusal the request's content and the region's state decided: not one that says
+    /// nothing about the request (the store did not answer, the key came with another body,
+    /// a third region did not answer).
     pub fn is_decision(&self) -> bool {
         !matches!(
             self,
             CoreError::Storage(_)
                 | CoreError::IdempotencyMismatch
-                | CoreError::DeadlinePassed
                 | CoreError::Unreachable { .. }
                 | CoreError::StockUnreachable { .. }
         )

@@ -424,8 +424,7 @@ impl Core {
         }
         // A forwarded request the origin no longer waits for is not sold.
         if req.deadline.is_some_and(|d| self.now > d) {
-            self.reply_now(req.caller.clone(), Err(CoreError::DeadlinePassed));
-            return self.decided(req);
+            return self.refuse(req, CoreError::DeadlinePassed);
         }
         match self.execute(&mut req) {
             Step::Need(lookup) => self.park(req, lookup),
@@ -434,26 +433,28 @@ impl Core {
                 self.decided(req);
             }
             Step::Done(Err(e)) if self.forwards(&req, &e) => self.forward_refused(req, e),
-            Step::Done(Err(e)) => {
-                match (&req.caller, &req.key) {
-                    // A forwarded request stays refused: a late duplicate must not sell after
-                    // the origin told its buyer no, or tried another region.
-                    (Caller::Peer { .. }, Some(key))
-                        if e.is_decision() && req.command.want().is_some() =>
-                    {
-                        let index = self.commit(RecordBody::KeyAnswered {
-                            idem: IdemRecord {
-                                key: key.clone(),
-                                outcome: Outcome::Refused(e.clone()),
-                            },
-                        });
-                        self.reply_after(index, req.caller.clone(), Err(e));
-                    }
-                    _ => self.reply_now(req.caller.clone(), Err(e)),
-                }
-                self.decided(req);
-            }
+            Step::Done(Err(e)) => self.refuse(req, e),
         }
+    }
+
+    /// Refuses a request. A forwarded sale's refusal is kept under its key when a late
+    /// duplicate of the call must not sell after it (see [`forwards::keeps_refusal`]).
+    fn refuse(&mut self, req: Request, e: CoreError) {
+        match (&req.caller, &req.key) {
+            (Caller::Peer { .. }, Some(key))
+                if req.command.want().is_some() && forwards::keeps_refusal(&key.key, &e) =>
+            {
+                let index = self.commit(RecordBody::KeyAnswered {
+                    idem: IdemRecord {
+                        key: key.clone(),
+                        outcome: Outcome::Refused(e.clone()),
+                    },
+                });
+                self.reply_after(index, req.caller.clone(), Err(e));
+            }
+            _ => self.reply_now(req.caller.clone(), Err(e)),
+        }
+        self.decided(req);
     }
 
     /// A key's first answer, for a request that repeats it: the same reply, or for a request

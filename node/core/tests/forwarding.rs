@@ -274,13 +274,16 @@ fn after_a_refusal_the_next_region_sells_and_a_late_duplicate_never_does() {
 
 /// The budget a forwarded call carries runs on the target's clock from its arrival: a call
 /// still waiting there after it (here, on the store's answer for its key) is refused, not
-/// sold to a buyer its origin has stopped waiting for.
+/// sold to a buyer its origin may have stopped waiting for; the refusal is kept, so a
+/// duplicate of the call arriving later (with a budget of its own) is refused too, and the
+/// origin, sure the target never sells it, tries the next region.
 #[test]
-fn a_forward_still_waiting_after_its_budget_is_not_sold() {
+fn a_forward_still_waiting_after_its_budget_is_refused_for_good() {
     let mut c = cluster(30, 0, |_| {});
     sell_out_locally(&mut c, 0);
     let id = c.send(0, None, buy(1));
     assert_eq!(c.calls.len(), 1, "a request without a key leaves at once");
+    let call = c.calls[0].clone();
     c.defer_reads = true;
     c.deliver_call(0);
     assert_eq!(c.reads[1].len(), 1, "us-east looks its forward id up");
@@ -288,9 +291,35 @@ fn a_forward_still_waiting_after_its_budget_is_not_sold() {
     c.answer_read(1, 0);
     c.persist(1);
     assert_eq!(sold_by(&c, 1, 1), 0);
+    c.defer_reads = false;
+    // The refusal reaches eu-west, which tries ap-south.
     c.deliver_call(0);
-    let r = c.take_reply(0, id).unwrap();
-    assert!(matches!(r, Err(CoreError::DeadlinePassed)), "{r:?}");
+    c.persist(0);
+    assert_eq!(c.calls.len(), 1);
+    assert_eq!(c.calls[0].to, 2, "on to ap-south");
+    while !c.calls.is_empty() {
+        c.deliver_call(0);
+        for i in 0..3 {
+            c.persist(i);
+        }
+    }
+    assert_eq!(remote(&c.take_reply(0, id).unwrap()).region, "ap-south");
+    // The duplicate of the first call, late: refused again, nothing sold.
+    c.calls.push(call);
+    c.deliver_call(0);
+    c.persist(1);
+    let answer = c.calls.remove(0);
+    assert!(
+        matches!(
+            answer.message,
+            Exchange::Answer {
+                answer: Err(CoreError::DeadlinePassed),
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(sold_by(&c, 1, 1), 0);
     c.check().unwrap();
 }
 

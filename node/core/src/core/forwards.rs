@@ -42,6 +42,28 @@ use super::{Caller, Core};
 /// Regions one request may be sent to: the best candidate, and one more if it refused.
 pub const MAX_TARGETS: usize = 2;
 
+/// Whether a target keeps its refusal of a forwarded sale under the sale's (caller-scoped)
+/// key, so that a late duplicate of the call is refused the same way, not sold to a buyer
+/// told no or after the origin moved on.
+///
+/// - A request without a key (its key is a forward id, which holds a space, as no buyer's key
+///   may): every decided refusal. Its buyer cannot retry it; only duplicates come again.
+/// - A buyer's key: the refusals after which the origin moves on (out of stock, or the
+///   budget spent), which must stay refusals; not the others (a hold limit, a seat taken),
+///   which would pin the buyer's key to a refusal for a day although the same request may
+///   succeed later, here as at home. A late duplicate of those may sell; the buyer's retry
+///   of the key then finds that order.
+pub(crate) fn keeps_refusal(scoped_key: &str, e: &CoreError) -> bool {
+    let forward_id = scoped_key
+        .split_once(' ')
+        .is_some_and(|(_, own)| own.contains(' '));
+    if forward_id {
+        e.is_decision()
+    } else {
+        e.is_out_of_stock() || *e == CoreError::DeadlinePassed
+    }
+}
+
 /// What a target said it had left when it refused a forward outranks what this region knew
 /// of it, until its next gossip frame (sent after the refusal, so newer) or at most this
 /// long: a refusal teaches at once what gossip tells a little later, so the buyers behind it
@@ -391,7 +413,9 @@ impl Core {
                 if let (CoreError::SoldOut { available, .. }, Some((ev, p, _))) = (&e, f.units) {
                     self.note_refusal(ev, p, from, *available);
                 }
-                if !e.is_out_of_stock() {
+                // Out of stock, or the budget spent there: the target keeps that refusal under
+                // the key, so it will never sell this request, and the next region may.
+                if !(e.is_out_of_stock() || e == CoreError::DeadlinePassed) {
                     self.reply_now(caller, Err(e));
                     return self.decided(f.request);
                 }
@@ -623,5 +647,35 @@ fn wanted(command: &Command) -> u64 {
         Some((_, Want::Quantity { quantity, .. })) => *quantity,
         Some((_, Want::Seats { seats, .. })) => seats.len() as u64,
         None => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buyers_key_keeps_only_the_refusals_the_origin_moves_on_after() {
+        let sold_out = CoreError::SoldOut {
+            available: 0,
+            wanted: 1,
+        };
+        let limit = CoreError::HoldLimit(5);
+        let storage = CoreError::Storage("down".into());
+        // A buyer's key, scoped by the calling region.
+        assert!(keeps_refusal("eu-west k-1", &sold_out));
+        assert!(keeps_refusal("eu-west k-1", &CoreError::DeadlinePassed));
+        assert!(!keeps_refusal("eu-west k-1", &limit));
+        // A forward id holds a space of its own: every decided refusal.
+        assert!(keeps_refusal("eu-west fwd 3-17", &limit));
+        assert!(keeps_refusal(
+            "eu-west fwd 3-17",
+            &CoreError::DeadlinePassed
+        ));
+        assert!(!keeps_refusal("eu-west fwd 3-17", &storage));
+        assert!(!keeps_refusal(
+            "eu-west fwd 3-17",
+            &CoreError::IdempotencyMismatch
+        ));
     }
 }

@@ -129,7 +129,8 @@ impl Core {
         // The ask's id is its idempotency key at the donor (scoped there by this region): a
         // duplicate of it, even after the donor restarted, gets the first answer.
         let idem = IdempotencyKey {
-            key: format!("ask-{}-{}", call.incarnation, call.n),
+            // A space, as no buyer's key may hold: never the key of a buyer's forwarded sale.
+            key: format!("ask {}-{}", call.incarnation, call.n),
             body_hash: [0; 32],
         };
         self.out.exchange.push((
