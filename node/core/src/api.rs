@@ -199,9 +199,11 @@ pub enum Outcome {
     /// The answer of the region that owns what was asked (see `crate::exchange`).
     Remote(Box<crate::exchange::RemoteOutcome>),
     /// Kept under a buyer's key at the region that forwarded the request (never shown to a
-    /// buyer): a retry of the key goes to `target` again, and only there.
+    /// buyer): a retry of the key goes to `target` again, and only there; if it refuses, the
+    /// retry does not try the regions in `refused_by` again (they keep their refusals).
     Forwarded {
         target: String,
+        refused_by: Vec<String>,
     },
     /// Kept under a forwarded request's key at the region that refused it: a late duplicate
     /// of the request is refused the same way, never sold after the origin moved on.

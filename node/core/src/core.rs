@@ -461,7 +461,9 @@ impl Core {
     /// this region forwarded, the same target again.
     fn answer_again(&mut self, mut req: Request, index: RecordIndex, outcome: Outcome) {
         match outcome {
-            Outcome::Forwarded { target } if matches!(req.caller, Caller::Client(_)) => {
+            Outcome::Forwarded { target, refused_by }
+                if matches!(req.caller, Caller::Client(_)) =>
+            {
                 // One request per key on its way at a time: it alone may move the key to
                 // another region after a refusal, from the target the key's record names.
                 // A duplicate waits, then follows the record as that request left it.
@@ -473,7 +475,7 @@ impl Core {
                     self.parked.claim(&key);
                     req.holds_claim = true;
                 }
-                self.forward_again(req, target, index)
+                self.forward_again(req, target, refused_by, index)
             }
             Outcome::Forwarded { .. } => {
                 let e = CoreError::Invalid("a key of a forwarded request, forwarded again".into());

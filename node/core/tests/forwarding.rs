@@ -497,3 +497,56 @@ fn an_undeliverable_call_moves_on_only_without_a_key() {
     assert!(c.calls.is_empty(), "not moved on");
     c.check().unwrap();
 }
+
+/// Found in review: a retry of a key whose first attempt was refused by one region and then
+/// lost on its way to a second started with a clean slate, and could spend its one other
+/// try on the first region again (which keeps its refusal): `sold-out` while a third region
+/// had the stock. The key's record now carries the regions that refused it.
+#[test]
+fn a_retry_does_not_try_again_a_region_that_refused_its_key() {
+    let names = ["eu-west", "us-east", "ap-south", "sa-east"];
+    let mut c = LocalCluster::configured(&names, |cfg| {
+        if cfg.region == "eu-west" {
+            for (peer, ms) in [("us-east", 80), ("sa-east", 150), ("ap-south", 239)] {
+                cfg.peer_rtt_ms.insert(peer.into(), ms);
+            }
+        }
+    });
+    c.call(0, Command::CreateEvent(spec("rock", 40, 0)))
+        .expect("create");
+    c.settle(2);
+    sell_out_locally(&mut c, 0);
+    sell_out_locally(&mut c, 1); // eu-west has not heard
+    let first = c.send(0, key("k-7"), buy(1));
+    c.persist(0);
+    c.deliver_call(0); // to us-east
+    c.persist(1);
+    c.deliver_call(0); // its refusal: on to sa-east
+    c.persist(0);
+    assert_eq!(c.calls.len(), 1);
+    assert_eq!(c.calls[0].to, 3);
+    // That call cannot leave: the key stays with sa-east, and the buyer hears 503.
+    let call = c.calls.remove(0);
+    c.step(
+        0,
+        Input::Undeliverable {
+            to: "sa-east".into(),
+            message: call.message,
+        },
+    );
+    assert!(matches!(
+        c.take_reply(0, first),
+        Some(Err(CoreError::StockUnreachable { .. }))
+    ));
+    // Past the time us-east's refusal is trusted as a figure; sa-east sells out unheard.
+    c.advance(1_500);
+    sell_out_locally(&mut c, 3);
+    c.network.clear();
+    let again = c.call_keyed(0, key("k-7"), buy(1));
+    assert_eq!(remote(&again).region, "ap-south", "{again:?}");
+    c.settle(3);
+    c.converged().unwrap();
+    let sold: Vec<u64> = (0..4).map(|r| sold_by(&c, 0, r)).collect();
+    assert_eq!(sold, [10, 10, 1, 10]);
+    c.check().unwrap();
+}

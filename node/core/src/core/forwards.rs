@@ -76,8 +76,11 @@ pub(super) struct Forward {
     pub target: String,
     /// The key the target deduplicates on (the buyer's, or a forward id).
     pub key: IdempotencyKey,
-    /// Regions that refused it already, in order.
+    /// Regions that refused its key already, in order (this request's refusals, and those
+    /// of earlier attempts of its key, from the key's record).
     pub refused_by: Vec<String>,
+    /// Regions this request was sent to: at most [`MAX_TARGETS`].
+    pub tries: usize,
     pub started_at: Millis,
     /// The event position, pool and quantity of a request for a quantity (not named seats):
     /// what a refusal or a sale by the target teaches about its stock.
@@ -227,7 +230,7 @@ impl ForwardBook {
             if !matches!(f.request.caller, Caller::Client(_)) {
                 return Err("forwards: a call from another region forwarded again".into());
             }
-            if f.refused_by.len() >= MAX_TARGETS || f.refused_by.contains(&f.target) {
+            if f.tries > MAX_TARGETS || f.refused_by.contains(&f.target) {
                 return Err(format!(
                     "forwards: {} sent to a region that refused it",
                     f.key.key
@@ -289,6 +292,7 @@ impl Core {
                     target,
                     key,
                     refused_by: Vec::new(),
+                    tries: 1,
                     started_at: self.now,
                     units,
                 });
@@ -302,7 +306,13 @@ impl Core {
 
     /// A retry of a key this region forwarded: to the same target, once the record naming
     /// it is durable.
-    pub(super) fn forward_again(&mut self, req: Request, target: String, index: RecordIndex) {
+    pub(super) fn forward_again(
+        &mut self,
+        req: Request,
+        target: String,
+        refused_by: Vec<String>,
+        index: RecordIndex,
+    ) {
         let Some(key) = req.key.clone() else {
             unreachable!("only a keyed request finds a forward under its key")
         };
@@ -311,7 +321,8 @@ impl Core {
             request: req,
             target,
             key,
-            refused_by: Vec::new(),
+            refused_by,
+            tries: 1,
             started_at: self.now,
             units,
         };
@@ -339,6 +350,7 @@ impl Core {
                         key,
                         outcome: Outcome::Forwarded {
                             target: f.target.clone(),
+                            refused_by: f.refused_by.clone(),
                         },
                     },
                 });
@@ -448,13 +460,14 @@ impl Core {
     }
 
     fn forward_next(&mut self, mut f: Forward, refusal: CoreError) {
-        if f.refused_by.len() >= MAX_TARGETS {
+        if f.tries >= MAX_TARGETS {
             self.reply_now(f.request.caller.clone(), Err(refusal));
             return self.decided(f.request);
         }
         match self.plan(&f.request.command, refusal, &f.refused_by) {
             Plan::Forward(next) => {
                 f.target = next;
+                f.tries += 1;
                 self.forward(f);
             }
             Plan::Refuse(e) => {
