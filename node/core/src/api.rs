@@ -291,9 +291,7 @@ impl CoreError {
             CoreError::DeadlinePassed => "deadline-passed",
         }
     }
-}
 
-impl CoreError {
     /// A refusal that says the region had not the quota or the seats: the origin of a
     /// forwarded request may try another region after it.
     pub fn is_out_of_stock(&self) -> bool {

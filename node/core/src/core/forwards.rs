@@ -286,16 +286,8 @@ impl Core {
                         body_hash: [0; 32],
                     },
                 };
-                let units = self.units_of(&req.command);
-                self.forward(Forward {
-                    request: req,
-                    target,
-                    key,
-                    refused_by: Vec::new(),
-                    tries: 1,
-                    started_at: self.now,
-                    units,
-                });
+                let f = self.first_try(req, target, key, Vec::new());
+                self.forward(f);
             }
             Plan::Refuse(e) => {
                 self.reply_now(req.caller.clone(), Err(e));
@@ -316,16 +308,7 @@ impl Core {
         let Some(key) = req.key.clone() else {
             unreachable!("only a keyed request finds a forward under its key")
         };
-        let units = self.units_of(&req.command);
-        let f = Forward {
-            request: req,
-            target,
-            key,
-            refused_by,
-            tries: 1,
-            started_at: self.now,
-            units,
-        };
+        let f = self.first_try(req, target, key, refused_by);
         if index <= self.durable.persisted() {
             self.send_forward(f);
         } else {
@@ -337,6 +320,25 @@ impl Core {
     fn forwards_full(&self, region: &str) -> bool {
         self.calls.outstanding_of(region, Waiter::Forward) + self.forwards.waiting_for(region)
             >= self.cfg.max_forwards_per_peer
+    }
+
+    /// A request's first try at a region, `key` being what the target deduplicates on.
+    fn first_try(
+        &self,
+        request: Request,
+        target: String,
+        key: IdempotencyKey,
+        refused_by: Vec<String>,
+    ) -> Forward {
+        Forward {
+            units: self.units_of(&request.command),
+            request,
+            target,
+            key,
+            refused_by,
+            tries: 1,
+            started_at: self.now,
+        }
     }
 
     /// Records the target under the buyer's key (if any), then sends once that is durable.
@@ -402,22 +404,14 @@ impl Core {
         match answer {
             Ok(remote) => {
                 self.forwards.answered(&f, self.now, true);
-                if let Err(why) = self.check_remote(from, &remote) {
-                    self.out
-                        .warnings
-                        .push(format!("an answer from {from} refused: {why}"));
-                    let e = CoreError::Unreachable {
-                        region: from.to_owned(),
-                        why: "it answered something this region cannot use".into(),
-                    };
-                    self.reply_now(caller, Err(e));
-                } else {
-                    // The seller's row is not merged from the answer (gossip brings it, with
-                    // the rows it depends on): alone, a row that spent quota another region
-                    // granted would show this view more sold than the capacity until that
-                    // region's row came (found by the fuzz mode, seed 664).
-                    self.reply_now(caller, Ok(Outcome::Remote(remote)));
-                }
+                // The seller's row is not merged from the answer (gossip brings it, with the
+                // rows it depends on): alone, a row that spent quota another region granted
+                // would show this view more sold than the capacity until that region's row
+                // came (found by the fuzz mode, seed 664).
+                let reply = self
+                    .accept_remote(from, &remote)
+                    .map(|()| Outcome::Remote(remote));
+                self.reply_now(caller, reply);
                 self.decided(f.request);
             }
             Err(e) => {

@@ -128,6 +128,20 @@ impl Core {
         })
     }
 
+    /// [`check_remote`](Self::check_remote), logged: an answer it refuses is, for the
+    /// client that waits, a region that could not be used.
+    pub(super) fn accept_remote(&mut self, from: &str, r: &RemoteOutcome) -> Result<(), CoreError> {
+        self.check_remote(from, r).map_err(|why| {
+            self.out
+                .warnings
+                .push(format!("an answer from {from} refused: {why}"));
+            CoreError::Unreachable {
+                region: from.to_owned(),
+                why: "it answered something this region cannot use".into(),
+            }
+        })
+    }
+
     /// Checks an answer before anything of it is believed or shown: it names the region that
     /// sent it, its hold or order fits an event this region knows (pool and seat indices are
     /// rendered against the local genesis), and only the catalog answers with a new event.
@@ -314,14 +328,7 @@ impl Core {
                 let caller = Caller::Client(client);
                 match answer {
                     Ok(remote) => {
-                        if let Err(why) = self.check_remote(from, &remote) {
-                            self.out
-                                .warnings
-                                .push(format!("an answer from {from} refused: {why}"));
-                            let e = CoreError::Unreachable {
-                                region: from.to_owned(),
-                                why: "it answered something this region cannot use".into(),
-                            };
+                        if let Err(e) = self.accept_remote(from, &remote) {
                             return self.reply_now(caller, Err(e));
                         }
                         let index = self.learn_from_answer(from, &remote);
