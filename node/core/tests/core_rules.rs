@@ -419,16 +419,7 @@ fn recover_rebuilds_the_same_core() {
         },
     )
     .unwrap();
-    c.call(
-        0,
-        Command::Grant {
-            event: "rock".into(),
-            pool: "floor".into(),
-            to: "us-east".into(),
-            amount: GrantAmount::Quantity(5),
-        },
-    )
-    .unwrap();
+    c.call(0, transfer("us-east", 5)).unwrap();
     c.call(
         1,
         Command::Grant {

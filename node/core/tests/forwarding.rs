@@ -33,6 +33,23 @@ fn cluster(ga: u64, seats: usize, tune: impl Fn(&mut Config)) -> LocalCluster {
     c
 }
 
+/// eu-west, us-east, ap-south and sa-east, 10 floor places each; eu-west's nearest peers are
+/// us-east, then sa-east, then ap-south.
+fn four_regions() -> LocalCluster {
+    let names = ["eu-west", "us-east", "ap-south", "sa-east"];
+    let mut c = LocalCluster::configured(&names, |cfg| {
+        if cfg.region == "eu-west" {
+            for (peer, ms) in [("us-east", 80), ("sa-east", 150), ("ap-south", 239)] {
+                cfg.peer_rtt_ms.insert(peer.into(), ms);
+            }
+        }
+    });
+    c.call(0, Command::CreateEvent(spec("rock", 40, 0)))
+        .expect("create");
+    c.settle(2);
+    c
+}
+
 fn key(k: &str) -> Option<IdempotencyKey> {
     Some(IdempotencyKey {
         key: k.into(),
@@ -174,16 +191,7 @@ fn a_keyed_retry_after_the_origin_crashes_yields_exactly_one_order() {
         }
         assert!(c.take_reply(0, first).is_none());
         c.crash(0);
-        c.call(
-            2,
-            Command::Grant {
-                event: "rock".into(),
-                pool: "floor".into(),
-                to: "eu-west".into(),
-                amount: GrantAmount::Quantity(5),
-            },
-        )
-        .unwrap();
+        c.call(2, transfer("eu-west", 5)).unwrap();
         c.settle(2); // the restarted region hears its peers (and the grant) again
         assert_eq!(c.cores[0].event("rock").unwrap().sellable(0), 5);
         let again = c.call_keyed(0, key("k-1"), buy(2));
@@ -239,16 +247,7 @@ fn after_a_refusal_the_next_region_sells_and_a_late_duplicate_never_does() {
     assert_eq!(remote(&r).region, "ap-south");
     assert_eq!(c.cores[0].forward_stats()["us-east"].refused, 1);
     // us-east receives quota again, then the duplicate arrives.
-    c.call(
-        2,
-        Command::Grant {
-            event: "rock".into(),
-            pool: "floor".into(),
-            to: "us-east".into(),
-            amount: GrantAmount::Quantity(5),
-        },
-    )
-    .unwrap();
+    c.call(2, transfer("us-east", 5)).unwrap();
     c.settle(2);
     assert!(c.cores[1].event("rock").unwrap().sellable(0) > 0);
     let sold_before = sold_by(&c, 1, 1);
@@ -414,17 +413,7 @@ fn a_forwarded_request_is_never_forwarded_again() {
 /// way and then follows the key's record.
 #[test]
 fn a_retry_during_a_forward_waits_for_it_and_follows_the_key() {
-    let names = ["eu-west", "us-east", "ap-south", "sa-east"];
-    let mut c = LocalCluster::configured(&names, |cfg| {
-        if cfg.region == "eu-west" {
-            for (peer, ms) in [("us-east", 80), ("sa-east", 150), ("ap-south", 239)] {
-                cfg.peer_rtt_ms.insert(peer.into(), ms);
-            }
-        }
-    });
-    c.call(0, Command::CreateEvent(spec("rock", 40, 0)))
-        .expect("create");
-    c.settle(2);
+    let mut c = four_regions();
     sell_out_locally(&mut c, 0);
     sell_out_locally(&mut c, 1); // eu-west has not heard: no tick since
     let first = c.send(0, key("k-5"), buy(1));
@@ -438,7 +427,7 @@ fn a_retry_during_a_forward_waits_for_it_and_follows_the_key() {
     );
     while !c.calls.is_empty() {
         c.deliver_call(0);
-        for i in 0..names.len() {
+        for i in 0..4 {
             c.persist(i);
         }
     }
@@ -504,17 +493,7 @@ fn an_undeliverable_call_moves_on_only_without_a_key() {
 /// had the stock. The key's record now carries the regions that refused it.
 #[test]
 fn a_retry_does_not_try_again_a_region_that_refused_its_key() {
-    let names = ["eu-west", "us-east", "ap-south", "sa-east"];
-    let mut c = LocalCluster::configured(&names, |cfg| {
-        if cfg.region == "eu-west" {
-            for (peer, ms) in [("us-east", 80), ("sa-east", 150), ("ap-south", 239)] {
-                cfg.peer_rtt_ms.insert(peer.into(), ms);
-            }
-        }
-    });
-    c.call(0, Command::CreateEvent(spec("rock", 40, 0)))
-        .expect("create");
-    c.settle(2);
+    let mut c = four_regions();
     sell_out_locally(&mut c, 0);
     sell_out_locally(&mut c, 1); // eu-west has not heard
     let first = c.send(0, key("k-7"), buy(1));

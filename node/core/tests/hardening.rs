@@ -10,15 +10,6 @@ use allot_node::*;
 use common::*;
 use proptest::prelude::*;
 
-fn transfer(to: &str, quantity: u64) -> Command {
-    Command::Grant {
-        event: "rock".into(),
-        pool: "floor".into(),
-        to: to.into(),
-        amount: GrantAmount::Quantity(quantity),
-    }
-}
-
 /// Seen from outside before the fix: a transfer of 2^64 − 10 was accepted, the giver's quota
 /// rose by 10 and it sold 110 of an allotment of 100.
 #[test]

@@ -718,6 +718,19 @@ async fn hear_each_other(c: &Cluster, event: &str) {
     panic!("the regions do not hear each other");
 }
 
+/// Three regions without a rebalancer (only forwarding sells beyond a region's allotment),
+/// the even event everywhere, every region hearing the others.
+async fn forwarding_cluster() -> Cluster {
+    let c = Cluster::start_with(|_, o| o.rebalance = false).await;
+    assert_eq!(
+        c.post(0, "/v1/admin/events", even_event()).await.0,
+        StatusCode::CREATED
+    );
+    c.converge("rock", Duration::from_secs(5)).await;
+    hear_each_other(&c, "rock").await;
+    c
+}
+
 /// Sells out eu-west's own quota of the floor (100 of the even event's 300).
 async fn sell_out_eu_west(c: &Cluster) {
     let mut sold = 0;
@@ -729,14 +742,7 @@ async fn sell_out_eu_west(c: &Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_without_quota_sells_through_a_peer() {
-    // No rebalancer: only forwarding can sell beyond eu-west's allotment.
-    let c = Cluster::start_with(|_, o| o.rebalance = false).await;
-    assert_eq!(
-        c.post(0, "/v1/admin/events", even_event()).await.0,
-        StatusCode::CREATED
-    );
-    c.converge("rock", Duration::from_secs(5)).await;
-    hear_each_other(&c, "rock").await;
+    let c = forwarding_cluster().await;
     sell_out_eu_west(&c).await;
     let (s, order) = c
         .post(
@@ -793,13 +799,7 @@ async fn a_region_without_quota_sells_through_a_peer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seat_hold_for_another_regions_seat_is_placed_by_its_owner() {
-    let c = Cluster::start_with(|_, o| o.rebalance = false).await;
-    assert_eq!(
-        c.post(0, "/v1/admin/events", even_event()).await.0,
-        StatusCode::CREATED
-    );
-    c.converge("rock", Duration::from_secs(5)).await;
-    hear_each_other(&c, "rock").await;
+    let c = forwarding_cluster().await;
     // Thirty seats in blocks of ten: are us-east's.
     let (s, hold) = c
         .post(
@@ -836,13 +836,7 @@ async fn a_seat_hold_for_another_regions_seat_is_placed_by_its_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_only_across_a_partition_is_unreachable_not_sold_out() {
-    let c = Cluster::start_with(|_, o| o.rebalance = false).await;
-    assert_eq!(
-        c.post(0, "/v1/admin/events", even_event()).await.0,
-        StatusCode::CREATED
-    );
-    c.converge("rock", Duration::from_secs(5)).await;
-    hear_each_other(&c, "rock").await;
+    let c = forwarding_cluster().await;
     sell_out_eu_west(&c).await;
     c.isolate(0, true);
     // Past the time a region stays heard from: both peers count as cut off, and the answer

@@ -72,6 +72,16 @@ pub fn buy(quantity: u64) -> Command {
     }
 }
 
+/// An operator's transfer of `quantity` floor places to region `to`.
+pub fn transfer(to: &str, quantity: u64) -> Command {
+    Command::Grant {
+        event: "rock".into(),
+        pool: "floor".into(),
+        to: to.into(),
+        amount: GrantAmount::Quantity(quantity),
+    }
+}
+
 pub fn hold_qty(customer: &str, pool: &str, quantity: u64) -> Command {
     Command::Hold {
         event: "rock".into(),
