@@ -542,18 +542,6 @@ impl Core {
         }
     }
 
-    /// What region `r` may still sell of pool `p`, as this region last heard: its merged
-    /// row's available quota less what its last frame said it holds.
-    pub(super) fn last_known_sellable(&self, ev: usize, p: PoolIdx, r: usize) -> u64 {
-        let e = &self.events[ev];
-        if r == e.me as usize {
-            return e.sellable(p).max(0) as u64;
-        }
-        let held = e.peers[r].held.get(p as usize).copied().unwrap_or(0);
-        let available = e.ledger.available_wide(p, r as RegionIdx);
-        u64::try_from((available - i128::from(held)).max(0)).unwrap_or(u64::MAX)
-    }
-
     /// What region `r` can be expected to sell of pool `p` for a request sent to it now: its
     /// last known sellable, or less if it refused a forward lately saying so.
     ///
@@ -624,22 +612,6 @@ impl Core {
             .or_else(|| self.cfg.peer_rtt_ms.get(region))
             .copied()
             .unwrap_or(Millis::MAX)
-    }
-
-    /// Per region of an event's pool, as this region sees it for forwarding: (last known
-    /// sellable, expected sellable for a request sent now).
-    pub fn forward_view(&self, event: &str, pool: PoolIdx) -> Vec<(u64, u64)> {
-        let Some(&ev) = self.by_id.get(event) else {
-            return Vec::new();
-        };
-        (0..self.events[ev].genesis().regions.len())
-            .map(|r| {
-                (
-                    self.last_known_sellable(ev, pool, r),
-                    self.expected_sellable(ev, pool, r),
-                )
-            })
-            .collect()
     }
 
     /// Forwards this region made, by target region.

@@ -46,15 +46,14 @@ impl Core {
         let e = &self.events[ev];
         (0..e.genesis().regions.len())
             .map(|r| {
+                let sellable = self.last_known_sellable(ev, p, r);
                 if r == e.me as usize {
                     return PoolFigures {
-                        sellable: e.sellable(p).max(0) as u64,
+                        sellable,
                         demand_per_s: e.demand[p as usize].per_s,
                     };
                 }
                 let view = &e.peers[r];
-                let held = view.held.get(p as usize).copied().unwrap_or(0);
-                let available = e.ledger.available_wide(p, r as RegionIdx);
                 let demand_per_s =
                     view.demand_per_min.get(p as usize).copied().unwrap_or(0) as f64 / 60.0;
                 // What its last frame said, less what it has likely sold since: a peer's row
@@ -62,10 +61,9 @@ impl Core {
                 let age_s = view
                     .heard_at
                     .map_or(0.0, |h| self.now.saturating_sub(h) as f64 / 1000.0);
-                let since = (demand_per_s * age_s) as i128;
+                let since = (demand_per_s * age_s) as u64;
                 PoolFigures {
-                    sellable: u64::try_from((available - i128::from(held) - since).max(0))
-                        .unwrap_or(u64::MAX),
+                    sellable: sellable.saturating_sub(since),
                     demand_per_s,
                 }
             })

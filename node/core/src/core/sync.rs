@@ -2,7 +2,7 @@
 //! event's whole unit at a time, longest-owed first) and applying a peer's frame, every part
 //! checked before anything of it is believed.
 
-use allot_crdt::{Genesis, RegionIdx};
+use allot_crdt::{Genesis, PoolIdx, RegionIdx};
 
 use crate::api::Millis;
 use crate::event::EventState;
@@ -303,6 +303,18 @@ impl Core {
 }
 
 impl Core {
+    /// What region `r` may still sell of pool `p`, as this region last heard: its merged
+    /// row's available quota less what its last frame said it holds.
+    pub(super) fn last_known_sellable(&self, ev: usize, p: PoolIdx, r: usize) -> u64 {
+        let e = &self.events[ev];
+        if r == e.me as usize {
+            return e.sellable(p).max(0) as u64;
+        }
+        let held = e.peers[r].held.get(p as usize).copied().unwrap_or(0);
+        let available = e.ledger.available_wide(p, r as RegionIdx);
+        u64::try_from((available - i128::from(held)).max(0)).unwrap_or(u64::MAX)
+    }
+
     /// Whether region `r` of event `ev` was heard from lately (see [`PEER_FRESH_MS`]).
     pub(super) fn heard_lately(&self, ev: usize, r: usize) -> bool {
         self.events[ev].peers[r]
