@@ -54,6 +54,10 @@ pub struct Report {
     /// regions that sent them count (a region that crashed lost its counts).
     pub forwards_refused: u64,
     pub forwards_lost: u64,
+    /// Requests no one region could cover, for which the parts were gathered from several
+    /// (core/gathers.rs), and of them those that got every part.
+    pub gathered: u64,
+    pub gathered_whole: u64,
     /// Purchases sent again with the same idempotency key, and refunds answered.
     pub retried: u64,
     pub refunds: u64,
@@ -110,6 +114,8 @@ impl Report {
             forward_latency_ms: None,
             forwards_refused: 0,
             forwards_lost: 0,
+            gathered: 0,
+            gathered_whole: 0,
             retried: 0,
             refunds: 0,
             abandoned: 0,
@@ -188,6 +194,13 @@ impl Report {
                     self.forwards_refused,
                     self.forwards_lost
                 ),
+            );
+        }
+        if self.gathered > 0 {
+            row(
+                &mut s,
+                "gathered from several regions",
+                format!("{} ({} got every part)", self.gathered, self.gathered_whole),
             );
         }
         row(

@@ -1232,6 +1232,9 @@ impl World {
                 self.report.forwards_refused += s.refused;
                 self.report.forwards_lost += s.lost;
             }
+            let g = core.gather_stats();
+            self.report.gathered += g.started;
+            self.report.gathered_whole += g.complete;
         }
         self.report.latency_ms_by_region = self
             .names

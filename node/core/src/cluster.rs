@@ -186,8 +186,8 @@ impl LocalCluster {
                 return r;
             }
             assert!(
-                !self.calls.is_empty(),
-                "a persisted request has its reply, or a call on its way"
+                !self.calls.is_empty() || self.unpersisted.iter().any(|u| !u.is_empty()),
+                "a persisted request has its reply, or a call on its way, or a record to persist"
             );
             while !self.calls.is_empty() {
                 self.deliver_call(0);

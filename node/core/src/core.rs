@@ -25,6 +25,7 @@ use crate::record::{IdemRecord, Record, RecordBody, ReleaseReason};
 mod commands;
 mod durability;
 mod forwards;
+mod gathers;
 mod handoffs;
 mod hold_book;
 mod idempotency;
@@ -39,6 +40,8 @@ use commands::invalid;
 use durability::DurabilityQueues;
 use forwards::ForwardBook;
 pub use forwards::ForwardStats;
+use gathers::GatherBook;
+pub use gathers::GatherStats;
 use hold_book::HoldBook;
 use idempotency::{IdempotencyTable, Seen};
 use parked::{Parked, Request};
@@ -176,6 +179,8 @@ pub struct Footprint {
     pub waiting_replies: usize,
     /// Buyers' requests sent to (or about to go to) another region.
     pub forwards_in_flight: usize,
+    /// Buyers' requests waiting for the parts other regions give them.
+    pub gathers_in_flight: usize,
 }
 
 pub struct Core {
@@ -200,6 +205,7 @@ pub struct Core {
     calls: ExchangeBook,
     /// Buyers' requests sent to the region that has the stock.
     forwards: ForwardBook,
+    gathers: GatherBook,
     rebalancer: Rebalancer,
     out: Ready,
 }
@@ -227,7 +233,11 @@ impl From<CoreError> for Halt {
 impl Core {
     pub fn new(cfg: Config) -> Core {
         let incarnation = cfg.incarnation;
-        let tuning = cfg.rebalance;
+        // Forwarding sells the last units wherever they are: no pooling (see Tuning).
+        let tuning = cfg.rebalance.map(|t| crate::policy::Tuning {
+            pool_endgame: t.pool_endgame && !cfg.forwarding,
+            ..t
+        });
         Core {
             cfg,
             events: Vec::new(),
@@ -242,6 +252,7 @@ impl Core {
             durable: DurabilityQueues::default(),
             calls: ExchangeBook::new(incarnation),
             forwards: ForwardBook::new(incarnation),
+            gathers: GatherBook::default(),
             rebalancer: Rebalancer::new(tuning),
             out: Ready::default(),
         }
@@ -715,6 +726,7 @@ impl Core {
             reads_in_flight: self.parked.in_flight(),
             waiting_replies: self.durable.waiting_replies(),
             forwards_in_flight: self.forwards.len(),
+            gathers_in_flight: self.gathers.len(),
         }
     }
 
@@ -739,6 +751,7 @@ impl Core {
     pub fn check_invariants(&self) -> Result<(), String> {
         self.calls.check()?;
         self.forwards.check()?;
+        self.gathers.check()?;
         self.rebalancer.check()?;
         if let Some(call) = self
             .rebalancer
@@ -749,7 +762,8 @@ impl Core {
             return Err(format!("rebalancer: ask {call:?} has no call awaiting it"));
         }
         self.idem.check()?;
-        self.parked.check(self.forwards.requests())?;
+        self.parked
+            .check(self.forwards.requests().chain(self.gathers.requests()))?;
         self.recent.check()?;
         self.durable.check()?;
         self.holds.check()?;

@@ -127,6 +127,8 @@ pub(crate) enum Waiter {
     /// A buyer's hold or purchase forwarded to a region that has the stock (its state is in
     /// the core's forward book).
     Forward,
+    /// An ask for the part of a buyer's request no one region has (core/gathers.rs).
+    Gather,
 }
 
 /// A call this region made and still awaits.

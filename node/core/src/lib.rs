@@ -22,8 +22,8 @@ pub mod record;
 
 pub use crate::api::*;
 pub use crate::core::{
-    Config, Core, Footprint, ForwardStats, HandoffCounters, Input, Ready, DEFAULT_FRAME_BUDGET,
-    DEFAULT_PEER_CALL_TIMEOUT_MS,
+    Config, Core, Footprint, ForwardStats, GatherStats, HandoffCounters, Input, Ready,
+    DEFAULT_FRAME_BUDGET, DEFAULT_PEER_CALL_TIMEOUT_MS,
 };
 pub use crate::exchange::{Answered, CallId, Exchange, PeerMessage, RemoteOutcome};
 pub use crate::gossip::{EventGossip, GossipFrame};

@@ -33,6 +33,13 @@ pub struct Tuning {
     /// The largest single order: a region with demand keeps at least this much in the endgame,
     /// and no grant leaves a donor a crumb smaller than it.
     pub max_order: u64,
+    /// Whether the endgame pools the last stock in the busiest region. Without forwarding it
+    /// must: a unit left in a quiet region is a sold-out for the busy region's buyers. With
+    /// forwarding it must not: any buyer reaches the last units wherever they are, and pooled
+    /// in one region they would make every other region's last buyers wait a round trip
+    /// (measured: the flash sale's ap-south p99 233 ms pooled, 2 ms not; see
+    /// docs/benchmarks.md). The core turns it off when it forwards.
+    pub pool_endgame: bool,
 }
 
 impl Default for Tuning {
@@ -42,6 +49,7 @@ impl Default for Tuning {
             horizon_ms: 10_000,
             endgame_ms: 500,
             max_order: 20,
+            pool_endgame: true,
         }
     }
 }
@@ -56,6 +64,9 @@ pub enum Reason {
     Endgame,
     /// An operator moved quota by hand.
     Operator,
+    /// A buyer here wants more than any one region has, and the regions together have it:
+    /// the asker gathers the rest for that buyer (core/gathers.rs).
+    Gather,
 }
 
 /// An ask to send.
@@ -75,8 +86,12 @@ fn total_stock(regions: &[PoolFigures]) -> u64 {
 }
 
 /// Whether the stock left is in its endgame: it would sell out within `endgame_ms` at the
-/// cluster's demand, or it is no more than one maximum order per region.
+/// cluster's demand, or it is no more than one maximum order per region. Never, when the
+/// endgame is not pooled.
 pub fn endgame(regions: &[PoolFigures], t: &Tuning) -> bool {
+    if !t.pool_endgame {
+        return false;
+    }
     let stock = total_stock(regions);
     let demand = total_demand(regions);
     demand > 0.0

@@ -529,3 +529,105 @@ fn a_retry_does_not_try_again_a_region_that_refused_its_key() {
     assert_eq!(sold, [10, 10, 1, 10]);
     c.check().unwrap();
 }
+
+/// Sells region `i` down to `left` places of the floor pool, from its own quota.
+fn sell_down_to(c: &mut LocalCluster, i: usize, left: i64) {
+    while c.cores[i].event("rock").unwrap().sellable(0) > left {
+        c.call(i, buy(1)).expect("local quota");
+    }
+}
+
+/// Places of the floor pool sold in all, as region `viewer` sees it.
+fn sold_in_all(c: &LocalCluster, viewer: usize) -> u64 {
+    (0..3).map(|r| sold_by(c, viewer, r)).sum()
+}
+
+#[test]
+fn an_order_no_one_region_can_cover_is_gathered_and_sold_here() {
+    // Two places left in us-east and two in ap-south, none here; an order for four.
+    let mut c = cluster(30, 0, |_| {});
+    sell_out_locally(&mut c, 0);
+    sell_down_to(&mut c, 1, 2);
+    sell_down_to(&mut c, 2, 2);
+    c.settle(2);
+    let r = c.call(0, buy(4));
+    // This region's own order (not another region's answer), from the parts the others gave.
+    assert_eq!(order_of(&r).quantity, 4);
+    let g = c.cores[0].gather_stats();
+    assert_eq!((g.started, g.complete, g.short), (1, 1, 0));
+    assert_eq!((g.units_asked, g.units_received), (4, 4));
+    assert!(c.cores[0].forward_stats().is_empty(), "nothing forwarded");
+    c.settle(3);
+    c.converged().unwrap();
+    assert_eq!(sold_in_all(&c, 2), 30, "every place sold, none twice");
+    for i in 0..3 {
+        assert_eq!(c.cores[i].event("rock").unwrap().sellable(0), 0);
+    }
+    c.check().unwrap();
+}
+
+#[test]
+fn a_gather_that_falls_short_answers_from_what_is_then_known() {
+    // Two places here and two in us-east; an order for four. us-east sells its two to its
+    // own buyer while the ask is on its way: the order cannot be served anywhere now.
+    let mut c = cluster(30, 0, |_| {});
+    sell_down_to(&mut c, 0, 2);
+    sell_down_to(&mut c, 1, 2);
+    sell_out_locally(&mut c, 2);
+    c.settle(2);
+    let id = c.send(0, None, buy(4));
+    c.persist(0);
+    assert_eq!(c.calls.len(), 1, "one ask, to us-east, for the two it has");
+    c.call(1, buy(2)).expect("us-east's own buyer");
+    while !c.calls.is_empty() {
+        c.deliver_call(0);
+        for i in 0..3 {
+            c.persist(i);
+        }
+    }
+    let r = c.take_reply(0, id).expect("answered");
+    assert!(matches!(r, Err(CoreError::SoldOut { .. })), "{r:?}");
+    let g = c.cores[0].gather_stats();
+    assert_eq!((g.started, g.complete, g.short), (1, 0, 1));
+    assert_eq!(
+        c.cores[0].event("rock").unwrap().sellable(0),
+        2,
+        "kept its own"
+    );
+    c.settle(3);
+    c.converged().unwrap();
+    assert_eq!(sold_in_all(&c, 0), 28);
+    c.check().unwrap();
+}
+
+#[test]
+fn a_keyed_retry_after_the_origin_crashed_mid_gather_sells_from_the_parts_once() {
+    let mut c = cluster(30, 0, |_| {});
+    sell_out_locally(&mut c, 0);
+    sell_down_to(&mut c, 1, 2);
+    sell_down_to(&mut c, 2, 2);
+    c.settle(2);
+    let first = c.send(0, key("k-9"), buy(4));
+    c.persist(0);
+    assert_eq!(c.calls.len(), 2, "an ask to each");
+    // Both donors grant durably; their answers find a restarted region that forgot asking.
+    c.deliver_call(0);
+    c.deliver_call(0);
+    c.persist(1);
+    c.persist(2);
+    c.crash(0);
+    while !c.calls.is_empty() {
+        c.deliver_call(0);
+    }
+    assert!(c.take_reply(0, first).is_none());
+    c.settle(2); // gossip brings the grants' rows
+    assert_eq!(c.cores[0].event("rock").unwrap().sellable(0), 4);
+    let again = c.call_keyed(0, key("k-9"), buy(4));
+    assert_eq!(order_of(&again).quantity, 4);
+    let third = c.call_keyed(0, key("k-9"), buy(4));
+    assert_eq!(third, again, "the same order for the key");
+    c.settle(3);
+    c.converged().unwrap();
+    assert_eq!(sold_in_all(&c, 1), 30);
+    c.check().unwrap();
+}

@@ -851,6 +851,7 @@ async fn cluster(State(s): St, _: Operator) -> ApiResult {
                 "lost": f.lost, "mean_latency_ms": f.mean_latency_ms(),
                 "max_latency_ms": f.latency_ms_max,
             })).collect::<Vec<_>>(),
+            "gathers": core.gather_stats(),
             "handoffs": {
                 "counters": core.handoff_counters(),
                 "recent": core.handoffs().map(|h| views::handoff(core, h)).collect::<Vec<_>>(),
@@ -862,6 +863,7 @@ async fn cluster(State(s): St, _: Operator) -> ApiResult {
                     "recent_orders": core.footprint().recent_orders,
                     "reads_in_flight": core.footprint().reads_in_flight,
                     "forwards_in_flight": core.footprint().forwards_in_flight,
+                    "gathers_in_flight": core.footprint().gathers_in_flight,
                 },
                 "store_bytes": {
                     "block_cache": store.block_cache, "memtables": store.memtables,

@@ -1,8 +1,9 @@
 //! The wire format between regions: one message per QUIC unidirectional stream,
 //! `b"ALT" · version (u8) · length (u32, big-endian) · postcard(PeerMessage)`. A message is a
-//! gossip frame, or a call between regions or its answer (version 3: frames carry each pool's
-//! demand, and a grant's answer the donor's row; version 2 lacked both; version 1 carried
-//! gossip frames only).
+//! gossip frame, or a call between regions or its answer (version 5: an ask may gather quota
+//! for a waiting buyer; version 4: calls carry a budget and forwarded sales; version 3:
+//! frames carry each pool's demand, and a grant's answer the donor's row; version 2 lacked
+//! both; version 1 carried gossip frames only).
 //!
 //! Frames are bounded; anything malformed — a bad magic, an unknown version, a length that
 //! lies, bytes that do not decode — is an error, never a panic.
@@ -10,7 +11,7 @@
 use allot_node::PeerMessage;
 
 pub const MAGIC: &[u8; 3] = b"ALT";
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 pub const HEADER: usize = 8;
 /// The largest frame a node sends or accepts.
 pub const MAX_FRAME: usize = 8 << 20;
@@ -136,8 +137,9 @@ mod tests {
         assert_eq!(decode(&good[..5]), Err(WireError::Truncated));
         assert_eq!(decode(b"XYZ\x01\0\0\0\0"), Err(WireError::BadMagic));
         // A node of another wire version (1 carried gossip frames only; 2 had no demand in
-        // its frames; 3 no deadline in calls and no forwarded sales) is refused cleanly.
-        for other in [1u8, 2, 3, 5] {
+        // its frames; 3 no deadline in calls and no forwarded sales; 4 no gathering asks) is
+        // refused cleanly.
+        for other in [1u8, 2, 3, 4, 6] {
             let mut v = good.clone();
             v[3] = other;
             assert_eq!(decode(&v), Err(WireError::Version(other)));

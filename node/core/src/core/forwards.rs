@@ -37,6 +37,7 @@ use crate::reads::RecordIndex;
 use crate::record::{IdemRecord, RecordBody};
 
 use super::parked::Request;
+use super::rebalancer::PoolKey;
 use super::{Caller, Core};
 
 /// Regions one request may be sent to: the best candidate, and one more if it refused.
@@ -250,6 +251,8 @@ impl ForwardBook {
 /// What a buyer's request needs from other regions, as this region knows them.
 enum Plan {
     Forward(String),
+    /// No one region has it all, the regions together do: gather the parts here.
+    Gather(PoolKey, Vec<(usize, u64)>),
     Refuse(CoreError),
 }
 
@@ -277,7 +280,7 @@ impl Core {
     /// This region refused `req` for want of stock: it goes to the region that has it, or
     /// the buyer hears why not.
     pub(super) fn forward_refused(&mut self, req: Request, refusal: CoreError) {
-        match self.plan(&req.command, refusal, &[]) {
+        match self.plan(&req.command, refusal, &[], !req.gathered) {
             Plan::Forward(target) => {
                 let key = match &req.key {
                     Some(k) => k.clone(),
@@ -289,6 +292,7 @@ impl Core {
                 let f = self.first_try(req, target, key, Vec::new());
                 self.forward(f);
             }
+            Plan::Gather(pool, parts) => self.gather(req, pool, parts),
             Plan::Refuse(e) => {
                 self.reply_now(req.caller.clone(), Err(e));
                 self.decided(req);
@@ -458,12 +462,14 @@ impl Core {
             self.reply_now(f.request.caller.clone(), Err(refusal));
             return self.decided(f.request);
         }
-        match self.plan(&f.request.command, refusal, &f.refused_by) {
+        // Not gathered for: the key's record names a target, which a retry would follow.
+        match self.plan(&f.request.command, refusal, &f.refused_by, false) {
             Plan::Forward(next) => {
                 f.target = next;
                 f.tries += 1;
                 self.forward(f);
             }
+            Plan::Gather(..) => unreachable!("a forwarded request is not gathered for"),
             Plan::Refuse(e) => {
                 self.reply_now(f.request.caller.clone(), Err(e));
                 self.decided(f.request);
@@ -473,7 +479,14 @@ impl Core {
 
     /// Where a request this region cannot cover should go, from what it knows of the other
     /// regions: `refusal` is this region's own answer, given when no other region does better.
-    fn plan(&self, command: &Command, refusal: CoreError, refused_by: &[String]) -> Plan {
+    /// With `may_gather`, a quantity no one region has but several together do is gathered.
+    fn plan(
+        &self,
+        command: &Command,
+        refusal: CoreError,
+        refused_by: &[String],
+        may_gather: bool,
+    ) -> Plan {
         let Some((event, want)) = command.want() else {
             return Plan::Refuse(refusal);
         };
@@ -531,6 +544,12 @@ impl Core {
                         why: "too many forwarded requests to it are in flight".into(),
                     });
                 }
+                // No region it can reach has it all: those that have parts give them here.
+                if may_gather {
+                    if let Some(parts) = self.parts_to_gather(ev, p, *quantity, &sellable) {
+                        return Plan::Gather((ev, p), parts);
+                    }
+                }
                 if !far.is_empty() {
                     return Plan::Refuse(CoreError::StockUnreachable {
                         wanted: *quantity,
@@ -561,6 +580,39 @@ impl Core {
             }
         }
         s
+    }
+
+    /// Who gives what so that this region can sell `quantity` of pool `p` itself: the
+    /// nearest reachable regions first, each its expected sellable at most. `None` when they
+    /// cannot make up the difference together, or when this region may not move quota.
+    fn parts_to_gather(
+        &self,
+        ev: usize,
+        p: PoolIdx,
+        quantity: u64,
+        sellable: &[u64],
+    ) -> Option<Vec<(usize, u64)>> {
+        let e = &self.events[ev];
+        if !e.info.rebalance {
+            return None;
+        }
+        let regions = &e.genesis().regions;
+        let mut need = quantity.checked_sub(e.sellable(p).max(0) as u64)?;
+        let mut donors: Vec<usize> = (0..regions.len())
+            .filter(|&r| r != e.me as usize && sellable[r] > 0 && self.heard_lately(ev, r))
+            .filter(|&r| self.calls.outstanding_to(&regions[r]) < self.cfg.max_calls_per_peer)
+            .collect();
+        donors.sort_by_key(|&r| (self.rtt_to(&regions[r]), std::cmp::Reverse(sellable[r])));
+        let mut parts = Vec::new();
+        for r in donors {
+            if need == 0 {
+                break;
+            }
+            let part = need.min(sellable[r]);
+            parts.push((r, part));
+            need -= part;
+        }
+        (need == 0 && !parts.is_empty()).then_some(parts)
     }
 
     fn note_refusal(&mut self, ev: usize, p: PoolIdx, region: &str, available: u64) {

@@ -111,6 +111,20 @@ impl Core {
     }
 
     fn send_ask(&mut self, key: PoolKey, ask: policy::Ask) {
+        let call = self.ask_call(key, &ask, Waiter::Handoff);
+        self.rebalancer.sent(
+            key,
+            AskInFlight {
+                call,
+                donor: ask.donor as RegionIdx,
+                asked_at: self.now,
+                reason: ask.reason,
+            },
+        );
+    }
+
+    /// Sends an ask for quota of pool `key` as a call awaited by `waiter`.
+    pub(super) fn ask_call(&mut self, key: PoolKey, ask: &policy::Ask, waiter: Waiter) -> CallId {
         let (ev, p) = key;
         let e = &self.events[ev];
         let donor = e.genesis().regions[ask.donor].clone();
@@ -123,7 +137,7 @@ impl Core {
             reason: ask.reason,
         };
         let deadline = self.now.saturating_add(self.cfg.handoff_timeout_ms);
-        let call = self.calls.open(Waiter::Handoff, &donor, deadline);
+        let call = self.calls.open(waiter, &donor, deadline);
         // The ask's id is its idempotency key at the donor (scoped there by this region): a
         // duplicate of it, even after the donor restarted, gets the first answer.
         let idem = IdempotencyKey {
@@ -140,30 +154,25 @@ impl Core {
                 budget_ms: None,
             },
         ));
-        self.rebalancer.sent(
-            key,
-            AskInFlight {
-                call,
-                donor: ask.donor as RegionIdx,
-                asked_at: self.now,
-                reason: ask.reason,
-            },
-        );
+        call
     }
 
-    /// The donor's side: grants what the policy lets it spare, durably, before it answers.
+    /// The donor's side: grants what the policy lets it spare (or, for a buyer waiting at
+    /// the asker, all it asks for, if this region has it), durably, before it answers.
     pub(super) fn give_on_ask(
         &mut self,
         asker: &str,
         ask: &HandoffAsk,
         key: Option<&IdempotencyKey>,
     ) -> Result<(RecordIndex, Outcome), CoreError> {
-        let Some(tuning) = self.rebalancer.tuning else {
+        let for_buyer = ask.reason == Reason::Gather && self.cfg.forwarding;
+        let tuning = self.rebalancer.tuning;
+        if tuning.is_none() && !for_buyer {
             return Err(CoreError::NothingToSpare(format!(
                 "the rebalancer of {} is off",
                 self.cfg.region
             )));
-        };
+        }
         let ev = self.event_idx(&ask.event)?;
         let e = &self.events[ev];
         if !e.info.rebalance {
@@ -184,21 +193,37 @@ impl Core {
         if ask.want == 0 || ask.want > e.genesis().pool(p).capacity() {
             return Err(CoreError::Invalid("an ask for more than the pool".into()));
         }
-        if self.rebalancer.received_recently((ev, p), self.now) {
-            return Err(CoreError::NothingToSpare(format!(
-                "{} received quota of this pool moments ago",
-                self.cfg.region
-            )));
-        }
-        let mut figures = self.figures(ev, p);
-        // The asker's own figures, as of its ask, over the older ones gossip brought; its
-        // sellable can only be less than what its row (which the donor knows) allows.
-        let theirs = &mut figures[to as usize];
-        theirs.demand_per_s = ask.demand_per_min as f64 / 60.0;
-        theirs.sellable = theirs.sellable.min(ask.sellable);
-        let n = ask
-            .want
-            .min(policy::spare(e.me as usize, to as usize, &figures, &tuning));
+        let n = match tuning {
+            _ if for_buyer => {
+                // All or nothing: a part would move quota without selling it.
+                let have = e.sellable(p).max(0) as u64;
+                if have < ask.want {
+                    return Err(CoreError::NothingToSpare(format!(
+                        "{} has {have} left, not {}",
+                        self.cfg.region, ask.want
+                    )));
+                }
+                ask.want
+            }
+            Some(tuning) => {
+                if self.rebalancer.received_recently((ev, p), self.now) {
+                    return Err(CoreError::NothingToSpare(format!(
+                        "{} received quota of this pool moments ago",
+                        self.cfg.region
+                    )));
+                }
+                let mut figures = self.figures(ev, p);
+                // The asker's own figures, as of its ask, over the older ones gossip brought;
+                // its sellable can only be less than what its row (which the donor knows)
+                // allows.
+                let theirs = &mut figures[to as usize];
+                theirs.demand_per_s = ask.demand_per_min as f64 / 60.0;
+                theirs.sellable = theirs.sellable.min(ask.sellable);
+                ask.want
+                    .min(policy::spare(e.me as usize, to as usize, &figures, &tuning))
+            }
+            None => 0,
+        };
         if n == 0 {
             return Err(CoreError::NothingToSpare(format!(
                 "{} keeps what it has for its own buyers",
@@ -310,14 +335,31 @@ impl Core {
         let Some((key, ask)) = self.rebalancer.close(call) else {
             return;
         };
-        let (ev, p) = key;
-        let remote = match answer {
-            Ok(remote) => remote,
+        match answer {
+            Ok(remote) => {
+                if self.credit_grant(from, key, &ask, *remote).is_none() {
+                    self.rebalancer.failed(key, &ask, self.now, false);
+                }
+            }
             Err(e) => {
                 let refused = matches!(e, CoreError::NothingToSpare(_));
-                return self.rebalancer.failed(key, &ask, self.now, refused);
+                self.rebalancer.failed(key, &ask, self.now, refused);
             }
-        };
+        }
+    }
+
+    /// Credits a grant from the donor's answer, only by merging the donor's row (never from
+    /// the bare amount), and logs it. Returns where the credit stands and how much it is,
+    /// or `None` when the answer is not a grant of this pool by this donor (nothing is
+    /// credited then).
+    pub(super) fn credit_grant(
+        &mut self,
+        from: &str,
+        key: PoolKey,
+        ask: &AskInFlight,
+        remote: RemoteOutcome,
+    ) -> Option<(Arrival, u64)> {
+        let (ev, p) = key;
         let e = &self.events[ev];
         let fits = match &remote.outcome {
             Answered::Granted {
@@ -337,10 +379,10 @@ impl Core {
             self.out
                 .warnings
                 .push(format!("an answer to a handoff ask from {from} refused"));
-            return self.rebalancer.failed(key, &ask, self.now, false);
+            return None;
         }
         let Answered::Granted { quantity, .. } = remote.outcome else {
-            return;
+            return None;
         };
         let event = e.id.clone();
         if crate::bugs::credit_bare_grant() {
@@ -384,6 +426,7 @@ impl Core {
             ask_to_spendable_ms: None,
         };
         self.rebalancer.received(key, ask.asked_at, entry, arrival);
+        Some((arrival, quantity))
     }
 
     /// One of this region's asks timed out or could not be sent.

@@ -25,6 +25,8 @@ pub(super) struct Request {
     pub holds_claim: bool,
     /// A call from another region: not run after this time.
     pub deadline: Option<crate::api::Millis>,
+    /// Quota was gathered for it from other regions already: it is not gathered for again.
+    pub gathered: bool,
 }
 
 impl Request {
@@ -36,6 +38,7 @@ impl Request {
             found: None,
             holds_claim: false,
             deadline: None,
+            gathered: false,
         }
     }
 }

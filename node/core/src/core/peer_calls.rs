@@ -224,6 +224,10 @@ impl Core {
                     self.forward_lost(call, true);
                     continue;
                 }
+                Waiter::Gather => {
+                    self.gather_lost(call);
+                    continue;
+                }
             };
             let why = "it did not answer in time".to_owned();
             self.reply_now(
@@ -245,6 +249,7 @@ impl Core {
                 Waiter::Client(client) => client,
                 Waiter::Handoff => return self.ask_lost(id),
                 Waiter::Forward => return self.forward_lost(id, false),
+                Waiter::Gather => return self.gather_lost(id),
             };
             let why = "this node has no link to it".to_owned();
             let e = CoreError::Unreachable {
@@ -324,6 +329,7 @@ impl Core {
                     Waiter::Client(client) => client,
                     Waiter::Handoff => return self.ask_answered(from, id, answer),
                     Waiter::Forward => return self.forward_answered(from, id, answer),
+                    Waiter::Gather => return self.gather_answered(from, id, answer),
                 };
                 let caller = Caller::Client(client);
                 match answer {

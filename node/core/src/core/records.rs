@@ -339,6 +339,7 @@ impl Core {
         }
         self.handoffs_durable(self.durable.persisted());
         self.send_durable_forwards();
+        self.gathers_durable(self.durable.persisted());
         self.trim_recent();
     }
 }
