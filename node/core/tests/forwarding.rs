@@ -96,6 +96,12 @@ fn a_region_without_quota_sells_through_the_nearest_peer_that_has_it() {
     assert_eq!(remote(&read).id.as_deref(), Some(id.as_str()));
     let stats = c.cores[0].forward_stats()["us-east"];
     assert_eq!((stats.sent, stats.served, stats.refused), (1, 1, 0));
+    // And for the event alone.
+    assert_eq!(
+        c.cores[0].event_forward_stats("rock"),
+        [("us-east", &stats)]
+    );
+    assert!(c.cores[0].event_forward_stats("jazz").is_empty());
     c.settle(3);
     c.converged().unwrap();
     c.check().unwrap();
@@ -626,6 +632,62 @@ fn a_keyed_retry_after_the_origin_crashed_mid_gather_sells_from_the_parts_once()
     assert_eq!(order_of(&again).quantity, 4);
     let third = c.call_keyed(0, key("k-9"), buy(4));
     assert_eq!(third, again, "the same order for the key");
+    c.settle(3);
+    c.converged().unwrap();
+    assert_eq!(sold_in_all(&c, 1), 30);
+    c.check().unwrap();
+}
+
+#[test]
+fn two_regions_gathering_from_each_other_do_not_swap_their_parts() {
+    // Two places in eu-west, two in us-east, none in ap-south; a buyer in each of the first
+    // two wants three. Each asks the other for one: eu-west, first in the cluster's order,
+    // keeps its own and sells; us-east gives, and then cannot sell three anywhere.
+    let mut c = cluster(30, 0, |_| {});
+    sell_down_to(&mut c, 0, 2);
+    sell_down_to(&mut c, 1, 2);
+    sell_out_locally(&mut c, 2);
+    c.settle(2);
+    let west = c.send(0, None, buy(3));
+    let east = c.send(1, None, buy(3));
+    c.persist(0);
+    c.persist(1);
+    assert_eq!(c.calls.len(), 2, "each asks the other");
+    while !c.calls.is_empty() {
+        c.deliver_call(0);
+        for i in 0..3 {
+            c.persist(i);
+        }
+    }
+    assert_eq!(order_of(&c.take_reply(0, west).unwrap()).quantity, 3);
+    let r = c.take_reply(1, east).unwrap();
+    assert!(matches!(r, Err(CoreError::SoldOut { .. })), "{r:?}");
+    c.settle(3);
+    c.converged().unwrap();
+    assert_eq!(sold_in_all(&c, 2), 29, "one place left, in us-east");
+    assert_eq!(c.cores[1].event("rock").unwrap().sellable(0), 1);
+    c.check().unwrap();
+}
+
+#[test]
+fn a_forward_refused_for_stock_that_moved_is_gathered_for_instead() {
+    // eu-west last heard four places in us-east and two in ap-south; us-east has since sold
+    // two. A buyer at eu-west wants four: us-east refuses the forward, and the order is then
+    // gathered from both (two and two) and sold at eu-west.
+    let mut c = cluster(30, 0, |_| {});
+    sell_out_locally(&mut c, 0);
+    sell_down_to(&mut c, 1, 4);
+    sell_down_to(&mut c, 2, 2);
+    c.settle(2);
+    c.network.clear(); // us-east's next sale stays unheard
+    c.call(1, buy(2)).expect("us-east's own buyer");
+    c.network.clear();
+    let r = c.call(0, buy(4));
+    assert_eq!(order_of(&r).quantity, 4, "sold here");
+    let f = c.cores[0].forward_stats()["us-east"];
+    assert_eq!((f.sent, f.refused), (1, 1));
+    let g = c.cores[0].gather_stats();
+    assert_eq!((g.started, g.complete), (1, 1));
     c.settle(3);
     c.converged().unwrap();
     assert_eq!(sold_in_all(&c, 1), 30);

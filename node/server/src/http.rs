@@ -846,11 +846,7 @@ async fn cluster(State(s): St, _: Operator) -> ApiResult {
             // Buyers' requests this region sent to the region that had the stock, per target:
             // calls sent, served (hold or order), refused, lost (no answer in time or no
             // link), and the latency of the answered ones.
-            "forwards": core.forward_stats().iter().map(|(region, f)| json!({
-                "to": region, "sent": f.sent, "served": f.served, "refused": f.refused,
-                "lost": f.lost, "mean_latency_ms": f.mean_latency_ms(),
-                "max_latency_ms": f.latency_ms_max,
-            })).collect::<Vec<_>>(),
+            "forwards": core.forward_stats().iter().map(|(region, f)| views::forward(region, f)).collect::<Vec<_>>(),
             "gathers": core.gather_stats(),
             "handoffs": {
                 "counters": core.handoff_counters(),

@@ -256,8 +256,23 @@ pub fn ledger(core: &Core, e: &EventState) -> Value {
         .filter(|h| h.event == e.id)
         .map(|h| handoff(core, h))
         .collect();
+    let forwards: Vec<Value> = core
+        .event_forward_stats(&e.id)
+        .into_iter()
+        .map(|(to, f)| forward(to, f))
+        .collect();
     json!({
         "event": &*e.id, "region": core.config().region, "pools": pools,
         "version_vector": versions, "rebalance": e.info.rebalance, "handoffs": handoffs,
+        "forwards": forwards,
+    })
+}
+
+/// This region's forwards to one region: calls sent, served (a hold or an order), refused,
+/// lost (no answer in time, or no link), and the latency of the answered ones.
+pub fn forward(to: &str, f: &allot_node::ForwardStats) -> Value {
+    json!({
+        "to": to, "sent": f.sent, "served": f.served, "refused": f.refused, "lost": f.lost,
+        "mean_latency_ms": f.mean_latency_ms(), "max_latency_ms": f.latency_ms_max,
     })
 }

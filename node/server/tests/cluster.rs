@@ -794,6 +794,10 @@ async fn a_region_without_quota_sells_through_a_peer() {
         "{f}"
     );
     assert!(f["mean_latency_ms"].as_u64().is_some(), "{f}");
+    // The same, for the event, in its ledger at the origin.
+    let forwards = full[0]["forwards"].as_array().unwrap();
+    assert_eq!(forwards.len(), 1, "{forwards:?}");
+    assert_eq!(forwards[0], f);
     c.stop().await;
 }
 

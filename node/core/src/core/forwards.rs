@@ -83,6 +83,8 @@ pub(super) struct Forward {
     /// Regions this request was sent to: at most [`MAX_TARGETS`].
     pub tries: usize,
     pub started_at: Millis,
+    /// The event's position in the core.
+    pub event: Option<usize>,
     /// The event position, pool and quantity of a request for a quantity (not named seats):
     /// what a refusal or a sale by the target teaches about its stock.
     pub units: Option<(usize, PoolIdx, u64)>,
@@ -132,6 +134,8 @@ pub(super) struct ForwardBook {
     in_flight: BTreeMap<CallId, Forward>,
     /// By target region.
     stats: BTreeMap<String, ForwardStats>,
+    /// By event (its position in the core) and target region.
+    by_event: BTreeMap<(usize, String), ForwardStats>,
     /// Answers heard per target, smoothed: which region answers soonest.
     rtt_ms: BTreeMap<String, Millis>,
     /// By (event position, pool, region): the latest refusal for want of stock.
@@ -165,26 +169,39 @@ impl ForwardBook {
         self.awaiting_disk.pop_front().map(|(_, f)| f)
     }
 
-    fn stats_of(&mut self, region: &str) -> &mut ForwardStats {
-        self.stats.entry(region.to_owned()).or_default()
+    /// Counts `f` in its target's figures, overall and for its event.
+    fn count(&mut self, f: &Forward, update: impl Fn(&mut ForwardStats)) {
+        update(self.stats.entry(f.target.clone()).or_default());
+        if let Some(ev) = f.event {
+            update(self.by_event.entry((ev, f.target.clone())).or_default());
+        }
     }
 
     fn answered(&mut self, f: &Forward, now: Millis, served: bool) {
         let took = now.saturating_sub(f.started_at);
-        let s = self.stats_of(&f.target);
-        if served {
-            s.served += 1;
-        } else {
-            s.refused += 1;
-        }
-        s.latency_ms_total += took;
-        s.latency_ms_max = s.latency_ms_max.max(took);
+        self.count(f, |s| {
+            if served {
+                s.served += 1;
+            } else {
+                s.refused += 1;
+            }
+            s.latency_ms_total += took;
+            s.latency_ms_max = s.latency_ms_max.max(took);
+        });
         let rtt = self.rtt_ms.entry(f.target.clone()).or_insert(took);
         *rtt = (*rtt * 3 + took) / 4;
     }
 
     pub fn stats(&self) -> &BTreeMap<String, ForwardStats> {
         &self.stats
+    }
+
+    /// Forwards of one event (by its position in the core), by target region.
+    pub fn event_stats(&self, ev: usize) -> impl Iterator<Item = (&str, &ForwardStats)> {
+        self.by_event
+            .range((ev, String::new())..)
+            .take_while(move |((e, _), _)| *e == ev)
+            .map(|((_, region), s)| (region.as_str(), s))
     }
 
     /// The requests on their way to another region.
@@ -336,6 +353,10 @@ impl Core {
     ) -> Forward {
         Forward {
             units: self.units_of(&request.command),
+            event: request
+                .command
+                .want()
+                .and_then(|(event, _)| self.by_id.get(event).copied()),
             request,
             target,
             key,
@@ -373,7 +394,7 @@ impl Core {
         let id = self
             .calls
             .open(Waiter::Forward, &f.target, self.now.saturating_add(wait));
-        self.forwards.stats_of(&f.target).sent += 1;
+        self.forwards.count(&f, |s| s.sent += 1);
         self.out.exchange.push((
             f.target.clone(),
             Exchange::Call {
@@ -441,7 +462,7 @@ impl Core {
         let Some(mut f) = self.forwards.in_flight.remove(&id) else {
             return;
         };
-        self.forwards.stats_of(&f.target).lost += 1;
+        self.forwards.count(&f, |s| s.lost += 1);
         let unreachable = CoreError::StockUnreachable {
             wanted: wanted(&f.request.command),
             regions: vec![f.target.clone()],
@@ -462,14 +483,17 @@ impl Core {
             self.reply_now(f.request.caller.clone(), Err(refusal));
             return self.decided(f.request);
         }
-        // Not gathered for: the key's record names a target, which a retry would follow.
-        match self.plan(&f.request.command, refusal, &f.refused_by, false) {
+        // Gathered for, if no one region has it all: a target that refused it keeps that
+        // refusal under its key, so a sale here is the request's only one (as a sale by the
+        // next target would be), and its order replaces the key's forward record.
+        let may_gather = !f.request.gathered;
+        match self.plan(&f.request.command, refusal, &f.refused_by, may_gather) {
             Plan::Forward(next) => {
                 f.target = next;
                 f.tries += 1;
                 self.forward(f);
             }
-            Plan::Gather(..) => unreachable!("a forwarded request is not gathered for"),
+            Plan::Gather(pool, parts) => self.gather(f.request, pool, parts),
             Plan::Refuse(e) => {
                 self.reply_now(f.request.caller.clone(), Err(e));
                 self.decided(f.request);
@@ -669,6 +693,14 @@ impl Core {
     /// Forwards this region made, by target region.
     pub fn forward_stats(&self) -> &BTreeMap<String, ForwardStats> {
         self.forwards.stats()
+    }
+
+    /// Forwards this region made for one event, by target region.
+    pub fn event_forward_stats(&self, event: &str) -> Vec<(&str, &ForwardStats)> {
+        match self.by_id.get(event) {
+            Some(&ev) => self.forwards.event_stats(ev).collect(),
+            None => Vec::new(),
+        }
     }
 }
 

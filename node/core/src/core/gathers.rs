@@ -74,6 +74,11 @@ impl GatherBook {
         self.gathering.len()
     }
 
+    /// Whether a request here is gathering quota of `pool`.
+    pub fn gathering_for(&self, pool: PoolKey) -> bool {
+        self.gathering.values().any(|g| g.pool == pool)
+    }
+
     /// The requests waiting for their parts.
     pub fn requests(&self) -> impl Iterator<Item = &Request> {
         self.gathering.values().map(|g| &g.request)

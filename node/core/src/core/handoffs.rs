@@ -195,6 +195,14 @@ impl Core {
         }
         let n = match tuning {
             _ if for_buyer => {
+                // Two regions gathering the same pool from each other would swap their parts
+                // and both fall short: the region first in the cluster's order keeps its own.
+                if e.me < to && self.gathers.gathering_for((ev, p)) {
+                    return Err(CoreError::NothingToSpare(format!(
+                        "{} is gathering this pool for a buyer of its own",
+                        self.cfg.region
+                    )));
+                }
                 // All or nothing: a part would move quota without selling it.
                 let have = e.sellable(p).max(0) as u64;
                 if have < ask.want {

@@ -275,9 +275,10 @@ pub async fn replicated_view(client: &Client, base: &str, event: &str) -> Value 
             }
         }
     }
-    // Each region's own: its name and the handoffs it took part in.
-    l.as_object_mut().unwrap().remove("region");
-    l.as_object_mut().unwrap().remove("handoffs");
+    // Each region's own: its name, the handoffs it took part in and the sales it forwarded.
+    for own in ["region", "handoffs", "forwards"] {
+        l.as_object_mut().unwrap().remove(own);
+    }
     l
 }
 
