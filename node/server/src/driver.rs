@@ -335,6 +335,7 @@ pub fn start(
     durability: Durability,
     faults: Faults,
     outbound: Outbound,
+    commit_metrics: crate::metrics::CommitMetrics,
 ) -> anyhow::Result<Running> {
     let incarnation = store.next_incarnation()?;
     cfg.incarnation = incarnation;
@@ -375,7 +376,7 @@ pub fn start(
     let writer = handle.clone();
     let writer_thread = std::thread::Builder::new()
         .name("allot-writer".into())
-        .spawn(move || write_loop(store, wrx, writer, durability, faults))?;
+        .spawn(move || write_loop(store, wrx, writer, durability, faults, commit_metrics))?;
     let (stop_ticker, stopped) = crossbeam_channel::bounded::<()>(0);
     let ticker = handle.clone();
     let ticker_thread = std::thread::Builder::new()
@@ -405,6 +406,7 @@ fn write_loop(
     handle: CoreHandle,
     durability: Durability,
     faults: Faults,
+    metrics: crate::metrics::CommitMetrics,
 ) {
     let commit = durability.commit;
     let mut writes = 0u64;
@@ -442,10 +444,15 @@ fn write_loop(
             let mut batch = WriteBatch::default();
             store.batch(&mut batch, &group);
             writes += 1;
+            let sync_started = Instant::now();
             let result = match faults.fail_sync_after {
                 Some(n) if writes > n => Err("injected fault: the synced write failed".to_owned()),
                 _ => store.write(batch).map_err(|e| e.to_string()),
             };
+            metrics
+                .sync_seconds
+                .observe(sync_started.elapsed().as_secs_f64());
+            metrics.batch_records.observe(group.len() as f64);
             if let Err(e) = result {
                 tracing::error!(
                     "synced write failed: {e}; the node is unready and acknowledges nothing more"

@@ -34,6 +34,7 @@ pub struct AppState {
     pub region: String,
     pub admin_token: Option<String>,
     pub transport: Option<Arc<std::sync::Mutex<BTreeMap<String, crate::transport::PeerStatus>>>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 type St = State<Arc<AppState>>;
@@ -66,6 +67,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/orders", get(list_orders))
         .route("/v1/admin/orders/{order}/refund", post(refund))
         .route("/v1/admin/cluster", get(cluster))
+        .route("/metrics", get(metrics))
+        // After routing, so requests are counted by their route's pattern.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            |State(m): State<Arc<crate::metrics::Metrics>>, req, next| {
+                crate::metrics::track(m, req, next)
+            },
+        ))
         .fallback(|| async { Problem::not_found("not-found", "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -795,6 +804,69 @@ fn by_region(regions: &[String], vv: &allot_crdt::VersionVector) -> Value {
     )
 }
 
+/// Prometheus text (open, as monitoring scrapes it): see `metrics.rs`.
+async fn metrics(State(s): St) -> ApiResult {
+    let ready = s.core.is_ready();
+    let links = s
+        .transport
+        .as_ref()
+        .map(|t| t.lock().expect("status").clone())
+        .unwrap_or_default();
+    let snapshot = read(&s, move |core| {
+        let now = crate::driver::wall_ms();
+        let peers = core
+            .config()
+            .regions
+            .iter()
+            .filter(|r| **r != core.config().region)
+            .map(|r| {
+                let st = links.get(r).cloned().unwrap_or_default();
+                crate::metrics::PeerFigures {
+                    region: r.clone(),
+                    frames_in: st.frames_in,
+                    frames_out: st.frames_out,
+                    bytes_in: st.bytes_in,
+                    bytes_out: st.bytes_out,
+                    refused_frames: st.refused,
+                    last_frame_age_ms: st.last_received_ms.map(|t| now.saturating_sub(t)),
+                    lag_versions: peer_lag(core, r),
+                }
+            })
+            .collect();
+        crate::metrics::Snapshot {
+            ready,
+            durable_index: core.persisted_index(),
+            events: core.events().count() as u64,
+            peers,
+            handoffs: core.handoff_counters(),
+            forwards: core
+                .forward_stats()
+                .iter()
+                .map(|(to, f)| (to.clone(), *f))
+                .collect(),
+            gathers: core.gather_stats(),
+        }
+    })?;
+    let text = s.metrics.render(snapshot);
+    let content_type = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response())
+}
+
+/// Versions of this region's rows, over all events, that `peer` has not acknowledged.
+fn peer_lag(core: &allot_node::Core, peer: &str) -> u64 {
+    core.events()
+        .map(|e| {
+            let Some(p) = e.genesis().region_index(peer) else {
+                return 0;
+            };
+            let none = allot_crdt::VersionVector::new(0);
+            e.ledger
+                .version_vector()
+                .lag_behind(e.peers[p as usize].vv.as_ref().unwrap_or(&none))
+        })
+        .fold(0, u64::saturating_add)
+}
+
 async fn cluster(State(s): St, _: Operator) -> ApiResult {
     let ready = s.core.is_ready();
     let links = s
@@ -811,14 +883,7 @@ async fn cluster(State(s): St, _: Operator) -> ApiResult {
             .filter(|r| **r != cfg.region)
             .map(|r| {
                 let st = links.as_ref().and_then(|l| l.get(r).cloned());
-                let lag: u64 = core
-                    .events()
-                    .map(|e| {
-                        let Some(p) = e.genesis().region_index(r) else { return 0 };
-                        let none = allot_crdt::VersionVector::new(0);
-                        e.ledger.version_vector().lag_behind(e.peers[p as usize].vv.as_ref().unwrap_or(&none))
-                    })
-                    .fold(0, u64::saturating_add);
+                let lag = peer_lag(core, r);
                 match st {
                     Some(st) => json!({
                         "region": r, "state": st.outgoing, "incoming_connected": st.incoming_connected,

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod driver;
 pub mod extract;
 pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod problem;
 pub mod store;

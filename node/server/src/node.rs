@@ -213,6 +213,7 @@ pub async fn serve(
     cfg.forwarding = opts.forwarding;
     cfg.peer_rtt_ms = opts.peer_rtt_ms.clone();
     let outbound: Outbound = Arc::default();
+    let metrics = crate::metrics::Metrics::new();
     let running = driver::start(
         cfg,
         store,
@@ -224,6 +225,7 @@ pub async fn serve(
         },
         opts.faults,
         outbound.clone(),
+        metrics.commit.clone(),
     )?;
     if opts.admin_token.is_none() {
         tracing::warn!("no operator token (ALLOT_ADMIN_TOKEN): operator endpoints answer 401");
@@ -270,6 +272,7 @@ pub async fn serve(
         region: opts.region.clone(),
         admin_token: opts.admin_token,
         transport: transport.as_ref().map(|t| t.status.clone()),
+        metrics,
     });
     let app = http::router(state);
     let addr = listener.local_addr()?;

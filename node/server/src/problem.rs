@@ -117,6 +117,9 @@ impl IntoResponse for Problem {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        // For the metrics middleware, which counts refusals by kind.
+        r.extensions_mut()
+            .insert(crate::metrics::ProblemKind(self.kind));
         r
     }
 }

@@ -297,6 +297,17 @@ async fn three_regions_sell_and_converge() {
     other["id"] = json!("jazz");
     let (s, v) = c.post(1, "/v1/admin/events", other).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
+    // Each peer's gossip, as monitoring scrapes it from eu-west.
+    let m = common::scrape(&c.client, &c.bases[0]).await;
+    for peer in ["us-east", "ap-south"] {
+        for direction in ["in", "out"] {
+            let labels = [("peer", peer), ("direction", direction)];
+            assert!(common::value(&m, "allot_gossip_frames_total", &labels) > 0.0);
+            assert!(common::value(&m, "allot_gossip_bytes_total", &labels) > 0.0);
+        }
+        let age = common::value(&m, "allot_peer_last_frame_age_seconds", &[("peer", peer)]);
+        assert!(age < 5.0, "{peer}: last frame {age} s ago");
+    }
     c.stop().await;
 }
 

@@ -5,6 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use allot::node::{serve, NodeOptions};
+use prometheus_parse::{Scrape, Value as Sample};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -303,5 +304,37 @@ pub async fn time_to_agree(
             "no agreement within {give_up:?}: {views:#?}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `GET /metrics` of the node at `base`, parsed as Prometheus text.
+pub async fn scrape(client: &Client, base: &str) -> Scrape {
+    let r = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let content_type = r.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = r.text().await.unwrap();
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text")
+}
+
+/// The value of the one sample named `name` whose labels include `labels`.
+pub fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<f64> = s
+        .samples
+        .iter()
+        .filter(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match &x.value {
+            Sample::Counter(v) | Sample::Gauge(v) | Sample::Untyped(v) => *v,
+            Sample::Histogram(b) => b.last().map_or(0.0, |b| b.count),
+            Sample::Summary(_) => f64::NAN,
+        })
+        .collect();
+    match found.as_slice() {
+        [v] => *v,
+        [] => 0.0,
+        many => panic!("{name} {labels:?}: {} samples", many.len()),
     }
 }
