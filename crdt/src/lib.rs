@@ -24,7 +24,7 @@ pub use genesis::{
     MAX_POOLS, MAX_REGIONS, MAX_SEATS_PER_POOL,
 };
 pub use ledger::{Applied, Change, Credit, Ledger, Refusal, SeatMove, SeatOwner, MAX_COUNTER};
-pub use metadata::{ActorIncarnation, EventMeta, MetaDoc, MetaError, MetaPatch};
+pub use metadata::{ActorIncarnation, EventMeta, MetaDoc, MetaError, MetaPatch, SalesState};
 pub use row::{Entries, Entry, PoolRow, Row, RowDelta, SeatStamp, Stamped};
 pub use version_vector::{Causality, VersionVector};
 

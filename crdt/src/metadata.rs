@@ -33,6 +33,40 @@ pub struct EventMeta {
     /// Whether the regions' rebalancer moves this event's quota (operators pause it). A
     /// document written before the field existed reads as `true`.
     pub rebalance: bool,
+    /// Whether holds and purchases are taken (operators open, pause and close an on-sale).
+    /// A document written before the field existed reads as `open`.
+    pub sales: SalesState,
+    /// Holds and purchases are taken from this moment (Unix ms), judged by each region's own
+    /// clock; `None`: at once.
+    pub on_sale_at_ms: Option<u64>,
+}
+
+/// An on-sale's state, as operators set it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SalesState {
+    #[default]
+    Open,
+    /// For now: it may open again.
+    Paused,
+    /// For good, as operators mean it (they may still reopen it).
+    Closed,
+}
+
+impl SalesState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SalesState::Open => "open",
+            SalesState::Paused => "paused",
+            SalesState::Closed => "closed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<SalesState> {
+        [SalesState::Open, SalesState::Paused, SalesState::Closed]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
 }
 
 /// An edit: `None` leaves a field alone.
@@ -47,6 +81,9 @@ pub struct MetaPatch {
     pub hold_ttl_s: Option<u64>,
     pub prices: BTreeMap<String, u64>,
     pub rebalance: Option<bool>,
+    pub sales: Option<SalesState>,
+    /// `Some(None)` removes the on-sale time (sales open at once).
+    pub on_sale_at_ms: Option<Option<u64>>,
 }
 
 /// The automerge actor: region name and incarnation.
@@ -104,6 +141,10 @@ impl MetaDoc {
         doc.put(ROOT, "starts_at", meta.starts_at.as_str())?;
         doc.put(ROOT, "hold_ttl_s", ScalarValue::Uint(meta.hold_ttl_s))?;
         doc.put(ROOT, "rebalance", meta.rebalance)?;
+        doc.put(ROOT, "sales", meta.sales.as_str())?;
+        if let Some(t) = meta.on_sale_at_ms {
+            doc.put(ROOT, "on_sale_at_ms", ScalarValue::Uint(t))?;
+        }
         let prices = doc.put_object(ROOT, "prices", ObjType::Map)?;
         for (pool, cents) in &meta.prices {
             doc.put(&prices, pool.as_str(), ScalarValue::Uint(*cents))?;
@@ -169,6 +210,15 @@ impl MetaDoc {
             // it resolve like any other field.
             d.put(ROOT, "rebalance", v)?;
         }
+        // Scalars at the root as well, for the same reasons.
+        if let Some(v) = p.sales {
+            d.put(ROOT, "sales", v.as_str())?;
+        }
+        match p.on_sale_at_ms {
+            Some(Some(t)) => d.put(ROOT, "on_sale_at_ms", ScalarValue::Uint(t))?,
+            Some(None) => d.put(ROOT, "on_sale_at_ms", ScalarValue::Null)?,
+            None => {}
+        }
         for (pool, cents) in &p.prices {
             d.put(&prices, pool.as_str(), ScalarValue::Uint(*cents))?;
         }
@@ -225,6 +275,23 @@ fn read_doc(doc: &AutoCommit) -> Result<EventMeta, MetaError> {
         },
         Some(_) => return Err(MetaError::Field("rebalance")),
     };
+    let sales = match doc.get(ROOT, "sales")? {
+        None => SalesState::Open,
+        Some((Value::Scalar(v), _)) => v
+            .as_str()
+            .and_then(SalesState::parse)
+            .ok_or(MetaError::Field("sales"))?,
+        Some(_) => return Err(MetaError::Field("sales")),
+    };
+    let on_sale_at_ms = match doc.get(ROOT, "on_sale_at_ms")? {
+        None => None,
+        Some((Value::Scalar(v), _)) => match v.as_ref() {
+            ScalarValue::Null => None,
+            ScalarValue::Uint(t) => Some(*t),
+            _ => return Err(MetaError::Field("on_sale_at_ms")),
+        },
+        Some(_) => return Err(MetaError::Field("on_sale_at_ms")),
+    };
     let mut prices = BTreeMap::new();
     if let Some((Value::Object(ObjType::Map), id)) = doc.get(ROOT, "prices")? {
         for key in doc.keys(&id) {
@@ -247,6 +314,8 @@ fn read_doc(doc: &AutoCommit) -> Result<EventMeta, MetaError> {
         hold_ttl_s,
         prices,
         rebalance,
+        sales,
+        on_sale_at_ms,
     })
 }
 
@@ -302,7 +371,50 @@ mod tests {
             hold_ttl_s: 600,
             prices: [("floor".to_string(), 8900)].into(),
             rebalance: true,
+            sales: SalesState::Open,
+            on_sale_at_ms: None,
         }
+    }
+
+    #[test]
+    fn sales_state_and_on_sale_time_replicate_and_clear() {
+        let (mut a, first) = MetaDoc::create(&actor("eu-west", 1), &meta()).unwrap();
+        let mut b = MetaDoc::from_changes(&actor("us-east", 1), &[first]).unwrap();
+        let pause = a
+            .patch(&MetaPatch {
+                sales: Some(SalesState::Paused),
+                on_sale_at_ms: Some(Some(1_800_000_000_000)),
+                ..Default::default()
+            })
+            .unwrap()
+            .unwrap();
+        let read = b.apply_checked(&[pause]).unwrap();
+        assert_eq!(read.sales, SalesState::Paused);
+        assert_eq!(read.on_sale_at_ms, Some(1_800_000_000_000));
+        let open = b
+            .patch(&MetaPatch {
+                sales: Some(SalesState::Open),
+                on_sale_at_ms: Some(None),
+                ..Default::default()
+            })
+            .unwrap()
+            .unwrap();
+        let read = a.apply_checked(&[open]).unwrap();
+        assert_eq!((read.sales, read.on_sale_at_ms), (SalesState::Open, None));
+        assert_eq!(a.read().unwrap(), b.read().unwrap());
+        // A peer's change that writes nonsense into the field is refused and changes nothing.
+        let mut bad = b.doc.fork();
+        bad.put(ROOT, "sales", "sold").unwrap();
+        let change = bad.get_last_local_change().map(|c| c.raw_bytes().to_vec());
+        bad.commit();
+        let change = change
+            .or_else(|| bad.get_last_local_change().map(|c| c.raw_bytes().to_vec()))
+            .unwrap();
+        assert!(matches!(
+            a.apply_checked(&[change]),
+            Err(MetaError::Field("sales"))
+        ));
+        assert_eq!(a.read().unwrap().sales, SalesState::Open);
     }
 
     #[test]

@@ -261,6 +261,20 @@ pub enum CoreError {
     /// A forwarded request that reached its target after the origin stopped waiting.
     #[error("the request arrived after its deadline")]
     DeadlinePassed,
+    /// Holds and purchases are not taken now: operators paused or closed the sale, or its
+    /// on-sale time (Unix ms, by this region's clock) has not come.
+    #[error("{}", sales_closed_message(state, *opens_at_ms))]
+    SalesClosed {
+        state: String,
+        opens_at_ms: Option<u64>,
+    },
+}
+
+fn sales_closed_message(state: &str, opens_at_ms: Option<u64>) -> String {
+    match opens_at_ms {
+        Some(t) => format!("sales open at {t} (Unix ms, by this region's clock)"),
+        None => format!("sales are {state}"),
+    }
 }
 
 impl CoreError {
@@ -289,6 +303,7 @@ impl CoreError {
             CoreError::NothingToSpare(_) => "nothing-to-spare",
             CoreError::StockUnreachable { .. } => "stock-unreachable",
             CoreError::DeadlinePassed => "deadline-passed",
+            CoreError::SalesClosed { .. } => "sales-closed",
         }
     }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use allot_crdt::{Entry, MetaPatch};
+use allot_crdt::{Entry, MetaPatch, SalesState};
 use allot_node::*;
 use common::*;
 
@@ -564,6 +564,87 @@ fn concurrent_metadata_edits_merge() {
         panic!()
     };
     assert_eq!(h.price_cents, 9900);
+}
+
+/// Operators pause, close and time an on-sale from any region; every region refuses holds
+/// and purchases outside it (by its own clock) and changes nothing, and still confirms a hold
+/// placed while it was open.
+#[test]
+fn holds_and_purchases_are_taken_only_while_the_sale_is_open() {
+    let mut c = cluster_alone(&REGIONS, 30, 0);
+    let patch = |p: MetaPatch| Command::PatchEvent {
+        event: "rock".into(),
+        patch: p,
+    };
+    let Ok(Outcome::Held(h)) = c.call(0, hold_qty("c-1", "floor", 1)) else {
+        panic!("open by default")
+    };
+    // Paused in us-east: every region hears it.
+    c.call(
+        1,
+        patch(MetaPatch {
+            sales: Some(SalesState::Paused),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    c.settle(2);
+    for i in 0..3 {
+        let before = c.cores[i].snapshot();
+        for cmd in [buy(1), hold_qty("c-2", "floor", 1)] {
+            match c.call(i, cmd) {
+                Err(e @ CoreError::SalesClosed { .. }) => {
+                    assert_eq!(e.kind(), "sales-closed");
+                    assert_eq!(e.to_string(), "sales are paused");
+                }
+                other => panic!("region {i}: {other:?}"),
+            }
+        }
+        assert_eq!(c.cores[i].snapshot(), before, "a refusal changes nothing");
+    }
+    // The hold placed before the pause is still confirmed.
+    let confirm = Command::Confirm {
+        hold: id(IdKind::Hold, "eu-west", h.n.0),
+        payment_ref: "p-1".into(),
+    };
+    assert!(matches!(c.call(0, confirm), Ok(Outcome::Order(_))));
+    // Open again, with an on-sale time ahead of every region's clock.
+    let at = c.now + 60_000;
+    c.call(
+        2,
+        patch(MetaPatch {
+            sales: Some(SalesState::Open),
+            on_sale_at_ms: Some(Some(at)),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    c.settle(2);
+    match c.call(1, buy(1)) {
+        Err(CoreError::SalesClosed {
+            opens_at_ms: Some(t),
+            ..
+        }) => assert_eq!(t, at),
+        other => panic!("{other:?}"),
+    }
+    c.advance(60_000);
+    assert!(matches!(c.call(1, buy(1)), Ok(Outcome::Order(_))));
+    // Closed.
+    c.call(
+        0,
+        patch(MetaPatch {
+            sales: Some(SalesState::Closed),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    c.settle(2);
+    assert!(matches!(
+        c.call(2, buy(1)),
+        Err(CoreError::SalesClosed { .. })
+    ));
+    c.converged().unwrap();
+    c.check().unwrap();
 }
 
 /// Keys are forgotten after the configured time (24 h by default): with a short TTL, a key

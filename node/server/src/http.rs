@@ -606,6 +606,20 @@ struct PatchBody {
     #[serde(default)]
     prices: BTreeMap<String, u64>,
     rebalance: Option<bool>,
+    /// `open`, `paused` or `closed`.
+    sales: Option<allot_crdt::SalesState>,
+    /// RFC 3339; `null` removes it (sales open at once).
+    #[serde(default, deserialize_with = "present")]
+    on_sale_at: Option<Option<String>>,
+}
+
+/// A field that may be absent (`None`), `null` (`Some(None)`) or a value.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 async fn patch_event(
@@ -617,6 +631,16 @@ async fn patch_event(
     if let Some(t) = &p.starts_at {
         parse_time("starts_at", t)?;
     }
+    let on_sale_at_ms = match &p.on_sale_at {
+        Some(Some(t)) => {
+            let ms = parse_time("on_sale_at", t)?.unix_timestamp_nanos() / 1_000_000;
+            let ms =
+                u64::try_from(ms).map_err(|_| Problem::invalid("on_sale_at: a time after 1970"))?;
+            Some(Some(ms))
+        }
+        Some(None) => Some(None),
+        None => None,
+    };
     let patch = allot_crdt::MetaPatch {
         name: p.name,
         description: p.description,
@@ -627,6 +651,8 @@ async fn patch_event(
         hold_ttl_s: p.hold_ttl_s,
         prices: p.prices,
         rebalance: p.rebalance,
+        sales: p.sales,
+        on_sale_at_ms,
     };
     let v = call_render(
         &s,

@@ -68,6 +68,7 @@ impl From<CoreError> for Problem {
             | CoreError::SeatTaken(_)
             | CoreError::SeatElsewhere { .. }
             | CoreError::NotOwner(_)
+            | CoreError::SalesClosed { .. }
             | CoreError::NothingToSpare(_) => S::CONFLICT,
             CoreError::UnknownEvent(_)
             | CoreError::UnknownPool(_)

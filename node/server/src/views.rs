@@ -127,6 +127,7 @@ pub fn event_summary(e: &EventState) -> Value {
     json!({
         "id": &*e.id, "name": i.name, "venue": i.venue, "starts_at": i.starts_at,
         "currency": e.genesis().currency, "lat": i.lat, "lon": i.lon,
+        "sales": i.sales, "on_sale_at": i.on_sale_at_ms.map(rfc3339),
     })
 }
 
@@ -160,6 +161,10 @@ pub fn event_detail(core: &Core, e: &EventState) -> Value {
         "lat": i.lat, "lon": i.lon, "starts_at": i.starts_at, "currency": g.currency,
         "hold_ttl_s": i.hold_ttl_s, "rebalance": i.rebalance, "region": core.config().region,
         "genesis_hash": e.ledger.hash().to_string(), "pools": pools,
+        "sales": i.sales, "on_sale_at": i.on_sale_at_ms.map(rfc3339),
+        // As this region sees it, by its own clock.
+        "on_sale_now": i.sales == allot_crdt::SalesState::Open
+            && i.on_sale_at_ms.is_none_or(|t| core.now() >= t),
     })
 }
 

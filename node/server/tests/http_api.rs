@@ -791,3 +791,87 @@ async fn another_regions_ids_answer_503_when_it_is_unreachable() {
     }
     n.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_pause_time_and_reopen_an_on_sale() {
+    let n = TestNode::start().await;
+    n.create_event(event("rock", 10, 4, 600)).await;
+    let buy = || {
+        n.post(
+            "/v1/events/rock/purchases",
+            json!({"pool": "floor", "quantity": 1, "customer": "c-1", "payment_ref": "p"}),
+        )
+    };
+    let (_, e) = n.get("/v1/events/rock").await;
+    assert_eq!(
+        (e["sales"].as_str(), e["on_sale_now"].as_bool()),
+        (Some("open"), Some(true))
+    );
+
+    let (s, e) = n
+        .admin_patch("/v1/admin/events/rock", json!({"sales": "paused"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    assert_eq!(e["sales"], "paused");
+    let (s, p) = buy().await;
+    assert_eq!(s, StatusCode::CONFLICT, "{p}");
+    assert_eq!(p["type"], "urn:allot:problem:sales-closed");
+    let (s, _) = n
+        .post(
+            "/v1/events/rock/holds",
+            json!({"pool": "floor", "quantity": 1, "customer": "c-2"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (_, a) = n.get("/v1/events/rock/availability").await;
+    assert_eq!(
+        a["pools"][0]["local_available"], 10,
+        "a refusal takes nothing: {a}"
+    );
+
+    // Open, but from a moment ahead of the clock; then with the time removed.
+    let (s, e) = n
+        .admin_patch(
+            "/v1/admin/events/rock",
+            json!({"sales": "open", "on_sale_at": "2100-01-01T10:00:00Z"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    assert_eq!(e["on_sale_at"], "2100-01-01T10:00:00Z");
+    assert_eq!(e["on_sale_now"], false);
+    let (s, p) = buy().await;
+    assert_eq!(
+        (s, p["type"].as_str()),
+        (StatusCode::CONFLICT, Some("urn:allot:problem:sales-closed"))
+    );
+    let (s, e) = n
+        .admin_patch("/v1/admin/events/rock", json!({"on_sale_at": null}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    assert!(e["on_sale_at"].is_null(), "{e}");
+    assert_eq!(buy().await.0, StatusCode::CREATED);
+
+    // Bad input: a clear 4xx, nothing changed.
+    for bad in [
+        json!({"sales": "sold"}),
+        json!({"on_sale_at": "tomorrow"}),
+        json!({"sales": 1}),
+    ] {
+        let (s, p) = n.admin_patch("/v1/admin/events/rock", bad.clone()).await;
+        assert!(s.is_client_error(), "{bad}: {s} {p}");
+    }
+    let (_, e) = n.get("/v1/events/rock").await;
+    assert_eq!(
+        (e["sales"].as_str(), e["on_sale_now"].as_bool()),
+        (Some("open"), Some(true))
+    );
+    // Without the operator's token: 401.
+    let (s, _) = send(
+        n.client
+            .patch(n.url("/v1/admin/events/rock"))
+            .json(&json!({"sales": "closed"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    n.stop().await;
+}

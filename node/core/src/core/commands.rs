@@ -123,6 +123,8 @@ impl Core {
             hold_ttl_s: spec.hold_ttl_s,
             prices,
             rebalance: spec.rebalance,
+            sales: allot_crdt::SalesState::Open,
+            on_sale_at_ms: None,
         };
         let actor = EventState::actor(&self.cfg.region, self.cfg.incarnation);
         let (_, change) =
@@ -306,6 +308,25 @@ impl Core {
         Ok(idx)
     }
 
+    /// Holds and purchases are taken only while the event's sales are open and its on-sale
+    /// time has come, by this region's own clock (no two regions' clocks are compared).
+    fn check_on_sale(&self, ev: usize) -> Result<(), CoreError> {
+        let info = &self.events[ev].info;
+        if info.sales != allot_crdt::SalesState::Open {
+            return Err(CoreError::SalesClosed {
+                state: info.sales.as_str().into(),
+                opens_at_ms: None,
+            });
+        }
+        match info.on_sale_at_ms {
+            Some(t) if self.now < t => Err(CoreError::SalesClosed {
+                state: "not-yet-open".into(),
+                opens_at_ms: Some(t),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     pub(super) fn price(&self, ev: usize, p: PoolIdx, quantity: u64) -> u64 {
         self.events[ev].prices[p as usize].saturating_mul(quantity)
     }
@@ -318,6 +339,7 @@ impl Core {
         key: Option<&IdempotencyKey>,
     ) -> Result<(RecordIndex, Outcome), CoreError> {
         let ev = self.event_idx(event)?;
+        self.check_on_sale(ev)?;
         check_id("customer", customer)?;
         let live = self.holds.live_of(customer);
         if live >= self.cfg.max_holds_per_customer {
@@ -566,6 +588,7 @@ impl Core {
         key: Option<&IdempotencyKey>,
     ) -> Result<(RecordIndex, Outcome), CoreError> {
         let ev = self.event_idx(event)?;
+        self.check_on_sale(ev)?;
         check_id("customer", customer)?;
         if payment_ref.is_empty() {
             return invalid("payment_ref is required");

@@ -115,6 +115,16 @@ impl TestNode {
         .await
     }
 
+    pub async fn admin_patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        send(
+            self.client
+                .patch(self.url(path))
+                .bearer_auth(TOKEN)
+                .json(&body),
+        )
+        .await
+    }
+
     pub async fn create_event(&self, body: Value) {
         let (s, v) = self.admin_post("/v1/admin/events", body).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
