@@ -190,7 +190,7 @@ async fn list_events(
         return Err(Problem::invalid("q: at most 200 characters"));
     }
     let events = read(&s, move |core| {
-        let mut out: Vec<(String, Value)> = core
+        let mut out: Vec<(String, views::EventSummary)> = core
             .events()
             .filter(|e| {
                 let starts = OffsetDateTime::parse(&e.info.starts_at, &Rfc3339).ok();
@@ -208,12 +208,12 @@ async fn list_events(
                 });
                 in_range && matches
             })
-            .map(|e| (e.info.starts_at.clone(), views::event_summary(e)))
+            .map(|e| (e.info.starts_at.clone(), views::summary(e)))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out.into_iter().map(|(_, v)| v).collect::<Vec<_>>()
     })?;
-    Ok(Json(json!({ "events": events })).into_response())
+    Ok(Json(views::EventList { events }).into_response())
 }
 
 fn unknown_event(event: &str) -> Problem {
@@ -289,13 +289,12 @@ async fn seats(
         let p = e.genesis().pool_index(&q.pool).ok_or_else(|| {
             Problem::not_found("unknown-pool", format!("event has no pool {:?}", q.pool))
         })?;
-        match views::seat_map(e, p) {
-            Value::Null => Err(Problem::invalid(format!(
+        views::seat_map(e, p).ok_or_else(|| {
+            Problem::invalid(format!(
                 "pool {:?} is general admission: it has no seat map",
                 q.pool
-            ))),
-            v => Ok(v),
-        }
+            ))
+        })
     })??;
     Ok(Json(v).into_response())
 }

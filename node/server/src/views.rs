@@ -1,19 +1,31 @@
 //! JSON views of core state, as the HTTP API shows them (docs/http-api.md).
+//!
+//! Each view is a type: the handlers serialise it, and `/openapi.json` describes it from the
+//! same type (`ToSchema`), so the spec cannot drift from what the server answers.
+
+use std::collections::BTreeMap;
 
 use allot_crdt::{PoolIdx, PoolKind, RegionIdx};
 use allot_node::event::{EventState, SeatLocal};
 use allot_node::{Answered, Core, Hold, IdKind, Millis, Order, OrderStatus, RemoteOutcome};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+/// A view as the JSON a handler answers with.
+fn to_json(v: impl Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
 
 /// Another region's answer about its hold or order, with the ids it gave them (the event's
 /// genesis, which names pools and seats, is the same everywhere).
 pub fn remote(core: &Core, r: &RemoteOutcome) -> Value {
     let id = r.id.as_deref().unwrap_or_default();
     match &r.outcome {
-        Answered::Order(o) => order_as(core, o, &r.region, id, r.hold_id.as_deref()),
-        Answered::Held(h) => hold_as(core, h, id),
+        Answered::Order(o) => to_json(order_as(core, o, &r.region, id, r.hold_id.as_deref())),
+        Answered::Held(h) => to_json(hold_as(core, h, id)),
         _ => Value::Null,
     }
 }
@@ -25,198 +37,466 @@ pub fn rfc3339(ms: Millis) -> String {
         .unwrap_or_default()
 }
 
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrderState {
+    Confirmed,
+    Refunded,
+}
+
+/// An order; its id names the region that sold it, which keeps it.
+#[derive(Serialize, ToSchema)]
+pub struct OrderView {
+    #[schema(example = "o-eu-west-1-5f2a9c")]
+    pub order_id: String,
+    pub event: String,
+    pub pool: Option<String>,
+    pub quantity: u64,
+    /// Seat ids, for an assigned pool.
+    pub seats: Vec<String>,
+    /// The region that sold it.
+    pub region: String,
+    pub customer: String,
+    /// Total paid, in the currency's minor unit.
+    pub price_cents: u64,
+    pub currency: Option<String>,
+    pub payment_ref: String,
+    pub status: OrderState,
+    /// RFC 3339.
+    pub created_at: String,
+    /// The hold it confirmed, if any.
+    pub hold_id: Option<String>,
+}
+
+/// A hold: the places are the buyer's until `expires_at`, at the locked price.
+#[derive(Serialize, ToSchema)]
+pub struct HoldView {
+    pub hold_id: String,
+    pub event: String,
+    pub pool: Option<String>,
+    pub quantity: u64,
+    pub seats: Vec<String>,
+    pub customer: String,
+    pub price_cents: u64,
+    pub currency: Option<String>,
+    /// RFC 3339, by the owning region's clock.
+    pub expires_at: String,
+}
+
 pub fn order(core: &Core, o: &Order) -> Value {
     let hold_id = o.hold.map(|h| core.id_of(IdKind::Hold, h));
-    order_as(
+    to_json(order_as(
         core,
         o,
         &core.config().region,
         &core.id_of(IdKind::Order, o.n),
         hold_id.as_deref(),
-    )
+    ))
 }
 
 /// An order as the region that sold it names it (its own, or another region's answer).
-fn order_as(core: &Core, o: &Order, region: &str, id: &str, hold_id: Option<&str>) -> Value {
+fn order_as(core: &Core, o: &Order, region: &str, id: &str, hold_id: Option<&str>) -> OrderView {
     let e = core.event(&o.event);
     let pool = e.map(|e| e.genesis().pool(o.pool));
-    let seats: Vec<&str> = o
-        .seats
-        .iter()
-        .filter_map(|&s| pool.and_then(|p| p.seat_id(s)))
-        .collect();
-    json!({
-        "order_id": id,
-        "event": &*o.event,
-        "pool": pool.map(|p| p.id.as_str()),
-        "quantity": o.quantity,
-        "seats": seats,
-        "region": region,
-        "customer": &*o.customer,
-        "price_cents": o.price_cents,
-        "currency": e.map(|e| e.genesis().currency.as_str()),
-        "payment_ref": &*o.payment_ref,
-        "status": match o.status { OrderStatus::Confirmed => "confirmed", OrderStatus::Refunded => "refunded" },
-        "created_at": rfc3339(o.created_at),
-        "hold_id": hold_id,
-    })
+    OrderView {
+        order_id: id.to_owned(),
+        event: o.event.to_string(),
+        pool: pool.map(|p| p.id.clone()),
+        quantity: o.quantity,
+        seats: o
+            .seats
+            .iter()
+            .filter_map(|&s| pool.and_then(|p| p.seat_id(s)).map(str::to_owned))
+            .collect(),
+        region: region.to_owned(),
+        customer: o.customer.to_string(),
+        price_cents: o.price_cents,
+        currency: e.map(|e| e.genesis().currency.clone()),
+        payment_ref: o.payment_ref.to_string(),
+        status: match o.status {
+            OrderStatus::Confirmed => OrderState::Confirmed,
+            OrderStatus::Refunded => OrderState::Refunded,
+        },
+        created_at: rfc3339(o.created_at),
+        hold_id: hold_id.map(str::to_owned),
+    }
 }
 
 pub fn hold(core: &Core, h: &Hold) -> Value {
-    hold_as(core, h, &core.id_of(IdKind::Hold, h.n))
+    to_json(hold_as(core, h, &core.id_of(IdKind::Hold, h.n)))
 }
 
-fn hold_as(core: &Core, h: &Hold, id: &str) -> Value {
+fn hold_as(core: &Core, h: &Hold, id: &str) -> HoldView {
     let e = core.event(&h.event);
     let pool = e.map(|e| e.genesis().pool(h.pool));
-    let seats: Vec<&str> = h
-        .seats
-        .iter()
-        .filter_map(|&s| pool.and_then(|p| p.seat_id(s)))
-        .collect();
-    json!({
-        "hold_id": id,
-        "event": &*h.event,
-        "pool": pool.map(|p| p.id.as_str()),
-        "quantity": h.quantity,
-        "seats": seats,
-        "customer": &*h.customer,
-        "price_cents": h.price_cents,
-        "currency": e.map(|e| e.genesis().currency.as_str()),
-        "expires_at": rfc3339(h.expires_at),
-    })
+    HoldView {
+        hold_id: id.to_owned(),
+        event: h.event.to_string(),
+        pool: pool.map(|p| p.id.clone()),
+        quantity: h.quantity,
+        seats: h
+            .seats
+            .iter()
+            .filter_map(|&s| pool.and_then(|p| p.seat_id(s)).map(str::to_owned))
+            .collect(),
+        customer: h.customer.to_string(),
+        price_cents: h.price_cents,
+        currency: e.map(|e| e.genesis().currency.clone()),
+        expires_at: rfc3339(h.expires_at),
+    }
 }
 
-fn pool_availability(e: &EventState, p: PoolIdx) -> Value {
+/// One pool's stock as this region sees it.
+#[derive(Serialize, ToSchema)]
+pub struct PoolAvailability {
+    pub pool: String,
+    /// What this region can sell now.
+    pub local_available: u64,
+    /// What the regions together can sell, from the merged ledger.
+    pub global_available: u64,
+    pub sold_out: bool,
+}
+
+fn pool_availability(e: &EventState, p: PoolIdx) -> PoolAvailability {
     let local = e.sellable(p).max(0) as u64;
     let global = e.global_available(p).max(local);
-    json!({
-        "pool": e.genesis().pool(p).id,
-        "local_available": local,
-        "global_available": global,
-        "sold_out": global == 0,
-    })
+    PoolAvailability {
+        pool: e.genesis().pool(p).id.clone(),
+        local_available: local,
+        global_available: global,
+        sold_out: global == 0,
+    }
 }
 
-fn staleness(e: &EventState, now: Millis) -> Value {
+/// How old this region's knowledge of each region is.
+#[derive(Serialize, ToSchema)]
+pub struct Staleness {
+    /// Row versions merged, by region.
+    pub version_vector: BTreeMap<String, u64>,
+    /// Since the region was last heard from (0 for this region; null before the first frame).
+    pub age_ms: BTreeMap<String, Option<u64>>,
+}
+
+fn staleness(e: &EventState, now: Millis) -> Staleness {
     let g = e.genesis();
     let vv = e.ledger.version_vector();
-    let mut versions = serde_json::Map::new();
-    let mut ages = serde_json::Map::new();
+    let mut version_vector = BTreeMap::new();
+    let mut age_ms = BTreeMap::new();
     for (r, name) in g.regions.iter().enumerate() {
-        versions.insert(name.clone(), json!(vv.get(r)));
+        version_vector.insert(name.clone(), vv.get(r));
         let age = if r == e.me as usize {
             Some(0)
         } else {
             e.peers[r].heard_at.map(|t| now.saturating_sub(t))
         };
-        ages.insert(name.clone(), json!(age));
+        age_ms.insert(name.clone(), age);
     }
-    json!({ "version_vector": versions, "age_ms": ages })
+    Staleness {
+        version_vector,
+        age_ms,
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AvailabilityView {
+    pub event: String,
+    /// The region answering.
+    pub region: String,
+    pub pools: Vec<PoolAvailability>,
+    pub staleness: Staleness,
 }
 
 pub fn availability(core: &Core, e: &EventState) -> Value {
-    let pools: Vec<Value> = (0..e.genesis().pools.len() as PoolIdx)
-        .map(|p| pool_availability(e, p))
-        .collect();
-    json!({ "event": &*e.id, "region": core.config().region, "pools": pools, "staleness": staleness(e, core.now()) })
+    to_json(AvailabilityView {
+        event: e.id.to_string(),
+        region: core.config().region.clone(),
+        pools: (0..e.genesis().pools.len() as PoolIdx)
+            .map(|p| pool_availability(e, p))
+            .collect(),
+        staleness: staleness(e, core.now()),
+    })
 }
 
-pub fn event_summary(e: &EventState) -> Value {
+#[derive(Serialize, ToSchema)]
+pub struct EventSummary {
+    pub id: String,
+    pub name: String,
+    pub venue: String,
+    pub starts_at: String,
+    pub currency: String,
+    pub lat: f64,
+    pub lon: f64,
+    /// `open`, `paused` or `closed`.
+    #[schema(example = "open")]
+    pub sales: &'static str,
+    /// RFC 3339, or null: holds and purchases from this moment.
+    pub on_sale_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventList {
+    pub events: Vec<EventSummary>,
+}
+
+pub fn summary(e: &EventState) -> EventSummary {
     let i = &e.info;
-    json!({
-        "id": &*e.id, "name": i.name, "venue": i.venue, "starts_at": i.starts_at,
-        "currency": e.genesis().currency, "lat": i.lat, "lon": i.lon,
-        "sales": i.sales, "on_sale_at": i.on_sale_at_ms.map(rfc3339),
-    })
+    EventSummary {
+        id: e.id.to_string(),
+        name: i.name.clone(),
+        venue: i.venue.clone(),
+        starts_at: i.starts_at.clone(),
+        currency: e.genesis().currency.clone(),
+        lat: i.lat,
+        lon: i.lon,
+        sales: i.sales.as_str(),
+        on_sale_at: i.on_sale_at_ms.map(rfc3339),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolKindView {
+    General,
+    Assigned,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PoolDetail {
+    pub id: String,
+    pub kind: PoolKindView,
+    pub capacity: u64,
+    pub price_cents: u64,
+    pub local_available: u64,
+    pub global_available: u64,
+    pub sold_out: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventDetail {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub venue: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub starts_at: String,
+    pub currency: String,
+    pub hold_ttl_s: u64,
+    /// Whether the regions' rebalancer moves this event's quota.
+    pub rebalance: bool,
+    /// The region answering.
+    pub region: String,
+    pub genesis_hash: String,
+    pub pools: Vec<PoolDetail>,
+    #[schema(example = "open")]
+    pub sales: &'static str,
+    pub on_sale_at: Option<String>,
+    /// Whether this region takes holds and purchases now, by its own clock.
+    pub on_sale_now: bool,
 }
 
 pub fn event_detail(core: &Core, e: &EventState) -> Value {
     let g = e.genesis();
     let i = &e.info;
-    let pools: Vec<Value> = g
+    let pools = g
         .pools
         .iter()
         .enumerate()
         .map(|(p, pool)| {
-            let mut v = pool_availability(e, p as PoolIdx);
-            let o = v.as_object_mut().expect("an object");
-            o.insert("id".into(), json!(pool.id));
-            o.remove("pool");
-            o.insert(
-                "kind".into(),
-                json!(if pool.is_assigned() {
-                    "assigned"
+            let a = pool_availability(e, p as PoolIdx);
+            PoolDetail {
+                id: pool.id.clone(),
+                kind: if pool.is_assigned() {
+                    PoolKindView::Assigned
                 } else {
-                    "general"
-                }),
-            );
-            o.insert("capacity".into(), json!(pool.capacity()));
-            o.insert("price_cents".into(), json!(e.prices[p]));
-            v
+                    PoolKindView::General
+                },
+                capacity: pool.capacity(),
+                price_cents: e.prices[p],
+                local_available: a.local_available,
+                global_available: a.global_available,
+                sold_out: a.sold_out,
+            }
         })
         .collect();
-    json!({
-        "id": &*e.id, "name": i.name, "description": i.description, "venue": i.venue,
-        "lat": i.lat, "lon": i.lon, "starts_at": i.starts_at, "currency": g.currency,
-        "hold_ttl_s": i.hold_ttl_s, "rebalance": i.rebalance, "region": core.config().region,
-        "genesis_hash": e.ledger.hash().to_string(), "pools": pools,
-        "sales": i.sales, "on_sale_at": i.on_sale_at_ms.map(rfc3339),
-        // As this region sees it, by its own clock.
-        "on_sale_now": i.sales == allot_crdt::SalesState::Open
+    to_json(EventDetail {
+        id: e.id.to_string(),
+        name: i.name.clone(),
+        description: i.description.clone(),
+        venue: i.venue.clone(),
+        lat: i.lat,
+        lon: i.lon,
+        starts_at: i.starts_at.clone(),
+        currency: g.currency.clone(),
+        hold_ttl_s: i.hold_ttl_s,
+        rebalance: i.rebalance,
+        region: core.config().region.clone(),
+        genesis_hash: e.ledger.hash().to_string(),
+        pools,
+        sales: i.sales.as_str(),
+        on_sale_at: i.on_sale_at_ms.map(rfc3339),
+        on_sale_now: i.sales == allot_crdt::SalesState::Open
             && i.on_sale_at_ms.is_none_or(|t| core.now() >= t),
     })
 }
 
-pub fn seat_map(e: &EventState, p: PoolIdx) -> Value {
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SeatState {
+    /// This region's, free.
+    Available,
+    Held,
+    Sold,
+    /// Another region's (`owner`): its state is that region's to say.
+    Elsewhere,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SeatView {
+    pub seat: String,
+    pub state: SeatState,
+    /// The region that owns it.
+    pub owner: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SeatMap {
+    pub event: String,
+    pub pool: String,
+    pub region: String,
+    pub seats: Vec<SeatView>,
+}
+
+/// The seat map of an assigned pool; `None` for a general-admission pool.
+pub fn seat_map(e: &EventState, p: PoolIdx) -> Option<Value> {
     let g = e.genesis();
     let pool = g.pool(p);
     let PoolKind::Assigned { seats } = &pool.kind else {
-        return json!(null);
+        return None;
     };
     let owners = e.ledger.seat_owners(p);
-    let list: Vec<Value> = seats
+    let seats = seats
         .iter()
         .enumerate()
         .map(|(s, id)| {
             let owner = owners[s].owner;
             let state = if owner != e.me {
-                "elsewhere"
+                SeatState::Elsewhere
             } else {
                 match e.seats[p as usize][s] {
-                    SeatLocal::Free => "available",
-                    SeatLocal::Held(_) | SeatLocal::Arriving(_) => "held",
-                    SeatLocal::Sold(_) => "sold",
+                    SeatLocal::Free => SeatState::Available,
+                    SeatLocal::Held(_) | SeatLocal::Arriving(_) => SeatState::Held,
+                    SeatLocal::Sold(_) => SeatState::Sold,
                 }
             };
-            json!({ "seat": id, "state": state, "owner": g.regions[owner as usize] })
+            SeatView {
+                seat: id.clone(),
+                state,
+                owner: g.regions[owner as usize].clone(),
+            }
         })
         .collect();
-    json!({ "event": &*e.id, "pool": pool.id, "region": g.regions[e.me as usize], "seats": list })
+    Some(to_json(SeatMap {
+        event: e.id.to_string(),
+        pool: pool.id.clone(),
+        region: g.regions[e.me as usize].clone(),
+        seats,
+    }))
 }
 
 /// One handoff of the rebalancer's log (or an operator's transfer), for operators.
-pub fn handoff(core: &Core, h: &allot_node::handoff::Handoff) -> Value {
-    let pool = core
-        .event(&h.event)
-        .and_then(|e| e.genesis().pools.get(h.pool as usize))
-        .map(|p| p.id.clone());
-    json!({
-        "event": &*h.event, "pool": pool, "from": h.from, "to": h.to, "quantity": h.quantity,
-        "reason": h.reason, "at": rfc3339(h.at), "ask_to_spendable_ms": h.ask_to_spendable_ms,
-    })
+#[derive(Serialize, ToSchema)]
+pub struct HandoffView {
+    pub event: String,
+    pub pool: Option<String>,
+    pub from: String,
+    pub to: String,
+    pub quantity: u64,
+    /// `running-dry`, `endgame`, `operator` or `gather`.
+    #[schema(value_type = String, example = "running-dry")]
+    pub reason: allot_node::handoff::Reason,
+    pub at: String,
+    /// On the receiving side: from the ask to the credit being durable here.
+    pub ask_to_spendable_ms: Option<u64>,
+}
+
+pub fn handoff(core: &Core, h: &allot_node::handoff::Handoff) -> HandoffView {
+    HandoffView {
+        event: h.event.to_string(),
+        pool: core
+            .event(&h.event)
+            .and_then(|e| e.genesis().pools.get(h.pool as usize))
+            .map(|p| p.id.clone()),
+        from: h.from.clone(),
+        to: h.to.clone(),
+        quantity: h.quantity,
+        reason: h.reason,
+        at: rfc3339(h.at),
+        ask_to_spendable_ms: h.ask_to_spendable_ms,
+    }
+}
+
+/// One region's row of a pool, as this region sees it.
+#[derive(Serialize, ToSchema)]
+pub struct LedgerRegion {
+    pub region: String,
+    pub initial: u64,
+    pub granted_out: u64,
+    pub granted_in: u64,
+    pub consumed: u64,
+    pub returned: u64,
+    /// Live holds: this region's own, or the last figure another region gossiped.
+    pub held: u64,
+    /// What it can sell: `sellable` for this region.
+    pub available: i64,
+    pub held_age_ms: Option<u64>,
+    pub sale_rate_per_min: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LedgerPool {
+    pub pool: String,
+    pub capacity: u64,
+    pub regions: Vec<LedgerRegion>,
+}
+
+/// This region's forwards to one region.
+#[derive(Serialize, ToSchema)]
+pub struct ForwardView {
+    pub to: String,
+    pub sent: u64,
+    /// Answered with a hold or an order.
+    pub served: u64,
+    pub refused: u64,
+    /// No answer in time, or no link.
+    pub lost: u64,
+    pub mean_latency_ms: Option<u64>,
+    pub max_latency_ms: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LedgerView {
+    pub event: String,
+    pub region: String,
+    pub pools: Vec<LedgerPool>,
+    pub version_vector: BTreeMap<String, u64>,
+    pub rebalance: bool,
+    /// The last handoffs this region made or received, newest first.
+    pub handoffs: Vec<HandoffView>,
+    /// This region's forwarded sales of the event, per target.
+    pub forwards: Vec<ForwardView>,
 }
 
 pub fn ledger(core: &Core, e: &EventState) -> Value {
     let g = e.genesis();
     let now = core.now();
-    let pools: Vec<Value> = g
+    let pools = g
         .pools
         .iter()
         .enumerate()
         .map(|(p, pool)| {
             let pi = p as PoolIdx;
-            let regions: Vec<Value> = (0..g.regions.len() as RegionIdx)
+            let regions = (0..g.regions.len() as RegionIdx)
                 .map(|r| {
                     let l = &e.ledger;
                     let (held, available, age, rate) = if r == e.me {
@@ -232,52 +512,60 @@ pub fn ledger(core: &Core, e: &EventState) -> Value {
                             rate,
                         )
                     };
-                    json!({
-                        "region": g.regions[r as usize],
-                        "initial": l.initial(pi, r),
-                        "granted_out": l.granted_out(pi, r),
-                        "granted_in": l.granted_in(pi, r),
-                        "consumed": l.consumed(pi, r),
-                        "returned": l.returned(pi, r),
-                        "held": held,
-                        "available": available,
-                        "held_age_ms": age,
-                        "sale_rate_per_min": rate,
-                    })
+                    LedgerRegion {
+                        region: g.regions[r as usize].clone(),
+                        initial: l.initial(pi, r),
+                        granted_out: l.granted_out(pi, r),
+                        granted_in: l.granted_in(pi, r),
+                        consumed: l.consumed(pi, r),
+                        returned: l.returned(pi, r),
+                        held,
+                        available,
+                        held_age_ms: age,
+                        sale_rate_per_min: rate,
+                    }
                 })
                 .collect();
-            json!({ "pool": pool.id, "capacity": pool.capacity(), "regions": regions })
+            LedgerPool {
+                pool: pool.id.clone(),
+                capacity: pool.capacity(),
+                regions,
+            }
         })
         .collect();
     let vv = e.ledger.version_vector();
-    let versions: serde_json::Map<String, Value> = g
-        .regions
-        .iter()
-        .enumerate()
-        .map(|(r, n)| (n.clone(), json!(vv.get(r))))
-        .collect();
-    let handoffs: Vec<Value> = core
-        .handoffs()
-        .filter(|h| h.event == e.id)
-        .map(|h| handoff(core, h))
-        .collect();
-    let forwards: Vec<Value> = core
-        .event_forward_stats(&e.id)
-        .into_iter()
-        .map(|(to, f)| forward(to, f))
-        .collect();
-    json!({
-        "event": &*e.id, "region": core.config().region, "pools": pools,
-        "version_vector": versions, "rebalance": e.info.rebalance, "handoffs": handoffs,
-        "forwards": forwards,
+    to_json(LedgerView {
+        event: e.id.to_string(),
+        region: core.config().region.clone(),
+        pools,
+        version_vector: g
+            .regions
+            .iter()
+            .enumerate()
+            .map(|(r, n)| (n.clone(), vv.get(r)))
+            .collect(),
+        rebalance: e.info.rebalance,
+        handoffs: core
+            .handoffs()
+            .filter(|h| h.event == e.id)
+            .map(|h| handoff(core, h))
+            .collect(),
+        forwards: core
+            .event_forward_stats(&e.id)
+            .into_iter()
+            .map(|(to, f)| forward(to, f))
+            .collect(),
     })
 }
 
-/// This region's forwards to one region: calls sent, served (a hold or an order), refused,
-/// lost (no answer in time, or no link), and the latency of the answered ones.
-pub fn forward(to: &str, f: &allot_node::ForwardStats) -> Value {
-    json!({
-        "to": to, "sent": f.sent, "served": f.served, "refused": f.refused, "lost": f.lost,
-        "mean_latency_ms": f.mean_latency_ms(), "max_latency_ms": f.latency_ms_max,
-    })
+pub fn forward(to: &str, f: &allot_node::ForwardStats) -> ForwardView {
+    ForwardView {
+        to: to.to_owned(),
+        sent: f.sent,
+        served: f.served,
+        refused: f.refused,
+        lost: f.lost,
+        mean_latency_ms: f.mean_latency_ms(),
+        max_latency_ms: f.latency_ms_max,
+    }
 }
