@@ -42,7 +42,8 @@ type ApiResult = Result<Response, Problem>;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
         .route("/readyz", get(readyz))
         .route("/v1/events", get(list_events))
         .route("/v1/events/{event}", get(event_detail))
@@ -145,9 +146,51 @@ fn order_view(core: &allot_node::Core, o: Outcome) -> Value {
 
 // ----- health ---------------------------------------------------------------------------------
 
-async fn readyz(State(s): St) -> Response {
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "monitoring",
+    responses(
+        (status = 200, description = "The process answers", body = crate::openapi::Health),
+    ),
+)]
+pub(crate) async fn healthz() -> Json<crate::openapi::Health> {
+    Json(crate::openapi::Health {
+        status: "ok",
+        region: None,
+    })
+}
+
+/// This API as OpenAPI 3.1 (see `openapi.rs`).
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "monitoring",
+    responses(
+        (status = 200, description = "This document", body = Object),
+    ),
+)]
+pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    use utoipa::OpenApi;
+    Json(crate::openapi::ApiDoc::openapi())
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "monitoring",
+    responses(
+        (status = 200, description = "Ready", body = crate::openapi::Health),
+        (status = 503, description = "A synced write failed: this node acknowledges nothing until restarted", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn readyz(State(s): St) -> Response {
     if s.core.is_ready() {
-        Json(json!({"status": "ready", "region": s.region})).into_response()
+        Json(crate::openapi::Health {
+            status: "ready",
+            region: Some(s.region.clone()),
+        })
+        .into_response()
     } else {
         Problem::unavailable(
             "a synced write failed or the core stopped: this node acknowledges nothing until restarted",
@@ -158,9 +201,10 @@ async fn readyz(State(s): St) -> Response {
 
 // ----- buyers ---------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     from: Option<String>,
     to: Option<String>,
     q: Option<String>,
@@ -174,7 +218,17 @@ fn parse_time(field: &str, v: &str) -> Result<OffsetDateTime, Problem> {
     })
 }
 
-async fn list_events(
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "buyers",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Events by start time", body = crate::views::EventList),
+        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn list_events(
     State(s): St,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
@@ -220,7 +274,17 @@ fn unknown_event(event: &str) -> Problem {
     Problem::not_found("unknown-event", format!("no event {event:?}"))
 }
 
-async fn event_detail(State(s): St, Path(event): Path<String>) -> ApiResult {
+#[utoipa::path(
+    get,
+    path = "/v1/events/{event}",
+    tag = "buyers",
+    params(("event" = String, Path, description = "Event id")),
+    responses(
+        (status = 200, description = "The event, with this region's availability", body = crate::views::EventDetail),
+        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn event_detail(State(s): St, Path(event): Path<String>) -> ApiResult {
     let ev = event.clone();
     let v = read(&s, move |core| {
         core.event(&ev).map(|e| views::event_detail(core, e))
@@ -228,7 +292,17 @@ async fn event_detail(State(s): St, Path(event): Path<String>) -> ApiResult {
     Ok(Json(v.ok_or_else(|| unknown_event(&event))?).into_response())
 }
 
-async fn availability(State(s): St, Path(event): Path<String>) -> ApiResult {
+#[utoipa::path(
+    get,
+    path = "/v1/events/{event}/availability",
+    tag = "buyers",
+    params(("event" = String, Path, description = "Event id")),
+    responses(
+        (status = 200, description = "Stock per pool, here and in all", body = crate::views::AvailabilityView),
+        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn availability(State(s): St, Path(event): Path<String>) -> ApiResult {
     let ev = event.clone();
     let v = read(&s, move |core| {
         core.event(&ev).map(|e| views::availability(core, e))
@@ -236,7 +310,17 @@ async fn availability(State(s): St, Path(event): Path<String>) -> ApiResult {
     Ok(Json(v.ok_or_else(|| unknown_event(&event))?).into_response())
 }
 
-async fn availability_stream(
+#[utoipa::path(
+    get,
+    path = "/v1/events/{event}/availability/stream",
+    tag = "buyers",
+    params(("event" = String, Path, description = "Event id")),
+    responses(
+        (status = 200, description = "Server-Sent Events: an availability view each time the figures change", body = crate::views::AvailabilityView, content_type = "text/event-stream"),
+        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn availability_stream(
     State(s): St,
     Path(event): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
@@ -271,13 +355,25 @@ async fn availability_stream(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct SeatsQuery {
+pub(crate) struct SeatsQuery {
     pool: String,
 }
 
-async fn seats(
+#[utoipa::path(
+    get,
+    path = "/v1/events/{event}/seats",
+    tag = "buyers",
+    params(("event" = String, Path, description = "Event id"), SeatsQuery),
+    responses(
+        (status = 200, description = "Each seat: available here, held, sold, or another region's", body = crate::views::SeatMap),
+        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn seats(
     State(s): St,
     Path(event): Path<String>,
     q: Result<Query<SeatsQuery>, axum::extract::rejection::QueryRejection>,
@@ -299,9 +395,9 @@ async fn seats(
     Ok(Json(v).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct WantBody {
+pub(crate) struct WantBody {
     pool: Option<String>,
     quantity: Option<u64>,
     seats: Option<Vec<String>>,
@@ -327,7 +423,22 @@ impl WantBody {
     }
 }
 
-async fn create_hold(
+#[utoipa::path(
+    post,
+    path = "/v1/events/{event}/holds",
+    tag = "buyers",
+    params(("event" = String, Path, description = "Event id"), ("Idempotency-Key" = Option<String>, Header, description = "The same key and body return the first answer; another body a 422")),
+    request_body = WantBody,
+    responses(
+        (status = 201, description = "Held (by this region, or by the region that had the stock)", body = crate::views::HoldView),
+        (status = 409, description = "sold-out, seat-taken, sales-closed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "hold-limit: the customer has the most live holds allowed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A region that owns it, or the node, cannot answer now (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn create_hold(
     State(s): St,
     Path(event): Path<String>,
     Posted { key, body: w }: Posted<WantBody>,
@@ -352,7 +463,21 @@ async fn create_hold(
     ))
 }
 
-async fn purchase(
+#[utoipa::path(
+    post,
+    path = "/v1/events/{event}/purchases",
+    tag = "buyers",
+    params(("event" = String, Path, description = "Event id"), ("Idempotency-Key" = Option<String>, Header, description = "The same key and body return the first answer; another body a 422")),
+    request_body = WantBody,
+    responses(
+        (status = 201, description = "Sold (payment_ref required)", body = crate::views::OrderView),
+        (status = 409, description = "sold-out, seat-taken, sales-closed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A region that owns it, or the node, cannot answer now (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn purchase(
     State(s): St,
     Path(event): Path<String>,
     Posted { key, body: w }: Posted<WantBody>,
@@ -377,13 +502,27 @@ async fn purchase(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ConfirmBody {
+pub(crate) struct ConfirmBody {
     payment_ref: String,
 }
 
-async fn confirm(
+#[utoipa::path(
+    post,
+    path = "/v1/holds/{hold}/confirm",
+    tag = "buyers",
+    params(("hold" = String, Path, description = "Hold id (names its region)"), ("Idempotency-Key" = Option<String>, Header, description = "The same key and body return the first answer; another body a 422")),
+    request_body = ConfirmBody,
+    responses(
+        (status = 201, description = "The order (again the same one if confirmed before)", body = crate::views::OrderView),
+        (status = 410, description = "hold-expired", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A region that owns it, or the node, cannot answer now (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn confirm(
     State(s): St,
     Path(hold): Path<String>,
     Posted { key, body: c }: Posted<ConfirmBody>,
@@ -402,12 +541,34 @@ async fn confirm(
     ))
 }
 
-async fn release(State(s): St, Path(hold): Path<String>) -> ApiResult {
+#[utoipa::path(
+    delete,
+    path = "/v1/holds/{hold}",
+    tag = "buyers",
+    params(("hold" = String, Path, description = "Hold id (names its region)")),
+    responses(
+        (status = 204, description = "Released: the quota returns to the region at once"),
+        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A region that owns it, or the node, cannot answer now (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn release(State(s): St, Path(hold): Path<String>) -> ApiResult {
     call(&s, None, Command::Release { hold }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn get_order(State(s): St, Path(order): Path<String>) -> ApiResult {
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{order}",
+    tag = "buyers",
+    params(("order" = String, Path, description = "Order id (names its region)")),
+    responses(
+        (status = 200, description = "The order", body = crate::views::OrderView),
+        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A region that owns it, or the node, cannot answer now (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn get_order(State(s): St, Path(order): Path<String>) -> ApiResult {
     // Through the core: another region's order is asked of that region.
     let v = call_render(&s, None, Command::ReadOrder { order }, order_view).await?;
     Ok(Json(v).into_response())
@@ -415,9 +576,9 @@ async fn get_order(State(s): St, Path(order): Path<String>) -> ApiResult {
 
 // ----- operators ------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PoolBody {
+pub(crate) struct PoolBody {
     id: String,
     capacity: Option<u64>,
     seats: Option<Vec<String>>,
@@ -428,9 +589,9 @@ struct PoolBody {
 }
 
 /// Seats `<prefix><row>-<n>` for every row and every `n` in `from..=to`, rows in order.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SeatBlock {
+pub(crate) struct SeatBlock {
     #[serde(default)]
     prefix: String,
     rows: SeatRows,
@@ -439,9 +600,9 @@ struct SeatBlock {
 }
 
 /// Row labels: listed (`["A","B"]`), or numbered (`{"from": 1, "to": 40}`).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
-enum SeatRows {
+pub(crate) enum SeatRows {
     Labels(Vec<String>),
     Numbered { from: u32, to: u32 },
 }
@@ -487,16 +648,16 @@ fn expand_seat_blocks(pool: &str, blocks: &[SeatBlock]) -> Result<Vec<String>, P
     Ok(seats)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
-enum AllotmentsBody {
+pub(crate) enum AllotmentsBody {
     Named(String),
     Explicit(BTreeMap<String, BTreeMap<String, u64>>),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateEventBody {
+pub(crate) struct CreateEventBody {
     id: String,
     name: String,
     #[serde(default)]
@@ -522,7 +683,22 @@ fn default_rebalance() -> bool {
     true
 }
 
-async fn create_event(
+#[utoipa::path(
+    post,
+    path = "/v1/admin/events",
+    tag = "operators",
+    params(("Idempotency-Key" = Option<String>, Header, description = "The same key and body return the first answer; another body a 422")),
+    request_body = CreateEventBody,
+    responses(
+        (status = 201, description = "Created (at the catalog region)", body = crate::views::EventDetail),
+        (status = 409, description = "event-exists", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong operator token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A region that owns it, or the node, cannot answer now (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])),
+)]
+pub(crate) async fn create_event(
     State(s): St,
     _: Operator,
     Posted { key, body: c }: Posted<CreateEventBody>,
@@ -592,9 +768,9 @@ async fn create_event(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchBody {
+pub(crate) struct PatchBody {
     name: Option<String>,
     description: Option<String>,
     venue: Option<String>,
@@ -605,11 +781,29 @@ struct PatchBody {
     #[serde(default)]
     prices: BTreeMap<String, u64>,
     rebalance: Option<bool>,
-    /// `open`, `paused` or `closed`.
-    sales: Option<allot_crdt::SalesState>,
+    sales: Option<SalesBody>,
     /// RFC 3339; `null` removes it (sales open at once).
     #[serde(default, deserialize_with = "present")]
     on_sale_at: Option<Option<String>>,
+}
+
+/// Whether holds and purchases are taken.
+#[derive(Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum SalesBody {
+    Open,
+    Paused,
+    Closed,
+}
+
+impl From<SalesBody> for allot_crdt::SalesState {
+    fn from(s: SalesBody) -> Self {
+        match s {
+            SalesBody::Open => allot_crdt::SalesState::Open,
+            SalesBody::Paused => allot_crdt::SalesState::Paused,
+            SalesBody::Closed => allot_crdt::SalesState::Closed,
+        }
+    }
 }
 
 /// A field that may be absent (`None`), `null` (`Some(None)`) or a value.
@@ -621,7 +815,21 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-async fn patch_event(
+#[utoipa::path(
+    patch,
+    path = "/v1/admin/events/{event}",
+    tag = "operators",
+    params(("event" = String, Path, description = "Event id"), ("Idempotency-Key" = Option<String>, Header, description = "The same key and body return the first answer; another body a 422")),
+    request_body = PatchBody,
+    responses(
+        (status = 200, description = "The event after the edit", body = crate::views::EventDetail),
+        (status = 401, description = "No or a wrong operator token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])),
+)]
+pub(crate) async fn patch_event(
     State(s): St,
     Path(event): Path<String>,
     _: Operator,
@@ -650,7 +858,7 @@ async fn patch_event(
         hold_ttl_s: p.hold_ttl_s,
         prices: p.prices,
         rebalance: p.rebalance,
-        sales: p.sales,
+        sales: p.sales.map(Into::into),
         on_sale_at_ms,
     };
     let v = call_render(
@@ -669,7 +877,19 @@ async fn patch_event(
     Ok(Json(v).into_response())
 }
 
-async fn ledger(State(s): St, _: Operator, Path(event): Path<String>) -> ApiResult {
+#[utoipa::path(
+    get,
+    path = "/v1/admin/events/{event}/ledger",
+    tag = "operators",
+    params(("event" = String, Path, description = "Event id")),
+    responses(
+        (status = 200, description = "The ledger as this region sees it", body = crate::views::LedgerView),
+        (status = 401, description = "No or a wrong operator token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])),
+)]
+pub(crate) async fn ledger(State(s): St, _: Operator, Path(event): Path<String>) -> ApiResult {
     let ev = event.clone();
     let v = read(&s, move |core| {
         core.event(&ev).map(|e| views::ledger(core, e))
@@ -677,9 +897,9 @@ async fn ledger(State(s): St, _: Operator, Path(event): Path<String>) -> ApiResu
     Ok(Json(v.ok_or_else(|| unknown_event(&event))?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TransferBody {
+pub(crate) struct TransferBody {
     pool: String,
     from: String,
     to: String,
@@ -687,7 +907,22 @@ struct TransferBody {
     seats: Option<Vec<String>>,
 }
 
-async fn transfer(
+#[utoipa::path(
+    post,
+    path = "/v1/admin/events/{event}/transfers",
+    tag = "operators",
+    params(("event" = String, Path, description = "Event id"), ("Idempotency-Key" = Option<String>, Header, description = "The same key and body return the first answer; another body a 422")),
+    request_body = TransferBody,
+    responses(
+        (status = 201, description = "Moved: only the owner of quota gives it", body = crate::openapi::TransferView),
+        (status = 409, description = "not-owner", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong operator token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])),
+)]
+pub(crate) async fn transfer(
     State(s): St,
     Path(event): Path<String>,
     _: Operator,
@@ -742,15 +977,28 @@ async fn transfer(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct OrdersQuery {
+pub(crate) struct OrdersQuery {
     event: Option<String>,
     after: Option<String>,
     limit: Option<usize>,
 }
 
-async fn list_orders(
+#[utoipa::path(
+    get,
+    path = "/v1/admin/orders",
+    tag = "operators",
+    params(OrdersQuery),
+    responses(
+        (status = 200, description = "This region's orders, oldest first", body = crate::openapi::OrderList),
+        (status = 401, description = "No or a wrong operator token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])),
+)]
+pub(crate) async fn list_orders(
     State(s): St,
     _: Operator,
     q: Result<Query<OrdersQuery>, axum::extract::rejection::QueryRejection>,
@@ -792,7 +1040,20 @@ async fn list_orders(
     Ok(Json(v).into_response())
 }
 
-async fn refund(
+#[utoipa::path(
+    post,
+    path = "/v1/admin/orders/{order}/refund",
+    tag = "operators",
+    params(("order" = String, Path, description = "Order id (names its region)"), ("Idempotency-Key" = Option<String>, Header, description = "The same key and body return the first answer; another body a 422")),
+    responses(
+        (status = 200, description = "The refunded order (again the same if refunded before)", body = crate::views::OrderView),
+        (status = 401, description = "No or a wrong operator token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A region that owns it, or the node, cannot answer now (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])),
+)]
+pub(crate) async fn refund(
     State(s): St,
     Path(order): Path<String>,
     _: Operator,
@@ -830,7 +1091,15 @@ fn by_region(regions: &[String], vv: &allot_crdt::VersionVector) -> Value {
 }
 
 /// Prometheus text (open, as monitoring scrapes it): see `metrics.rs`.
-async fn metrics(State(s): St) -> ApiResult {
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "monitoring",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4 (docs/operations.md lists the metrics)", body = String, content_type = "text/plain"),
+    ),
+)]
+pub(crate) async fn metrics(State(s): St) -> ApiResult {
     let ready = s.core.is_ready();
     let links = s
         .transport
@@ -892,7 +1161,17 @@ fn peer_lag(core: &allot_node::Core, peer: &str) -> u64 {
         .fold(0, u64::saturating_add)
 }
 
-async fn cluster(State(s): St, _: Operator) -> ApiResult {
+#[utoipa::path(
+    get,
+    path = "/v1/admin/cluster",
+    tag = "operators",
+    responses(
+        (status = 200, description = "Peers, links, version vectors, forwards, gathers, handoffs, memory", body = Object),
+        (status = 401, description = "No or a wrong operator token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])),
+)]
+pub(crate) async fn cluster(State(s): St, _: Operator) -> ApiResult {
     let ready = s.core.is_ready();
     let links = s
         .transport

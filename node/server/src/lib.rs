@@ -10,6 +10,7 @@ pub mod extract;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod openapi;
 pub mod problem;
 pub mod store;
 pub mod tls;
