@@ -338,15 +338,16 @@ pub(crate) async fn availability_stream(
                     return None;
                 }
                 let ev = event.clone();
+                // The view is copied under the core's lock and rendered after it.
                 let v = s
                     .core
                     .read(move |core| core.event(&ev).map(|e| views::availability(core, e)))??;
                 // Staleness ages change all the time; send only when the figures change.
-                let figures = v["pools"].to_string();
+                let figures = serde_json::to_string(&v.pools).unwrap_or_default();
                 if last.as_deref() != Some(figures.as_str()) || first {
                     let item = SseEvent::default()
                         .event("availability")
-                        .data(v.to_string());
+                        .data(serde_json::to_string(&v).unwrap_or_default());
                     return Some((Ok(item), (changes, s, event, Some(figures), false)));
                 }
             }

@@ -206,15 +206,16 @@ pub struct AvailabilityView {
     pub staleness: Staleness,
 }
 
-pub fn availability(core: &Core, e: &EventState) -> Value {
-    to_json(AvailabilityView {
+/// Built under the core's lock (copies of a few figures); serialised after it is released.
+pub fn availability(core: &Core, e: &EventState) -> AvailabilityView {
+    AvailabilityView {
         event: e.id.to_string(),
         region: core.config().region.clone(),
         pools: (0..e.genesis().pools.len() as PoolIdx)
             .map(|p| pool_availability(e, p))
             .collect(),
         staleness: staleness(e, core.now()),
-    })
+    }
 }
 
 #[derive(Serialize, ToSchema)]
