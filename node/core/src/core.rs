@@ -406,6 +406,8 @@ impl Core {
                     self.reply_now(req.caller.clone(), Err(CoreError::IdempotencyMismatch));
                     return self.decided(req);
                 }
+                Seen::Again(e)
+                    if req.sell_here && matches!(e.outcome, Outcome::Forwarded { .. }) => {}
                 Seen::Again(e) => {
                     let (index, outcome) = (e.index, e.outcome.clone());
                     return self.answer_again(req, index, outcome);

@@ -693,3 +693,64 @@ fn a_forward_refused_for_stock_that_moved_is_gathered_for_instead() {
     assert_eq!(sold_in_all(&c, 1), 30);
     c.check().unwrap();
 }
+
+/// The same with the buyer's key, whose record names the refusing target: the gathered
+/// request is sold here (not sent back to that target), once; and a retry of the key after a
+/// crash mid-gather sells here from the parts, once.
+#[test]
+fn a_keyed_forward_refused_then_gathered_for_sells_here_once() {
+    for crash_mid_gather in [false, true] {
+        let mut c = cluster(30, 0, |_| {});
+        sell_out_locally(&mut c, 0);
+        sell_down_to(&mut c, 1, 4);
+        sell_down_to(&mut c, 2, 2);
+        c.settle(2);
+        c.network.clear();
+        c.call(1, buy(2)).expect("us-east's own buyer");
+        c.network.clear();
+        let reply = if crash_mid_gather {
+            let first = c.send(0, key("k-g"), buy(4));
+            // The forward's record, the call, us-east's kept refusal, its answer.
+            for _ in 0..4 {
+                for i in 0..3 {
+                    c.persist(i);
+                }
+                if !c.calls.is_empty() {
+                    c.deliver_call(0);
+                }
+            }
+            for i in 0..3 {
+                c.persist(i);
+            }
+            // The gather asks are out, or answered; the origin dies before it sells.
+            while !c.calls.is_empty() {
+                c.deliver_call(0);
+            }
+            for i in 1..3 {
+                c.persist(i);
+            }
+            assert!(c.take_reply(0, first).is_none(), "not answered yet");
+            c.crash(0);
+            c.calls.clear();
+            c.settle(2); // the grants' rows arrive by gossip
+            c.call_keyed(0, key("k-g"), buy(4))
+        } else {
+            c.call_keyed(0, key("k-g"), buy(4))
+        };
+        assert_eq!(
+            order_of(&reply).quantity,
+            4,
+            "crash {crash_mid_gather}: sold here"
+        );
+        let again = c.call_keyed(0, key("k-g"), buy(4));
+        assert_eq!(again, reply, "crash {crash_mid_gather}: the same order");
+        c.settle(3);
+        c.converged().unwrap();
+        assert_eq!(
+            sold_in_all(&c, 1),
+            30,
+            "crash {crash_mid_gather}: one order of 4"
+        );
+        c.check().unwrap();
+    }
+}

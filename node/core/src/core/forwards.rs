@@ -270,6 +270,9 @@ enum Plan {
     Forward(String),
     /// No one region has it all, the regions together do: gather the parts here.
     Gather(PoolKey, Vec<(usize, u64)>),
+    /// This region has it now (a retry of a key whose target refused, after this region
+    /// received quota): sell it here.
+    SellHere,
     Refuse(CoreError),
 }
 
@@ -297,7 +300,7 @@ impl Core {
     /// This region refused `req` for want of stock: it goes to the region that has it, or
     /// the buyer hears why not.
     pub(super) fn forward_refused(&mut self, req: Request, refusal: CoreError) {
-        match self.plan(&req.command, refusal, &[], !req.gathered) {
+        match self.plan(&req.command, refusal.clone(), &[], !req.gathered) {
             Plan::Forward(target) => {
                 let key = match &req.key {
                     Some(k) => k.clone(),
@@ -310,6 +313,11 @@ impl Core {
                 self.forward(f);
             }
             Plan::Gather(pool, parts) => self.gather(req, pool, parts),
+            // This region has just refused it for want of stock: its own answer stands.
+            Plan::SellHere => {
+                self.reply_now(req.caller.clone(), Err(refusal));
+                self.decided(req);
+            }
             Plan::Refuse(e) => {
                 self.reply_now(req.caller.clone(), Err(e));
                 self.decided(req);
@@ -494,6 +502,11 @@ impl Core {
                 self.forward(f);
             }
             Plan::Gather(pool, parts) => self.gather(f.request, pool, parts),
+            Plan::SellHere => {
+                let mut req = f.request;
+                req.sell_here = true;
+                self.run(req);
+            }
             Plan::Refuse(e) => {
                 self.reply_now(f.request.caller.clone(), Err(e));
                 self.decided(f.request);
@@ -546,6 +559,9 @@ impl Core {
                 let Some(p) = e.genesis().pool_index(pool) else {
                     return Plan::Refuse(refusal);
                 };
+                if e.sellable(p) >= *quantity as i64 {
+                    return Plan::SellHere;
+                }
                 let sellable: Vec<u64> = (0..regions.len())
                     .map(|r| self.expected_sellable(ev, p, r))
                     .collect();

@@ -178,7 +178,9 @@ impl Core {
         };
         match arrival {
             Some((Arrival::Landing(index), _)) => g.landing = g.landing.max(index),
-            Some((Arrival::AlreadyHere, _)) => {}
+            // Gossip merged the row first, in a record that may not be durable yet: the
+            // credit is spendable once everything written so far is.
+            Some((Arrival::AlreadyHere, _)) => g.landing = g.landing.max(self.last_index),
             // Not spendable when the request runs: it will fall short.
             Some((Arrival::NotYet, _)) | None => g.short = true,
         }
@@ -222,6 +224,7 @@ impl Core {
             self.gathers.stats.complete += 1;
         }
         req.gathered = true;
+        req.sell_here = true;
         self.run(req);
     }
 

@@ -27,6 +27,10 @@ pub(super) struct Request {
     pub deadline: Option<crate::api::Millis>,
     /// Quota was gathered for it from other regions already: it is not gathered for again.
     pub gathered: bool,
+    /// It runs here although its key's record names a region it was forwarded to: every
+    /// region it went to refused it and keeps that refusal under the key, so a sale here is
+    /// its only one (and its order replaces the forward record).
+    pub sell_here: bool,
 }
 
 impl Request {
@@ -39,6 +43,7 @@ impl Request {
             holds_claim: false,
             deadline: None,
             gathered: false,
+            sell_here: false,
         }
     }
 }
