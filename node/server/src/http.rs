@@ -69,7 +69,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/orders/{order}/refund", post(refund))
         .route("/v1/admin/cluster", get(cluster))
         .route("/metrics", get(metrics))
-        // After routing, so requests are counted by their route's pattern.
+        .route_layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(15),
+        ))
+        // After routing, so requests are counted by their route's pattern; around the
+        // timeout, so a request it cuts short is counted too.
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             |State(m): State<Arc<crate::metrics::Metrics>>, req, next| {
@@ -78,10 +83,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
         .fallback(|| async { Problem::not_found("not-found", "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_secs(15),
-        ))
         .with_state(state)
 }
 
@@ -170,9 +171,20 @@ pub(crate) async fn healthz() -> Json<crate::openapi::Health> {
         (status = 200, description = "This document", body = Object),
     ),
 )]
-pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+pub(crate) async fn openapi() -> Response {
     use utoipa::OpenApi;
-    Json(crate::openapi::ApiDoc::openapi())
+    // Built once: it never changes while the binary runs.
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        crate::openapi::ApiDoc::openapi()
+            .to_json()
+            .unwrap_or_default()
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        doc.as_str(),
+    )
+        .into_response()
 }
 
 #[utoipa::path(

@@ -149,7 +149,8 @@ impl Metrics {
         let sales = Family::<OperationLabel, Counter>::default();
         registry.register(
             "sales",
-            "Buyers' operations that succeeded here: purchase, hold, confirm, release, refund",
+            "Buyers' operations answered with success here: purchase, hold, confirm, release, \
+             refund (a retried key's repeated answer counts again)",
             sales.clone(),
         );
         let commit = CommitMetrics::new();
@@ -266,10 +267,12 @@ mod tests {
 pub async fn track(metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().as_str().to_owned();
+    // A route layer runs only once a route matched (unknown paths and methods never reach it,
+    // so a client cannot make up series).
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| route_label(p.as_str()));
+        .map_or_else(String::new, |p| route_label(p.as_str()));
     let response = next.run(req).await;
     let kind = response.extensions().get::<ProblemKind>().map(|k| k.0);
     metrics.observe(

@@ -86,9 +86,9 @@ async fn sigkill_of_the_origin_mid_forward_then_a_retry_yields_one_order() {
         wait_ready(&client, b).await;
     }
     // All of the floor is us-east's: eu-west must forward every purchase there.
-    let mut ev = common::event("rock", 30, 2, 600);
+    let mut ev = common::event("rock", 10, 2, 600);
     ev["allotments"] = json!({
-        "floor": {"eu-west": 0, "us-east": 30, "ap-south": 0},
+        "floor": {"eu-west": 0, "us-east": 10, "ap-south": 0},
         "stalls": {"eu-west": 0, "us-east": 2, "ap-south": 0}
     });
     let (s, v) = send(
@@ -129,12 +129,25 @@ async fn sigkill_of_the_origin_mid_forward_then_a_retry_yields_one_order() {
         first.is_err() || first.as_ref().is_ok_and(|s| s.is_server_error()),
         "the buyer was not told of an order: {first:?}"
     );
-    // us-east wakes up: it may serve the call that waited for it (its answer finds no one).
+    // us-east wakes up. The call may have reached it (then it sold, and its answer found no
+    // one) or died with the link (a paused peer's connection may time out): either is an
+    // outcome the retry must cope with.
     signal(&nodes[1], "-CONT");
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Now ap-south has more of the floor than us-east: a retry that forgot where its key
+    // went would be sold there (a second order, if us-east sold the first call).
+    let (s, t) = send(
+        client
+            .post(format!("{}/v1/admin/events/rock/transfers", bases[1]))
+            .bearer_auth(TOKEN)
+            .json(&json!({"pool": "floor", "from": "us-east", "to": "ap-south", "quantity": 6})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
     nodes[0] = spawn(&config, "eu-west");
     wait_ready(&client, &bases[0]).await;
     hears(&client, &bases[0], "us-east").await;
+    hears(&client, &bases[0], "ap-south").await;
 
     let retry = |client: Client| {
         let url = format!("{}/v1/events/rock/purchases", bases[0]);
@@ -165,6 +178,11 @@ async fn sigkill_of_the_origin_mid_forward_then_a_retry_yields_one_order() {
     }
     assert_eq!(consumed(&client, &bases[1], "us-east").await, 3);
     assert_eq!(consumed(&client, &bases[0], "us-east").await, 3);
+    assert_eq!(
+        consumed(&client, &bases[2], "ap-south").await,
+        0,
+        "no second order"
+    );
     let (s, read): (StatusCode, Value) = send(
         client
             .get(format!("{}/v1/orders/{id}", bases[0]))

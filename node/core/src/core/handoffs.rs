@@ -165,7 +165,13 @@ impl Core {
         ask: &HandoffAsk,
         key: Option<&IdempotencyKey>,
     ) -> Result<(RecordIndex, Outcome), CoreError> {
-        let for_buyer = ask.reason == Reason::Gather && self.cfg.forwarding;
+        let for_buyer = ask.reason == Reason::Gather;
+        if for_buyer && !self.cfg.forwarding {
+            return Err(CoreError::NothingToSpare(format!(
+                "{} does not forward, and so gathers for no buyer",
+                self.cfg.region
+            )));
+        }
         let tuning = self.rebalancer.tuning;
         if tuning.is_none() && !for_buyer {
             return Err(CoreError::NothingToSpare(format!(

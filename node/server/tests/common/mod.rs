@@ -344,7 +344,7 @@ pub fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
         .collect();
     match found.as_slice() {
         [v] => *v,
-        [] => 0.0,
+        [] => panic!("no sample {name} {labels:?}"),
         many => panic!("{name} {labels:?}: {} samples", many.len()),
     }
 }
