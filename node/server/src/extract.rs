@@ -42,17 +42,22 @@ impl FromRequestParts<Arc<AppState>> for Operator {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| unauthorized("operator endpoints need Authorization: Bearer <token>"))?;
-        // Constant-time comparison: the time taken does not reveal how much of the token matched.
-        let (a, b) = (given.as_bytes(), token.as_bytes());
-        let diff = a.len() ^ b.len()
-            | a.iter()
-                .zip(b.iter().cycle())
-                .fold(0usize, |d, (x, y)| d | usize::from(x ^ y));
-        if diff != 0 || b.is_empty() {
+        if !same_token(given, token) {
             return Err(unauthorized("wrong operator token"));
         }
         Ok(Operator)
     }
+}
+
+/// Whether a secret given equals the expected one, in a time that does not reveal how much of
+/// it matched. An empty expected secret matches nothing.
+pub fn same_token(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    let diff = a.len() ^ b.len()
+        | a.iter()
+            .zip(b.iter().cycle())
+            .fold(0usize, |d, (x, y)| d | usize::from(x ^ y));
+    diff == 0 && !b.is_empty()
 }
 
 /// A write's raw body and its idempotency key.

@@ -35,6 +35,7 @@ pub struct AppState {
     pub admin_token: Option<String>,
     pub transport: Option<Arc<std::sync::Mutex<BTreeMap<String, crate::transport::PeerStatus>>>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub sessions: crate::dashboard::Sessions,
 }
 
 type St = State<Arc<AppState>>;
@@ -69,6 +70,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/orders/{order}/refund", post(refund))
         .route("/v1/admin/cluster", get(cluster))
         .route("/metrics", get(metrics))
+        .route("/dashboard", get(crate::dashboard::show))
+        .route("/dashboard/login", post(crate::dashboard::login))
+        .route("/dashboard/logout", post(crate::dashboard::logout))
         .route_layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(15),

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_restart;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod driver;
 pub mod extract;

@@ -273,6 +273,7 @@ pub async fn serve(
         admin_token: opts.admin_token,
         transport: transport.as_ref().map(|t| t.status.clone()),
         metrics,
+        sessions: Default::default(),
     });
     let app = http::router(state);
     let addr = listener.local_addr()?;

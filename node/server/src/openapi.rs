@@ -88,13 +88,17 @@ impl Modify for OperatorToken {
         crate::http::cluster,
         crate::http::metrics,
         crate::http::openapi,
+        crate::dashboard::show,
+        crate::dashboard::login,
+        crate::dashboard::logout,
     ),
     components(schemas(Problem)),
     modifiers(&OperatorToken),
     tags(
         (name = "buyers", description = "Events, availability, holds, purchases and orders"),
         (name = "operators", description = "Bearer token (ALLOT_ADMIN_TOKEN)"),
-        (name = "monitoring", description = "Open: health, readiness, metrics, this document")
+        (name = "monitoring", description = "Open: health, readiness, metrics, this document"),
+        (name = "dashboard", description = "The operator dashboard (HTML, a session cookie)")
     )
 )]
 pub struct ApiDoc;

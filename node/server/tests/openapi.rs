@@ -31,6 +31,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/admin/orders"),
     ("post", "/v1/admin/orders/{order}/refund"),
     ("get", "/v1/admin/cluster"),
+    ("get", "/dashboard"),
+    ("post", "/dashboard/login"),
+    ("post", "/dashboard/logout"),
 ];
 
 /// Checks `body` against the schema the spec gives for `method path` answering `status`: the
