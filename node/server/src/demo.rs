@@ -133,9 +133,12 @@ pub async fn run(data: Option<PathBuf>, seconds: Option<u64>, rate: u64) -> anyh
         }
     );
     for (i, b) in bases.iter().enumerate() {
-        println!("  {:<9} {b}/v1/events/rock-2027/availability", names[i]);
+        println!(
+            "  {:<9} dashboard {b}/dashboard · {b}/v1/events/rock-2027/availability · {b}/metrics",
+            names[i]
+        );
     }
-    println!("  operator token (shown once): {token}");
+    println!("  operator token (shown once; the dashboards' login): {token}");
     println!(
         "  e.g. curl -H 'Authorization: Bearer <token>' {}/v1/admin/events/rock-2027/ledger",
         bases[0]
@@ -191,7 +194,7 @@ pub async fn run(data: Option<PathBuf>, seconds: Option<u64>, rate: u64) -> anyh
     println!("\nload stopped; after gossip settles:");
     let views = print_views(&client, &bases, &token).await?;
     let converged = views.windows(2).all(|w| w[0] == w[1]);
-    println!("\n{n} purchases sent; sold-out answers per region (no forwarding yet): {sold_out:?}; replicated state identical everywhere: {converged}");
+    println!("\n{n} purchases sent; sold-out answers per region: {sold_out:?}; replicated state identical everywhere: {converged}");
     for s in stops {
         let _ = s.send(());
     }
