@@ -3,12 +3,20 @@
 //! Every form that changes something carries the session's CSRF token.
 //!
 //! First part: the events page (sell-through, sale rate, sales state), rendered on the
-//! server from what this region sees. The live pages (an event's regions and seat map, the
+//! server from what this region sees, and kept live over Server-Sent Events
+//! (`/dashboard/stream`, at most two updates a second, only when a figure changed; the
+//! browser's `EventSource` reconnects by itself). The figures are copied under the core's
+//! lock and rendered after it. The other pages (an event's regions and seat map, the
 //! cluster) come next.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use serde::Serialize;
 
 use axum::extract::{Form, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -82,6 +90,106 @@ impl Sessions {
     }
 }
 
+/// One event's line on the events page.
+#[derive(Clone, PartialEq, Serialize)]
+struct EventRow {
+    id: String,
+    name: String,
+    sales: &'static str,
+    capacity: u64,
+    sold: u64,
+    pct: f64,
+    sale_rate_per_min: u64,
+}
+
+/// Every event's figures as this region sees them: copied under the core's lock.
+fn rows(core: &allot_node::Core) -> Vec<EventRow> {
+    core.events()
+        .map(|e| {
+            let g = e.genesis();
+            let (mut capacity, mut sold, mut rate) = (0u64, 0u64, 0u64);
+            for (p, pool) in g.pools.iter().enumerate() {
+                let pi = p as allot_crdt::PoolIdx;
+                capacity += pool.capacity();
+                for r in 0..g.regions.len() as allot_crdt::RegionIdx {
+                    sold += e
+                        .ledger
+                        .consumed(pi, r)
+                        .saturating_sub(e.ledger.returned(pi, r));
+                }
+                rate += e.rates[p].per_min;
+            }
+            let pct = if capacity == 0 {
+                0.0
+            } else {
+                (1000.0 * sold as f64 / capacity as f64).round() / 10.0
+            };
+            EventRow {
+                id: e.id.to_string(),
+                name: e.info.name.clone(),
+                sales: e.info.sales.as_str(),
+                capacity,
+                sold,
+                pct,
+                sale_rate_per_min: rate,
+            }
+        })
+        .collect()
+}
+
+/// The page's script: rows updated in place from the stream (text, never markup).
+const LIVE: &str = "<script>\
+(function(){var live=document.getElementById('live');\
+var es=new EventSource('/dashboard/stream');\
+es.onopen=function(){live.textContent='live';};\
+es.onerror=function(){live.textContent='reconnecting…';};\
+es.addEventListener('events',function(m){JSON.parse(m.data).forEach(function(r){\
+var tr=document.querySelector('tr[data-event=\"'+CSS.escape(r.id)+'\"]');if(!tr)return;\
+tr.querySelector('.sold').textContent=r.sold+' / '+r.capacity;\
+tr.querySelector('.pct').textContent=r.pct.toFixed(1)+'%';\
+tr.querySelector('.bar i').style.width=r.pct+'%';\
+tr.querySelector('.rate').textContent=r.sale_rate_per_min;\
+tr.querySelector('.sales').textContent=r.sales;});});})();</script>";
+
+/// `GET /dashboard/stream`: the events' figures, each time they change, at most twice a
+/// second, for a logged-in operator.
+#[utoipa::path(get, path = "/dashboard/stream", tag = "dashboard",
+    responses(
+        (status = 200, description = "Server-Sent Events named `events`: every event's figures", body = String, content_type = "text/event-stream"),
+        (status = 401, description = "No live session")))]
+pub async fn stream(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if s.sessions
+        .csrf_of(&headers, crate::driver::wall_ms())
+        .is_none()
+    {
+        return (StatusCode::UNAUTHORIZED, "log in at /dashboard").into_response();
+    }
+    let changes = s.core.changes();
+    let updates = futures_util::stream::unfold(
+        (changes, s, None::<Vec<EventRow>>),
+        |(mut changes, s, last)| async move {
+            loop {
+                if last.is_some() {
+                    // At most two updates a second, and only after something changed.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if changes.changed().await.is_err() {
+                        return None;
+                    }
+                }
+                let now = s.core.read(rows)?;
+                if last.as_ref() != Some(&now) {
+                    let data = serde_json::to_string(&now).unwrap_or_default();
+                    let item = SseEvent::default().event("events").data(data);
+                    return Some((Ok::<_, Infallible>(item), (changes, s, Some(now))));
+                }
+            }
+        },
+    );
+    Sse::new(updates)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
 fn cookie(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
@@ -146,58 +254,32 @@ pub async fn show(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Respons
     let Some((_, csrf)) = s.sessions.csrf_of(&headers, now) else {
         return Html(login_form(&s.region, None)).into_response();
     };
-    let rows = s
-        .core
-        .read(|core| {
-            core.events()
-                .map(|e| {
-                    let g = e.genesis();
-                    let (mut capacity, mut sold, mut rate) = (0u64, 0u64, 0u64);
-                    for (p, pool) in g.pools.iter().enumerate() {
-                        capacity += pool.capacity();
-                        for r in 0..g.regions.len() {
-                            let l = &e.ledger;
-                            let (pi, ri) = (p as allot_crdt::PoolIdx, r as allot_crdt::RegionIdx);
-                            sold += l.consumed(pi, ri).saturating_sub(l.returned(pi, ri));
-                        }
-                        rate += e.rates[p].per_min;
-                    }
-                    (
-                        e.id.to_string(),
-                        e.info.name.clone(),
-                        e.info.sales.as_str(),
-                        capacity,
-                        sold,
-                        rate,
-                    )
-                })
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
+    let rows = s.core.read(rows).unwrap_or_default();
     let mut table = String::from(
         "<table><thead><tr><th>Event</th><th>Sold</th><th>Sell-through</th>\
          <th>Sales here /min</th><th>Sales</th></tr></thead><tbody>",
     );
-    for (id, name, sales, capacity, sold, rate) in rows {
-        let pct = if capacity == 0 {
-            0.0
-        } else {
-            100.0 * sold as f64 / capacity as f64
-        };
+    for r in rows {
         let _ = write!(
             table,
-            "<tr data-event=\"{id}\"><td>{name} <small>{id}</small></td><td>{sold} / {capacity}</td>\
-             <td><div class=bar><i style=\"width:{pct:.1}%\"></i></div>{pct:.1}%</td>\
-             <td>{rate}</td><td>{sales}</td></tr>",
-            id = escape(&id),
-            name = escape(&name),
+            "<tr data-event=\"{id}\"><td>{name} <small>{id}</small></td>\
+             <td class=sold>{sold} / {capacity}</td>\
+             <td><div class=bar><i style=\"width:{pct:.1}%\"></i></div><span class=pct>{pct:.1}%</span></td>\
+             <td class=rate>{rate}</td><td class=sales>{sales}</td></tr>",
+            id = escape(&r.id),
+            name = escape(&r.name),
+            sold = r.sold,
+            capacity = r.capacity,
+            pct = r.pct,
+            rate = r.sale_rate_per_min,
+            sales = r.sales,
         );
     }
     table.push_str("</tbody></table>");
     let body = format!(
         "<p>The events as <b>{region}</b> sees them (its merged ledger).</p>{table}\
          <form method=post action=/dashboard/logout><input type=hidden name=csrf value=\"{csrf}\">\
-         <button>Log out</button></form>",
+         <button>Log out</button></form><p><small id=live>connecting…</small></p>{LIVE}",
         region = escape(&s.region)
     );
     Html(page(&s.region, &body)).into_response()

@@ -73,6 +73,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/dashboard", get(crate::dashboard::show))
         .route("/dashboard/login", post(crate::dashboard::login))
         .route("/dashboard/logout", post(crate::dashboard::logout))
+        .route("/dashboard/stream", get(crate::dashboard::stream))
         .route_layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(15),

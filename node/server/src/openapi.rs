@@ -91,6 +91,7 @@ impl Modify for OperatorToken {
         crate::dashboard::show,
         crate::dashboard::login,
         crate::dashboard::logout,
+        crate::dashboard::stream,
     ),
     components(schemas(Problem)),
     modifiers(&OperatorToken),

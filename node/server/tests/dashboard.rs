@@ -81,6 +81,56 @@ async fn login_shows_the_events_and_logout_needs_the_csrf_token() {
     let (_, html) = page(&client, &n, Some(&cookie)).await;
     assert!(html.contains("6 / 12") && html.contains("50.0%"), "{html}");
 
+    // Live: the stream sends the figures, then each change (at most twice a second).
+    let r = client.get(n.url("/dashboard/stream")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "not without a session"
+    );
+    let mut stream = client
+        .get(n.url("/dashboard/stream"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let mut seen = String::new();
+    let mut next_rows = async || -> serde_json::Value {
+        loop {
+            if let Some(end) = seen.find("\n\n") {
+                let frame: String = seen.drain(..end + 2).collect();
+                if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    assert!(frame.contains("event: events"), "{frame}");
+                    return serde_json::from_str(data).unwrap();
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), stream.chunk())
+                .await
+                .expect("an update in time")
+                .unwrap()
+                .unwrap();
+            seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    };
+    let rows = next_rows().await;
+    assert_eq!(
+        (rows[0]["id"].as_str(), rows[0]["sold"].as_u64()),
+        (Some("rock"), Some(6))
+    );
+    let (s, _) = n
+        .post(
+            "/v1/events/rock/purchases",
+            json!({"pool": "floor", "quantity": 3, "customer": "c-9", "payment_ref": "p"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let rows = next_rows().await;
+    assert_eq!(rows[0]["sold"], 9, "{rows}");
+    assert_eq!(rows[0]["pct"], 75.0, "{rows}");
+    drop(stream);
+
     // Logout without the page's CSRF token: refused, the session lives on.
     let r = client
         .post(n.url("/dashboard/logout"))
@@ -90,7 +140,7 @@ async fn login_shows_the_events_and_logout_needs_the_csrf_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    assert!(page(&client, &n, Some(&cookie)).await.1.contains("6 / 12"));
+    assert!(page(&client, &n, Some(&cookie)).await.1.contains("9 / 12"));
     // With it: logged out, and the old cookie opens nothing.
     let csrf = html
         .split("name=csrf value=\"")
@@ -112,7 +162,7 @@ async fn login_shows_the_events_and_logout_needs_the_csrf_token() {
         .contains("Max-Age=0"));
     let (_, html) = page(&client, &n, Some(&cookie)).await;
     assert!(
-        html.contains("name=token") && !html.contains("6 / 12"),
+        html.contains("name=token") && !html.contains("9 / 12"),
         "{html}"
     );
     n.stop().await;

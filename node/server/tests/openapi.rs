@@ -34,6 +34,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/dashboard"),
     ("post", "/dashboard/login"),
     ("post", "/dashboard/logout"),
+    ("get", "/dashboard/stream"),
 ];
 
 /// Checks `body` against the schema the spec gives for `method path` answering `status`: the
