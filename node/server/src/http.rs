@@ -242,7 +242,7 @@ fn parse_time(field: &str, v: &str) -> Result<OffsetDateTime, Problem> {
     params(ListQuery),
     responses(
         (status = 200, description = "Events by start time", body = crate::views::EventList),
-        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, response = inline(crate::openapi::Invalid)),
     ),
 )]
 pub(crate) async fn list_events(
@@ -298,7 +298,7 @@ fn unknown_event(event: &str) -> Problem {
     params(("event" = String, Path, description = "Event id")),
     responses(
         (status = 200, description = "The event, with this region's availability", body = crate::views::EventDetail),
-        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, response = inline(crate::openapi::NotFound)),
     ),
 )]
 pub(crate) async fn event_detail(State(s): St, Path(event): Path<String>) -> ApiResult {
@@ -316,7 +316,7 @@ pub(crate) async fn event_detail(State(s): St, Path(event): Path<String>) -> Api
     params(("event" = String, Path, description = "Event id")),
     responses(
         (status = 200, description = "Stock per pool, here and in all", body = crate::views::AvailabilityView),
-        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, response = inline(crate::openapi::NotFound)),
     ),
 )]
 pub(crate) async fn availability(State(s): St, Path(event): Path<String>) -> ApiResult {
@@ -334,7 +334,7 @@ pub(crate) async fn availability(State(s): St, Path(event): Path<String>) -> Api
     params(("event" = String, Path, description = "Event id")),
     responses(
         (status = 200, description = "Server-Sent Events: an availability view each time the figures change", body = crate::views::AvailabilityView, content_type = "text/event-stream"),
-        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, response = inline(crate::openapi::NotFound)),
     ),
 )]
 pub(crate) async fn availability_stream(
@@ -387,8 +387,8 @@ pub(crate) struct SeatsQuery {
     params(("event" = String, Path, description = "Event id"), SeatsQuery),
     responses(
         (status = 200, description = "Each seat: available here, held, sold, or another region's", body = crate::views::SeatMap),
-        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, response = inline(crate::openapi::NotFound)),
+        (status = 422, response = inline(crate::openapi::Invalid)),
     ),
 )]
 pub(crate) async fn seats(
@@ -445,15 +445,15 @@ impl WantBody {
     post,
     path = "/v1/events/{event}/holds",
     tag = "buyers",
-    params(("event" = String, Path, description = "Event id"), ("Idempotency-Key" = Option<String>, Header, description = "The same key and body return the first answer; another body a 422")),
+    params(("event" = String, Path, description = "Event id"), crate::openapi::KeyHeader),
     request_body = WantBody,
     responses(
         (status = 201, description = "Held (by this region, or by the region that had the stock)", body = crate::views::HoldView),
         (status = 409, description = "sold-out, seat-taken, sales-closed", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 429, description = "hold-limit: the customer has the most live holds allowed", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A region that owns it, or the node, cannot answer now (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, response = inline(crate::openapi::NotFound)),
+        (status = 422, response = inline(crate::openapi::Invalid)),
+        (status = 503, response = inline(crate::openapi::Unavailable)),
     ),
 )]
 pub(crate) async fn create_hold(
@@ -485,14 +485,14 @@ pub(crate) async fn create_hold(
     post,
     path = "/v1/events/{event}/purchases",
     tag = "buyers",
-    params(("event" = String, Path, description = "Event id"), ("Idempotency-Key" = Option<String>, Header, description = "The same key and body return the first answer; another body a 422")),
+    params(("event" = String, Path, description = "Event id"), crate::openapi::KeyHeader),
     request_body = WantBody,
     responses(
         (status = 201, description = "Sold (payment_ref required)", body = crate::views::OrderView),
         (status = 409, description = "sold-out, seat-taken, sales-closed", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A region that owns it, or the node, cannot answer now (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, response = inline(crate::openapi::NotFound)),
+        (status = 422, response = inline(crate::openapi::Invalid)),
+        (status = 503, response = inline(crate::openapi::Unavailable)),
     ),
 )]
 pub(crate) async fn purchase(
@@ -530,14 +530,14 @@ pub(crate) struct ConfirmBody {
     post,
     path = "/v1/holds/{hold}/confirm",
     tag = "buyers",
-    params(("hold" = String, Path, description = "Hold id (names its region)"), ("Idempotency-Key" = Option<String>, Header, description = "The same key and body return the first answer; another body a 422")),
+    params(("hold" = String, Path, description = "Hold id (names its region)"), crate::openapi::KeyHeader),
     request_body = ConfirmBody,
     responses(
         (status = 201, description = "The order (again the same one if confirmed before)", body = crate::views::OrderView),
         (status = 410, description = "hold-expired", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A region that owns it, or the node, cannot answer now (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, response = inline(crate::openapi::NotFound)),
+        (status = 422, response = inline(crate::openapi::Invalid)),
+        (status = 503, response = inline(crate::openapi::Unavailable)),
     ),
 )]
 pub(crate) async fn confirm(
@@ -566,8 +566,8 @@ pub(crate) async fn confirm(
     params(("hold" = String, Path, description = "Hold id (names its region)")),
     responses(
         (status = 204, description = "Released: the quota returns to the region at once"),
-        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A region that owns it, or the node, cannot answer now (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, response = inline(crate::openapi::NotFound)),
+        (status = 503, response = inline(crate::openapi::Unavailable)),
     ),
 )]
 pub(crate) async fn release(State(s): St, Path(hold): Path<String>) -> ApiResult {
@@ -582,8 +582,8 @@ pub(crate) async fn release(State(s): St, Path(hold): Path<String>) -> ApiResult
     params(("order" = String, Path, description = "Order id (names its region)")),
     responses(
         (status = 200, description = "The order", body = crate::views::OrderView),
-        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A region that owns it, or the node, cannot answer now (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, response = inline(crate::openapi::NotFound)),
+        (status = 503, response = inline(crate::openapi::Unavailable)),
     ),
 )]
 pub(crate) async fn get_order(State(s): St, Path(order): Path<String>) -> ApiResult {
@@ -705,14 +705,14 @@ fn default_rebalance() -> bool {
     post,
     path = "/v1/admin/events",
     tag = "operators",
-    params(("Idempotency-Key" = Option<String>, Header, description = "The same key and body return the first answer; another body a 422")),
+    params(crate::openapi::KeyHeader),
     request_body = CreateEventBody,
     responses(
         (status = 201, description = "Created (at the catalog region)", body = crate::views::EventDetail),
         (status = 409, description = "event-exists", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or a wrong operator token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A region that owns it, or the node, cannot answer now (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, response = inline(crate::openapi::Unauthorized)),
+        (status = 422, response = inline(crate::openapi::Invalid)),
+        (status = 503, response = inline(crate::openapi::Unavailable)),
     ),
     security(("operator" = [])),
 )]
@@ -837,13 +837,13 @@ where
     patch,
     path = "/v1/admin/events/{event}",
     tag = "operators",
-    params(("event" = String, Path, description = "Event id"), ("Idempotency-Key" = Option<String>, Header, description = "The same key and body return the first answer; another body a 422")),
+    params(("event" = String, Path, description = "Event id"), crate::openapi::KeyHeader),
     request_body = PatchBody,
     responses(
         (status = 200, description = "The event after the edit", body = crate::views::EventDetail),
-        (status = 401, description = "No or a wrong operator token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, response = inline(crate::openapi::Unauthorized)),
+        (status = 404, response = inline(crate::openapi::NotFound)),
+        (status = 422, response = inline(crate::openapi::Invalid)),
     ),
     security(("operator" = [])),
 )]
@@ -902,8 +902,8 @@ pub(crate) async fn patch_event(
     params(("event" = String, Path, description = "Event id")),
     responses(
         (status = 200, description = "The ledger as this region sees it", body = crate::views::LedgerView),
-        (status = 401, description = "No or a wrong operator token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, response = inline(crate::openapi::Unauthorized)),
+        (status = 404, response = inline(crate::openapi::NotFound)),
     ),
     security(("operator" = [])),
 )]
@@ -929,14 +929,14 @@ pub(crate) struct TransferBody {
     post,
     path = "/v1/admin/events/{event}/transfers",
     tag = "operators",
-    params(("event" = String, Path, description = "Event id"), ("Idempotency-Key" = Option<String>, Header, description = "The same key and body return the first answer; another body a 422")),
+    params(("event" = String, Path, description = "Event id"), crate::openapi::KeyHeader),
     request_body = TransferBody,
     responses(
         (status = 201, description = "Moved: only the owner of quota gives it", body = crate::openapi::TransferView),
         (status = 409, description = "not-owner", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or a wrong operator token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, response = inline(crate::openapi::Unauthorized)),
+        (status = 404, response = inline(crate::openapi::NotFound)),
+        (status = 422, response = inline(crate::openapi::Invalid)),
     ),
     security(("operator" = [])),
 )]
@@ -1011,8 +1011,8 @@ pub(crate) struct OrdersQuery {
     params(OrdersQuery),
     responses(
         (status = 200, description = "This region's orders, oldest first", body = crate::openapi::OrderList),
-        (status = 401, description = "No or a wrong operator token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid input: nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, response = inline(crate::openapi::Unauthorized)),
+        (status = 422, response = inline(crate::openapi::Invalid)),
     ),
     security(("operator" = [])),
 )]
@@ -1062,12 +1062,12 @@ pub(crate) async fn list_orders(
     post,
     path = "/v1/admin/orders/{order}/refund",
     tag = "operators",
-    params(("order" = String, Path, description = "Order id (names its region)"), ("Idempotency-Key" = Option<String>, Header, description = "The same key and body return the first answer; another body a 422")),
+    params(("order" = String, Path, description = "Order id (names its region)"), crate::openapi::KeyHeader),
     responses(
         (status = 200, description = "The refunded order (again the same if refunded before)", body = crate::views::OrderView),
-        (status = 401, description = "No or a wrong operator token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such event, pool, hold or order", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A region that owns it, or the node, cannot answer now (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, response = inline(crate::openapi::Unauthorized)),
+        (status = 404, response = inline(crate::openapi::NotFound)),
+        (status = 503, response = inline(crate::openapi::Unavailable)),
     ),
     security(("operator" = [])),
 )]
@@ -1185,7 +1185,7 @@ fn peer_lag(core: &allot_node::Core, peer: &str) -> u64 {
     tag = "operators",
     responses(
         (status = 200, description = "Peers, links, version vectors, forwards, gathers, handoffs, memory", body = Object),
-        (status = 401, description = "No or a wrong operator token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, response = inline(crate::openapi::Unauthorized)),
     ),
     security(("operator" = [])),
 )]

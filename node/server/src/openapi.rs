@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, Modify, OpenApi, ToResponse, ToSchema};
 
 /// RFC 9457 problem details: every error. `type` is `urn:allot:problem:<kind>`, the kinds
 /// listed in docs/http-api.md; 503s carry `Retry-After`.
@@ -16,6 +16,47 @@ pub struct Problem {
     pub title: String,
     pub status: u16,
     pub detail: String,
+}
+
+// The problems most routes share, each one response of the spec (the field is the body's
+// schema, never built).
+
+#[derive(ToResponse)]
+#[response(
+    description = "No such event, pool, hold or order",
+    content_type = "application/problem+json"
+)]
+pub struct NotFound(#[allow(dead_code)] Problem);
+
+#[derive(ToResponse)]
+#[response(
+    description = "Invalid input: nothing changed",
+    content_type = "application/problem+json"
+)]
+pub struct Invalid(#[allow(dead_code)] Problem);
+
+#[derive(ToResponse)]
+#[response(
+    description = "A region that owns it, or the node, cannot answer now (Retry-After)",
+    content_type = "application/problem+json"
+)]
+pub struct Unavailable(#[allow(dead_code)] Problem);
+
+#[derive(ToResponse)]
+#[response(
+    description = "No or a wrong operator token",
+    content_type = "application/problem+json"
+)]
+pub struct Unauthorized(#[allow(dead_code)] Problem);
+
+/// The `Idempotency-Key` header every POST takes.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct KeyHeader {
+    /// The same key and body return the first answer; another body a 422
+    #[param(rename = "Idempotency-Key")]
+    #[allow(dead_code)]
+    key: Option<String>,
 }
 
 /// `/healthz` and `/readyz`.
