@@ -74,9 +74,7 @@ fn sold_by(c: &LocalCluster, viewer: usize, seller: u16) -> u64 {
 }
 
 fn sell_out_locally(c: &mut LocalCluster, i: usize) {
-    while c.cores[i].event("rock").unwrap().sellable(0) > 0 {
-        c.call(i, buy(1)).expect("local quota");
-    }
+    sell_down_to(c, i, 0);
 }
 
 #[test]
@@ -302,12 +300,7 @@ fn a_forward_still_waiting_after_its_budget_is_refused_for_good() {
     c.persist(0);
     assert_eq!(c.calls.len(), 1);
     assert_eq!(c.calls[0].to, 2, "on to ap-south");
-    while !c.calls.is_empty() {
-        c.deliver_call(0);
-        for i in 0..3 {
-            c.persist(i);
-        }
-    }
+    deliver_all(&mut c);
     assert_eq!(remote(&c.take_reply(0, id).unwrap()).region, "ap-south");
     // The duplicate of the first call, late: refused again, nothing sold.
     c.calls.push(call);
@@ -365,12 +358,7 @@ fn forwards_in_flight_to_one_region_are_capped() {
         matches!(third, Err(CoreError::Unreachable { .. })),
         "{third:?}"
     );
-    while !c.calls.is_empty() {
-        c.deliver_call(0);
-        for i in 0..3 {
-            c.persist(i);
-        }
-    }
+    deliver_all(&mut c);
     let sellers: Vec<String> = ids[..2]
         .iter()
         .map(|&id| remote(&c.take_reply(0, id).unwrap()).region.clone())
@@ -543,6 +531,27 @@ fn sell_down_to(c: &mut LocalCluster, i: usize, left: i64) {
     }
 }
 
+/// `cluster(30, 0, ..)` with `left[i]` places of the floor left in region `i` (its own buyers
+/// bought the rest), every region having heard the others.
+fn with_left(left: [i64; 3]) -> LocalCluster {
+    let mut c = cluster(30, 0, |_| {});
+    for (i, &places) in left.iter().enumerate() {
+        sell_down_to(&mut c, i, places);
+    }
+    c.settle(2);
+    c
+}
+
+/// Delivers every call and answer, persisting every region after each.
+fn deliver_all(c: &mut LocalCluster) {
+    while !c.calls.is_empty() {
+        c.deliver_call(0);
+        for i in 0..3 {
+            c.persist(i);
+        }
+    }
+}
+
 /// Places of the floor pool sold in all, as region `viewer` sees it.
 fn sold_in_all(c: &LocalCluster, viewer: usize) -> u64 {
     (0..3).map(|r| sold_by(c, viewer, r)).sum()
@@ -551,11 +560,7 @@ fn sold_in_all(c: &LocalCluster, viewer: usize) -> u64 {
 #[test]
 fn an_order_no_one_region_can_cover_is_gathered_and_sold_here() {
     // Two places left in us-east and two in ap-south, none here; an order for four.
-    let mut c = cluster(30, 0, |_| {});
-    sell_out_locally(&mut c, 0);
-    sell_down_to(&mut c, 1, 2);
-    sell_down_to(&mut c, 2, 2);
-    c.settle(2);
+    let mut c = with_left([0, 2, 2]);
     let r = c.call(0, buy(4));
     // This region's own order (not another region's answer), from the parts the others gave.
     assert_eq!(order_of(&r).quantity, 4);
@@ -576,21 +581,12 @@ fn an_order_no_one_region_can_cover_is_gathered_and_sold_here() {
 fn a_gather_that_falls_short_answers_from_what_is_then_known() {
     // Two places here and two in us-east; an order for four. us-east sells its two to its
     // own buyer while the ask is on its way: the order cannot be served anywhere now.
-    let mut c = cluster(30, 0, |_| {});
-    sell_down_to(&mut c, 0, 2);
-    sell_down_to(&mut c, 1, 2);
-    sell_out_locally(&mut c, 2);
-    c.settle(2);
+    let mut c = with_left([2, 2, 0]);
     let id = c.send(0, None, buy(4));
     c.persist(0);
     assert_eq!(c.calls.len(), 1, "one ask, to us-east, for the two it has");
     c.call(1, buy(2)).expect("us-east's own buyer");
-    while !c.calls.is_empty() {
-        c.deliver_call(0);
-        for i in 0..3 {
-            c.persist(i);
-        }
-    }
+    deliver_all(&mut c);
     let r = c.take_reply(0, id).expect("answered");
     assert!(matches!(r, Err(CoreError::SoldOut { .. })), "{r:?}");
     let g = c.cores[0].gather_stats();
@@ -608,11 +604,7 @@ fn a_gather_that_falls_short_answers_from_what_is_then_known() {
 
 #[test]
 fn a_keyed_retry_after_the_origin_crashed_mid_gather_sells_from_the_parts_once() {
-    let mut c = cluster(30, 0, |_| {});
-    sell_out_locally(&mut c, 0);
-    sell_down_to(&mut c, 1, 2);
-    sell_down_to(&mut c, 2, 2);
-    c.settle(2);
+    let mut c = with_left([0, 2, 2]);
     let first = c.send(0, key("k-9"), buy(4));
     c.persist(0);
     assert_eq!(c.calls.len(), 2, "an ask to each");
@@ -643,22 +635,13 @@ fn two_regions_gathering_from_each_other_do_not_swap_their_parts() {
     // Two places in eu-west, two in us-east, none in ap-south; a buyer in each of the first
     // two wants three. Each asks the other for one: eu-west, first in the cluster's order,
     // keeps its own and sells; us-east gives, and then cannot sell three anywhere.
-    let mut c = cluster(30, 0, |_| {});
-    sell_down_to(&mut c, 0, 2);
-    sell_down_to(&mut c, 1, 2);
-    sell_out_locally(&mut c, 2);
-    c.settle(2);
+    let mut c = with_left([2, 2, 0]);
     let west = c.send(0, None, buy(3));
     let east = c.send(1, None, buy(3));
     c.persist(0);
     c.persist(1);
     assert_eq!(c.calls.len(), 2, "each asks the other");
-    while !c.calls.is_empty() {
-        c.deliver_call(0);
-        for i in 0..3 {
-            c.persist(i);
-        }
-    }
+    deliver_all(&mut c);
     assert_eq!(order_of(&c.take_reply(0, west).unwrap()).quantity, 3);
     let r = c.take_reply(1, east).unwrap();
     assert!(matches!(r, Err(CoreError::SoldOut { .. })), "{r:?}");
@@ -674,11 +657,7 @@ fn a_forward_refused_for_stock_that_moved_is_gathered_for_instead() {
     // eu-west last heard four places in us-east and two in ap-south; us-east has since sold
     // two. A buyer at eu-west wants four: us-east refuses the forward, and the order is then
     // gathered from both (two and two) and sold at eu-west.
-    let mut c = cluster(30, 0, |_| {});
-    sell_out_locally(&mut c, 0);
-    sell_down_to(&mut c, 1, 4);
-    sell_down_to(&mut c, 2, 2);
-    c.settle(2);
+    let mut c = with_left([0, 4, 2]);
     c.network.clear(); // us-east's next sale stays unheard
     c.call(1, buy(2)).expect("us-east's own buyer");
     c.network.clear();
@@ -700,11 +679,7 @@ fn a_forward_refused_for_stock_that_moved_is_gathered_for_instead() {
 #[test]
 fn a_keyed_forward_refused_then_gathered_for_sells_here_once() {
     for crash_mid_gather in [false, true] {
-        let mut c = cluster(30, 0, |_| {});
-        sell_out_locally(&mut c, 0);
-        sell_down_to(&mut c, 1, 4);
-        sell_down_to(&mut c, 2, 2);
-        c.settle(2);
+        let mut c = with_left([0, 4, 2]);
         c.network.clear();
         c.call(1, buy(2)).expect("us-east's own buyer");
         c.network.clear();
