@@ -312,15 +312,20 @@ pub async fn login(State(s): State<Arc<AppState>>, Form(f): Form<LoginForm>) -> 
     let Some((id, _)) = s.sessions.open(crate::driver::wall_ms()) else {
         return refused("No session could be opened.");
     };
-    let set = format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age={}",
-        SESSION_MS / 1000
+    back_to_dashboard(&id, SESSION_MS / 1000)
+}
+
+/// A redirect to the dashboard that sets the session cookie to `value` for `max_age_s`
+/// (0 clears it). The cookie's flags live here alone.
+fn back_to_dashboard(value: &str, max_age_s: u64) -> Response {
+    let cookie = format!(
+        "{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age={max_age_s}"
     );
     (
         StatusCode::SEE_OTHER,
         [
             (header::LOCATION, "/dashboard".to_owned()),
-            (header::SET_COOKIE, set),
+            (header::SET_COOKIE, cookie),
         ],
     )
         .into_response()
@@ -350,15 +355,7 @@ pub async fn logout(
         }
         None => {}
     }
-    let clear = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age=0");
-    (
-        StatusCode::SEE_OTHER,
-        [
-            (header::LOCATION, "/dashboard".to_owned()),
-            (header::SET_COOKIE, clear),
-        ],
-    )
-        .into_response()
+    back_to_dashboard("", 0)
 }
 
 #[cfg(test)]
