@@ -40,7 +40,10 @@
 
 use std::collections::BTreeSet;
 
-use stateright::{Checker, HasDiscoveries, Model, Property};
+mod model_check;
+
+use model_check::{check, check_until};
+use stateright::{Checker, Model, Property};
 
 const TARGETS: usize = 2;
 /// Each target's own quota, in units.
@@ -476,21 +479,6 @@ const NO_LOST_ORDER: &str = "never a lost acknowledged order";
 const ONE_ANSWER: &str = "the buyer is never told two different orders";
 const SECOND_TARGET: &str = "an order through the second target is acknowledged";
 const RETRY_AFTER_CRASH: &str = "a retry after an origin crash is acknowledged the order";
-
-fn check(model: ForwardingModel) -> impl Checker<ForwardingModel> {
-    model.checker().threads(2).spawn_bfs().join()
-}
-
-/// A broken model is searched only until it shows the failures it must show.
-fn check_until(model: ForwardingModel, failures: &[&'static str]) -> impl Checker<ForwardingModel> {
-    let wanted = failures.iter().copied().collect();
-    model
-        .checker()
-        .threads(2)
-        .finish_when(HasDiscoveries::AllOf(wanted))
-        .spawn_bfs()
-        .join()
-}
 
 #[test]
 fn forwarding_keeps_every_invariant_in_every_interleaving() {

@@ -25,7 +25,10 @@
 
 use std::collections::BTreeSet;
 
-use stateright::{Checker, HasDiscoveries, Model, Property};
+mod model_check;
+
+use model_check::{check, check_until};
+use stateright::{Checker, Model, Property};
 
 const REGIONS: usize = 3;
 const MAX_ASKS: u8 = 2;
@@ -365,21 +368,6 @@ impl Model for HandoffModel {
             }),
         ]
     }
-}
-
-fn check(model: HandoffModel) -> impl Checker<HandoffModel> {
-    model.checker().threads(2).spawn_bfs().join()
-}
-
-/// A broken model is searched only until it shows the failures it must show.
-fn check_until(model: HandoffModel, failures: &[&'static str]) -> impl Checker<HandoffModel> {
-    let wanted = failures.iter().copied().collect();
-    model
-        .checker()
-        .threads(2)
-        .finish_when(HasDiscoveries::AllOf(wanted))
-        .spawn_bfs()
-        .join()
 }
 
 /// Four units split 2/1/1: small enough to search to the end, large enough that a region
