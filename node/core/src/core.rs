@@ -42,6 +42,7 @@ use forwards::ForwardBook;
 pub use forwards::ForwardStats;
 use gathers::GatherBook;
 pub use gathers::GatherStats;
+pub use handoffs::InFlight;
 use hold_book::HoldBook;
 use idempotency::{IdempotencyTable, Seen};
 use parked::{Parked, Request};

@@ -22,7 +22,7 @@ pub mod record;
 
 pub use crate::api::*;
 pub use crate::core::{
-    Config, Core, Footprint, ForwardStats, GatherStats, HandoffCounters, Input, Ready,
+    Config, Core, Footprint, ForwardStats, GatherStats, HandoffCounters, InFlight, Input, Ready,
     DEFAULT_FRAME_BUDGET, DEFAULT_PEER_CALL_TIMEOUT_MS,
 };
 pub use crate::exchange::{Answered, CallId, Exchange, PeerMessage, RemoteOutcome};

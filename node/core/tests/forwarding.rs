@@ -578,6 +578,47 @@ fn an_order_no_one_region_can_cover_is_gathered_and_sold_here() {
 }
 
 #[test]
+fn quota_in_flight_is_asked_then_landing_then_spendable() {
+    // What the dashboard's "in flight" shows: asked, then credited but not yet durable.
+    let mut c = with_left([0, 2, 2]);
+    let id = c.send(0, None, buy(4));
+    c.persist(0);
+    assert_eq!(c.calls.len(), 2, "an ask to each");
+    let seen = |c: &LocalCluster| c.cores[0].in_flight("rock", 0).unwrap();
+    assert_eq!(
+        seen(&c),
+        InFlight {
+            landing: 0,
+            asked: 4
+        }
+    );
+    c.deliver_call(0);
+    c.deliver_call(0);
+    c.persist(1);
+    c.persist(2);
+    // The two grants' answers reach eu-west: their credits are applied, not yet durable.
+    c.deliver_call(0);
+    c.deliver_call(0);
+    assert_eq!(
+        seen(&c),
+        InFlight {
+            landing: 4,
+            asked: 0
+        }
+    );
+    c.persist(0);
+    assert_eq!(seen(&c), InFlight::default());
+    c.persist(0); // the sale the credits made possible
+    assert_eq!(
+        order_of(&c.take_reply(0, id).expect("answered")).quantity,
+        4
+    );
+    assert_eq!(c.cores[0].in_flight("rock", 9), None, "no such pool");
+    assert_eq!(c.cores[0].in_flight("jazz", 0), None, "no such event");
+    c.check().unwrap();
+}
+
+#[test]
 fn a_gather_that_falls_short_answers_from_what_is_then_known() {
     // Two places here and two in us-east; an order for four. us-east sells its two to its
     // own buyer while the ask is on its way: the order cannot be served anywhere now.

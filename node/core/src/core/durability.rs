@@ -103,6 +103,15 @@ impl DurabilityQueues {
             .then(|| self.own_rows.pop_front())?
     }
 
+    /// Units of `pool` of event `event` credited here and not yet durable.
+    pub fn landing(&self, event: usize, pool: PoolIdx) -> u64 {
+        self.credits
+            .iter()
+            .filter(|c| c.event == event && c.pool == pool)
+            .map(|c| c.amount)
+            .sum()
+    }
+
     /// The next credit now durable.
     pub fn durable_credit(&mut self) -> Option<PendingCredit> {
         let upto = self.persisted;

@@ -74,6 +74,16 @@ impl GatherBook {
         self.gathering.len()
     }
 
+    /// Units of `pool` asked for by gatherings and not yet answered.
+    pub fn asked(&self, pool: PoolKey) -> u64 {
+        self.gathering
+            .values()
+            .filter(|g| g.pool == pool)
+            .flat_map(|g| g.open.values())
+            .map(|a| a.want)
+            .sum()
+    }
+
     /// Whether a request here is gathering quota of `pool`.
     pub fn gathering_for(&self, pool: PoolKey) -> bool {
         self.gathering.values().any(|g| g.pool == pool)
@@ -135,6 +145,7 @@ impl Core {
                 donor: donor as RegionIdx,
                 asked_at: self.now,
                 reason: Reason::Gather,
+                want,
             };
             open.insert(call, in_flight);
         }

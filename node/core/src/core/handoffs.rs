@@ -20,6 +20,15 @@ pub(crate) enum Give {
     Seats(Vec<SeatIdx>),
 }
 
+/// Quota of one pool on its way to this region (see [`Core::in_flight`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InFlight {
+    /// Credited here by a grant or a moved seat, spendable once its record is durable.
+    pub landing: u64,
+    /// Asked of other regions (rebalancing and gathering), not yet answered.
+    pub asked: u64,
+}
+
 impl Core {
     /// Counts what a buyer asks for as demand for its pool, whether or not it can be served.
     pub(super) fn note_demand(&mut self, ev: usize, want: &Want) {
@@ -119,6 +128,7 @@ impl Core {
                 donor: ask.donor as RegionIdx,
                 asked_at: self.now,
                 reason: ask.reason,
+                want: ask.want,
             },
         );
     }
@@ -467,5 +477,16 @@ impl Core {
 
     pub fn handoff_counters(&self) -> super::rebalancer::HandoffCounters {
         self.rebalancer.counters
+    }
+
+    /// Quota of one pool on its way to this region, as this region sees it: credits here not
+    /// yet durable (not yet spendable), and units asked for and not yet answered. `None` for
+    /// an unknown event or pool.
+    pub fn in_flight(&self, event: &str, pool: PoolIdx) -> Option<InFlight> {
+        let &ev = self.by_id.get(event)?;
+        (usize::from(pool) < self.events[ev].genesis().pools.len()).then(|| InFlight {
+            landing: self.durable.landing(ev, pool),
+            asked: self.rebalancer.asked((ev, pool)) + self.gathers.asked((ev, pool)),
+        })
     }
 }

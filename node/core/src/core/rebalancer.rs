@@ -33,6 +33,8 @@ pub(crate) struct AskInFlight {
     pub donor: RegionIdx,
     pub asked_at: Millis,
     pub reason: Reason,
+    /// Units asked for: in flight towards this region until answered.
+    pub want: u64,
 }
 
 /// Where the credit of a granted ask stands when its answer arrives.
@@ -127,6 +129,11 @@ impl Rebalancer {
 
     pub fn asking(&self, pool: PoolKey) -> bool {
         self.asks.contains_key(&pool)
+    }
+
+    /// Units of `pool` asked for and not yet answered.
+    pub fn asked(&self, pool: PoolKey) -> u64 {
+        self.asks.get(&pool).map_or(0, |a| a.want)
     }
 
     pub fn gave_recently(&self, pool: PoolKey, now: Millis) -> bool {
@@ -334,6 +341,7 @@ mod tests {
                 donor: 1,
                 asked_at: 100,
                 reason: Reason::RunningDry,
+                want: 1,
             },
         );
         assert!(r.asking((0, 0)));
@@ -360,6 +368,7 @@ mod tests {
             donor: 2,
             asked_at: 900,
             reason: Reason::RunningDry,
+            want: 3,
         };
         r.failed((0, 0), &refused, 1_000, true);
         let dry = Reason::RunningDry;
