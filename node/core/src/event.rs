@@ -127,6 +127,9 @@ pub struct EventState {
     pub meta_index: RecordIndex,
     /// Bytes of every metadata change held, as a peer that lacks the event receives them.
     pub meta_bytes: usize,
+    /// This region's metadata heads as it last gossiped them: a peer that reports the same
+    /// heads sees the same metadata (its sales state included).
+    pub gossiped_meta_heads: Vec<[u8; 32]>,
     pub peers: Vec<PeerView>,
     pub rates: Vec<SaleRate>,
     pub demand: Vec<Demand>,
@@ -188,6 +191,7 @@ impl EventState {
             created_at_index: index,
             meta_index: index,
             meta_bytes: 0,
+            gossiped_meta_heads: Vec::new(),
             peers: vec![PeerView::default(); n],
             rates: vec![SaleRate::default(); p],
             demand: vec![Demand::default(); p],

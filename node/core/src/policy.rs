@@ -69,6 +69,18 @@ pub enum Reason {
     Gather,
 }
 
+impl Reason {
+    /// As the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::RunningDry => "running-dry",
+            Reason::Endgame => "endgame",
+            Reason::Operator => "operator",
+            Reason::Gather => "gather",
+        }
+    }
+}
+
 /// An ask to send.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Ask {

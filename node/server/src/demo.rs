@@ -58,7 +58,11 @@ pub async fn run(data: Option<PathBuf>, seconds: Option<u64>, rate: u64) -> anyh
     if !certs.join("ca.pem").exists() {
         crate::tls::generate(&names, &certs)?;
     }
-    let token = token()?;
+    // A token of the operator's choosing (a test driving the demo), else a throwaway one.
+    let token = match std::env::var("ALLOT_ADMIN_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+        _ => token()?,
+    };
     let mut listeners = Vec::new();
     for _ in 0..3 {
         listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
@@ -143,13 +147,21 @@ pub async fn run(data: Option<PathBuf>, seconds: Option<u64>, rate: u64) -> anyh
         "  e.g. curl -H 'Authorization: Bearer <token>' {}/v1/admin/events/rock-2027/ledger",
         bases[0]
     );
-    println!("Selling rock-2027 (floor: 3000, stalls: 60 seats, even allotments) at ~{rate} purchases/s, 70/20/10 across regions. Ctrl-C stops.\n");
+    if rate == 0 {
+        println!(
+            "No generated load (--rate 0): the nodes serve until Ctrl-C{}.\n",
+            seconds.map(|s| format!(" or {s} s")).unwrap_or_default()
+        );
+    } else {
+        println!("Selling rock-2027 (floor: 3000, stalls: 60 seats, even allotments) at ~{rate} purchases/s, 70/20/10 across regions. Ctrl-C stops.\n");
+    }
 
     let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
     let mut rng = Lcg(7);
     let mut n = 0u64;
     let mut last_print = Instant::now();
-    let interval = Duration::from_micros(1_000_000 / rate.max(1));
+    // Without load the loop only watches the clock and the signal.
+    let interval = Duration::from_micros(1_000_000 / rate.max(1)).min(Duration::from_millis(200));
     let mut sold_out = [0u64; 3];
     let stop_signal = crate::node::signal();
     tokio::pin!(stop_signal);
@@ -160,6 +172,9 @@ pub async fn run(data: Option<PathBuf>, seconds: Option<u64>, rate: u64) -> anyh
         tokio::select! {
             _ = &mut stop_signal => break,
             _ = tokio::time::sleep(interval) => {}
+        }
+        if rate == 0 {
+            continue;
         }
         let roll = rng.next() % 100;
         let r = if roll < 70 {

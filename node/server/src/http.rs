@@ -36,6 +36,7 @@ pub struct AppState {
     pub transport: Option<Arc<std::sync::Mutex<BTreeMap<String, crate::transport::PeerStatus>>>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub sessions: crate::dashboard::Sessions,
+    pub history: crate::dashboard::SaleHistory,
 }
 
 type St = State<Arc<AppState>>;
@@ -74,6 +75,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/dashboard/login", post(crate::dashboard::login))
         .route("/dashboard/logout", post(crate::dashboard::logout))
         .route("/dashboard/stream", get(crate::dashboard::stream))
+        .route("/dashboard/events/{event}", get(crate::dashboard::event))
+        .route(
+            "/dashboard/events/{event}/stream",
+            get(crate::dashboard::event_stream),
+        )
+        .route(
+            "/dashboard/events/{event}/sales",
+            post(crate::dashboard::set_sales),
+        )
+        .route("/dashboard/cluster", get(crate::dashboard::cluster))
+        .route(
+            "/dashboard/cluster/stream",
+            get(crate::dashboard::cluster_stream),
+        )
         .route_layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(15),
@@ -129,6 +144,17 @@ async fn call_render<T: Send + 'static>(
             "the write was not made durable in time",
         )),
     }
+}
+
+/// An operator's edit of an event's metadata, from the dashboard's forms.
+pub(crate) async fn patch(
+    s: &AppState,
+    event: String,
+    patch: allot_crdt::MetaPatch,
+) -> Result<(), Problem> {
+    call(s, None, Command::PatchEvent { event, patch })
+        .await
+        .map(|_| ())
 }
 
 fn read<T>(s: &AppState, f: impl FnOnce(&allot_node::Core) -> T) -> Result<T, Problem> {
@@ -1165,7 +1191,7 @@ pub(crate) async fn metrics(State(s): St) -> ApiResult {
 }
 
 /// Versions of this region's rows, over all events, that `peer` has not acknowledged.
-fn peer_lag(core: &allot_node::Core, peer: &str) -> u64 {
+pub(crate) fn peer_lag(core: &allot_node::Core, peer: &str) -> u64 {
     core.events()
         .map(|e| {
             let Some(p) = e.genesis().region_index(peer) else {

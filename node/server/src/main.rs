@@ -53,7 +53,8 @@ enum Verb {
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
         seconds: Option<u64>,
-        /// Purchases per second.
+        /// Purchases per second (0: none, the nodes only serve). The operator token is
+        /// `ALLOT_ADMIN_TOKEN` when set, else a throwaway one printed at start.
         #[arg(long, default_value_t = 20)]
         rate: u64,
     },

@@ -274,7 +274,9 @@ pub async fn serve(
         transport: transport.as_ref().map(|t| t.status.clone()),
         metrics,
         sessions: Default::default(),
+        history: Default::default(),
     });
+    tokio::spawn(crate::dashboard::sample_history(Arc::downgrade(&state)));
     let app = http::router(state);
     let addr = listener.local_addr()?;
     tracing::info!(region = %opts.region, %addr, commit = ?opts.commit, "serving");

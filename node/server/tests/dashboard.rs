@@ -96,13 +96,17 @@ async fn login_shows_the_events_and_logout_needs_the_csrf_token() {
         .unwrap();
     assert_eq!(stream.headers()["content-type"], "text/event-stream");
     let mut seen = String::new();
-    let mut next_rows = async || -> serde_json::Value {
+    let mut next_view = async || -> String {
         loop {
             if let Some(end) = seen.find("\n\n") {
                 let frame: String = seen.drain(..end + 2).collect();
-                if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
-                    assert!(frame.contains("event: events"), "{frame}");
-                    return serde_json::from_str(data).unwrap();
+                let data: Vec<&str> = frame
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .collect();
+                if !data.is_empty() {
+                    assert!(frame.contains("event: view"), "{frame}");
+                    return data.join("\n");
                 }
                 continue;
             }
@@ -114,10 +118,10 @@ async fn login_shows_the_events_and_logout_needs_the_csrf_token() {
             seen.push_str(std::str::from_utf8(&chunk).unwrap());
         }
     };
-    let rows = next_rows().await;
-    assert_eq!(
-        (rows[0]["id"].as_str(), rows[0]["sold"].as_u64()),
-        (Some("rock"), Some(6))
+    let view = next_view().await;
+    assert!(
+        view.contains("6 / 12") && view.contains("Rock &lt;script&gt;"),
+        "{view}"
     );
     let (s, _) = n
         .post(
@@ -126,9 +130,8 @@ async fn login_shows_the_events_and_logout_needs_the_csrf_token() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED);
-    let rows = next_rows().await;
-    assert_eq!(rows[0]["sold"], 9, "{rows}");
-    assert_eq!(rows[0]["pct"], 75.0, "{rows}");
+    let view = next_view().await;
+    assert!(view.contains("9 / 12") && view.contains("75.0%"), "{view}");
     drop(stream);
 
     // Logout without the page's CSRF token: refused, the session lives on.
@@ -165,5 +168,234 @@ async fn login_shows_the_events_and_logout_needs_the_csrf_token() {
         html.contains("name=token") && !html.contains("9 / 12"),
         "{html}"
     );
+    n.stop().await;
+}
+
+async fn login(client: &Client, n: &TestNode) -> String {
+    let r = client
+        .post(n.url("/dashboard/login"))
+        .form(&[("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let set = r.headers()[SET_COOKIE].to_str().unwrap();
+    set.split(';').next().unwrap().to_owned()
+}
+
+async fn get(
+    client: &Client,
+    n: &TestNode,
+    path: &str,
+    cookie: Option<&str>,
+) -> (StatusCode, String, Option<String>) {
+    let mut r = client.get(n.url(path));
+    if let Some(c) = cookie {
+        r = r.header(COOKIE, c);
+    }
+    let r = r.send().await.unwrap();
+    let to = r
+        .headers()
+        .get(LOCATION)
+        .map(|l| l.to_str().unwrap().to_owned());
+    (r.status(), r.text().await.unwrap(), to)
+}
+
+fn csrf_in(html: &str) -> String {
+    html.split("name=csrf value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a CSRF field")
+        .to_owned()
+}
+
+async fn sales_form(
+    client: &Client,
+    n: &TestNode,
+    cookie: Option<&str>,
+    csrf: &str,
+    sales: &str,
+) -> (StatusCode, Option<String>) {
+    let mut r = client
+        .post(n.url("/dashboard/events/rock/sales"))
+        .form(&[("csrf", csrf), ("sales", sales)]);
+    if let Some(c) = cookie {
+        r = r.header(COOKIE, c);
+    }
+    let r = r.send().await.unwrap();
+    let to = r
+        .headers()
+        .get(LOCATION)
+        .map(|l| l.to_str().unwrap().to_owned());
+    (r.status(), to)
+}
+
+async fn sales_state(n: &TestNode) -> String {
+    let r = n.client.get(n.url("/v1/events/rock")).send().await.unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["sales"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_and_cluster_pages_show_every_region_and_the_buttons_need_the_csrf_token() {
+    let n = TestNode::start().await;
+    let mut ev = event("rock", 12, 6, 600);
+    ev["allotments"] = json!({
+        "floor": {"eu-west": 6, "us-east": 4, "ap-south": 2},
+        "stalls": {"eu-west": 4, "us-east": 2, "ap-south": 0}
+    });
+    n.create_event(ev).await;
+    let client = Client::builder()
+        .redirect(redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // Without a session: the pages send to the login form, the streams say 401, and a
+    // button's form changes nothing.
+    for path in ["/dashboard/events/rock", "/dashboard/cluster"] {
+        let (s, _, to) = get(&client, &n, path, None).await;
+        assert_eq!(
+            (s, to.as_deref()),
+            (StatusCode::SEE_OTHER, Some("/dashboard")),
+            "{path}"
+        );
+    }
+    for path in [
+        "/dashboard/events/rock/stream",
+        "/dashboard/cluster/stream",
+        "/dashboard/stream",
+    ] {
+        let (s, _, _) = get(&client, &n, path, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let (s, to) = sales_form(&client, &n, None, "x", "closed").await;
+    assert_eq!(
+        (s, to.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/dashboard"))
+    );
+    assert_eq!(sales_state(&n).await, "open");
+
+    let cookie = login(&client, &n).await;
+    for i in 0..2 {
+        let (s, _) = n
+            .post(
+                "/v1/events/rock/purchases",
+                json!({"pool": "floor", "quantity": 2, "customer": format!("c-{i}"), "payment_ref": "p"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let (s, _) = n
+        .post(
+            "/v1/events/rock/holds",
+            json!({"pool": "stalls", "seats": ["A-1"], "customer": "c-h"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    let (s, html, _) = get(&client, &n, "/dashboard/events/rock", Some(&cookie)).await;
+    assert_eq!(s, StatusCode::OK);
+    for region in ["eu-west", "us-east", "ap-south"] {
+        assert!(
+            html.contains(&format!("data-region=\"{region}\"")),
+            "{region}: {html}"
+        );
+    }
+    assert!(
+        html.contains("As <b>eu-west</b> sees the cluster"),
+        "{html}"
+    );
+    // Each pool's regions add up to its capacity: here 4 sold + 2 sellable, 4 and 2 elsewhere.
+    assert!(
+        html.contains("12 = capacity 12") && html.contains("6 = capacity 6"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<tr data-pool=\"floor\" data-region=\"eu-west\">")
+            && html.contains(
+                "<td class=\"n sold\">4</td><td class=n>0</td><td class=\"n sellable\">2</td>"
+            ),
+        "{html}"
+    );
+    // The seat map: eu-west's seats by state (one held, three free), the others by owner.
+    assert!(html.contains("aria-label=\"seat map\""), "{html}");
+    assert!(
+        html.contains("fill=\"#e69f00\" fill-opacity=\"1\""),
+        "the held seat: {html}"
+    );
+    assert!(
+        html.contains("fill-opacity=\"0.45\""),
+        "us-east's seats: {html}"
+    );
+    // A region never heard from makes the view stale, and the page says so.
+    assert!(
+        html.contains("This view is stale for us-east, ap-south"),
+        "{html}"
+    );
+    assert!(html.contains("Sales per minute"), "{html}");
+    let (s, _, _) = get(&client, &n, "/dashboard/events/nope", Some(&cookie)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // The buttons: a wrong CSRF token changes nothing; the right one pauses sales.
+    let csrf = csrf_in(&html);
+    let (s, _) = sales_form(&client, &n, Some(&cookie), "guessed", "closed").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(sales_state(&n).await, "open");
+    let (s, _) = sales_form(&client, &n, Some(&cookie), &csrf, "sold").await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(sales_state(&n).await, "open");
+    let (s, to) = sales_form(&client, &n, Some(&cookie), &csrf, "paused").await;
+    assert_eq!(
+        (s, to.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/dashboard/events/rock"))
+    );
+    assert_eq!(sales_state(&n).await, "paused");
+    let (s, v) = n
+        .post(
+            "/v1/events/rock/purchases",
+            json!({"pool": "floor", "quantity": 1, "customer": "c-p", "payment_ref": "p"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["type"].as_str()),
+        (StatusCode::CONFLICT, Some("urn:allot:problem:sales-closed")),
+        "{v}"
+    );
+    let (_, html, _) = get(&client, &n, "/dashboard/events/rock", Some(&cookie)).await;
+    assert!(html.contains("<b class=err id=sales>paused</b>"), "{html}");
+    let (s, _) = sales_form(&client, &n, Some(&cookie), &csrf, "open").await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(sales_state(&n).await, "open");
+
+    // The cluster page: this node's readiness and durable index, a line per other region.
+    let (s, html, _) = get(&client, &n, "/dashboard/cluster", Some(&cookie)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        html.contains("id=ready>ready<") && html.contains("Durable record index"),
+        "{html}"
+    );
+    for region in ["us-east", "ap-south"] {
+        assert!(
+            html.contains(&format!("data-region=\"{region}\"")),
+            "{region}: {html}"
+        );
+    }
+    // Its stream and the event's answer a logged-in operator with the same fragments.
+    for path in ["/dashboard/cluster/stream", "/dashboard/events/rock/stream"] {
+        let mut r = client
+            .get(n.url(path))
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), r.chunk())
+            .await
+            .expect("a first view")
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&chunk);
+        assert!(text.starts_with("event: view"), "{path}: {text}");
+    }
     n.stop().await;
 }

@@ -35,6 +35,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/dashboard/login"),
     ("post", "/dashboard/logout"),
     ("get", "/dashboard/stream"),
+    ("get", "/dashboard/events/{event}"),
+    ("get", "/dashboard/events/{event}/stream"),
+    ("post", "/dashboard/events/{event}/sales"),
+    ("get", "/dashboard/cluster"),
+    ("get", "/dashboard/cluster/stream"),
 ];
 
 /// Checks `body` against the schema the spec gives for `method path` answering `status`: the

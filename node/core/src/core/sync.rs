@@ -159,6 +159,7 @@ impl Core {
             rows.extend(d);
         }
         let meta_heads = e.meta.heads();
+        e.gossiped_meta_heads.clone_from(&meta_heads);
         let view = &e.peers[p as usize];
         let meta_changes = if meta_durable && view.vv.is_some() && view.meta_heads != meta_heads {
             let theirs = view.meta_heads.clone();

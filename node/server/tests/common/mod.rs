@@ -202,6 +202,12 @@ impl DerefMut for NodeProcess {
     }
 }
 
+impl From<Child> for NodeProcess {
+    fn from(child: Child) -> NodeProcess {
+        NodeProcess(child)
+    }
+}
+
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
