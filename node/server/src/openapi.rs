@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi, ToResponse, ToSchema};
+use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToResponse, ToSchema};
 
 /// RFC 9457 problem details: every error. `type` is `urn:allot:problem:<kind>`, the kinds
 /// listed in docs/http-api.md; 503s carry `Retry-After`.
@@ -49,6 +49,20 @@ pub struct Unavailable(#[allow(dead_code)] Problem);
 )]
 pub struct Unauthorized(#[allow(dead_code)] Problem);
 
+#[derive(ToResponse)]
+#[response(
+    description = "The body is not JSON (`malformed-request`)",
+    content_type = "application/problem+json"
+)]
+pub struct Malformed(#[allow(dead_code)] Problem);
+
+#[derive(ToResponse)]
+#[response(
+    description = "The body is larger than 64 KiB",
+    content_type = "application/problem+json"
+)]
+pub struct TooLarge(#[allow(dead_code)] Problem);
+
 /// The `Idempotency-Key` header every POST takes.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
@@ -86,6 +100,54 @@ pub struct TransferView {
     pub to: String,
     pub quantity: u64,
     pub seats: Vec<String>,
+}
+
+/// What the extractors answer before any handler runs, added to every operation they guard
+/// (so no route can forget one): a JSON body may be malformed (400) or too large (413), an
+/// `Idempotency-Key` may be invalid (422), and a dashboard form may come without its content
+/// type (415) or without a field (422, plain text).
+struct ExtractorAnswers;
+
+impl Modify for ExtractorAnswers {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Content, RefOr, ResponseBuilder};
+        let text = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content("text/plain", Content::new(Some(String::schema())))
+                    .build(),
+            )
+        };
+        for item in api.paths.paths.values_mut() {
+            for op in [&mut item.post, &mut item.patch].into_iter().flatten() {
+                let media: Vec<String> = match &op.request_body {
+                    Some(RefOr::T(body)) => body.content.keys().cloned().collect(),
+                    _ => Vec::new(),
+                };
+                let keyed = op.parameters.iter().flatten().any(|p| match p {
+                    RefOr::T(p) => p.name == "Idempotency-Key",
+                    RefOr::Ref(_) => false,
+                });
+                let answers = &mut op.responses.responses;
+                if media.iter().any(|m| m == "application/json") {
+                    answers.entry("400".into()).or_insert(Malformed::response().1);
+                    answers.entry("413".into()).or_insert(TooLarge::response().1);
+                }
+                if keyed {
+                    answers.entry("422".into()).or_insert(Invalid::response().1);
+                }
+                if media.iter().any(|m| m == "application/x-www-form-urlencoded") {
+                    answers
+                        .entry("415".into())
+                        .or_insert(text("The body is not a form (application/x-www-form-urlencoded)"));
+                    answers
+                        .entry("422".into())
+                        .or_insert(text("A field of the form is missing"));
+                }
+            }
+        }
+    }
 }
 
 struct OperatorToken;
@@ -140,7 +202,7 @@ impl Modify for OperatorToken {
         crate::dashboard::cluster_stream,
     ),
     components(schemas(Problem)),
-    modifiers(&OperatorToken),
+    modifiers(&OperatorToken, &ExtractorAnswers),
     tags(
         (name = "buyers", description = "Events, availability, holds, purchases and orders"),
         (name = "operators", description = "Bearer token (ALLOT_ADMIN_TOKEN)"),
