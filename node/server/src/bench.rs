@@ -68,11 +68,18 @@ pub struct HttpBench {
     /// a shared machine one run can catch a stall of the host's disk or CPU.
     #[arg(long, default_value_t = 1)]
     pub runs: usize,
+    /// Measure each commit mode with this many operator dashboards open (logged in, each
+    /// following the bench event's page over its live stream), e.g. `--dashboards 0 5`.
+    #[arg(long, num_args = 1.., default_values_t = [0])]
+    pub dashboards: Vec<usize>,
 }
 
 pub struct Outcome {
     pub run: usize,
     pub commit: Commit,
+    pub dashboards: usize,
+    /// Page updates the open dashboards received during the run.
+    pub dashboard_updates: u64,
     pub sent: u64,
     pub ok: u64,
     pub failed: u64,
@@ -172,13 +179,16 @@ pub async fn run(args: &HttpBench) -> anyhow::Result<Vec<Outcome>> {
     let mut out = Vec::new();
     for run in 1..=args.runs.max(1) {
         for &commit in &args.commit {
-            let dir = tempfile::tempdir()?;
-            let token = "bench-token";
-            let (mut child, base) = start_node(dir.path(), commit, token, &args.launch())?;
-            let result = measure(&base, token, run, commit, args).await;
-            let _ = child.kill();
-            let _ = child.wait();
-            out.push(result?);
+            for &dashboards in &args.dashboards {
+                let dir = tempfile::tempdir()?;
+                let token = "bench-token";
+                let (mut child, base) = start_node(dir.path(), commit, token, &args.launch())?;
+                let mode = Mode { commit, dashboards };
+                let result = measure(&base, token, run, mode, args).await;
+                let _ = child.kill();
+                let _ = child.wait();
+                out.push(result?);
+            }
         }
     }
     Ok(out)
@@ -212,16 +222,76 @@ pub(crate) async fn create_event(
     Ok(())
 }
 
+/// One configuration of the node and its surroundings.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Mode {
+    commit: Commit,
+    dashboards: usize,
+}
+
+/// Opens `n` operator dashboards on the bench event's page, each its own session following
+/// the page's live stream, counting into `updates` the page updates they receive.
+async fn open_dashboards(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    n: usize,
+    updates: &Arc<std::sync::atomic::AtomicU64>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let login = no_redirects
+            .post(format!("{base}/dashboard/login"))
+            .form(&[("token", token)])
+            .send()
+            .await?;
+        let cookie = login
+            .headers()
+            .get(reqwest::header::SET_COOKIE)
+            .and_then(|c| c.to_str().ok())
+            .and_then(|c| c.split(';').next())
+            .context("the dashboard's session cookie")?
+            .to_owned();
+        let page = client
+            .get(format!("{base}/dashboard/events/bench"))
+            .header(reqwest::header::COOKIE, &cookie)
+            .send()
+            .await?;
+        if !page.status().is_success() {
+            bail!("the dashboard's event page: {}", page.status());
+        }
+        let mut stream = client
+            .get(format!("{base}/dashboard/events/bench/stream"))
+            .header(reqwest::header::COOKIE, &cookie)
+            .send()
+            .await?;
+        let updates = updates.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Ok(Some(chunk)) = stream.chunk().await {
+                let views = chunk.windows(11).filter(|w| w == b"event: view").count();
+                updates.fetch_add(views as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    Ok(tasks)
+}
+
 async fn measure(
     base: &str,
     token: &str,
     run: usize,
-    commit: Commit,
+    mode: Mode,
     args: &HttpBench,
 ) -> anyhow::Result<Outcome> {
+    let Mode { commit, dashboards } = mode;
     let client = reqwest::Client::new();
     wait_ready(&client, base).await?;
     create_event(&client, base, token).await?;
+    let updates = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watching = open_dashboards(&client, base, token, dashboards, &updates).await?;
     let addr: SocketAddr = base
         .trim_start_matches("http://")
         .parse()
@@ -256,6 +326,8 @@ async fn measure(
         total.add(&c.await??)?;
     }
     let _ = pacer.join();
+    let dashboard_updates = updates.load(std::sync::atomic::Ordering::Relaxed);
+    watching.iter().for_each(|w| w.abort());
     if args.timeline {
         let worst: Vec<String> = total
             .windows
@@ -275,6 +347,8 @@ async fn measure(
     Ok(Outcome {
         run,
         commit,
+        dashboards,
+        dashboard_updates,
         sent: total.ok + total.failed,
         ok: total.ok,
         failed: total.failed,
@@ -479,12 +553,14 @@ pub fn table(args: &HttpBench, results: &[Outcome]) -> String {
             ""
         }
     );
-    s += "| run | commit | sent | 201 | errors | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | wait to send p99 ms |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| run | commit | dashboards (updates) | sent | 201 | errors | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | wait to send p99 ms |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for r in results {
         s += &format!(
-            "| {} | {:?} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            "| {} | {:?} | {} ({}) | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
             r.run,
             r.commit,
+            r.dashboards,
+            r.dashboard_updates,
             r.sent,
             r.ok,
             r.failed,
@@ -496,26 +572,43 @@ pub fn table(args: &HttpBench, results: &[Outcome]) -> String {
             r.lag.value_at_quantile(0.99) as f64 / 1000.0,
         );
     }
-    // Medians over runs, and each mode's achieved rate against the first mode's.
-    let of = |c: Commit, f: &dyn Fn(&Outcome) -> f64| {
-        median(results.iter().filter(|r| r.commit == c).map(f).collect())
+    // Medians over runs, and each mode's achieved rate and p99 against the first mode's.
+    let modes: Vec<Mode> = args
+        .commit
+        .iter()
+        .flat_map(|&commit| {
+            args.dashboards
+                .iter()
+                .map(move |&dashboards| Mode { commit, dashboards })
+        })
+        .collect();
+    let of = |m: Mode, f: &dyn Fn(&Outcome) -> f64| {
+        median(
+            results
+                .iter()
+                .filter(|r| r.commit == m.commit && r.dashboards == m.dashboards)
+                .map(f)
+                .collect(),
+        )
     };
-    let Some(&first) = args.commit.first() else {
+    let Some(&first) = modes.first() else {
         return s;
     };
-    let base = of(first, &|r| r.rate());
+    let (base_rate, base_p99) = (of(first, &|r| r.rate()), of(first, &|r| r.ms(0.99)));
     s += &format!(
-        "\nMedian of {} run(s) per mode:\n\n| commit | achieved/s | p50 ms | p99 ms | p99.9 ms | achieved vs {first:?} |\n|---|---:|---:|---:|---:|---:|\n",
+        "\nMedian of {} run(s) per mode:\n\n| commit | dashboards | achieved/s | p50 ms | p99 ms | p99.9 ms | achieved vs first | p99 vs first |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
         args.runs.max(1)
     );
-    for &c in &args.commit {
-        let rate = of(c, &|r| r.rate());
+    for m in modes {
+        let (rate, p99) = (of(m, &|r| r.rate()), of(m, &|r| r.ms(0.99)));
         s += &format!(
-            "| {c:?} | {rate:.0} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
-            of(c, &|r| r.ms(0.5)),
-            of(c, &|r| r.ms(0.99)),
-            of(c, &|r| r.ms(0.999)),
-            rate / base
+            "| {:?} | {} | {rate:.0} | {:.2} | {p99:.2} | {:.2} | {:.2} | {:.2} |\n",
+            m.commit,
+            m.dashboards,
+            of(m, &|r| r.ms(0.5)),
+            of(m, &|r| r.ms(0.999)),
+            rate / base_rate,
+            p99 / base_p99,
         );
     }
     s

@@ -131,16 +131,23 @@ impl Modify for ExtractorAnswers {
                 });
                 let answers = &mut op.responses.responses;
                 if media.iter().any(|m| m == "application/json") {
-                    answers.entry("400".into()).or_insert(Malformed::response().1);
-                    answers.entry("413".into()).or_insert(TooLarge::response().1);
+                    answers
+                        .entry("400".into())
+                        .or_insert(Malformed::response().1);
+                    answers
+                        .entry("413".into())
+                        .or_insert(TooLarge::response().1);
                 }
                 if keyed {
                     answers.entry("422".into()).or_insert(Invalid::response().1);
                 }
-                if media.iter().any(|m| m == "application/x-www-form-urlencoded") {
-                    answers
-                        .entry("415".into())
-                        .or_insert(text("The body is not a form (application/x-www-form-urlencoded)"));
+                if media
+                    .iter()
+                    .any(|m| m == "application/x-www-form-urlencoded")
+                {
+                    answers.entry("415".into()).or_insert(text(
+                        "The body is not a form (application/x-www-form-urlencoded)",
+                    ));
                     answers
                         .entry("422".into())
                         .or_insert(text("A field of the form is missing"));
