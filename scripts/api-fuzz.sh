@@ -6,7 +6,7 @@
 # (status, content type, headers, body schema). The SSE routes are left out: a stream never ends.
 #
 # Usage: scripts/api-fuzz.sh [MAX_EXAMPLES]   (default 25 per operation)
-# Needs: python3 with venv and pip; builds `allot` if $ALLOT_BIN is not set.
+# Needs: python3 with venv and pip, curl; builds `allot` if $ALLOT_BIN is not set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,9 @@ if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$st_version"; then
     python3 -m venv "$venv"
   fi
   "$venv/bin/pip" install -q "schemathesis==$st_version"
+fi
+if ! "$venv/bin/pip" show openapi-spec-validator 2>/dev/null | grep -q "Version: 0.9.0"; then
+  "$venv/bin/pip" install -q "openapi-spec-validator==0.9.0"
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/allot-target}"
@@ -51,6 +54,10 @@ base="$(grep -m1 -oE 'eu-west +dashboard http://[0-9.:]+' "$work/demo.out" | gre
 if [ -z "$base" ]; then
   echo "FAIL: the demo did not start"; cat "$work/demo.out" "$work/demo.err"; exit 1
 fi
+echo "== the spec validates as OpenAPI 3.1"
+curl -sf "$base/openapi.json" > "$work/openapi.json"
+"$venv/bin/openapi-spec-validator" --schema 3.1.0 "$work/openapi.json"
+
 echo "== fuzzing $base (three-region demo), $examples examples per operation"
 
 SCHEMATHESIS_HOOKS=api_fuzz_hooks PYTHONPATH=scripts "$venv/bin/st" --config-file scripts/schemathesis.toml run "$base/openapi.json" \

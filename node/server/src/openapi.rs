@@ -148,9 +148,9 @@ impl Modify for ExtractorAnswers {
                     answers.entry("415".into()).or_insert(text(
                         "The body is not a form (application/x-www-form-urlencoded)",
                     ));
-                    answers
-                        .entry("422".into())
-                        .or_insert(text("A field of the form is missing"));
+                    answers.entry("422".into()).or_insert(text(
+                        "A field of the form is missing or not one of its values",
+                    ));
                 }
             }
         }

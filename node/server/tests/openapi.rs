@@ -83,6 +83,19 @@ async fn the_spec_covers_every_route_and_real_answers_validate_against_it() {
     let (s, spec) = n.get("/openapi.json").await;
     assert_eq!(s, StatusCode::OK);
     assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
+    // OpenAPI wants every operationId unique (scripts/api-fuzz.sh validates the whole document
+    // against the OpenAPI 3.1 schema too).
+    let mut ids: Vec<&str> = spec["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    let all = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "operationIds repeat: {ids:?}");
     let mut listed: Vec<(String, String)> = Vec::new();
     for (path, item) in spec["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {

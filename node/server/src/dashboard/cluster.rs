@@ -134,7 +134,7 @@ fn render(f: &ClusterFigures) -> String {
 }
 
 /// `GET /dashboard/cluster`: the cluster as this region sees it.
-#[utoipa::path(get, path = "/dashboard/cluster", tag = "dashboard",
+#[utoipa::path(get, path = "/dashboard/cluster", operation_id = "dashboard_cluster", tag = "dashboard",
     responses(
         (status = 200, description = "The cluster page", body = String, content_type = "text/html"),
         (status = 303, description = "No live session: to the login form")))]
@@ -159,7 +159,7 @@ pub async fn show(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Respons
 }
 
 /// `GET /dashboard/cluster/stream`: the cluster page's figures, each time they change.
-#[utoipa::path(get, path = "/dashboard/cluster/stream", tag = "dashboard",
+#[utoipa::path(get, path = "/dashboard/cluster/stream", operation_id = "dashboard_cluster_stream", tag = "dashboard",
     responses(
         (status = 200, description = "Server-Sent Events named `view`: the cluster's figures (HTML)", body = String, content_type = "text/event-stream"),
         (status = 401, description = "No live session")))]

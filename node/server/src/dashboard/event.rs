@@ -463,7 +463,7 @@ fn sales_buttons(event: &str, csrf: &str) -> String {
 }
 
 /// `GET /dashboard/events/{event}`: the event as this region sees it.
-#[utoipa::path(get, path = "/dashboard/events/{event}", tag = "dashboard",
+#[utoipa::path(get, path = "/dashboard/events/{event}", operation_id = "dashboard_event", tag = "dashboard",
     params(("event" = String, Path, description = "Event id")),
     responses(
         (status = 200, description = "The event's page", body = String, content_type = "text/html"),
@@ -513,7 +513,7 @@ fn urlencoding(id: &str) -> String {
 }
 
 /// `GET /dashboard/events/{event}/stream`: the event's figures, each time they change.
-#[utoipa::path(get, path = "/dashboard/events/{event}/stream", tag = "dashboard",
+#[utoipa::path(get, path = "/dashboard/events/{event}/stream", operation_id = "dashboard_event_stream", tag = "dashboard",
     params(("event" = String, Path, description = "Event id")),
     responses(
         (status = 200, description = "Server-Sent Events named `view`: the event's figures (HTML)", body = String, content_type = "text/event-stream"),
@@ -529,22 +529,23 @@ pub async fn stream(
     live::stream(s, move |s| snapshot(s, &event), render)
 }
 
-#[derive(Deserialize)]
+/// The sales buttons' form.
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct SalesForm {
+    /// The session's CSRF token, from the page.
     csrf: String,
-    sales: String,
+    sales: crate::http::SalesBody,
 }
 
 /// `POST /dashboard/events/{event}/sales`: the buttons' form; the same edit as `PATCH
 /// /v1/admin/events/{event}` with `sales`.
-#[utoipa::path(post, path = "/dashboard/events/{event}/sales", tag = "dashboard",
+#[utoipa::path(post, path = "/dashboard/events/{event}/sales", operation_id = "dashboard_set_sales", tag = "dashboard",
     params(("event" = String, Path, description = "Event id")),
-    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "csrf=<the session's token>&sales=open|paused|closed"),
+    request_body(content = SalesForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "Done (or no live session): back to the event's page (or the login form)"),
         (status = 403, description = "The form's CSRF token is wrong"),
         (status = 404, description = "No such event"),
-        (status = 422, description = "Not a sales state"),
         (status = 503, description = "The node cannot make the edit durable now")))]
 pub async fn set_sales(
     State(s): State<Arc<AppState>>,
@@ -555,20 +556,8 @@ pub async fn set_sales(
     if let Err(r) = session::form_session(&s, &headers, &f.csrf) {
         return r;
     }
-    let sales = match f.sales.as_str() {
-        "open" => allot_crdt::SalesState::Open,
-        "paused" => allot_crdt::SalesState::Paused,
-        "closed" => allot_crdt::SalesState::Closed,
-        _ => {
-            return (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "sales: open, paused or closed",
-            )
-                .into_response()
-        }
-    };
     let patch = allot_crdt::MetaPatch {
-        sales: Some(sales),
+        sales: Some(f.sales.into()),
         ..Default::default()
     };
     let back = format!("/dashboard/events/{}", urlencoding(&event));

@@ -101,7 +101,7 @@ fn snapshot(s: &AppState) -> Option<Vec<EventRow>> {
 }
 
 /// `GET /dashboard`: the events page for a logged-in operator, else the login form.
-#[utoipa::path(get, path = "/dashboard", tag = "dashboard",
+#[utoipa::path(get, path = "/dashboard", operation_id = "dashboard_events", tag = "dashboard",
     responses((status = 200, description = "The events page, or the login form", body = String, content_type = "text/html")))]
 pub async fn show(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let Ok(csrf) = session::page_session(&s, &headers) else {
@@ -119,7 +119,7 @@ pub async fn show(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Respons
 }
 
 /// `GET /dashboard/stream`: the events page's table, each time it changes.
-#[utoipa::path(get, path = "/dashboard/stream", tag = "dashboard",
+#[utoipa::path(get, path = "/dashboard/stream", operation_id = "dashboard_events_stream", tag = "dashboard",
     responses(
         (status = 200, description = "Server-Sent Events named `view`: the events table (HTML)", body = String, content_type = "text/event-stream"),
         (status = 401, description = "No live session")))]

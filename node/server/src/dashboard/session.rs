@@ -138,14 +138,15 @@ pub(super) fn see_other(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_owned())]).into_response()
 }
 
-#[derive(Deserialize)]
+/// The login form.
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct LoginForm {
     token: String,
 }
 
 /// `POST /dashboard/login`: the token checked as the API checks it; a session cookie back.
-#[utoipa::path(post, path = "/dashboard/login", tag = "dashboard",
-    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token=<operator token>"),
+#[utoipa::path(post, path = "/dashboard/login", operation_id = "dashboard_login", tag = "dashboard",
+    request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded", description = "The operator token"),
     responses(
         (status = 303, description = "Logged in: an HttpOnly, SameSite=Strict session cookie, back to /dashboard"),
         (status = 401, description = "Wrong token: the form again", body = String, content_type = "text/html")))]
@@ -184,14 +185,15 @@ fn back_to_dashboard(value: &str, max_age_s: u64) -> Response {
         .into_response()
 }
 
-#[derive(Deserialize)]
+/// The logout form.
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct LogoutForm {
     csrf: String,
 }
 
 /// `POST /dashboard/logout`: only with the session's CSRF token.
-#[utoipa::path(post, path = "/dashboard/logout", tag = "dashboard",
-    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "csrf=<the session's token, from the page>"),
+#[utoipa::path(post, path = "/dashboard/logout", operation_id = "dashboard_logout", tag = "dashboard",
+    request_body(content = LogoutForm, content_type = "application/x-www-form-urlencoded", description = "The session's CSRF token, from the page"),
     responses(
         (status = 303, description = "Logged out; the cookie cleared"),
         (status = 403, description = "The form's CSRF token is wrong")))]
