@@ -268,6 +268,9 @@ async fn open_dashboards(
             .header(reqwest::header::COOKIE, &cookie)
             .send()
             .await?;
+        if !stream.status().is_success() {
+            bail!("the dashboard's stream: {}", stream.status());
+        }
         let updates = updates.clone();
         tasks.push(tokio::spawn(async move {
             while let Ok(Some(chunk)) = stream.chunk().await {
@@ -296,36 +299,14 @@ async fn measure(
         .trim_start_matches("http://")
         .parse()
         .context("the node's address")?;
-    let warmup = Duration::from_secs(1);
-    let start = Instant::now() + Duration::from_millis(50);
-    let load = Load {
-        start,
-        measured_from: start + warmup,
-        end: start + warmup + Duration::from_secs(args.seconds),
-        interval: Duration::from_secs_f64(1.0 / args.rate as f64),
-        tick: Duration::from_micros(args.pace_us.max(1)),
+    let spec = OpenLoop {
+        rate: args.rate,
+        seconds: args.seconds,
+        connections: args.connections,
+        pace_us: args.pace_us,
         idempotency_keys: args.idempotency_keys,
     };
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let pacer = std::thread::Builder::new()
-        .name("bench-pacer".into())
-        .spawn(move || load.pace(tx))?;
-    let slots = Arc::new(tokio::sync::Mutex::new(rx));
-    let mut connections = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        let sender = connect(addr).await?;
-        connections.push(tokio::spawn(purchase_loop(
-            addr,
-            sender,
-            slots.clone(),
-            load,
-        )));
-    }
-    let mut total = Tally::new()?;
-    for c in connections {
-        total.add(&c.await??)?;
-    }
-    let _ = pacer.join();
+    let (total, seconds) = open_loop(addr, &spec).await?;
     let dashboard_updates = updates.load(std::sync::atomic::Ordering::Relaxed);
     watching.iter().for_each(|w| w.abort());
     if args.timeline {
@@ -339,11 +320,6 @@ async fn measure(
             worst.join(" ")
         );
     }
-    let seconds = start
-        .elapsed()
-        .saturating_sub(warmup)
-        .as_secs_f64()
-        .max(args.seconds as f64);
     Ok(Outcome {
         run,
         commit,
@@ -356,6 +332,114 @@ async fn measure(
         latency: total.latency,
         lag: total.lag,
     })
+}
+
+/// An open-loop load: `rate` purchases a second for `seconds` (after one second of warm-up),
+/// over `connections` keep-alive connections.
+pub(crate) struct OpenLoop {
+    pub rate: u64,
+    pub seconds: u64,
+    pub connections: usize,
+    pub pace_us: u64,
+    pub idempotency_keys: bool,
+}
+
+/// Runs an open-loop load against the bench event at `addr`: what it measured, and over how
+/// many seconds.
+pub(crate) async fn open_loop(addr: SocketAddr, spec: &OpenLoop) -> anyhow::Result<(Tally, f64)> {
+    let warmup = Duration::from_secs(1);
+    let start = Instant::now() + Duration::from_millis(50);
+    let load = Load {
+        start,
+        measured_from: start + warmup,
+        end: start + warmup + Duration::from_secs(spec.seconds),
+        interval: Duration::from_secs_f64(1.0 / spec.rate.max(1) as f64),
+        tick: Duration::from_micros(spec.pace_us.max(1)),
+        idempotency_keys: spec.idempotency_keys,
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let pacer = std::thread::Builder::new()
+        .name("bench-pacer".into())
+        .spawn(move || load.pace(tx))?;
+    let slots = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut connections = Vec::new();
+    for _ in 0..spec.connections.max(1) {
+        let sender = connect(addr).await?;
+        connections.push(tokio::spawn(purchase_loop(
+            addr,
+            sender,
+            slots.clone(),
+            load,
+        )));
+    }
+    let mut total = Tally::new()?;
+    for c in connections {
+        total.add(&c.await??)?;
+    }
+    let _ = pacer.join();
+    let seconds = start
+        .elapsed()
+        .saturating_sub(warmup)
+        .as_secs_f64()
+        .max(spec.seconds as f64);
+    Ok((total, seconds))
+}
+
+/// A closed-loop load: each of `connections` sends its next purchase as soon as the last is
+/// answered, for `seconds` after one second of warm-up. It finds the saturation throughput;
+/// latency counts from each request's send.
+pub(crate) async fn closed_loop(
+    addr: SocketAddr,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<(Tally, f64)> {
+    let start = Instant::now();
+    let measured_from = start + Duration::from_secs(1);
+    let end = measured_from + Duration::from_secs(seconds);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..connections.max(1) {
+        let mut sender = connect(addr).await?;
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::new()?;
+            let host = addr.to_string();
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    return anyhow::Ok(tally);
+                }
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let request = purchase_request(&host, i, None)?;
+                if sender.ready().await.is_err() {
+                    sender = connect(addr).await?;
+                }
+                let good = match sender.send_request(request).await {
+                    Ok(r) => {
+                        let status = r.status();
+                        r.into_body().collect().await.is_ok()
+                            && status == hyper::StatusCode::CREATED
+                    }
+                    Err(_) => false,
+                };
+                if sent >= measured_from {
+                    if good {
+                        tally.ok += 1;
+                    } else {
+                        tally.failed += 1;
+                    }
+                    tally
+                        .latency
+                        .saturating_record((sent.elapsed().as_micros() as u64).max(1));
+                }
+            }
+        }));
+    }
+    let mut total = Tally::new()?;
+    for t in tasks {
+        total.add(&t.await??)?;
+    }
+    Ok((total, seconds as f64))
 }
 
 /// The schedule of an open-loop run: request `i` is due at `start + i * interval`, whatever
@@ -399,11 +483,11 @@ impl Load {
 }
 
 /// What one connection saw.
-struct Tally {
-    ok: u64,
-    failed: u64,
+pub(crate) struct Tally {
+    pub ok: u64,
+    pub failed: u64,
     /// From each request's due time to its complete answer.
-    latency: Histogram<u64>,
+    pub latency: Histogram<u64>,
     /// From each request's due time to the moment it was written: waiting for the pacer and
     /// for a free connection.
     lag: Histogram<u64>,

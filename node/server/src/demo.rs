@@ -59,9 +59,9 @@ pub async fn run(data: Option<PathBuf>, seconds: Option<u64>, rate: u64) -> anyh
         crate::tls::generate(&names, &certs)?;
     }
     // A token of the operator's choosing (a test driving the demo), else a throwaway one.
-    let token = match std::env::var("ALLOT_ADMIN_TOKEN") {
-        Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
-        _ => token()?,
+    let (token, chosen) = match std::env::var("ALLOT_ADMIN_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => (t.trim().to_owned(), true),
+        _ => (token()?, false),
     };
     let mut listeners = Vec::new();
     for _ in 0..3 {
@@ -142,7 +142,12 @@ pub async fn run(data: Option<PathBuf>, seconds: Option<u64>, rate: u64) -> anyh
             names[i]
         );
     }
-    println!("  operator token (shown once; the dashboards' login): {token}");
+    if chosen {
+        // A token of the operator's is never printed.
+        println!("  operator token: the one in ALLOT_ADMIN_TOKEN (the dashboards' login)");
+    } else {
+        println!("  operator token (shown once; the dashboards' login): {token}");
+    }
     println!(
         "  e.g. curl -H 'Authorization: Bearer <token>' {}/v1/admin/events/rock-2027/ledger",
         bases[0]

@@ -75,6 +75,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/dashboard/login", post(crate::dashboard::login))
         .route("/dashboard/logout", post(crate::dashboard::logout))
         .route("/dashboard/stream", get(crate::dashboard::stream))
+        .route("/dashboard/live.js", get(crate::dashboard::live_js))
         .route("/dashboard/events/{event}", get(crate::dashboard::event))
         .route(
             "/dashboard/events/{event}/stream",

@@ -3,6 +3,8 @@
 
 pub mod bench;
 pub mod bench_restart;
+pub mod central;
+pub mod compare;
 pub mod config;
 pub mod dashboard;
 pub mod demo;

@@ -41,6 +41,9 @@ enum BenchVerb {
     Http(bench::HttpBench),
     /// Memory and SIGKILL-to-ready time of a node after selling N keyed orders.
     Restart(allot::bench_restart::RestartBench),
+    /// One region: allot's node against the central designs (Redis, PostgreSQL) behind the
+    /// same HTTP API, same generator, same run (scripts/bench-deps.sh installs the stores).
+    Compare(allot::compare::CompareBench),
 }
 
 #[derive(Subcommand)]
@@ -108,6 +111,9 @@ enum Verb {
     /// The load and comparison harness.
     #[command(subcommand)]
     Bench(BenchVerb),
+    /// A central design's HTTP front (what `bench compare` measures allot against): every
+    /// pool's count in one Redis or PostgreSQL.
+    Central(allot::central::CentralArgs),
 }
 
 fn report(verb: &str, r: anyhow::Result<()>) -> ExitCode {
@@ -259,6 +265,36 @@ fn run_restart(args: &allot::bench_restart::RestartBench) -> anyhow::Result<()> 
     Ok(())
 }
 
+fn run_compare(args: &allot::compare::CompareBench) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let results = rt.block_on(allot::compare::run(args))?;
+    let table = allot::compare::table(args, &results);
+    println!("{table}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &table)?;
+    }
+    // Every design must have answered its load: a smoke run in CI fails otherwise.
+    if let Some(m) = results
+        .iter()
+        .find(|m| m.open_ok == 0 || m.closed_rate < 1.0)
+    {
+        anyhow::bail!("the {:?} design answered no purchase", m.design);
+    }
+    Ok(())
+}
+
+fn run_central(args: &allot::central::CentralArgs) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cpus.saturating_sub(1).max(1))
+        .enable_all()
+        .build()?;
+    rt.block_on(allot::central::serve(args))
+}
+
 fn run_bench(args: &bench::HttpBench) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.max(1))
@@ -346,5 +382,7 @@ fn main() -> ExitCode {
         ),
         Verb::Bench(BenchVerb::Http(args)) => report("bench http", run_bench(&args)),
         Verb::Bench(BenchVerb::Restart(args)) => report("bench restart", run_restart(&args)),
+        Verb::Bench(BenchVerb::Compare(args)) => report("bench compare", run_compare(&args)),
+        Verb::Central(args) => report("central", run_central(&args)),
     }
 }

@@ -273,7 +273,7 @@ pub async fn serve(
         admin_token: opts.admin_token,
         transport: transport.as_ref().map(|t| t.status.clone()),
         metrics,
-        sessions: Default::default(),
+        sessions: crate::dashboard::Sessions::new(&opts.region),
         history: Default::default(),
     });
     tokio::spawn(crate::dashboard::sample_history(Arc::downgrade(&state)));

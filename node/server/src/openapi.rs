@@ -202,6 +202,7 @@ impl Modify for OperatorToken {
         crate::dashboard::login,
         crate::dashboard::logout,
         crate::dashboard::stream,
+        crate::dashboard::live_js,
         crate::dashboard::event,
         crate::dashboard::event_stream,
         crate::dashboard::set_sales,

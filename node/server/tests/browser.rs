@@ -54,8 +54,8 @@ fn start_demo() -> (NodeProcess, Vec<(String, String)>) {
         }
         if line.contains("operator token") {
             assert!(
-                line.contains(DEMO_TOKEN),
-                "the demo uses ALLOT_ADMIN_TOKEN: {line}"
+                line.contains("ALLOT_ADMIN_TOKEN") && !line.contains(DEMO_TOKEN),
+                "the demo uses ALLOT_ADMIN_TOKEN and does not print it: {line}"
             );
             break;
         }
@@ -174,20 +174,33 @@ async fn an_operator_logs_in_and_watches_sales_move_without_a_reload() {
     // A wrong token: the form again, saying so, and no session cookie.
     c.goto(&format!("{eu}/dashboard")).await.unwrap();
     log_in(&c, "not-the-token").await;
+    c.wait()
+        .for_element(Locator::Css("p.err"))
+        .await
+        .expect("the form again");
     assert_eq!(text(&c, "p.err").await, "Wrong operator token.");
     assert!(c.get_all_cookies().await.unwrap().is_empty());
 
     // The right one: the events page, then the event's.
     log_in(&c, DEMO_TOKEN).await;
+    let event_link = c
+        .wait()
+        .for_element(Locator::LinkText("Rock in the Park"))
+        .await
+        .expect("the demo's event on the events page");
     let cookies = c.get_all_cookies().await.unwrap();
-    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    assert_eq!(
+        cookies.len(),
+        1,
+        "{cookies:?} {}",
+        c.source().await.unwrap()
+    );
     assert_eq!(cookies[0].http_only(), Some(true));
-    c.find(Locator::LinkText("Rock in the Park"))
+    event_link.click().await.unwrap();
+    c.wait()
+        .for_element(Locator::Css("tr[data-pool]"))
         .await
-        .expect("the demo's event on the events page")
-        .click()
-        .await
-        .unwrap();
+        .expect("the event's page");
     assert!(c
         .current_url()
         .await

@@ -399,3 +399,89 @@ async fn the_event_and_cluster_pages_show_every_region_and_the_buttons_need_the_
     }
     n.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_sends_at_most_two_updates_a_second_and_ends_with_its_session() {
+    let n = TestNode::start().await;
+    n.create_event(event("rock", 100_000, 0, 600)).await;
+    let client = Client::builder()
+        .redirect(redirect::Policy::none())
+        .build()
+        .unwrap();
+    let cookie = login(&client, &n).await;
+    assert!(
+        cookie.starts_with("allot_session_eu-west="),
+        "a cookie per region: {cookie}"
+    );
+    let (_, html, _) = get(&client, &n, "/dashboard/events/rock", Some(&cookie)).await;
+    let r = client
+        .get(n.url("/dashboard/events/rock"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    let (s, _, _) = get(&client, &n, "/dashboard/events/nope/stream", Some(&cookie)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Purchases all along: every one changes the page, yet at most two updates a second go out.
+    let mut stream = client
+        .get(n.url("/dashboard/events/rock/stream"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    let buyer = {
+        let base = n.url("");
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for i in 0..1_000 {
+                let _ = http
+                    .post(format!("{base}/v1/events/rock/purchases"))
+                    .json(&json!({"pool": "floor", "quantity": 1, "customer": format!("c-{i}"), "payment_ref": "p"}))
+                    .send()
+                    .await;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let start = std::time::Instant::now();
+    let mut views = 0;
+    while start.elapsed() < std::time::Duration::from_secs(3) {
+        let left = std::time::Duration::from_secs(3).saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, stream.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                views += String::from_utf8_lossy(&chunk)
+                    .matches("event: view")
+                    .count()
+            }
+            _ => break,
+        }
+    }
+    buyer.abort();
+    // The first view at once, then one per 500 ms at most: 7 in 3 s.
+    assert!((4..=7).contains(&views), "{views} updates in 3 s");
+
+    // Logout: the open stream ends (within its next wake-up), and a new one is refused.
+    let r = client
+        .post(n.url("/dashboard/logout"))
+        .header(COOKIE, &cookie)
+        .form(&[("csrf", csrf_in(&html).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ended with its session");
+    let (s, _, _) = get(&client, &n, "/dashboard/events/rock/stream", Some(&cookie)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    n.stop().await;
+}

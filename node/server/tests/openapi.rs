@@ -35,6 +35,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/dashboard/login"),
     ("post", "/dashboard/logout"),
     ("get", "/dashboard/stream"),
+    ("get", "/dashboard/live.js"),
     ("get", "/dashboard/events/{event}"),
     ("get", "/dashboard/events/{event}/stream"),
     ("post", "/dashboard/events/{event}/sales"),

@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::Response;
 
-use super::html::{escape, page, region_colour};
+use super::html::{escape, page, region_colour, respond};
 use super::{live, session};
 use crate::http::AppState;
 use crate::transport::PeerStatus;
+use axum::http::StatusCode;
 
 struct PeerLine {
     region: String,
@@ -149,23 +150,26 @@ pub async fn show(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Respons
          <p><small id=live class=muted>connecting…</small></p>",
         region = escape(&s.region)
     );
-    Html(page(
-        &s.region,
-        "Cluster",
-        Some("/dashboard/cluster/stream"),
-        &body,
-    ))
-    .into_response()
+    respond(
+        StatusCode::OK,
+        page(
+            &s.region,
+            "Cluster",
+            Some("/dashboard/cluster/stream"),
+            &body,
+        ),
+    )
 }
 
 /// `GET /dashboard/cluster/stream`: the cluster page's figures, each time they change.
 #[utoipa::path(get, path = "/dashboard/cluster/stream", operation_id = "dashboard_cluster_stream", tag = "dashboard",
     responses(
         (status = 200, description = "Server-Sent Events named `view`: the cluster's figures (HTML)", body = String, content_type = "text/event-stream"),
-        (status = 401, description = "No live session")))]
+        (status = 401, description = "No live session", body = String, content_type = "text/plain"),
+        (status = 503, description = "Every stream this node allows is open (Retry-After)", body = String, content_type = "text/plain")))]
 pub async fn stream(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = session::stream_session(&s, &headers) {
-        return r;
+    match session::stream_session(&s, &headers) {
+        Ok(pass) => live::stream(s, pass, snapshot, render),
+        Err(r) => r,
     }
-    live::stream(s, snapshot, render)
 }

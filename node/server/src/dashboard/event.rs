@@ -10,12 +10,12 @@ use allot_crdt::{PoolIdx, PoolKind, RegionIdx};
 use allot_node::event::{EventState, SeatLocal};
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::html::{
-    escape, key, page, rate_chart, region_colour, seat_map, stacked_bar, SeatLook, Segment, Series,
-    HELD, IN_FLIGHT, SELLABLE, SOLD,
+    escape, key, page, rate_chart, region_colour, respond, seat_map, stacked_bar, SeatLook,
+    Segment, Series, HELD, IN_FLIGHT, SELLABLE, SOLD,
 };
 use super::{live, session};
 use crate::http::AppState;
@@ -128,7 +128,8 @@ fn seats(e: &EventState, p: PoolIdx) -> Option<Vec<Vec<SeatLook>>> {
         } else {
             match e.seats[p as usize][s] {
                 SeatLocal::Free => SeatLook::Free(owner as usize),
-                SeatLocal::Held(_) | SeatLocal::Arriving(_) => SeatLook::Held,
+                SeatLocal::Held(_) => SeatLook::Held,
+                SeatLocal::Arriving(_) => SeatLook::Arriving,
                 SeatLocal::Sold(_) => SeatLook::Sold,
             }
         };
@@ -388,7 +389,11 @@ fn render_pool(o: &mut String, f: &EventFigures, p: &PoolFigures) {
             .map(|(r, l)| (region_colour(r), format!("{}'s", l.name)))
             .collect();
         let mut legend: Vec<(&str, &str)> = owners.iter().map(|(c, l)| (*c, l.as_str())).collect();
-        legend.extend([(SOLD, "sold here"), (HELD, "held here")]);
+        legend.extend([
+            (SOLD, "sold here"),
+            (HELD, "held here"),
+            (IN_FLIGHT, "arriving here"),
+        ]);
         let _ = write!(
             o,
             "<h3>Seat map</h3>{}<p class=muted>{} seats are drawn by state; the others by owner only \
@@ -480,11 +485,10 @@ pub async fn show(
     };
     let Some(figures) = snapshot(&s, &event) else {
         let body = format!("<p class=err>No event <b>{}</b> here.</p>", escape(&event));
-        return (
+        return respond(
             StatusCode::NOT_FOUND,
-            Html(page(&s.region, "No such event", None, &body)),
-        )
-            .into_response();
+            page(&s.region, "No such event", None, &body),
+        );
     };
     let body = format!(
         "<h2>{name} <small class=muted>{id}</small></h2>\
@@ -497,7 +501,10 @@ pub async fn show(
         view = render(&figures),
     );
     let stream = format!("/dashboard/events/{}/stream", urlencoding(&figures.id));
-    Html(page(&s.region, &figures.name, Some(&stream), &body)).into_response()
+    respond(
+        StatusCode::OK,
+        page(&s.region, &figures.name, Some(&stream), &body),
+    )
 }
 
 /// Event ids are `[A-Za-z0-9_-]`; anything else is percent-encoded all the same.
@@ -517,16 +524,25 @@ fn urlencoding(id: &str) -> String {
     params(("event" = String, Path, description = "Event id")),
     responses(
         (status = 200, description = "Server-Sent Events named `view`: the event's figures (HTML)", body = String, content_type = "text/event-stream"),
-        (status = 401, description = "No live session")))]
+        (status = 401, description = "No live session", body = String, content_type = "text/plain"),
+        (status = 503, description = "Every stream this node allows is open (Retry-After)", body = String, content_type = "text/plain"),
+        (status = 404, description = "No such event here", body = String, content_type = "text/plain")))]
 pub async fn stream(
     State(s): State<Arc<AppState>>,
     Path(event): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = session::stream_session(&s, &headers) {
-        return r;
+    let pass = match session::stream_session(&s, &headers) {
+        Ok(pass) => pass,
+        Err(r) => return r,
+    };
+    if s.core
+        .read(|core| core.event(&event).is_none())
+        .unwrap_or(true)
+    {
+        return (StatusCode::NOT_FOUND, "no such event here").into_response();
     }
-    live::stream(s, move |s| snapshot(s, &event), render)
+    live::stream(s, pass, move |s| snapshot(s, &event), render)
 }
 
 /// The sales buttons' form.
@@ -544,9 +560,9 @@ pub struct SalesForm {
     request_body(content = SalesForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "Done (or no live session): back to the event's page (or the login form)"),
-        (status = 403, description = "The form's CSRF token is wrong"),
-        (status = 404, description = "No such event"),
-        (status = 503, description = "The node cannot make the edit durable now")))]
+        (status = 403, description = "The form's CSRF token is wrong", body = String, content_type = "text/plain"),
+        (status = 404, response = inline(crate::openapi::NotFound)),
+        (status = 503, response = inline(crate::openapi::Unavailable))))]
 pub async fn set_sales(
     State(s): State<Arc<AppState>>,
     Path(event): Path<String>,

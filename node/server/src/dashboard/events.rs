@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 
-use super::html::{escape, page};
+use super::html::{escape, page, respond};
 use super::{live, session};
 use crate::http::AppState;
+use axum::http::StatusCode;
 
 /// One event's line.
 struct EventRow {
@@ -105,7 +106,7 @@ fn snapshot(s: &AppState) -> Option<Vec<EventRow>> {
     responses((status = 200, description = "The events page, or the login form", body = String, content_type = "text/html")))]
 pub async fn show(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let Ok(csrf) = session::page_session(&s, &headers) else {
-        return Html(session::login_form(&s.region, None)).into_response();
+        return respond(StatusCode::OK, session::login_form(&s.region, None));
     };
     let view = render(&snapshot(&s).unwrap_or_default());
     let body = format!(
@@ -115,17 +116,38 @@ pub async fn show(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Respons
          <button>Log out</button></form><p><small id=live class=muted>connecting…</small></p>",
         region = escape(&s.region)
     );
-    Html(page(&s.region, "Events", Some("/dashboard/stream"), &body)).into_response()
+    respond(
+        StatusCode::OK,
+        page(&s.region, "Events", Some("/dashboard/stream"), &body),
+    )
 }
 
 /// `GET /dashboard/stream`: the events page's table, each time it changes.
 #[utoipa::path(get, path = "/dashboard/stream", operation_id = "dashboard_events_stream", tag = "dashboard",
     responses(
         (status = 200, description = "Server-Sent Events named `view`: the events table (HTML)", body = String, content_type = "text/event-stream"),
-        (status = 401, description = "No live session")))]
+        (status = 401, description = "No live session", body = String, content_type = "text/plain"),
+        (status = 503, description = "Every stream this node allows is open (Retry-After)", body = String, content_type = "text/plain")))]
 pub async fn stream(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = session::stream_session(&s, &headers) {
-        return r;
+    match session::stream_session(&s, &headers) {
+        Ok(pass) => live::stream(s, pass, snapshot, render),
+        Err(r) => r,
     }
-    live::stream(s, snapshot, render)
+}
+
+/// `GET /dashboard/live.js`: the script that keeps a page live (open: it holds no data).
+#[utoipa::path(get, path = "/dashboard/live.js", operation_id = "dashboard_live_js", tag = "dashboard",
+    responses((status = 200, description = "The dashboard's script", body = String, content_type = "text/javascript")))]
+pub async fn live_js() -> Response {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/javascript; charset=utf-8",
+            ),
+            (axum::http::header::CACHE_CONTROL, "max-age=300"),
+        ],
+        super::html::LIVE_JS,
+    )
+        .into_response()
 }

@@ -33,14 +33,40 @@ pub const HELD: &str = "#e69f00";
 pub const SELLABLE: &str = "#7ccba2";
 pub const IN_FLIGHT: &str = "#b39ddb";
 
-/// Replaces the element `#view` with each `view` event of the page's stream: the server
-/// renders the same fragment for the first load and for every update, so the two never
-/// disagree. `EventSource` reconnects by itself; the status line says when it is trying.
-const LIVE: &str = "<script>(function(){var live=document.getElementById('live');\
+/// `GET /dashboard/live.js`, the dashboard's only script (pages allow no other, see
+/// [`respond`]): replaces the element `#view` with each `view` event of the page's stream.
+/// The server renders the same fragment for the first load and for every update, so the two
+/// never disagree. `EventSource` reconnects by itself and the status line says so; a stream
+/// the server closed for good (the session ended) sends the browser to the login form.
+pub const LIVE_JS: &str = "(function(){var live=document.getElementById('live');\
 var view=document.getElementById('view');var es=new EventSource(document.body.dataset.stream);\
 es.onopen=function(){live.textContent='live';live.className='ok';};\
-es.onerror=function(){live.textContent='reconnecting…';live.className='err';};\
-es.addEventListener('view',function(m){view.innerHTML=m.data;});})();</script>";
+es.onerror=function(){if(es.readyState===2){window.location='/dashboard';return;}\
+live.textContent='reconnecting…';live.className='err';};\
+es.addEventListener('view',function(m){view.innerHTML=m.data;});})();\n";
+
+/// A page with its status and the headers every dashboard page carries: scripts only from
+/// this node (`live.js`), no framing by another page (the buttons change state), forms only
+/// to this node.
+pub fn respond(status: axum::http::StatusCode, html: String) -> axum::response::Response {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    (
+        status,
+        [
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; \
+                 img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            ),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        axum::response::Html(html),
+    )
+        .into_response()
+}
 
 const STYLE: &str = "\
 body{font:15px system-ui,sans-serif;margin:0 auto;max-width:64rem;padding:.8rem;color:#222}\
@@ -60,7 +86,10 @@ svg{max-width:100%;height:auto}form.inline{display:inline}button{font:inherit;pa
 pub fn page(region: &str, title: &str, stream: Option<&str>, body: &str) -> String {
     let region = escape(region);
     let (data, script) = match stream {
-        Some(url) => (format!(" data-stream=\"{}\"", escape(url)), LIVE),
+        Some(url) => (
+            format!(" data-stream=\"{}\"", escape(url)),
+            "<script src=/dashboard/live.js defer></script>",
+        ),
         None => (String::new(), ""),
     };
     format!(
@@ -177,6 +206,8 @@ pub enum SeatLook {
     /// This region's, by state.
     Free(usize),
     Held,
+    /// Moved here, its record not durable yet: in flight.
+    Arriving,
     Sold,
 }
 
@@ -186,6 +217,7 @@ impl SeatLook {
             SeatLook::Owner(r) => (region_colour(r), 0.45),
             SeatLook::Free(r) => (region_colour(r), 1.0),
             SeatLook::Held => (HELD, 1.0),
+            SeatLook::Arriving => (IN_FLIGHT, 1.0),
             SeatLook::Sold => (SOLD, 1.0),
         }
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 
+use super::session::StreamPass;
 use crate::http::AppState;
 
 /// At most one update per this long per connection.
@@ -19,8 +20,9 @@ const MIN_GAP: Duration = Duration::from_millis(500);
 const CLOCK_TICK: Duration = Duration::from_secs(5);
 
 /// The stream of `render(snapshot(state))`, first at once, then on each change. It ends when
-/// the snapshot is `None` (the event is gone, or the core stopped).
-pub fn stream<T, S, R>(state: Arc<AppState>, snapshot: S, render: R) -> Response
+/// the snapshot is `None` (the event is gone, or the core stopped) or when the session that
+/// opened it ends (logout, expiry), and it holds one of the node's stream permits meanwhile.
+pub fn stream<T, S, R>(state: Arc<AppState>, pass: StreamPass, snapshot: S, render: R) -> Response
 where
     T: Send + 'static,
     S: Fn(&AppState) -> Option<T> + Send + Sync + 'static,
@@ -28,8 +30,8 @@ where
 {
     let changes = state.core.changes();
     let updates = futures_util::stream::unfold(
-        (changes, state, snapshot, render, None::<String>),
-        |(mut changes, state, snapshot, render, last)| async move {
+        (changes, state, pass, snapshot, render, None::<String>),
+        |(mut changes, state, pass, snapshot, render, last)| async move {
             loop {
                 if last.is_some() {
                     tokio::time::sleep(MIN_GAP).await;
@@ -38,13 +40,19 @@ where
                         return None;
                     }
                 }
+                if !state
+                    .sessions
+                    .alive(&pass.session, crate::driver::wall_ms())
+                {
+                    return None;
+                }
                 let figures = snapshot(&state)?;
                 let html = render(&figures);
                 if last.as_deref() != Some(html.as_str()) {
                     let item = SseEvent::default().event("view").data(&html);
                     return Some((
                         Ok::<_, Infallible>(item),
-                        (changes, state, snapshot, render, Some(html)),
+                        (changes, state, pass, snapshot, render, Some(html)),
                     ));
                 }
             }

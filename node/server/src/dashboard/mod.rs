@@ -23,12 +23,12 @@ pub use session::{login, logout, Sessions};
 
 pub use cluster::{show as cluster, stream as cluster_stream};
 pub use event::{set_sales, show as event, stream as event_stream};
-pub use events::{show, stream};
+pub use events::{live_js, show, stream};
 
 // The handlers' OpenAPI descriptions, for `openapi.rs`.
 pub(crate) use cluster::{__path_show as __path_cluster, __path_stream as __path_cluster_stream};
 pub(crate) use event::{
     __path_set_sales, __path_show as __path_event, __path_stream as __path_event_stream,
 };
-pub(crate) use events::{__path_show, __path_stream};
+pub(crate) use events::{__path_live_js, __path_show, __path_stream};
 pub(crate) use session::{__path_login, __path_logout};

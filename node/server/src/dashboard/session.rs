@@ -8,13 +8,17 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{Form, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::html::{escape, page};
+use super::html::{escape, page, respond};
 use crate::http::AppState;
 
-const COOKIE: &str = "allot_session";
+/// The session cookie's name is per region: browsers keep cookies per host, not per port, so
+/// nodes sharing a host (the demo's three on loopback) must not overwrite each other's.
+fn cookie_name(region: &str) -> String {
+    format!("allot_session_{region}")
+}
 /// A session lasts this long after login.
 const SESSION_MS: u64 = 12 * 3600 * 1000;
 /// Sessions kept at once: logging in past it drops the oldest.
@@ -26,8 +30,33 @@ struct Session {
 }
 
 /// Live operator sessions of this node (in memory: a restart logs everyone out).
-#[derive(Default)]
-pub struct Sessions(Mutex<HashMap<String, Session>>);
+pub struct Sessions {
+    /// The session cookie's name on this node.
+    cookie: String,
+    live: Mutex<HashMap<String, Session>>,
+    /// Live streams of this node's pages, all sessions together: each costs a short read
+    /// under the core's lock twice a second.
+    streams: Arc<tokio::sync::Semaphore>,
+}
+
+/// Page streams open at once on one node.
+pub const MAX_STREAMS: usize = 64;
+
+impl Sessions {
+    pub fn new(region: &str) -> Sessions {
+        Sessions {
+            cookie: cookie_name(region),
+            live: Mutex::default(),
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
+        }
+    }
+}
+
+/// A stream's right to run: a live session's id and one of the node's stream permits.
+pub(super) struct StreamPass {
+    pub session: String,
+    pub _permit: tokio::sync::OwnedSemaphorePermit,
+}
 
 fn random_hex() -> Option<String> {
     let mut bytes = [0u8; 24];
@@ -45,7 +74,7 @@ impl Sessions {
     /// A new session: its id (the cookie) and its CSRF token.
     fn open(&self, now: u64) -> Option<(String, String)> {
         let (id, csrf) = (random_hex()?, random_hex()?);
-        let mut map = self.0.lock().ok()?;
+        let mut map = self.live.lock().ok()?;
         map.retain(|_, s| s.expires_at_ms > now);
         if map.len() >= MAX_SESSIONS {
             let oldest = map
@@ -66,20 +95,27 @@ impl Sessions {
 
     /// The CSRF token of the live session the request's cookie names.
     pub(super) fn csrf_of(&self, headers: &HeaderMap, now: u64) -> Option<(String, String)> {
-        let id = cookie(headers)?;
-        let map = self.0.lock().ok()?;
+        let id = cookie(headers, &self.cookie)?;
+        let map = self.live.lock().ok()?;
         let s = map.get(&id).filter(|s| s.expires_at_ms > now)?;
         Some((id, s.csrf.clone()))
     }
 
+    /// Whether session `id` is still live (a stream ends when its session does).
+    pub(super) fn alive(&self, id: &str, now: u64) -> bool {
+        self.live
+            .lock()
+            .is_ok_and(|map| map.get(id).is_some_and(|s| s.expires_at_ms > now))
+    }
+
     fn close(&self, id: &str) {
-        if let Ok(mut map) = self.0.lock() {
+        if let Ok(mut map) = self.live.lock() {
             map.remove(id);
         }
     }
 }
 
-fn cookie(headers: &HeaderMap) -> Option<String> {
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -87,7 +123,8 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .find_map(|c| {
             c.trim()
-                .strip_prefix(&format!("{COOKIE}="))
+                .strip_prefix(name)
+                .and_then(|v| v.strip_prefix('='))
                 .map(str::to_owned)
         })
 }
@@ -117,11 +154,22 @@ pub(super) fn page_session(s: &AppState, headers: &HeaderMap) -> Result<String, 
 }
 
 /// A stream's session check: without a live session, 401 (an `EventSource` cannot follow a
-/// redirect to a form).
-pub(super) fn stream_session(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
-    match s.sessions.csrf_of(headers, crate::driver::wall_ms()) {
-        Some(_) => Ok(()),
-        None => Err((StatusCode::UNAUTHORIZED, "log in at /dashboard").into_response()),
+/// redirect to a form); with every stream permit taken, 503.
+pub(super) fn stream_session(s: &AppState, headers: &HeaderMap) -> Result<StreamPass, Response> {
+    let Some((session, _)) = s.sessions.csrf_of(headers, crate::driver::wall_ms()) else {
+        return Err((StatusCode::UNAUTHORIZED, "log in at /dashboard").into_response());
+    };
+    match s.sessions.streams.clone().try_acquire_owned() {
+        Ok(permit) => Ok(StreamPass {
+            session,
+            _permit: permit,
+        }),
+        Err(_) => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            "too many dashboard streams on this node",
+        )
+            .into_response()),
     }
 }
 
@@ -151,13 +199,7 @@ pub struct LoginForm {
         (status = 303, description = "Logged in: an HttpOnly, SameSite=Strict session cookie, back to /dashboard"),
         (status = 401, description = "Wrong token: the form again", body = String, content_type = "text/html")))]
 pub async fn login(State(s): State<Arc<AppState>>, Form(f): Form<LoginForm>) -> Response {
-    let refused = |why: &str| {
-        (
-            StatusCode::UNAUTHORIZED,
-            Html(login_form(&s.region, Some(why))),
-        )
-            .into_response()
-    };
+    let refused = |why: &str| respond(StatusCode::UNAUTHORIZED, login_form(&s.region, Some(why)));
     match &s.admin_token {
         Some(t) if crate::extract::same_token(&f.token, t) => {}
         Some(_) => return refused("Wrong operator token."),
@@ -166,15 +208,14 @@ pub async fn login(State(s): State<Arc<AppState>>, Form(f): Form<LoginForm>) -> 
     let Some((id, _)) = s.sessions.open(crate::driver::wall_ms()) else {
         return refused("No session could be opened.");
     };
-    back_to_dashboard(&id, SESSION_MS / 1000)
+    back_to_dashboard(&s.sessions.cookie, &id, SESSION_MS / 1000)
 }
 
 /// A redirect to the dashboard that sets the session cookie to `value` for `max_age_s`
 /// (0 clears it). The cookie's flags live here alone.
-fn back_to_dashboard(value: &str, max_age_s: u64) -> Response {
-    let cookie = format!(
-        "{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age={max_age_s}"
-    );
+fn back_to_dashboard(name: &str, value: &str, max_age_s: u64) -> Response {
+    let cookie =
+        format!("{name}={value}; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age={max_age_s}");
     (
         StatusCode::SEE_OTHER,
         [
@@ -196,7 +237,7 @@ pub struct LogoutForm {
     request_body(content = LogoutForm, content_type = "application/x-www-form-urlencoded", description = "The session's CSRF token, from the page"),
     responses(
         (status = 303, description = "Logged out; the cookie cleared"),
-        (status = 403, description = "The form's CSRF token is wrong")))]
+        (status = 403, description = "The form's CSRF token is wrong", body = String, content_type = "text/plain")))]
 pub async fn logout(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -210,7 +251,7 @@ pub async fn logout(
         }
         None => {}
     }
-    back_to_dashboard("", 0)
+    back_to_dashboard(&s.sessions.cookie, "", 0)
 }
 
 #[cfg(test)]
@@ -227,18 +268,20 @@ mod tests {
 
     #[test]
     fn sessions_expire_and_stay_bounded() {
-        let s = Sessions::default();
+        let s = Sessions::new("eu-west");
         let (id, csrf) = s.open(1_000).unwrap();
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
-            format!("a=b; {COOKIE}={id}").parse().unwrap(),
+            format!("a=b; allot_session_us-east=x; allot_session_eu-west={id}")
+                .parse()
+                .unwrap(),
         );
         assert_eq!(s.csrf_of(&h, 2_000), Some((id.clone(), csrf)));
         assert_eq!(s.csrf_of(&h, 1_000 + SESSION_MS), None, "expired");
         for t in 0..(MAX_SESSIONS as u64 + 10) {
             s.open(5_000 + t).unwrap();
         }
-        assert!(s.0.lock().unwrap().len() <= MAX_SESSIONS);
+        assert!(s.live.lock().unwrap().len() <= MAX_SESSIONS);
     }
 }

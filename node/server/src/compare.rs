@@ -1,0 +1,431 @@
+//! `allot bench compare`: allot's node against the central designs a user would build instead
+//! (`central/`: Redis with `appendfsync always`, PostgreSQL with `synchronous_commit=on`),
+//! each behind the same HTTP purchase API on the same axum stack, driven by the same
+//! generator in the same run, so figures compare as ratios. The bench starts and stops the
+//! stores itself (own data dirs in a temp dir, free ports); `scripts/bench-deps.sh` installs
+//! them.
+//!
+//! Each run measures every design fresh: an open-loop load at a fixed rate (latency from each
+//! request's due time) and then a closed-loop saturation run (every connection sends again as
+//! soon as it is answered). Designs alternate run by run; each is summarised by its median.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::bench::{self, closed_loop, open_loop, OpenLoop};
+use crate::driver::Commit;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Design {
+    /// One allot node (group commit, RocksDB).
+    Allot,
+    /// The Redis design behind `allot central`.
+    Redis,
+    /// The PostgreSQL design behind `allot central`.
+    Postgres,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CompareBench {
+    /// Purchases per second of the open-loop part.
+    #[arg(long, default_value_t = 20_000)]
+    pub rate: u64,
+    /// Seconds of measured load per part (after one second of warm-up each).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Runs, designs alternating within each; the table's summary is their median.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Keep-alive connections of the generator.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    #[arg(long, value_enum, num_args = 1.., default_values_t = [Design::Allot, Design::Redis, Design::Postgres])]
+    pub designs: Vec<Design>,
+    /// A quick check for CI: 1,000/s for 2 s, one run.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Write the Markdown tables here as well as to stdout.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+}
+
+pub struct Measured {
+    pub run: usize,
+    pub design: Design,
+    /// The open loop's rate: the bench's, or 80% of a design's saturation below it.
+    pub offered: u64,
+    pub open_ok: u64,
+    pub open_failed: u64,
+    pub open_rate: f64,
+    pub open_p50_ms: f64,
+    pub open_p99_ms: f64,
+    pub closed_rate: f64,
+    pub closed_failed: u64,
+    pub closed_p99_ms: f64,
+}
+
+/// A child process stopped (and waited for) when dropped.
+struct Service {
+    child: Child,
+    /// Run on drop before the kill, e.g. a clean stop of PostgreSQL.
+    stop: Option<Command>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(stop) = &mut self.stop {
+            let _ = stop.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn need(program: &str) -> anyhow::Result<()> {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        bail!("`{program}` is not installed: run scripts/bench-deps.sh (Debian's redis-server and postgresql)");
+    }
+    Ok(())
+}
+
+async fn wait_port(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{what} did not listen on {addr} within 30 s")
+}
+
+fn start_redis(dir: &Path) -> anyhow::Result<(Service, String)> {
+    need("redis-server")?;
+    let port = bench::free_port()?;
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .args(["--protected-mode", "no", "--logfile", "redis.log"])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting redis-server")?;
+    Ok((
+        Service { child, stop: None },
+        format!("redis://127.0.0.1:{port}"),
+    ))
+}
+
+/// The newest PostgreSQL of Debian's layout (`/usr/lib/postgresql/<version>/bin`).
+fn postgres_bin() -> anyhow::Result<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no /usr/lib/postgresql: run scripts/bench-deps.sh")?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, p)| p)
+        .context("no PostgreSQL under /usr/lib/postgresql")
+}
+
+/// PostgreSQL in its own data dir, run as the `postgres` user (`initdb` refuses root).
+async fn start_postgres(dir: &Path) -> anyhow::Result<(Service, String)> {
+    need("runuser")?;
+    let bin = postgres_bin()?;
+    let data = dir.join("pg");
+    std::fs::create_dir_all(&data)?;
+    let owned = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(dir)
+        .status()?;
+    if !owned.success() {
+        bail!("chown of the PostgreSQL data dir to `postgres` failed (the bench needs root)");
+    }
+    let init = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join("initdb"))
+        .args(["-D"])
+        .arg(&data)
+        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("initdb")?;
+    if !init.success() {
+        bail!("initdb failed in {}", data.display());
+    }
+    let port = bench::free_port()?;
+    let child = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join("postgres"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(&data)
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "synchronous_commit=on",
+        ])
+        .args(["-c", "fsync=on", "-c", "max_connections=200"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting postgres")?;
+    let mut stop = Command::new("runuser");
+    stop.args(["-u", "postgres", "--"])
+        .arg(bin.join("pg_ctl"))
+        .arg("-D")
+        .arg(&data)
+        .args(["stop", "-m", "immediate", "-w"]);
+    let service = Service {
+        child,
+        stop: Some(stop),
+    };
+    // Accepting connections is not ready: wait for pg_isready.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = Command::new(bin.join("pg_isready"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("PostgreSQL did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((
+        service,
+        format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
+    ))
+}
+
+/// `allot central` over a store at `url`.
+async fn start_central(store: &str, url: &str) -> anyhow::Result<(Service, SocketAddr)> {
+    let port = bench::free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let child = Command::new(std::env::current_exe()?)
+        .args([
+            "central",
+            "--store",
+            store,
+            "--url",
+            url,
+            "--listen",
+            &addr.to_string(),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting allot central")?;
+    let service = Service { child, stop: None };
+    wait_port(addr, "allot central").await?;
+    Ok((service, addr))
+}
+
+/// Starts `design` in `dir`: the processes to stop afterwards and the HTTP address to load.
+async fn start(design: Design, dir: &Path) -> anyhow::Result<(Vec<Service>, SocketAddr)> {
+    let client = reqwest::Client::new();
+    let token = "bench-token";
+    let (services, addr) = match design {
+        Design::Allot => {
+            let (child, base) =
+                bench::start_node(dir, Commit::Group, token, &bench::NodeLaunch::default())?;
+            let node = Service { child, stop: None };
+            bench::wait_ready(&client, &base).await?;
+            let addr = base.trim_start_matches("http://").parse()?;
+            (vec![node], addr)
+        }
+        Design::Redis => {
+            let (redis, url) = start_redis(dir)?;
+            let port: SocketAddr = url.trim_start_matches("redis://").parse()?;
+            wait_port(port, "redis-server").await?;
+            let (central, addr) = start_central("redis", &url).await?;
+            (vec![central, redis], addr)
+        }
+        Design::Postgres => {
+            let (pg, url) = start_postgres(dir).await?;
+            let (central, addr) = start_central("postgres", &url).await?;
+            (vec![central, pg], addr)
+        }
+    };
+    bench::create_event(&client, &format!("http://{addr}"), token).await?;
+    Ok((services, addr))
+}
+
+/// Whatever the design, a pool never sells more than it holds: 20 concurrent purchases of a
+/// pool of 10 give exactly 10 orders and 10 `sold-out` answers (409).
+async fn check_no_oversell(addr: SocketAddr) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    let event = serde_json::json!({
+        "id": "check", "name": "Check", "venue": "Loopback", "lat": 0.0, "lon": 0.0,
+        "starts_at": "2027-06-01T19:00:00Z", "currency": "EUR",
+        "pools": [{"id": "floor", "capacity": 10, "price_cents": 100}],
+        "allotments": "even"
+    });
+    let created = client
+        .post(format!("{base}/v1/admin/events"))
+        .bearer_auth("bench-token")
+        .json(&event)
+        .send()
+        .await?;
+    if !created.status().is_success() {
+        bail!("creating the check event: {}", created.status());
+    }
+    let buys = (0..20).map(|i| {
+        let client = client.clone();
+        let url = format!("{base}/v1/events/check/purchases");
+        async move {
+            let body = serde_json::json!({"pool": "floor", "quantity": 1, "customer": format!("k-{i}"), "payment_ref": "p"});
+            client.post(url).json(&body).send().await.map(|r| r.status().as_u16())
+        }
+    });
+    let statuses = futures_util::future::join_all(buys).await;
+    let sold = statuses.iter().filter(|s| matches!(s, Ok(201))).count();
+    let refused = statuses.iter().filter(|s| matches!(s, Ok(409))).count();
+    if (sold, refused) != (10, 10) {
+        bail!("20 purchases of a pool of 10: {sold} sold, {refused} refused ({statuses:?})");
+    }
+    Ok(())
+}
+
+pub async fn run(args: &CompareBench) -> anyhow::Result<Vec<Measured>> {
+    let (rate, seconds, runs) = if args.smoke {
+        (1_000, 2, 1)
+    } else {
+        (args.rate, args.seconds, args.runs.max(1))
+    };
+    let mut out = Vec::new();
+    for run in 1..=runs {
+        for &design in &args.designs {
+            let dir = tempfile::tempdir()?;
+            let (services, addr) = start(design, dir.path())
+                .await
+                .with_context(|| format!("starting the {design:?} design"))?;
+            check_no_oversell(addr).await?;
+            // Saturation first: a design that cannot carry the offered rate is offered 80% of
+            // what it carries instead (else its backlog, not its store, is what is timed).
+            let (closed, closed_s) = closed_loop(addr, args.connections, seconds).await?;
+            let closed_rate = closed.ok as f64 / closed_s;
+            let offered = if closed_rate < rate as f64 {
+                ((closed_rate * 0.8) as u64).max(1)
+            } else {
+                rate
+            };
+            let spec = OpenLoop {
+                rate: offered,
+                seconds,
+                connections: args.connections,
+                pace_us: 500,
+                idempotency_keys: false,
+            };
+            let (open, open_s) = open_loop(addr, &spec).await?;
+            drop(services);
+            let ms =
+                |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            let m = Measured {
+                run,
+                design,
+                offered,
+                open_ok: open.ok,
+                open_failed: open.failed,
+                open_rate: open.ok as f64 / open_s,
+                open_p50_ms: ms(&open.latency, 0.5),
+                open_p99_ms: ms(&open.latency, 0.99),
+                closed_rate,
+                closed_failed: closed.failed,
+                closed_p99_ms: ms(&closed.latency, 0.99),
+            };
+            eprintln!(
+                "run {run} {design:?}: open {:.0}/s p99 {:.2} ms ({} failed); saturation {:.0}/s ({} failed)",
+                m.open_rate, m.open_p99_ms, m.open_failed, m.closed_rate, m.closed_failed
+            );
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+pub fn table(args: &CompareBench, results: &[Measured]) -> String {
+    let (rate, seconds) = if args.smoke {
+        (1_000, 2)
+    } else {
+        (args.rate, args.seconds)
+    };
+    let mut s = format!(
+        "One region, durable purchases over HTTP, {} connections. Open loop at {rate}/s for {seconds} s \
+         (latency from each request's due time), then a closed loop for {seconds} s (saturation).\n\n\
+         A design that saturates below {rate}/s is offered 80% of its saturation instead (the \
+         `offered/s` column).\n\n\
+         | run | design | saturation/s | saturation: errors | saturation: p99 ms | offered/s | open: 201 | open: errors | open: achieved/s | open: p50 ms | open: p99 ms |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        args.connections
+    );
+    for m in results {
+        s += &format!(
+            "| {} | {:?} | {:.0} | {} | {:.2} | {} | {} | {} | {:.0} | {:.2} | {:.2} |\n",
+            m.run,
+            m.design,
+            m.closed_rate,
+            m.closed_failed,
+            m.closed_p99_ms,
+            m.offered,
+            m.open_ok,
+            m.open_failed,
+            m.open_rate,
+            m.open_p50_ms,
+            m.open_p99_ms,
+        );
+    }
+    let of = |d: Design, f: &dyn Fn(&Measured) -> f64| {
+        median(results.iter().filter(|m| m.design == d).map(f).collect())
+    };
+    let redis_sat = of(Design::Redis, &|m| m.closed_rate);
+    let redis_p99 = of(Design::Redis, &|m| m.open_p99_ms);
+    s += "\nMedians per design, and ratios to the Redis design (same run, same generator):\n\n\
+          | design | saturation/s | saturation vs Redis | offered/s | open-loop p99 ms | p99 vs Redis |\n|---|---:|---:|---:|---:|---:|\n";
+    for &d in &args.designs {
+        let (sat, p99) = (of(d, &|m| m.closed_rate), of(d, &|m| m.open_p99_ms));
+        s += &format!(
+            "| {d:?} | {sat:.0} | {:.2} | {:.0} | {p99:.2} | {:.2} |\n",
+            sat / redis_sat,
+            of(d, &|m| m.offered as f64),
+            p99 / redis_p99
+        );
+    }
+    s
+}
