@@ -64,6 +64,8 @@ pub struct Measured {
     pub open_p50_ms: f64,
     pub open_p99_ms: f64,
     pub closed_rate: f64,
+    /// The store alone, by its own tool (`redis-benchmark`, `pgbench`).
+    pub raw: Option<f64>,
     pub closed_failed: u64,
     pub closed_p99_ms: f64,
 }
@@ -248,33 +250,158 @@ async fn start_central(store: &str, url: &str) -> anyhow::Result<(Service, Socke
 }
 
 /// Starts `design` in `dir`: the processes to stop afterwards and the HTTP address to load.
-async fn start(design: Design, dir: &Path) -> anyhow::Result<(Vec<Service>, SocketAddr)> {
+/// The store under a central design, for its own benchmark tool.
+enum StoreAt {
+    Nothing,
+    Redis { port: u16 },
+    Postgres { port: u16, bin: PathBuf },
+}
+
+/// Starts `design` in `dir`: the processes to stop afterwards, the HTTP address to load and
+/// the store behind it.
+async fn start(design: Design, dir: &Path) -> anyhow::Result<(Vec<Service>, SocketAddr, StoreAt)> {
     let client = reqwest::Client::new();
     let token = "bench-token";
-    let (services, addr) = match design {
+    let (services, addr, store) = match design {
         Design::Allot => {
             let (child, base) =
                 bench::start_node(dir, Commit::Group, token, &bench::NodeLaunch::default())?;
             let node = Service { child, stop: None };
             bench::wait_ready(&client, &base).await?;
             let addr = base.trim_start_matches("http://").parse()?;
-            (vec![node], addr)
+            (vec![node], addr, StoreAt::Nothing)
         }
         Design::Redis => {
             let (redis, url) = start_redis(dir)?;
             let port: SocketAddr = url.trim_start_matches("redis://").parse()?;
             wait_port(port, "redis-server").await?;
             let (central, addr) = start_central("redis", &url).await?;
-            (vec![central, redis], addr)
+            (
+                vec![central, redis],
+                addr,
+                StoreAt::Redis { port: port.port() },
+            )
         }
         Design::Postgres => {
             let (pg, url) = start_postgres(dir).await?;
+            let port = url
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("port="))
+                .context("the PostgreSQL port")?
+                .parse()?;
             let (central, addr) = start_central("postgres", &url).await?;
-            (vec![central, pg], addr)
+            let bin = postgres_bin()?;
+            (vec![central, pg], addr, StoreAt::Postgres { port, bin })
         }
     };
     bench::create_event(&client, &format!("http://{addr}"), token).await?;
-    Ok((services, addr))
+    Ok((services, addr, store))
+}
+
+/// The store alone, driven by its own tool with as many connections as the HTTP load, the
+/// same purchase (script or transaction) on the bench event: what the HTTP front costs.
+fn raw_rate(
+    store: &StoreAt,
+    dir: &Path,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<Option<f64>> {
+    let conns = connections.to_string();
+    match store {
+        StoreAt::Nothing => Ok(None),
+        StoreAt::Redis { port } => {
+            let port = port.to_string();
+            let load = Command::new("redis-cli")
+                .args([
+                    "-p",
+                    &port,
+                    "SCRIPT",
+                    "LOAD",
+                    crate::central::redis_store::PURCHASE,
+                ])
+                .output()
+                .context("redis-cli")?;
+            let sha = String::from_utf8_lossy(&load.stdout).trim().to_owned();
+            if sha.len() != 40 {
+                bail!("SCRIPT LOAD answered {sha:?}");
+            }
+            let requests = (30_000 * seconds).to_string();
+            let out = Command::new("redis-benchmark")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-c",
+                    &conns,
+                    "-n",
+                    &requests,
+                    "--csv",
+                ])
+                .args([
+                    "EVALSHA",
+                    &sha,
+                    "2",
+                    "pools:bench",
+                    "orders:bench",
+                    "floor",
+                    "1",
+                    "bench",
+                    "c-raw",
+                    "p-raw",
+                ])
+                .output()
+                .context("redis-benchmark")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            // CSV: "test","rps",... then one line per test.
+            let rps = text
+                .lines()
+                .filter_map(|l| l.split(',').nth(1))
+                .filter_map(|v| v.trim_matches('"').parse::<f64>().ok())
+                .next_back()
+                .with_context(|| format!("redis-benchmark printed {text:?}"))?;
+            Ok(Some(rps))
+        }
+        StoreAt::Postgres { port, bin } => {
+            let script = dir.join("purchase.sql");
+            std::fs::write(
+                &script,
+                "\\set c random(1, 1000)\n\
+                 BEGIN;\n\
+                 UPDATE pools SET remaining = remaining - 1 WHERE event = 'bench' AND pool = 'floor' AND remaining >= 1 RETURNING remaining;\n\
+                 INSERT INTO orders (event, pool, quantity, customer, payment_ref) VALUES ('bench', 'floor', 1, 'c-' || :c, 'p-raw') RETURNING id;\n\
+                 END;\n",
+            )?;
+            let out = Command::new(bin.join("pgbench"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-n",
+                ])
+                .args(["-c", &conns, "-j", "2", "-T", &seconds.to_string(), "-f"])
+                .arg(&script)
+                .arg("postgres")
+                .output()
+                .context("pgbench")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let tps = text
+                .lines()
+                .find_map(|l| l.strip_prefix("tps = "))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .with_context(|| {
+                    format!(
+                        "pgbench printed {text:?} {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                })?;
+            Ok(Some(tps))
+        }
+    }
 }
 
 /// Whatever the design, a pool never sells more than it holds: 20 concurrent purchases of a
@@ -324,7 +451,7 @@ pub async fn run(args: &CompareBench) -> anyhow::Result<Vec<Measured>> {
     for run in 1..=runs {
         for &design in &args.designs {
             let dir = tempfile::tempdir()?;
-            let (services, addr) = start(design, dir.path())
+            let (services, addr, store) = start(design, dir.path())
                 .await
                 .with_context(|| format!("starting the {design:?} design"))?;
             check_no_oversell(addr).await?;
@@ -345,6 +472,7 @@ pub async fn run(args: &CompareBench) -> anyhow::Result<Vec<Measured>> {
                 idempotency_keys: false,
             };
             let (open, open_s) = open_loop(addr, &spec).await?;
+            let raw = raw_rate(&store, dir.path(), args.connections, seconds)?;
             drop(services);
             let ms =
                 |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
@@ -358,6 +486,7 @@ pub async fn run(args: &CompareBench) -> anyhow::Result<Vec<Measured>> {
                 open_p50_ms: ms(&open.latency, 0.5),
                 open_p99_ms: ms(&open.latency, 0.99),
                 closed_rate,
+                raw,
                 closed_failed: closed.failed,
                 closed_p99_ms: ms(&closed.latency, 0.99),
             };
@@ -390,14 +519,16 @@ pub fn table(args: &CompareBench, results: &[Measured]) -> String {
         "One region, durable purchases over HTTP, {} connections. Open loop at {rate}/s for {seconds} s \
          (latency from each request's due time), then a closed loop for {seconds} s (saturation).\n\n\
          A design that saturates below {rate}/s is offered 80% of its saturation instead (the \
-         `offered/s` column).\n\n\
-         | run | design | saturation/s | saturation: errors | saturation: p99 ms | offered/s | open: 201 | open: errors | open: achieved/s | open: p50 ms | open: p99 ms |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         `offered/s` column). `store alone/s`: the store under a central design driven by its own \
+         tool with as many connections (`redis-benchmark` of the Lua script, `pgbench` of the \
+         transaction).\n\n\
+         | run | design | saturation/s | saturation: errors | saturation: p99 ms | offered/s | open: 201 | open: errors | open: achieved/s | open: p50 ms | open: p99 ms | store alone/s |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         args.connections
     );
     for m in results {
         s += &format!(
-            "| {} | {:?} | {:.0} | {} | {:.2} | {} | {} | {} | {:.0} | {:.2} | {:.2} |\n",
+            "| {} | {:?} | {:.0} | {} | {:.2} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {} |\n",
             m.run,
             m.design,
             m.closed_rate,
@@ -409,6 +540,7 @@ pub fn table(args: &CompareBench, results: &[Measured]) -> String {
             m.open_rate,
             m.open_p50_ms,
             m.open_p99_ms,
+            m.raw.map_or("–".into(), |r| format!("{r:.0}")),
         );
     }
     let of = |d: Design, f: &dyn Fn(&Measured) -> f64| {
@@ -417,14 +549,22 @@ pub fn table(args: &CompareBench, results: &[Measured]) -> String {
     let redis_sat = of(Design::Redis, &|m| m.closed_rate);
     let redis_p99 = of(Design::Redis, &|m| m.open_p99_ms);
     s += "\nMedians per design, and ratios to the Redis design (same run, same generator):\n\n\
-          | design | saturation/s | saturation vs Redis | offered/s | open-loop p99 ms | p99 vs Redis |\n|---|---:|---:|---:|---:|---:|\n";
+          | design | saturation/s | saturation vs Redis | offered/s | open-loop p99 ms | p99 vs Redis | store alone/s | saturation vs raw Redis |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    let raw_redis = of(Design::Redis, &|m| m.raw.unwrap_or(f64::NAN));
     for &d in &args.designs {
         let (sat, p99) = (of(d, &|m| m.closed_rate), of(d, &|m| m.open_p99_ms));
+        let raw = of(d, &|m| m.raw.unwrap_or(f64::NAN));
         s += &format!(
-            "| {d:?} | {sat:.0} | {:.2} | {:.0} | {p99:.2} | {:.2} |\n",
+            "| {d:?} | {sat:.0} | {:.2} | {:.0} | {p99:.2} | {:.2} | {} | {:.2} |\n",
             sat / redis_sat,
             of(d, &|m| m.offered as f64),
-            p99 / redis_p99
+            p99 / redis_p99,
+            if raw.is_nan() {
+                "–".to_owned()
+            } else {
+                format!("{raw:.0}")
+            },
+            sat / raw_redis,
         );
     }
     s

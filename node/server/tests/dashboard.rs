@@ -403,7 +403,7 @@ async fn the_event_and_cluster_pages_show_every_region_and_the_buttons_need_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_sends_at_most_two_updates_a_second_and_ends_with_its_session() {
     let n = TestNode::start().await;
-    n.create_event(event("rock", 100_000, 0, 600)).await;
+    n.create_event(event("rock", 100_000, 1, 600)).await;
     let client = Client::builder()
         .redirect(redirect::Policy::none())
         .build()

@@ -9,7 +9,7 @@ use super::{PoolCapacity, PurchaseOrder, Refusal};
 
 /// KEYS: the event's pools hash, its order counter. ARGV: pool, quantity, event, customer,
 /// payment reference. Returns the order's id, -1 when too few remain, -2 for no such pool.
-const PURCHASE: &str = r"
+pub(crate) const PURCHASE: &str = r"
 local remaining = redis.call('HGET', KEYS[1], ARGV[1])
 if not remaining then return -2 end
 local quantity = tonumber(ARGV[2])
