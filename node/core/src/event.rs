@@ -229,8 +229,8 @@ impl EventState {
         let owners = self.ledger.seat_owners(pool);
         let mut blocks = Vec::new();
         let mut start: Option<usize> = None;
-        for s in 0..owners.len() {
-            let free = owners[s].owner == self.me && self.seats[p][s] == SeatLocal::Free;
+        for (s, seat) in owners.iter().enumerate() {
+            let free = seat.owner == self.me && self.seats[p][s] == SeatLocal::Free;
             if let Some(b) = start {
                 if !free || self.row_starts[p][s] {
                     blocks.push(b as SeatIdx..s as SeatIdx);

@@ -111,7 +111,7 @@ async fn sell(addr: SocketAddr, orders: u64, connections: usize) -> anyhow::Resu
                 }
                 match purchase(addr, &mut sender, i).await {
                     // Every 997th order is checked again after the restart.
-                    Ok(Some(id)) if i % 997 == 0 => sample.push(format!("{i} {id}")),
+                    Ok(Some(id)) if i.is_multiple_of(997) => sample.push(format!("{i} {id}")),
                     Ok(Some(_)) => {}
                     Ok(None) => failed += 1,
                     Err(e) => {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use super::html::{escape, page, region_colour, respond};
 use super::{live, session};
@@ -141,7 +141,7 @@ fn render(f: &ClusterFigures) -> String {
         (status = 303, description = "No live session: to the login form")))]
 pub async fn show(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(to_login) = session::page_session(&s, &headers) {
-        return to_login;
+        return to_login.into_response();
     }
     let view = snapshot(&s).map(|f| render(&f)).unwrap_or_default();
     let body = format!(
@@ -170,6 +170,6 @@ pub async fn show(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Respons
 pub async fn stream(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     match session::stream_session(&s, &headers) {
         Ok(pass) => live::stream(s, pass, snapshot, render),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }

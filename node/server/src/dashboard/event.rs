@@ -481,7 +481,7 @@ pub async fn show(
 ) -> Response {
     let csrf = match session::page_session(&s, &headers) {
         Ok(csrf) => csrf,
-        Err(to_login) => return to_login,
+        Err(to_login) => return to_login.into_response(),
     };
     let Some(figures) = snapshot(&s, &event) else {
         let body = format!("<p class=err>No event <b>{}</b> here.</p>", escape(&event));
@@ -534,7 +534,7 @@ pub async fn stream(
 ) -> Response {
     let pass = match session::stream_session(&s, &headers) {
         Ok(pass) => pass,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if s.core
         .read(|core| core.event(&event).is_none())
@@ -570,7 +570,7 @@ pub async fn set_sales(
     Form(f): Form<SalesForm>,
 ) -> Response {
     if let Err(r) = session::form_session(&s, &headers, &f.csrf) {
-        return r;
+        return r.into_response();
     }
     let patch = allot_crdt::MetaPatch {
         sales: Some(f.sales.into()),

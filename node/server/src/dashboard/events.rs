@@ -131,7 +131,7 @@ pub async fn show(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Respons
 pub async fn stream(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     match session::stream_session(&s, &headers) {
         Ok(pass) => live::stream(s, pass, snapshot, render),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 

@@ -145,40 +145,68 @@ pub(super) fn login_form(region: &str, error: Option<&str>) -> String {
     )
 }
 
+/// Why a dashboard request is turned away before its handler runs.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// A page without a session: to the login form.
+    ToLogin,
+    /// A stream without a session (an `EventSource` cannot follow a redirect to a form).
+    Unauthorized,
+    /// Every stream permit of the node is taken.
+    TooManyStreams,
+    /// A form whose CSRF token is not the session's.
+    WrongCsrf,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::ToLogin => see_other("/dashboard"),
+            Refused::Unauthorized => {
+                (StatusCode::UNAUTHORIZED, "log in at /dashboard").into_response()
+            }
+            Refused::TooManyStreams => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "5")],
+                "too many dashboard streams on this node",
+            )
+                .into_response(),
+            Refused::WrongCsrf => {
+                (StatusCode::FORBIDDEN, "the form's CSRF token is wrong").into_response()
+            }
+        }
+    }
+}
+
 /// The session's CSRF token, or where to go without a session: the login form.
-pub(super) fn page_session(s: &AppState, headers: &HeaderMap) -> Result<String, Response> {
+pub(super) fn page_session(s: &AppState, headers: &HeaderMap) -> Result<String, Refused> {
     match s.sessions.csrf_of(headers, crate::driver::wall_ms()) {
         Some((_, csrf)) => Ok(csrf),
-        None => Err(see_other("/dashboard")),
+        None => Err(Refused::ToLogin),
     }
 }
 
 /// A stream's session check: without a live session, 401 (an `EventSource` cannot follow a
 /// redirect to a form); with every stream permit taken, 503.
-pub(super) fn stream_session(s: &AppState, headers: &HeaderMap) -> Result<StreamPass, Response> {
+pub(super) fn stream_session(s: &AppState, headers: &HeaderMap) -> Result<StreamPass, Refused> {
     let Some((session, _)) = s.sessions.csrf_of(headers, crate::driver::wall_ms()) else {
-        return Err((StatusCode::UNAUTHORIZED, "log in at /dashboard").into_response());
+        return Err(Refused::Unauthorized);
     };
     match s.sessions.streams.clone().try_acquire_owned() {
         Ok(permit) => Ok(StreamPass {
             session,
             _permit: permit,
         }),
-        Err(_) => Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "5")],
-            "too many dashboard streams on this node",
-        )
-            .into_response()),
+        Err(_) => Err(Refused::TooManyStreams),
     }
 }
 
 /// A form's session check: the live session's CSRF token must be the form's.
-pub(super) fn form_session(s: &AppState, headers: &HeaderMap, csrf: &str) -> Result<(), Response> {
+pub(super) fn form_session(s: &AppState, headers: &HeaderMap, csrf: &str) -> Result<(), Refused> {
     match s.sessions.csrf_of(headers, crate::driver::wall_ms()) {
         Some((_, token)) if crate::extract::same_token(csrf, &token) => Ok(()),
-        Some(_) => Err((StatusCode::FORBIDDEN, "the form's CSRF token is wrong").into_response()),
-        None => Err(see_other("/dashboard")),
+        Some(_) => Err(Refused::WrongCsrf),
+        None => Err(Refused::ToLogin),
     }
 }
 
