@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::bench::{self, closed_loop, open_loop, OpenLoop};
+use crate::bench::{self, closed_loop, median, open_loop, OpenLoop};
 use crate::driver::Commit;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -498,15 +498,6 @@ pub async fn run(args: &CompareBench) -> anyhow::Result<Vec<Measured>> {
         }
     }
     Ok(out)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 pub fn table(args: &CompareBench, results: &[Measured]) -> String {

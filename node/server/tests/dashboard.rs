@@ -183,13 +183,11 @@ async fn login(client: &Client, n: &TestNode) -> String {
     set.split(';').next().unwrap().to_owned()
 }
 
-async fn get(
-    client: &Client,
-    n: &TestNode,
-    path: &str,
+/// Sends `r` with the session cookie if any: the status, the body and where it redirects.
+async fn send(
+    mut r: reqwest::RequestBuilder,
     cookie: Option<&str>,
 ) -> (StatusCode, String, Option<String>) {
-    let mut r = client.get(n.url(path));
     if let Some(c) = cookie {
         r = r.header(COOKIE, c);
     }
@@ -199,6 +197,15 @@ async fn get(
         .get(LOCATION)
         .map(|l| l.to_str().unwrap().to_owned());
     (r.status(), r.text().await.unwrap(), to)
+}
+
+async fn get(
+    client: &Client,
+    n: &TestNode,
+    path: &str,
+    cookie: Option<&str>,
+) -> (StatusCode, String, Option<String>) {
+    send(client.get(n.url(path)), cookie).await
 }
 
 fn csrf_in(html: &str) -> String {
@@ -216,18 +223,11 @@ async fn sales_form(
     csrf: &str,
     sales: &str,
 ) -> (StatusCode, Option<String>) {
-    let mut r = client
+    let r = client
         .post(n.url("/dashboard/events/rock/sales"))
         .form(&[("csrf", csrf), ("sales", sales)]);
-    if let Some(c) = cookie {
-        r = r.header(COOKIE, c);
-    }
-    let r = r.send().await.unwrap();
-    let to = r
-        .headers()
-        .get(LOCATION)
-        .map(|l| l.to_str().unwrap().to_owned());
-    (r.status(), to)
+    let (status, _, to) = send(r, cookie).await;
+    (status, to)
 }
 
 async fn sales_state(n: &TestNode) -> String {
