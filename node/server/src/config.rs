@@ -26,6 +26,9 @@ pub struct ClusterSection {
     pub max_holds_per_customer: u32,
     #[serde(default = "default_max_quantity")]
     pub max_quantity: u64,
+    /// Buyers' writes a node takes at once; past it, 503 `overloaded` with `Retry-After`.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
     /// How long an `Idempotency-Key`'s first answer is kept (default 24 h).
     #[serde(default = "default_key_ttl")]
     pub idempotency_ttl_s: u64,
@@ -67,6 +70,9 @@ fn default_reconnect() -> u64 {
 }
 fn default_hold_cap() -> u32 {
     5
+}
+fn default_max_in_flight() -> usize {
+    crate::admission::DEFAULT_MAX_IN_FLIGHT
 }
 fn default_max_quantity() -> u64 {
     20

@@ -59,6 +59,8 @@ pub type Outbound = Arc<std::sync::OnceLock<Box<dyn Fn(String, PeerMessage) + Se
 pub struct Faults {
     /// Make every synced write after this many succeed-then-fail, as a dying disk would.
     pub fail_sync_after: Option<u64>,
+    /// Make every synced write take at least this long, as a slow disk would.
+    pub sync_delay: Option<Duration>,
 }
 
 /// The core and the callers waiting on it, behind one lock.
@@ -445,6 +447,9 @@ fn write_loop(
             store.batch(&mut batch, &group);
             writes += 1;
             let sync_started = Instant::now();
+            if let Some(d) = faults.sync_delay {
+                std::thread::sleep(d);
+            }
             let result = match faults.fail_sync_after {
                 Some(n) if writes > n => Err("injected fault: the synced write failed".to_owned()),
                 _ => store.write(batch).map_err(|e| e.to_string()),

@@ -37,6 +37,7 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub sessions: crate::dashboard::Sessions,
     pub history: crate::dashboard::SaleHistory,
+    pub admission: crate::admission::Admission,
 }
 
 type St = State<Arc<AppState>>;
@@ -131,6 +132,15 @@ async fn call_render<T: Send + 'static>(
             "this node cannot make writes durable and accepts none",
         ));
     }
+    // Buyers' writes are admitted up to the node's limit; past it, refused before they cost
+    // anything (operators' edits are few and always taken).
+    let _admitted = match &command {
+        Command::Hold { .. }
+        | Command::Purchase { .. }
+        | Command::Confirm { .. }
+        | Command::Release { .. } => Some(s.admission.admit()?),
+        _ => None,
+    };
     let answer = s.core.call_render(key, command, move |core, reply| {
         reply.map(|o| render(core, o))
     });

@@ -1,6 +1,7 @@
 //! The `allot` binary's library: CLI drivers around the sans-IO core — the RocksDB store, the
 //! core and writer threads, the HTTP API, and the in-process demo.
 
+pub mod admission;
 pub mod bench;
 pub mod bench_restart;
 pub mod central;

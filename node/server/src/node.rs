@@ -41,6 +41,8 @@ pub struct NodeOptions {
     pub commit_window: Duration,
     pub max_holds_per_customer: u32,
     pub max_quantity: u64,
+    /// Buyers' writes taken at once; past it, 503 `overloaded` (`admission.rs`).
+    pub max_in_flight: usize,
     /// Test-only fault injection; `Faults::default()` everywhere else.
     pub faults: Faults,
     pub quic: SocketAddr,
@@ -91,6 +93,7 @@ impl NodeOptions {
             commit_window: DEFAULT_COMMIT_WINDOW,
             max_holds_per_customer: 5,
             max_quantity: 20,
+            max_in_flight: crate::admission::DEFAULT_MAX_IN_FLIGHT,
             faults: Faults::default(),
             quic: SocketAddr::from(([127, 0, 0, 1], 0)),
             quic_socket: None,
@@ -132,6 +135,7 @@ impl NodeOptions {
             commit_window: DEFAULT_COMMIT_WINDOW,
             max_holds_per_customer: cfg.cluster.max_holds_per_customer,
             max_quantity: cfg.cluster.max_quantity,
+            max_in_flight: cfg.cluster.max_in_flight,
             faults: Faults::default(),
             quic: r.quic,
             quic_socket: None,
@@ -275,6 +279,7 @@ pub async fn serve(
         metrics,
         sessions: crate::dashboard::Sessions::new(&opts.region),
         history: Default::default(),
+        admission: crate::admission::Admission::new(opts.max_in_flight),
     });
     tokio::spawn(crate::dashboard::sample_history(Arc::downgrade(&state)));
     let app = http::router(state);

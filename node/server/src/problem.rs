@@ -50,6 +50,19 @@ impl Problem {
         }
     }
 
+    /// More buyers' writes than the node takes at once (`admission.rs`): nothing was done;
+    /// try again in a second.
+    pub fn overloaded(limit: usize) -> Problem {
+        Problem {
+            retry_after_s: Some(1),
+            ..Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("this node is taking {limit} writes at once already; nothing was done"),
+            )
+        }
+    }
+
     pub fn not_found(kind: &'static str, detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::NOT_FOUND, kind, detail)
     }
