@@ -226,6 +226,10 @@ async fn start_postgres(dir: &Path) -> anyhow::Result<(Service, String)> {
     ))
 }
 
+/// Connections the PostgreSQL design keeps (`allot central --pool-size`'s default), and
+/// `pgbench` opens alike.
+const PG_POOL: &str = "32";
+
 /// `allot central` over a store at `url`.
 async fn start_central(store: &str, url: &str) -> anyhow::Result<(Service, SocketAddr)> {
     let port = bench::free_port()?;
@@ -367,10 +371,10 @@ fn raw_rate(
             std::fs::write(
                 &script,
                 "\\set c random(1, 1000)\n\
-                 BEGIN;\n\
-                 UPDATE pools SET remaining = remaining - 1 WHERE event = 'bench' AND pool = 'floor' AND remaining >= 1 RETURNING remaining;\n\
-                 INSERT INTO orders (event, pool, quantity, customer, payment_ref) VALUES ('bench', 'floor', 1, 'c-' || :c, 'p-raw') RETURNING id;\n\
-                 END;\n",
+                 WITH taken AS (UPDATE pools SET remaining = remaining - 1 \
+                 WHERE event = 'bench' AND pool = 'floor' AND remaining >= 1 RETURNING event, pool) \
+                 INSERT INTO orders (event, pool, quantity, customer, payment_ref) \
+                 SELECT event, pool, 1, 'c-' || :c, 'p-raw' FROM taken RETURNING id;\n",
             )?;
             let out = Command::new(bin.join("pgbench"))
                 .args([
@@ -382,7 +386,7 @@ fn raw_rate(
                     "postgres",
                     "-n",
                 ])
-                .args(["-c", &conns, "-j", "2", "-T", &seconds.to_string(), "-f"])
+                .args(["-c", PG_POOL, "-j", "2", "-T", &seconds.to_string(), "-f"])
                 .arg(&script)
                 .arg("postgres")
                 .output()
@@ -545,11 +549,16 @@ pub fn table(args: &CompareBench, results: &[Measured]) -> String {
     for &d in &args.designs {
         let (sat, p99) = (of(d, &|m| m.closed_rate), of(d, &|m| m.open_p99_ms));
         let raw = of(d, &|m| m.raw.unwrap_or(f64::NAN));
+        let offered = of(d, &|m| m.offered as f64);
+        // p99s compare only at the same offered rate.
+        let p99_ratio = if offered == of(Design::Redis, &|m| m.offered as f64) {
+            format!("{:.2}", p99 / redis_p99)
+        } else {
+            "–".to_owned()
+        };
         s += &format!(
-            "| {d:?} | {sat:.0} | {:.2} | {:.0} | {p99:.2} | {:.2} | {} | {:.2} |\n",
+            "| {d:?} | {sat:.0} | {:.2} | {offered:.0} | {p99:.2} | {p99_ratio} | {} | {:.2} |\n",
             sat / redis_sat,
-            of(d, &|m| m.offered as f64),
-            p99 / redis_p99,
             if raw.is_nan() {
                 "–".to_owned()
             } else {

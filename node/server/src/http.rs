@@ -134,14 +134,17 @@ async fn call_render<T: Send + 'static>(
     }
     // Buyers' writes are admitted up to the node's limit; past it, refused before they cost
     // anything (operators' edits are few and always taken).
-    let _admitted = match &command {
+    let admitted = match &command {
         Command::Hold { .. }
         | Command::Purchase { .. }
         | Command::Confirm { .. }
         | Command::Release { .. } => Some(s.admission.admit()?),
         _ => None,
     };
+    // The place is held until the core answers (not until this caller stops waiting), so
+    // the limit bounds what the core has in hand.
     let answer = s.core.call_render(key, command, move |core, reply| {
+        drop(admitted);
         reply.map(|o| render(core, o))
     });
     match tokio::time::timeout(CALL_TIMEOUT, answer).await {

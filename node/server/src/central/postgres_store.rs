@@ -1,6 +1,7 @@
 //! The PostgreSQL design: `synchronous_commit=on` (the server's setting, made by the bench),
 //! one row per pool, decremented with `UPDATE ... WHERE remaining >= $1 RETURNING`, and the
-//! order inserted in the same transaction, over a pool of connections. Every purchase of a
+//! order inserted in the same transaction (one statement: a data-modifying CTE), over a pool
+//! of connections. Every purchase of a
 //! pool updates the same row: the row lock is the queue.
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -18,6 +19,13 @@ CREATE TABLE IF NOT EXISTS orders (
   quantity bigint NOT NULL, customer text NOT NULL, payment_ref text NOT NULL,
   created_at timestamptz NOT NULL DEFAULT now());
 ";
+
+/// The purchase: $1 quantity, $2 event, $3 pool, $4 customer, $5 payment reference.
+pub(crate) const PURCHASE: &str = "WITH taken AS (\
+    UPDATE pools SET remaining = remaining - $1 \
+    WHERE event = $2 AND pool = $3 AND remaining >= $1 RETURNING event, pool) \
+  INSERT INTO orders (event, pool, quantity, customer, payment_ref) \
+  SELECT event, pool, $1, $4, $5 FROM taken RETURNING id";
 
 pub struct PgStore {
     pool: Pool,
@@ -61,49 +69,33 @@ impl PgStore {
         tx.commit().await.map_err(store_error)
     }
 
+    /// One statement, committed on its own: the pool's row is decremented only if enough
+    /// remains, and the order inserted from what the update returned, so the row lock is held
+    /// for one round trip and the synced commit, not for three.
     pub async fn purchase(&self, o: &PurchaseOrder<'_>) -> Result<i64, Refusal> {
         let quantity = i64::try_from(o.quantity).map_err(store_error)?;
-        let mut client = self.pool.get().await.map_err(store_error)?;
-        let take = client
-            .prepare_cached(
-                "UPDATE pools SET remaining = remaining - $1 \
-                 WHERE event = $2 AND pool = $3 AND remaining >= $1 RETURNING remaining",
+        let client = self.pool.get().await.map_err(store_error)?;
+        let buy = client.prepare_cached(PURCHASE).await.map_err(store_error)?;
+        let row = client
+            .query_opt(
+                &buy,
+                &[&quantity, &o.event, &o.pool, &o.customer, &o.payment_ref],
             )
             .await
             .map_err(store_error)?;
-        let record = client
-            .prepare_cached(
-                "INSERT INTO orders (event, pool, quantity, customer, payment_ref) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
-            )
-            .await
-            .map_err(store_error)?;
-        let tx = client.transaction().await.map_err(store_error)?;
-        let taken = tx
-            .query_opt(&take, &[&quantity, &o.event, &o.pool])
-            .await
-            .map_err(store_error)?;
-        if taken.is_none() {
-            let exists = tx
-                .query_opt(
-                    "SELECT 1 FROM pools WHERE event = $1 AND pool = $2",
-                    &[&o.event, &o.pool],
-                )
-                .await
-                .map_err(store_error)?;
-            return Err(match exists {
-                Some(_) => Refusal::SoldOut(o.pool.to_owned()),
-                None => Refusal::NotFound,
-            });
+        if let Some(row) = row {
+            return Ok(row.get(0));
         }
-        let row = tx
-            .query_one(
-                &record,
-                &[&o.event, &o.pool, &quantity, &o.customer, &o.payment_ref],
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pools WHERE event = $1 AND pool = $2",
+                &[&o.event, &o.pool],
             )
             .await
             .map_err(store_error)?;
-        tx.commit().await.map_err(store_error)?;
-        Ok(row.get(0))
+        Err(match exists {
+            Some(_) => Refusal::SoldOut(o.pool.to_owned()),
+            None => Refusal::NotFound,
+        })
     }
 }

@@ -42,7 +42,13 @@ fn store_error(e: redis::RedisError) -> Refusal {
 impl RedisStore {
     pub async fn connect(url: &str) -> anyhow::Result<RedisStore> {
         let client = redis::Client::open(url)?;
-        let conn = client.get_multiplexed_async_connection().await?;
+        // The same patience as a node's (10 s): the client's default of 500 ms would turn a
+        // slow fsync into a 503 for a purchase the script already made.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(std::time::Duration::from_secs(10)));
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         Ok(RedisStore {
             conn,
             purchase: Script::new(PURCHASE),
