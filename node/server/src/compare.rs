@@ -515,8 +515,8 @@ pub fn table(args: &CompareBench, results: &[Measured]) -> String {
          (latency from each request's due time), then a closed loop for {seconds} s (saturation).\n\n\
          A design that saturates below {rate}/s is offered 80% of its saturation instead (the \
          `offered/s` column). `store alone/s`: the store under a central design driven by its own \
-         tool with as many connections (`redis-benchmark` of the Lua script, `pgbench` of the \
-         transaction).\n\n\
+         tool (`redis-benchmark` of the Lua script with as many connections, `pgbench` of the \
+         statement with the design's 32).\n\n\
          | run | design | saturation/s | saturation: errors | saturation: p99 ms | offered/s | open: 201 | open: errors | open: achieved/s | open: p50 ms | open: p99 ms | store alone/s |\n\
          |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         args.connections
