@@ -37,8 +37,11 @@ pub struct Invalid(#[allow(dead_code)] Problem);
 
 #[derive(ToResponse)]
 #[response(
-    description = "A region that owns it, or the node, cannot answer now (Retry-After)",
-    content_type = "application/problem+json"
+    description = "A region that owns it, or the node, cannot answer now (`unavailable`, \
+                   `stock-unreachable`), or the node already takes as many buyers' writes as it \
+                   allows (`overloaded`, nothing was done): retry after Retry-After",
+    content_type = "application/problem+json",
+    headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))
 )]
 pub struct Unavailable(#[allow(dead_code)] Problem);
 

@@ -227,6 +227,16 @@ impl SeatLook {
 /// one rectangle (a block of seats moved together is one shape, and a large hall stays small).
 pub fn seat_map(rows: &[Vec<SeatLook>]) -> String {
     const CELL: usize = 8;
+    // A hall whose seats alternate in every row would be a shape per seat: megabytes per
+    // update for every open page. Past this many shapes the map is not drawn.
+    const MAX_SHAPES: usize = 20_000;
+    let shapes: usize = rows.iter().map(|r| r.chunk_by(|a, b| a == b).count()).sum();
+    if shapes > MAX_SHAPES {
+        return format!(
+            "<p class=muted>The seat map has {shapes} separate blocks of seats, too many to draw \
+             here; the figures above still add up.</p>"
+        );
+    }
     let width = rows.iter().map(Vec::len).max().unwrap_or(0) * CELL;
     let height = rows.len() * CELL;
     let mut svg = format!(
@@ -303,5 +313,24 @@ mod tests {
         let svg = seat_map(&[row]);
         assert_eq!(svg.matches("<rect").count(), 2, "{svg}");
         assert!(svg.contains("x=\"16\" y=\"0\" width=\"24\""), "{svg}");
+    }
+
+    #[test]
+    fn a_seat_map_of_too_many_shapes_is_not_drawn() {
+        let row: Vec<SeatLook> = (0..30_000)
+            .map(|i| {
+                if i % 2 == 0 {
+                    SeatLook::Sold
+                } else {
+                    SeatLook::Held
+                }
+            })
+            .collect();
+        let html = seat_map(&[row]);
+        assert!(
+            !html.contains("<rect") && html.contains("30000 separate blocks"),
+            "{}",
+            &html[..200.min(html.len())]
+        );
     }
 }
