@@ -213,6 +213,12 @@ impl Ledger {
         self.rows[r as usize].pools[pool as usize].returned.value
     }
 
+    /// Places of `pool` region `r` has sold and not refunded.
+    pub fn sold(&self, pool: PoolIdx, r: RegionIdx) -> u64 {
+        self.consumed(pool, r)
+            .saturating_sub(self.returned(pool, r))
+    }
+
     /// `initial + Σs granted_out[s][r] − Σs granted_out[r][s] − consumed + returned`.
     /// Negative only in a view that has seen `r` spend a grant whose giver's row it lacks.
     ///

@@ -39,6 +39,16 @@ pub struct PeerView {
     pub owed_since: Option<Millis>,
 }
 
+/// One region's part of a pool as this region sees it ([`EventState::region_figures`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionFigures {
+    /// Places held by live holds (another region's: its last report).
+    pub held: u64,
+    /// What it can still hold, sell or give away (this region's: `sellable`).
+    pub sellable: i64,
+    pub sale_rate_per_min: u64,
+}
+
 /// This region's recent sale rate of one pool, measured over windows of about a second.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SaleRate {
@@ -341,6 +351,27 @@ impl EventState {
             }
         }
         Ok(())
+    }
+
+    /// Region `r`'s part of a pool as this region sees it: this region's own live figures,
+    /// another region's as it last reported them (held, sale rate) and as the merged ledger
+    /// has them (what it can sell is its ledger available minus what it holds).
+    pub fn region_figures(&self, pool: PoolIdx, r: RegionIdx) -> RegionFigures {
+        let p = pool as usize;
+        if r == self.me {
+            return RegionFigures {
+                held: self.held[p],
+                sellable: self.sellable(pool),
+                sale_rate_per_min: self.rates[p].per_min,
+            };
+        }
+        let peer = &self.peers[r as usize];
+        let held = peer.held.get(p).copied().unwrap_or(0);
+        RegionFigures {
+            held,
+            sellable: self.ledger.available(pool, r).saturating_sub_unsigned(held),
+            sale_rate_per_min: peer.sale_rate_per_min.get(p).copied().unwrap_or(0),
+        }
     }
 
     /// Units of a pool still unsold anywhere, from the merged ledger: every region's

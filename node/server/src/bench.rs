@@ -202,10 +202,21 @@ pub(crate) async fn create_event(
     base: &str,
     token: &str,
 ) -> anyhow::Result<()> {
+    create_floor_event(client, base, token, "bench", 1_000_000_000).await
+}
+
+/// An event `id` with one general-admission pool `floor` of `capacity` places.
+pub(crate) async fn create_floor_event(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    id: &str,
+    capacity: u64,
+) -> anyhow::Result<()> {
     let event = json!({
-        "id": "bench", "name": "Bench", "venue": "Loopback", "lat": 0.0, "lon": 0.0,
+        "id": id, "name": "Bench", "venue": "Loopback", "lat": 0.0, "lon": 0.0,
         "starts_at": "2027-06-01T19:00:00Z", "currency": "EUR",
-        "pools": [{"id": "floor", "capacity": 1_000_000_000u64, "price_cents": 100}],
+        "pools": [{"id": "floor", "capacity": capacity, "price_cents": 100}],
         "allotments": "even"
     });
     let r = client
@@ -216,7 +227,7 @@ pub(crate) async fn create_event(
         .await?;
     if !r.status().is_success() {
         bail!(
-            "creating the bench event: {} {}",
+            "creating the event {id}: {} {}",
             r.status(),
             r.text().await.unwrap_or_default()
         );

@@ -413,21 +413,7 @@ fn raw_rate(
 async fn check_no_oversell(addr: SocketAddr) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let base = format!("http://{addr}");
-    let event = serde_json::json!({
-        "id": "check", "name": "Check", "venue": "Loopback", "lat": 0.0, "lon": 0.0,
-        "starts_at": "2027-06-01T19:00:00Z", "currency": "EUR",
-        "pools": [{"id": "floor", "capacity": 10, "price_cents": 100}],
-        "allotments": "even"
-    });
-    let created = client
-        .post(format!("{base}/v1/admin/events"))
-        .bearer_auth("bench-token")
-        .json(&event)
-        .send()
-        .await?;
-    if !created.status().is_success() {
-        bail!("creating the check event: {}", created.status());
-    }
+    bench::create_floor_event(&client, &base, "bench-token", "check", 10).await?;
     let buys = (0..20).map(|i| {
         let client = client.clone();
         let url = format!("{base}/v1/events/check/purchases");

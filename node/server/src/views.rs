@@ -500,18 +500,11 @@ pub fn ledger(core: &Core, e: &EventState) -> Value {
             let regions = (0..g.regions.len() as RegionIdx)
                 .map(|r| {
                     let l = &e.ledger;
-                    let (held, available, age, rate) = if r == e.me {
-                        (e.held[p], e.sellable(pi), Some(0), e.rates[p].per_min)
+                    let figures = e.region_figures(pi, r);
+                    let age = if r == e.me {
+                        Some(0)
                     } else {
-                        let view = &e.peers[r as usize];
-                        let held = view.held.get(p).copied().unwrap_or(0);
-                        let rate = view.sale_rate_per_min.get(p).copied().unwrap_or(0);
-                        (
-                            held,
-                            l.available(pi, r).saturating_sub_unsigned(held),
-                            view.heard_at.map(|t| now.saturating_sub(t)),
-                            rate,
-                        )
+                        e.peers[r as usize].heard_at.map(|t| now.saturating_sub(t))
                     };
                     LedgerRegion {
                         region: g.regions[r as usize].clone(),
@@ -520,10 +513,10 @@ pub fn ledger(core: &Core, e: &EventState) -> Value {
                         granted_in: l.granted_in(pi, r),
                         consumed: l.consumed(pi, r),
                         returned: l.returned(pi, r),
-                        held,
-                        available,
+                        held: figures.held,
+                        available: figures.sellable,
                         held_age_ms: age,
-                        sale_rate_per_min: rate,
+                        sale_rate_per_min: figures.sale_rate_per_min,
                     }
                 })
                 .collect();

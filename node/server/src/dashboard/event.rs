@@ -150,26 +150,17 @@ fn pools(core: &allot_node::Core, e: &EventState) -> Vec<PoolFigures> {
             let l = &e.ledger;
             let bars = (0..g.regions.len() as RegionIdx)
                 .map(|r| {
-                    let sold = l.consumed(p, r).saturating_sub(l.returned(p, r));
-                    if r == e.me {
-                        Bar {
-                            sold,
-                            held: e.held[p as usize],
-                            sellable: e.sellable(p).max(0) as u64,
-                            landing: e.pending_credit[p as usize],
-                        }
-                    } else {
-                        let held = e.peers[r as usize]
-                            .held
-                            .get(p as usize)
-                            .copied()
-                            .unwrap_or(0);
-                        Bar {
-                            sold,
-                            held,
-                            sellable: l.available(p, r).saturating_sub_unsigned(held).max(0) as u64,
-                            landing: 0,
-                        }
+                    let figures = e.region_figures(p, r);
+                    Bar {
+                        sold: l.sold(p, r),
+                        held: figures.held,
+                        sellable: figures.sellable.max(0) as u64,
+                        // Only this region knows what is credited to it and not yet durable.
+                        landing: if r == e.me {
+                            e.pending_credit[p as usize]
+                        } else {
+                            0
+                        },
                     }
                 })
                 .collect();

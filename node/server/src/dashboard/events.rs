@@ -44,16 +44,8 @@ fn rows(core: &allot_node::Core) -> Vec<EventRow> {
                 let pi = p as allot_crdt::PoolIdx;
                 capacity += pool.capacity();
                 for r in 0..g.regions.len() as allot_crdt::RegionIdx {
-                    sold += e
-                        .ledger
-                        .consumed(pi, r)
-                        .saturating_sub(e.ledger.returned(pi, r));
-                    rate += if r == e.me {
-                        e.rates[p].per_min
-                    } else {
-                        let peer = &e.peers[r as usize];
-                        peer.sale_rate_per_min.get(p).copied().unwrap_or(0)
-                    };
+                    sold += e.ledger.sold(pi, r);
+                    rate += e.region_figures(pi, r).sale_rate_per_min;
                 }
             }
             EventRow {

@@ -67,11 +67,7 @@ fn sold_by_region(core: &allot_node::Core) -> HashMap<Arc<str>, Vec<u64>> {
             let sold = (0..g.regions.len() as allot_crdt::RegionIdx)
                 .map(|r| {
                     (0..g.pools.len() as allot_crdt::PoolIdx)
-                        .map(|p| {
-                            e.ledger
-                                .consumed(p, r)
-                                .saturating_sub(e.ledger.returned(p, r))
-                        })
+                        .map(|p| e.ledger.sold(p, r))
                         .sum()
                 })
                 .collect();
