@@ -459,26 +459,26 @@ pub(crate) async fn closed_loop(
 /// The schedule of an open-loop run: request `i` is due at `start + i * interval`, whatever
 /// became of the ones before it.
 #[derive(Clone, Copy)]
-struct Load {
-    start: Instant,
-    measured_from: Instant,
-    end: Instant,
-    interval: Duration,
+pub(crate) struct Load {
+    pub start: Instant,
+    pub measured_from: Instant,
+    pub end: Instant,
+    pub interval: Duration,
     /// The pacer's shortest sleep.
-    tick: Duration,
+    pub tick: Duration,
     /// Send an `Idempotency-Key` with every purchase, as a careful front end does.
-    idempotency_keys: bool,
+    pub idempotency_keys: bool,
 }
 
 /// A request slot: its number and the instant it was due.
-type Slot = (u64, Instant);
+pub(crate) type Slot = (u64, Instant);
 
 impl Load {
     /// Releases every slot when it falls due, from a thread of its own, so that a busy
     /// runtime cannot delay the schedule (tokio's timers tick in whole milliseconds). Sleeps
     /// last at least `tick`, so a slot leaves up to about that late; the lag is measured and
     /// charged to the server, since latency counts from the due time.
-    fn pace(self, tx: tokio::sync::mpsc::UnboundedSender<Slot>) {
+    pub(crate) fn pace(self, tx: tokio::sync::mpsc::UnboundedSender<Slot>) {
         let step = self.interval.as_nanos() as u64;
         for i in 0u64.. {
             let due = self.start + Duration::from_nanos(step.saturating_mul(i));

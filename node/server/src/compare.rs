@@ -18,6 +18,8 @@ use anyhow::{bail, Context};
 
 use crate::bench::{self, closed_loop, median, open_loop, OpenLoop};
 use crate::driver::Commit;
+use crate::wan::faults::{fault_table, run_faults, Fault, FaultSettings};
+use crate::wan::{compare_wan, wan_table, WanSettings};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Design {
@@ -45,12 +47,40 @@ pub struct CompareBench {
     pub connections: usize,
     #[arg(long, value_enum, num_args = 1.., default_values_t = [Design::Allot, Design::Redis, Design::Postgres])]
     pub designs: Vec<Design>,
-    /// A quick check for CI: 1,000/s for 2 s, one run.
+    /// A quick check for CI: one round of every part at small rates (one region: 1,000/s
+    /// for 2 s; WAN: 100/s per region for 6 s; one fault run: a SIGKILL and restart).
     #[arg(long)]
     pub smoke: bool,
+    /// Which parts to run: one region alone, the emulated WAN comparison, the fault runs.
+    #[arg(long, value_enum, num_args = 1.., default_values_t = [Part::Region, Part::Wan, Part::Faults])]
+    pub parts: Vec<Part>,
+    /// WAN: mean purchases per second per region (the total is split 70/20/10).
+    #[arg(long, default_value_t = 1_000.0)]
+    pub wan_rate: f64,
+    /// WAN: seconds of load per run (the pool sells out within it).
+    #[arg(long, default_value_t = 20.0)]
+    pub wan_seconds: f64,
+    /// Fault runs: purchases per second over all regions.
+    #[arg(long, default_value_t = 600.0)]
+    pub fault_rate: f64,
+    /// Fault runs: seconds of load per run.
+    #[arg(long, default_value_t = 16.0)]
+    pub fault_seconds: f64,
+    #[arg(long, value_enum, num_args = 1.., default_values_t = [Fault::Partition, Fault::Kill, Fault::Pause])]
+    pub faults: Vec<Fault>,
     /// Write the Markdown tables here as well as to stdout.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// One region alone: saturation and an open loop per design, and the stores' own tools.
+    Region,
+    /// Three regions over the emulated WAN, buyers everywhere, allot against each design.
+    Wan,
+    /// allot under load while a region is partitioned, killed or paused; audited after.
+    Faults,
 }
 
 pub struct Measured {
@@ -71,7 +101,7 @@ pub struct Measured {
 }
 
 /// A child process stopped (and waited for) when dropped.
-struct Service {
+pub(crate) struct Service {
     child: Child,
     /// Run on drop before the kill, e.g. a clean stop of PostgreSQL.
     stop: Option<Command>,
@@ -255,17 +285,35 @@ async fn start_central(store: &str, url: &str) -> anyhow::Result<(Service, Socke
 
 /// Starts `design` in `dir`: the processes to stop afterwards and the HTTP address to load.
 /// The store under a central design, for its own benchmark tool.
-enum StoreAt {
+pub(crate) enum StoreAt {
     Nothing,
     Redis { port: u16 },
     Postgres { port: u16, bin: PathBuf },
 }
 
-/// Starts `design` in `dir`: the processes to stop afterwards, the HTTP address to load and
-/// the store behind it.
+/// Starts `design` in `dir` with the bench event: the processes to stop afterwards, the HTTP
+/// address to load and the store behind it.
 async fn start(design: Design, dir: &Path) -> anyhow::Result<(Vec<Service>, SocketAddr, StoreAt)> {
+    let (services, addr, store) = start_design(design, dir).await?;
+    bench::create_event(
+        &reqwest::Client::new(),
+        &format!("http://{addr}"),
+        BENCH_TOKEN,
+    )
+    .await?;
+    Ok((services, addr, store))
+}
+
+/// The operator token of every node and front the benches start.
+pub(crate) const BENCH_TOKEN: &str = "bench-token";
+
+/// Starts `design` in `dir`, with no event yet.
+pub(crate) async fn start_design(
+    design: Design,
+    dir: &Path,
+) -> anyhow::Result<(Vec<Service>, SocketAddr, StoreAt)> {
     let client = reqwest::Client::new();
-    let token = "bench-token";
+    let token = BENCH_TOKEN;
     let (services, addr, store) = match design {
         Design::Allot => {
             let (child, base) =
@@ -298,7 +346,6 @@ async fn start(design: Design, dir: &Path) -> anyhow::Result<(Vec<Service>, Sock
             (vec![central, pg], addr, StoreAt::Postgres { port, bin })
         }
     };
-    bench::create_event(&client, &format!("http://{addr}"), token).await?;
     Ok((services, addr, store))
 }
 
@@ -554,4 +601,78 @@ pub fn table(args: &CompareBench, results: &[Measured]) -> String {
         );
     }
     s
+}
+
+/// What `bench compare` found: the Markdown report, and the broken bars of safety (failed
+/// purchases where none may fail, a fault run's audit that did not pass).
+pub struct Report {
+    pub markdown: String,
+    pub problems: Vec<String>,
+}
+
+/// Runs the chosen parts in order; each part's table is in the report.
+pub async fn run_parts(args: &CompareBench) -> anyhow::Result<Report> {
+    let mut report = Report {
+        markdown: String::new(),
+        problems: Vec::new(),
+    };
+    if args.parts.contains(&Part::Region) {
+        let results = run(args).await?;
+        report.markdown += &table(args, &results);
+        // Every design must have answered its whole load (a p99 over the 201s alone would
+        // flatter a design that fails): a run with errors, or with nothing answered, fails.
+        for m in &results {
+            if m.open_ok == 0 || m.closed_rate < 1.0 || m.open_failed > 0 || m.closed_failed > 0 {
+                report.problems.push(format!(
+                    "one region: the {:?} design failed purchases ({} in the open loop, {} at saturation) or answered none",
+                    m.design, m.open_failed, m.closed_failed
+                ));
+            }
+        }
+    }
+    if args.parts.contains(&Part::Wan) {
+        let settings = WanSettings {
+            rate_per_region: if args.smoke { 100.0 } else { args.wan_rate },
+            seconds: if args.smoke { 6.0 } else { args.wan_seconds },
+            runs: if args.smoke { 1 } else { args.runs.max(1) },
+            designs: args.designs.clone(),
+        };
+        let results = compare_wan(&settings).await?;
+        report.markdown += "\n";
+        report.markdown += &wan_table(&settings, &results)?;
+        for m in &results {
+            if m.outcome.failures() > 0 {
+                report.problems.push(format!(
+                    "WAN run {}: {} buyers of the {:?} design saw failures: {:?}",
+                    m.run,
+                    crate::wan::Regions::standard().names[m.region],
+                    m.design,
+                    m.outcome.failed
+                ));
+            }
+        }
+    }
+    if args.parts.contains(&Part::Faults) {
+        let settings = FaultSettings {
+            rate: if args.smoke { 300.0 } else { args.fault_rate },
+            seconds: if args.smoke { 8.0 } else { args.fault_seconds },
+            faults: if args.smoke {
+                vec![Fault::Kill]
+            } else {
+                args.faults.clone()
+            },
+        };
+        let runs = run_faults(&settings).await?;
+        report.markdown += "\n";
+        report.markdown += &fault_table(&settings, &runs);
+        for r in &runs {
+            if !r.audit.passed() {
+                report.problems.push(format!(
+                    "fault run `{}`: the audit failed: {:?}",
+                    r.what, r.audit
+                ));
+            }
+        }
+    }
+    Ok(report)
 }

@@ -20,4 +20,5 @@ pub mod store;
 pub mod tls;
 pub mod transport;
 pub mod views;
+pub mod wan;
 pub mod wire;

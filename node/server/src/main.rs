@@ -270,24 +270,20 @@ fn run_compare(args: &allot::compare::CompareBench) -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let results = rt.block_on(allot::compare::run(args))?;
-    let table = allot::compare::table(args, &results);
-    println!("{table}");
+    // On Ctrl-C or SIGTERM the run is dropped, and with it every process, namespace and temp
+    // dir it made.
+    let report = rt.block_on(async {
+        tokio::select! {
+            r = allot::compare::run_parts(args) => r,
+            _ = allot::node::signal() => Err(anyhow::anyhow!("interrupted")),
+        }
+    })?;
+    println!("{}", report.markdown);
     if let Some(path) = &args.markdown {
-        std::fs::write(path, &table)?;
+        std::fs::write(path, &report.markdown)?;
     }
-    // Every design must have answered its whole load (a p99 over the 201s alone would flatter
-    // a design that fails): a run with errors, or with nothing answered, fails.
-    if let Some(m) = results
-        .iter()
-        .find(|m| m.open_ok == 0 || m.closed_rate < 1.0 || m.open_failed > 0 || m.closed_failed > 0)
-    {
-        anyhow::bail!(
-            "the {:?} design failed purchases ({} in the open loop, {} at saturation) or answered none",
-            m.design,
-            m.open_failed,
-            m.closed_failed
-        );
+    if !report.problems.is_empty() {
+        anyhow::bail!("{}", report.problems.join("\n"));
     }
     Ok(())
 }
