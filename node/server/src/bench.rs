@@ -102,6 +102,8 @@ pub(crate) struct NodeLaunch<'a> {
     pub node_binary: Option<&'a Path>,
     pub http_threads: Option<usize>,
     pub commit_window_us: Option<u64>,
+    /// Pin the node to this CPU, so a generator pinned elsewhere does not share its core.
+    pub cpu: Option<usize>,
 }
 
 impl HttpBench {
@@ -110,6 +112,7 @@ impl HttpBench {
             node_binary: self.node_binary.as_deref(),
             http_threads: self.http_threads,
             commit_window_us: self.commit_window_us,
+            cpu: None,
         }
     }
 }
@@ -158,11 +161,32 @@ pub(crate) fn spawn_node(
     if let Some(us) = args.commit_window_us {
         cmd.args(["--commit-window-us", &us.to_string()]);
     }
+    if let Some(cpu) = args.cpu {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: between fork and exec the closure only calls sched_setaffinity(2), which is
+        // async-signal-safe, on stack data.
+        unsafe {
+            cmd.pre_exec(move || pin_to_cpu(cpu));
+        }
+    }
     cmd.env("ALLOT_ADMIN_TOKEN", token)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .spawn()
         .context("starting allot node")
+}
+
+/// Pins the calling thread (and the threads it starts after) to one CPU.
+pub(crate) fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 pub(crate) async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
@@ -436,6 +460,7 @@ pub(crate) async fn closed_loop(
                     }
                     Err(_) => false,
                 };
+                tally.all_ok += u64::from(good);
                 if sent >= measured_from {
                     if good {
                         tally.ok += 1;
@@ -499,6 +524,8 @@ impl Load {
 /// What one connection saw.
 pub(crate) struct Tally {
     pub ok: u64,
+    /// 201s over the whole run, warm-up included: orders the node must still have after.
+    pub all_ok: u64,
     pub failed: u64,
     /// Of the failed, those answered 503 (shed by a node past its admission limit).
     pub shed: u64,
@@ -506,15 +533,16 @@ pub(crate) struct Tally {
     pub latency: Histogram<u64>,
     /// From each request's due time to the moment it was written: waiting for the pacer and
     /// for a free connection.
-    lag: Histogram<u64>,
+    pub lag: Histogram<u64>,
     /// The slowest answer (µs) of each 100 ms of due time.
     windows: Vec<u64>,
 }
 
 impl Tally {
-    fn new() -> anyhow::Result<Tally> {
+    pub(crate) fn new() -> anyhow::Result<Tally> {
         Ok(Tally {
             ok: 0,
+            all_ok: 0,
             failed: 0,
             shed: 0,
             latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
@@ -523,8 +551,9 @@ impl Tally {
         })
     }
 
-    fn add(&mut self, other: &Tally) -> anyhow::Result<()> {
+    pub(crate) fn add(&mut self, other: &Tally) -> anyhow::Result<()> {
         self.ok += other.ok;
+        self.all_ok += other.all_ok;
         self.failed += other.failed;
         self.shed += other.shed;
         self.latency.add(&other.latency)?;
@@ -602,31 +631,46 @@ async fn purchase_loop(
             }
             Err(_) => None,
         };
-        if due >= load.measured_from {
-            let good = status == Some(hyper::StatusCode::CREATED);
-            if good {
-                tally.ok += 1;
-            } else {
-                tally.failed += 1;
-            }
-            if status == Some(hyper::StatusCode::SERVICE_UNAVAILABLE) {
-                tally.shed += 1;
-            }
-            let us = |d: Duration| (d.as_micros() as u64).max(1);
-            let latency = us(due.elapsed());
-            // The latency of what the node took: a refusal it sheds at once is counted apart.
-            if good {
-                tally.latency.saturating_record(latency);
-            }
-            let window = (due - load.measured_from).as_millis() as usize / 100;
-            if tally.windows.len() <= window {
-                tally.windows.resize(window + 1, 0);
-            }
-            tally.windows[window] = tally.windows[window].max(latency);
-            tally
-                .lag
-                .saturating_record(us(written.saturating_duration_since(due)));
+        tally.record(due, load.measured_from, written, status);
+    }
+}
+
+impl Tally {
+    /// One request's answer: `status` (none if the connection broke), due at `due`, written
+    /// at `written`; counted only from `measured_from`, but every 201 counts in `all_ok`.
+    pub(crate) fn record(
+        &mut self,
+        due: Instant,
+        measured_from: Instant,
+        written: Instant,
+        status: Option<hyper::StatusCode>,
+    ) {
+        self.all_ok += u64::from(status == Some(hyper::StatusCode::CREATED));
+        if due < measured_from {
+            return;
         }
+        let good = status == Some(hyper::StatusCode::CREATED);
+        if good {
+            self.ok += 1;
+        } else {
+            self.failed += 1;
+        }
+        if status == Some(hyper::StatusCode::SERVICE_UNAVAILABLE) {
+            self.shed += 1;
+        }
+        let us = |d: Duration| (d.as_micros() as u64).max(1);
+        let latency = us(due.elapsed());
+        // The latency of what the node took: a refusal it sheds at once is counted apart.
+        if good {
+            self.latency.saturating_record(latency);
+        }
+        let window = (due - measured_from).as_millis() as usize / 100;
+        if self.windows.len() <= window {
+            self.windows.resize(window + 1, 0);
+        }
+        self.windows[window] = self.windows[window].max(latency);
+        self.lag
+            .saturating_record(us(written.saturating_duration_since(due)));
     }
 }
 

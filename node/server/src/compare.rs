@@ -52,8 +52,11 @@ pub struct CompareBench {
     #[arg(long)]
     pub smoke: bool,
     /// Which parts to run: one region alone, the emulated WAN comparison, the fault runs.
-    #[arg(long, value_enum, num_args = 1.., default_values_t = [Part::Region, Part::Wan, Part::Faults])]
+    #[arg(long, value_enum, num_args = 1.., default_values_t = [Part::Region, Part::Wan, Part::Faults, Part::Overload])]
     pub parts: Vec<Part>,
+    /// Overload: write the curve (offered, admitted, shed, p99) as an SVG here.
+    #[arg(long)]
+    pub overload_svg: Option<PathBuf>,
     /// WAN: mean purchases per second per region (the total is split 70/20/10).
     #[arg(long, default_value_t = 1_000.0)]
     pub wan_rate: f64,
@@ -66,7 +69,9 @@ pub struct CompareBench {
     /// Fault runs: seconds of load per run.
     #[arg(long, default_value_t = 16.0)]
     pub fault_seconds: f64,
-    #[arg(long, value_enum, num_args = 1.., default_values_t = [Fault::Partition, Fault::Kill, Fault::Pause])]
+    /// Fault runs: which faults (default: every one this binary can inject; the sync faults
+    /// need a build with `--features fault-switch`).
+    #[arg(long, value_enum, num_args = 1..)]
     pub faults: Vec<Fault>,
     /// Write the Markdown tables here as well as to stdout.
     #[arg(long)]
@@ -81,6 +86,8 @@ pub enum Part {
     Wan,
     /// allot under load while a region is partitioned, killed or paused; audited after.
     Faults,
+    /// One node (pinned to a CPU of its own) offered up to twice its saturation.
+    Overload,
 }
 
 pub struct Measured {
@@ -105,6 +112,19 @@ pub(crate) struct Service {
     child: Child,
     /// Run on drop before the kill, e.g. a clean stop of PostgreSQL.
     stop: Option<Command>,
+}
+
+impl Service {
+    pub(crate) fn new(child: Child) -> Service {
+        Service { child, stop: None }
+    }
+
+    /// SIGKILL, no clean stop: what a crash does.
+    pub(crate) fn kill_now(&mut self) {
+        self.stop = None;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Service {
@@ -658,6 +678,14 @@ pub async fn run_parts(args: &CompareBench) -> anyhow::Result<Report> {
             seconds: if args.smoke { 8.0 } else { args.fault_seconds },
             faults: if args.smoke {
                 vec![Fault::Kill]
+            } else if args.faults.is_empty() {
+                let all = <Fault as clap::ValueEnum>::value_variants();
+                let (can, cannot): (Vec<Fault>, Vec<Fault>) =
+                    all.iter().partition(|f| f.available());
+                if !cannot.is_empty() {
+                    eprintln!("bench compare: skipping {cannot:?}: they need a build with --features fault-switch");
+                }
+                can
             } else {
                 args.faults.clone()
             },
@@ -672,6 +700,21 @@ pub async fn run_parts(args: &CompareBench) -> anyhow::Result<Report> {
                     r.what, r.audit
                 ));
             }
+        }
+    }
+    if args.parts.contains(&Part::Overload) {
+        let seconds = if args.smoke { 2 } else { args.seconds };
+        let curve = crate::overload_curve::run(seconds).await?;
+        report.markdown += "\n";
+        report.markdown += &curve.table(seconds);
+        if let Some(path) = &args.overload_svg {
+            std::fs::write(path, curve.svg())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        if curve.steps.iter().any(|s| s.other_failed > 0) {
+            report
+                .problems
+                .push("overload: purchases failed other than by a 503 overloaded".into());
         }
     }
     Ok(report)

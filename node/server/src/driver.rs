@@ -12,7 +12,7 @@
 //! read never holds up the other requests, and the answer goes back in as an input.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -55,12 +55,43 @@ pub struct Durability {
 pub type Outbound = Arc<std::sync::OnceLock<Box<dyn Fn(String, PeerMessage) + Send + Sync>>>;
 
 /// Faults a test can inject into the drivers; all off in production.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Faults {
     /// Make every synced write after this many succeed-then-fail, as a dying disk would.
     pub fail_sync_after: Option<u64>,
     /// Make every synced write take at least this long, as a slow disk would.
     pub sync_delay: Option<Duration>,
+    /// The same two faults, switched on a running node: only a binary built with the
+    /// `fault-switch` feature has the endpoint that sets it (`POST /v1/admin/faults`).
+    pub switch: Arc<SyncSwitch>,
+}
+
+/// Sync faults switched while the node runs, for fault runs on real processes
+/// (`allot bench compare --parts faults`). The writer reads it before each synced write: two
+/// relaxed loads, nothing else, when it is off.
+#[derive(Debug, Default)]
+pub struct SyncSwitch {
+    delay_ms: AtomicU64,
+    failing: AtomicBool,
+}
+
+impl SyncSwitch {
+    /// Every synced write from now takes at least `delay` (zero: as fast as the disk), and
+    /// fails if `failing` (the node then stops acknowledging, as after a real failed sync).
+    pub fn set(&self, delay: Duration, failing: bool) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+        self.failing.store(failing, Ordering::Relaxed);
+    }
+
+    pub fn delay(&self) -> Option<Duration> {
+        let ms = self.delay_ms.load(Ordering::Relaxed);
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
 }
 
 /// The core and the callers waiting on it, behind one lock.
@@ -447,11 +478,14 @@ fn write_loop(
             store.batch(&mut batch, &group);
             writes += 1;
             let sync_started = Instant::now();
-            if let Some(d) = faults.sync_delay {
+            if let Some(d) = faults.sync_delay.or_else(|| faults.switch.delay()) {
                 std::thread::sleep(d);
             }
             let result = match faults.fail_sync_after {
                 Some(n) if writes > n => Err("injected fault: the synced write failed".to_owned()),
+                _ if faults.switch.failing() => {
+                    Err("injected fault (switched on): the synced write failed".to_owned())
+                }
                 _ => store.write(batch).map_err(|e| e.to_string()),
             };
             metrics

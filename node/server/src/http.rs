@@ -38,13 +38,18 @@ pub struct AppState {
     pub sessions: crate::dashboard::Sessions,
     pub history: crate::dashboard::SaleHistory,
     pub admission: crate::admission::Admission,
+    /// Set only through `POST /v1/admin/faults`, which only a `fault-switch` build has.
+    pub sync_switch: Arc<crate::driver::SyncSwitch>,
 }
 
 type St = State<Arc<AppState>>;
 type ApiResult = Result<Response, Problem>;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let routes = Router::new();
+    #[cfg(feature = "fault-switch")]
+    let routes = crate::fault_switch::routes(routes);
+    routes
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
         .route("/readyz", get(readyz))

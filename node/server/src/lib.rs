@@ -11,10 +11,13 @@ pub mod dashboard;
 pub mod demo;
 pub mod driver;
 pub mod extract;
+#[cfg(feature = "fault-switch")]
+pub mod fault_switch;
 pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod openapi;
+pub mod overload_curve;
 pub mod problem;
 pub mod store;
 pub mod tls;

@@ -218,6 +218,7 @@ pub async fn serve(
     cfg.peer_rtt_ms = opts.peer_rtt_ms.clone();
     let outbound: Outbound = Arc::default();
     let metrics = crate::metrics::Metrics::new();
+    let sync_switch = opts.faults.switch.clone();
     let running = driver::start(
         cfg,
         store,
@@ -280,6 +281,7 @@ pub async fn serve(
         sessions: crate::dashboard::Sessions::new(&opts.region),
         history: Default::default(),
         admission: crate::admission::Admission::new(opts.max_in_flight),
+        sync_switch,
     });
     tokio::spawn(crate::dashboard::sample_history(Arc::downgrade(&state)));
     let app = http::router(state);

@@ -200,9 +200,10 @@ pub async fn audit(
                 format!("{} {left}", r.region)
             })
             .collect();
-        audit
-            .pools
-            .push(format!("{pool}: {in_pool}/{cap} sold, unsold {}", unsold.join(", ")));
+        audit.pools.push(format!(
+            "{pool}: {in_pool}/{cap} sold, unsold {}",
+            unsold.join(", ")
+        ));
     }
     let mut seats = BTreeSet::new();
     for o in &confirmed {

@@ -25,6 +25,7 @@ pub struct Cluster {
     nodes: Vec<Option<Child>>,
     commands: Vec<std::process::Command>,
     links: BTreeMap<(usize, usize), Arc<Link>>,
+    token: String,
     _relay: Relay,
     client: reqwest::Client,
 }
@@ -108,6 +109,7 @@ impl Cluster {
             nodes: (0..n).map(|_| None).collect(),
             commands,
             links,
+            token: token.to_owned(),
             _relay: relay,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
@@ -155,6 +157,30 @@ impl Cluster {
             "{} did not learn of {event} within 30 s",
             self.regions.names[i]
         )
+    }
+
+    /// Switches region `i`'s sync faults (`POST /v1/admin/faults`, a `fault-switch` build's).
+    pub async fn sync_faults(
+        &self,
+        i: usize,
+        delay: Duration,
+        failing: bool,
+    ) -> anyhow::Result<()> {
+        let r = self
+            .client
+            .post(format!("{}/v1/admin/faults", self.base(i)))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({"sync_delay_ms": delay.as_millis() as u64, "fail_syncs": failing}))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            anyhow::bail!(
+                "switching sync faults at {}: {}",
+                self.regions.names[i],
+                r.status()
+            );
+        }
+        Ok(())
     }
 
     fn signal(&self, i: usize, signal: libc::c_int) -> anyhow::Result<()> {

@@ -22,6 +22,20 @@ pub enum Fault {
     Kill,
     /// eu-west stopped with SIGSTOP (sockets open, nothing answered), then SIGCONT.
     Pause,
+    /// eu-west's synced writes take 250 ms each (a slow disk), then recover. Needs a build
+    /// with the `fault-switch` feature (the switch is an endpoint of the running node).
+    SlowSync,
+    /// us-east's synced writes fail: it stops acknowledging (fail-stop) until an operator
+    /// restarts it, which the bench does, SIGKILL and start, at the end of the hit. Needs
+    /// the `fault-switch` feature.
+    FailingSync,
+}
+
+impl Fault {
+    /// Whether this binary can inject it.
+    pub fn available(self) -> bool {
+        !matches!(self, Fault::SlowSync | Fault::FailingSync) || cfg!(feature = "fault-switch")
+    }
 }
 
 impl Fault {
@@ -31,6 +45,10 @@ impl Fault {
             Fault::Partition => format!("eu-west cut off from us-east and ap-south for {s:.0} s"),
             Fault::Kill => format!("us-east SIGKILLed, restarted {s:.0} s later"),
             Fault::Pause => format!("eu-west SIGSTOPped for {s:.0} s, then SIGCONT"),
+            Fault::SlowSync => format!("eu-west's syncs take 250 ms each for {s:.0} s"),
+            Fault::FailingSync => {
+                format!("us-east's syncs fail; restarted (SIGKILL, start) {s:.0} s later")
+            }
         }
     }
 }
@@ -114,11 +132,30 @@ async fn inject(
             tokio::time::sleep(hit).await;
             cluster.pause(0, false)?;
         }
+        Fault::SlowSync => {
+            cluster
+                .sync_faults(0, Duration::from_millis(250), false)
+                .await?;
+            tokio::time::sleep(hit).await;
+            cluster.sync_faults(0, Duration::ZERO, false).await?;
+        }
+        Fault::FailingSync => {
+            cluster.sync_faults(1, Duration::ZERO, true).await?;
+            tokio::time::sleep(hit).await;
+            cluster.kill(1)?;
+            cluster.restart(1).await?;
+        }
     }
     Ok(())
 }
 
 pub async fn run_faults(settings: &FaultSettings) -> anyhow::Result<Vec<FaultRun>> {
+    if let Some(f) = settings.faults.iter().find(|f| !f.available()) {
+        anyhow::bail!(
+            "the {f:?} fault needs a node built with the fault-switch feature: \
+             cargo build --release -p allot --features fault-switch"
+        );
+    }
     let regions = Regions::standard();
     let fabric = Fabric::create(regions.names.len())?;
     let mut out = Vec::new();
