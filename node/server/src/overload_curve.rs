@@ -296,7 +296,23 @@ impl Curve {
             line(pts(&|s| s.admitted_per_s, max_rate), "#2a7", ""),
             line(pts(&|s| s.shed_per_s, max_rate), "#d62", ""),
         );
-        let right = line(pts(&|s| s.p99_ms, max_p99), "#36c", "");
+        // The p99 spans milliseconds to seconds: a log scale, from 1 ms.
+        let log_max = max_p99.max(10.0).log10();
+        let right_pts = self
+            .steps
+            .iter()
+            .map(|s| (x(s.fraction), y(s.p99_ms.max(1.0).log10(), log_max)))
+            .collect();
+        let mut right = line(right_pts, "#36c", "");
+        for tick in [1.0f64, 10.0, 100.0, 1000.0, 10000.0] {
+            if tick <= max_p99.max(10.0) {
+                right += &format!(
+                    r##"<text x="{}" y="{:.1}" font-size="10" fill="#666">{tick}</text>"##,
+                    w - pad + 4.0,
+                    y(tick.log10(), log_max) + 3.0
+                );
+            }
+        }
         format!(
             r##"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif">{}{}<text x="{pad}" y="{}" font-size="11" fill="#2a7">admitted/s</text><text x="120" y="{}" font-size="11" fill="#d62">shed/s</text><text x="180" y="{}" font-size="11" fill="#999">offered/s</text><text x="{}" y="{}" font-size="11" fill="#36c">p99 of admitted (ms)</text></svg>"##,
             2.0 * w,
@@ -307,7 +323,7 @@ impl Curve {
                 left,
                 format!("{max_rate:.0}")
             ),
-            panel(w, "Admitted p99 (ms)", right, format!("{max_p99:.1}")),
+            panel(w, "Admitted p99 (ms, log scale)", right, String::new()),
             h + 12.0,
             h + 12.0,
             h + 12.0,

@@ -208,7 +208,7 @@ pub fn fault_table(settings: &FaultSettings, runs: &[FaultRun]) -> String {
          buyers retry 503s, timeouts (5 s) and broken connections with the same Idempotency-Key \
          for up to a minute. The fault starts a quarter into the load. The audit, after the \
          load and the heal, reads every region's ledger and orders through the API.\n\n\
-         | fault | acknowledged | of which forwarded | sold out | failed | retries | sold / capacity | oversold | seats sold twice | lost acknowledged | orders per key > 1 | ledger ≠ orders | converged after heal | verdict |\n\
+         | fault | acknowledged | of which forwarded | sold out | failed | retries | sold / capacity | oversold | seats sold twice | lost acknowledged | orders per key > 1 | ledger ≠ orders | ledgers converged (audit wait) | verdict |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
         settings.rate, settings.seconds
     );
