@@ -169,11 +169,27 @@ pub(crate) fn spawn_node(
             cmd.pre_exec(move || pin_to_cpu(cpu));
         }
     }
-    cmd.env("ALLOT_ADMIN_TOKEN", token)
+    dies_with_bench(&mut cmd)
+        .env("ALLOT_ADMIN_TOKEN", token)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .spawn()
         .context("starting allot node")
+}
+
+/// Makes a child the bench starts die with it (`PR_SET_PDEATHSIG`), so a bench killed with
+/// SIGKILL, which runs no cleanup, leaves no node or store running behind it.
+pub(crate) fn dies_with_bench(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure only calls prctl(2), async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Pins the calling thread (and the threads it starts after) to one CPU.

@@ -163,7 +163,7 @@ async fn wait_port(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
 fn start_redis(dir: &Path) -> anyhow::Result<(Service, String)> {
     need("redis-server")?;
     let port = bench::free_port()?;
-    let child = Command::new("redis-server")
+    let child = bench::dies_with_bench(&mut Command::new("redis-server"))
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args([
             "--appendonly",
@@ -284,7 +284,7 @@ const PG_POOL: &str = "32";
 async fn start_central(store: &str, url: &str) -> anyhow::Result<(Service, SocketAddr)> {
     let port = bench::free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let child = Command::new(std::env::current_exe()?)
+    let child = bench::dies_with_bench(&mut Command::new(std::env::current_exe()?))
         .args([
             "central",
             "--store",

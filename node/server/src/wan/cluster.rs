@@ -26,6 +26,8 @@ pub struct Cluster {
     commands: Vec<std::process::Command>,
     links: BTreeMap<(usize, usize), Arc<Link>>,
     token: String,
+    /// Each node's stderr, for the message when one does not come up.
+    logs: Vec<std::path::PathBuf>,
     _relay: Relay,
     client: reqwest::Client,
 }
@@ -53,6 +55,7 @@ impl Cluster {
             |i: usize, port: u16| SocketAddr::new(IpAddr::V4(fabric.regions[i].inside), port);
         let exe = std::env::current_exe().context("locating the allot binary")?;
         let mut commands = Vec::new();
+        let mut logs = Vec::new();
         for i in 0..n {
             let mut toml = format!(
                 "[cluster]\nname = \"wan\"\ncatalog_region = \"{}\"\ngossip_interval_ms = 50\n\
@@ -91,9 +94,12 @@ impl Cluster {
             }
             let config = dir.join(format!("{}.toml", names[i]));
             std::fs::write(&config, toml)?;
-            let log = std::fs::File::create(dir.join(format!("{}.log", names[i])))?;
+            let log_path = dir.join(format!("{}.log", names[i]));
+            let log = std::fs::File::create(&log_path)?;
+            logs.push(log_path);
             let mut cmd = fabric.command(i, &exe);
-            cmd.args(["node", "--config"])
+            crate::bench::dies_with_bench(&mut cmd)
+                .args(["node", "--config"])
                 .arg(&config)
                 .args(["--region", &names[i]])
                 .env("ALLOT_ADMIN_TOKEN", token)
@@ -110,6 +116,7 @@ impl Cluster {
             commands,
             links,
             token: token.to_owned(),
+            logs,
             _relay: relay,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
@@ -139,7 +146,15 @@ impl Cluster {
     pub async fn wait_ready(&self, i: usize) -> anyhow::Result<()> {
         crate::bench::wait_ready(&self.client, &self.base(i))
             .await
-            .with_context(|| format!("the {} node", self.regions.names[i]))
+            .with_context(|| {
+                let log = std::fs::read_to_string(&self.logs[i]).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                format!(
+                    "the {} node (its last log lines: {})",
+                    self.regions.names[i],
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+                )
+            })
     }
 
     /// Waits until region `i` knows `event` (it arrives there by gossip).
