@@ -173,6 +173,19 @@ pub async fn audit(
                 .with_context(|| format!("listing the orders at {b}"))?,
         );
     }
+    judge(&mut audit, &rows, &capacity, &all, acked);
+    Ok(audit)
+}
+
+/// The checks, on what the API answered: `rows` (the converged ledger), `capacity` per pool,
+/// every region's orders, and the orders the buyers were acknowledged.
+fn judge(
+    audit: &mut Audit,
+    rows: &Rows,
+    capacity: &BTreeMap<String, u64>,
+    all: &[OrderView],
+    acked: &[Acked],
+) {
     audit.orders = all.len();
     audit.capacity = capacity.values().sum();
     let confirmed: Vec<&OrderView> = all.iter().filter(|o| o.status == "confirmed").collect();
@@ -183,7 +196,7 @@ pub async fn audit(
             .or_default() += o.quantity;
     }
     audit.sold = sold.values().sum();
-    for (pool, cap) in &capacity {
+    for (pool, cap) in capacity {
         let in_pool: u64 = sold
             .iter()
             .filter(|((p, _), _)| p == pool)
@@ -220,11 +233,11 @@ pub async fn audit(
         .filter(|a| !ids.contains(a.order_id.as_str()))
         .count();
     let mut per_key: HashMap<&str, usize> = HashMap::new();
-    for o in &all {
+    for o in all {
         *per_key.entry(o.payment_ref.as_str()).or_default() += 1;
     }
     audit.duplicate_keys = per_key.values().filter(|&&n| n > 1).count();
-    for (pool, regions) in &rows {
+    for (pool, regions) in rows {
         for row in regions {
             let ledger_sold = row.consumed.saturating_sub(row.returned);
             let orders_sold = sold
@@ -236,5 +249,103 @@ pub async fn audit(
             }
         }
     }
-    Ok(audit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(region: &str, initial: u64, consumed: u64) -> LedgerRow {
+        LedgerRow {
+            region: region.into(),
+            initial,
+            granted_out: 0,
+            granted_in: 0,
+            consumed,
+            returned: 0,
+        }
+    }
+
+    fn order(id: &str, region: &str, quantity: u64, seats: &[&str], key: &str) -> OrderView {
+        OrderView {
+            order_id: id.into(),
+            pool: Some("stalls".into()),
+            quantity,
+            seats: seats.iter().map(|s| s.to_string()).collect(),
+            region: region.into(),
+            payment_ref: key.into(),
+            status: "confirmed".into(),
+        }
+    }
+
+    fn acked(id: &str, key: &str) -> Acked {
+        Acked {
+            key: key.into(),
+            order_id: id.into(),
+            seller: id.split('-').nth(1).unwrap_or_default().into(),
+            quantity: 1,
+        }
+    }
+
+    /// A pool of 4 in two regions, 2 each; `consumed` per region as given.
+    fn judged(consumed: [u64; 2], orders: &[OrderView], acks: &[Acked]) -> Audit {
+        let rows: Rows = [(
+            "stalls".to_string(),
+            vec![row("eu", 2, consumed[0]), row("us", 2, consumed[1])],
+        )]
+        .into();
+        let capacity = [("stalls".to_string(), 4)].into();
+        let mut audit = Audit {
+            converged_after: Some(Duration::ZERO),
+            ..Audit::default()
+        };
+        judge(&mut audit, &rows, &capacity, orders, acks);
+        audit
+    }
+
+    #[test]
+    fn a_clean_sale_passes() {
+        let orders = [
+            order("o-eu-1", "eu", 2, &["A-1", "A-2"], "k1"),
+            order("o-us-1", "us", 1, &["B-1"], "k2"),
+        ];
+        let a = judged(
+            [2, 1],
+            &orders,
+            &[acked("o-eu-1", "k1"), acked("o-us-1", "k2")],
+        );
+        assert!(a.passed(), "{a:?}");
+        assert_eq!((a.sold, a.capacity, a.orders), (3, 4, 2));
+    }
+
+    #[test]
+    fn every_broken_promise_is_caught() {
+        // Sold past capacity, a seat twice, two orders under one key.
+        let orders = [
+            order("o-eu-1", "eu", 2, &["A-1", "A-2"], "k1"),
+            order("o-us-1", "us", 2, &["A-2", "B-1"], "k1"),
+            order("o-us-2", "us", 1, &["B-2"], "k3"),
+        ];
+        let a = judged([2, 3], &orders, &[acked("o-eu-1", "k1")]);
+        assert_eq!(a.oversold, 1);
+        assert_eq!(a.seats_sold_twice, 1);
+        assert_eq!(a.duplicate_keys, 1);
+        assert!(!a.passed());
+
+        // An acknowledged order missing, and a ledger that counts a sale no order shows.
+        let orders = [order("o-eu-1", "eu", 1, &["A-1"], "k1")];
+        let a = judged(
+            [2, 0],
+            &orders,
+            &[acked("o-eu-1", "k1"), acked("o-us-7", "k9")],
+        );
+        assert_eq!(a.lost_acknowledged, 1);
+        assert_eq!(a.ledger_mismatches, 1);
+        assert!(!a.passed());
+
+        // Not converged within the wait: a failure even with nothing else wrong.
+        let mut a = judged([0, 0], &[], &[]);
+        a.converged_after = None;
+        assert!(!a.passed());
+    }
 }
