@@ -218,6 +218,12 @@ pub async fn serve(
     cfg.peer_rtt_ms = opts.peer_rtt_ms.clone();
     let outbound: Outbound = Arc::default();
     let metrics = crate::metrics::Metrics::new();
+    if cfg!(feature = "fault-switch") {
+        tracing::warn!(
+            "built with the fault-switch feature: POST /v1/admin/faults can slow or fail this \
+             node's syncs (a test build, never for production)"
+        );
+    }
     let sync_switch = opts.faults.switch.clone();
     let running = driver::start(
         cfg,

@@ -24,10 +24,16 @@ pub struct Step {
     pub p99_ms: f64,
     /// The generator's own wait before sending (p99): large means it, not the node, lagged.
     pub send_wait_p99_ms: f64,
+    /// 503s that were not a proper `overloaded` with `Retry-After`.
+    pub improper_sheds: u64,
+    /// Connections the generator had open by the end of the step.
+    pub connections: usize,
 }
 
 pub struct Curve {
     pub pinned: bool,
+    /// At most one synced write per this many µs (0: as fast as the disk syncs).
+    pub commit_window_us: u64,
     pub saturation: f64,
     pub steps: Vec<Step>,
     /// 201s over every load (warm-ups included), and the orders the restarted node holds.
@@ -43,7 +49,7 @@ const FRACTIONS: [f64; 6] = [0.5, 0.8, 1.0, 1.25, 1.5, 2.0];
 const CONNECTIONS: usize = 320;
 
 /// Runs the curve; `seconds` per step.
-pub async fn run(seconds: u64) -> anyhow::Result<Curve> {
+pub async fn run(seconds: u64, commit_window_us: u64) -> anyhow::Result<Curve> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = cpus >= 2;
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -58,17 +64,18 @@ pub async fn run(seconds: u64) -> anyhow::Result<Curve> {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?
-                    .block_on(measure(seconds, pinned))
+                    .block_on(measure(seconds, pinned, commit_window_us))
             })();
             let _ = tx.send(result);
         })?;
     rx.await.context("the generator thread died")?
 }
 
-async fn measure(seconds: u64, pinned: bool) -> anyhow::Result<Curve> {
+async fn measure(seconds: u64, pinned: bool, commit_window_us: u64) -> anyhow::Result<Curve> {
     let dir = tempfile::tempdir()?;
     let launch = NodeLaunch {
         cpu: pinned.then_some(1),
+        commit_window_us: (commit_window_us > 0).then_some(commit_window_us),
         ..NodeLaunch::default()
     };
     let (child, base) = bench::start_node(dir.path(), Commit::Group, BENCH_TOKEN, &launch)?;
@@ -90,7 +97,12 @@ async fn measure(seconds: u64, pinned: bool) -> anyhow::Result<Curve> {
             pace_us: 500,
             idempotency_keys: false,
         };
-        let (t, s) = paced(addr, &spec).await?;
+        let Arrivals {
+            tally: t,
+            seconds: s,
+            improper_sheds,
+            connections,
+        } = arrivals(addr, &spec).await?;
         acknowledged += t.all_ok;
         let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         let step = Step {
@@ -102,6 +114,8 @@ async fn measure(seconds: u64, pinned: bool) -> anyhow::Result<Curve> {
             p50_ms: ms(&t.latency, 0.5),
             p99_ms: ms(&t.latency, 0.99),
             send_wait_p99_ms: ms(&t.lag, 0.99),
+            improper_sheds,
+            connections,
         };
         eprintln!(
             "overload {:.2}x: offered {offered}/s, admitted {:.0}/s, shed {:.0}/s, p99 {:.2} ms, send wait p99 {:.2} ms",
@@ -129,13 +143,16 @@ async fn measure(seconds: u64, pinned: bool) -> anyhow::Result<Curve> {
     let held_after_restart = ledger["pools"][0]["regions"][0]["consumed"]
         .as_u64()
         .context("the ledger's consumed count")?;
-    if held_after_restart < acknowledged {
+    // Every 201 is an order; a request that failed otherwise changed nothing (none expected:
+    // the step table's `other errors`), so the counts must be equal.
+    if held_after_restart != acknowledged {
         bail!(
             "the restarted node holds {held_after_restart} orders of {acknowledged} acknowledged"
         );
     }
     Ok(Curve {
         pinned,
+        commit_window_us,
         saturation,
         steps,
         acknowledged,
@@ -143,60 +160,139 @@ async fn measure(seconds: u64, pinned: bool) -> anyhow::Result<Curve> {
     })
 }
 
-/// An open loop lean enough for one core to offer twice what the node carries: each
-/// connection keeps its own schedule (every `connections`-th slot of the run), so no slot
-/// passes through a shared queue or a pacer thread. A connection still busy when its next
-/// slot falls due sends late, and the wait counts in that request's latency.
-async fn paced(addr: std::net::SocketAddr, spec: &OpenLoop) -> anyhow::Result<(Tally, f64)> {
+/// Connections the generator may open at most: four times the node's admission places, so
+/// the excess reaches the node (as many buyers' own connections would) instead of waiting in
+/// the generator; not more, since a generator that falls behind would otherwise open
+/// connections faster than either side can set them up (8,192 did: a storm of handshakes).
+const MAX_CONNECTIONS: usize = 1024;
+
+/// What an open loop of arrivals measured.
+struct Arrivals {
+    tally: Tally,
+    seconds: f64,
+    /// 503s without `Retry-After` or not of type `overloaded`: the shedding is not as promised.
+    improper_sheds: u64,
+    connections: usize,
+}
+
+/// An open loop of arrivals: every request leaves at its due time, on an idle keep-alive
+/// connection or, when every one is busy, on a new one. Past saturation the excess reaches
+/// the node, which must shed it; the generator holds nothing back (unlike one schedule per
+/// fixed connection, which turns into a closed loop once the node falls behind).
+async fn arrivals(addr: std::net::SocketAddr, spec: &OpenLoop) -> anyhow::Result<Arrivals> {
     use http_body_util::BodyExt;
-    let warmup = std::time::Duration::from_secs(1);
-    let n = spec.connections.max(1) as u64;
-    let interval = std::time::Duration::from_secs_f64(1.0 / spec.rate.max(1) as f64);
-    let start = tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    let mut idle = Vec::new();
+    for _ in 0..spec.connections {
+        idle.push(connect(addr).await?);
+    }
+    let idle = Arc::new(Mutex::new(idle));
+    let opened = Arc::new(AtomicUsize::new(spec.connections));
+    let improper = Arc::new(AtomicU64::new(0));
+    let tally = Arc::new(Mutex::new(Tally::new()?));
+    let warmup = Duration::from_secs(1);
+    let interval = Duration::from_secs_f64(1.0 / spec.rate.max(1) as f64);
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let measured_from = start + warmup;
-    let end = measured_from + std::time::Duration::from_secs(spec.seconds);
-    let mut tasks = Vec::new();
-    for c in 0..n {
-        let mut sender = connect(addr).await?;
-        tasks.push(tokio::spawn(async move {
-            let mut tally = Tally::new()?;
-            let host = addr.to_string();
-            for k in 0u64.. {
-                let i = c + k * n;
-                let due = start + interval * u32::try_from(i)?;
-                if due >= end {
-                    break;
+    let end = measured_from + Duration::from_secs(spec.seconds);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0u64.. {
+        let due = start + interval.mul_f64(i as f64);
+        if due >= end {
+            break;
+        }
+        tokio::time::sleep_until(due).await;
+        while let Some(done) = tasks.try_join_next() {
+            done??;
+        }
+        let (idle, opened, improper, tally) = (
+            idle.clone(),
+            opened.clone(),
+            improper.clone(),
+            tally.clone(),
+        );
+        tasks.spawn(async move {
+            let pooled = idle.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop();
+            let mut sender = match pooled {
+                Some(s) => Some(s),
+                None if opened.fetch_add(1, Ordering::Relaxed) < MAX_CONNECTIONS => {
+                    connect(addr).await.ok()
                 }
-                tokio::time::sleep_until(due).await;
-                let written = tokio::time::Instant::now();
-                if sender.ready().await.is_err() {
-                    sender = connect(addr).await?;
-                }
-                let status = match sender.send_request(purchase_request(&host, i, None)?).await {
-                    Ok(r) => {
-                        let status = r.status();
-                        r.into_body().collect().await.ok().map(|_| status)
+                None => {
+                    // Past the generator's own limit: wait for a connection, and say so.
+                    loop {
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                        if let Some(s) = idle.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop()
+                        {
+                            break Some(s);
+                        }
                     }
-                    Err(_) => None,
-                };
-                tally.record(
+                }
+            };
+            if let Some(s) = &mut sender {
+                if s.ready().await.is_err() {
+                    sender = connect(addr).await.ok();
+                }
+            }
+            let written = tokio::time::Instant::now();
+            let mut status = None;
+            if let Some(s) = &mut sender {
+                if let Ok(r) = s
+                    .send_request(purchase_request(&addr.to_string(), i, None)?)
+                    .await
+                {
+                    let code = r.status();
+                    let retry_after = r.headers().contains_key(hyper::header::RETRY_AFTER);
+                    if let Ok(body) = r.into_body().collect().await {
+                        status = Some(code);
+                        let overloaded = String::from_utf8_lossy(&body.to_bytes())
+                            .contains("urn:allot:problem:overloaded");
+                        if code == hyper::StatusCode::SERVICE_UNAVAILABLE
+                            && !(retry_after && overloaded)
+                        {
+                            improper.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            tally
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .record(
                     due.into_std(),
                     measured_from.into_std(),
                     written.into_std(),
                     status,
                 );
+            if let (Some(s), Some(_)) = (sender, status) {
+                idle.lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .push(s);
             }
-            anyhow::Ok(tally)
-        }));
+            anyhow::Ok(())
+        });
     }
-    let mut total = Tally::new()?;
-    for t in tasks {
-        total.add(&t.await??)?;
+    while let Some(done) = tasks.join_next().await {
+        done??;
     }
     // Answers to the measured slots may come after their window when the node falls behind:
     // rates are per second of the time they actually took.
-    let took = measured_from.elapsed().as_secs_f64();
-    Ok((total, took.max(spec.seconds as f64)))
+    let seconds = measured_from
+        .elapsed()
+        .as_secs_f64()
+        .max(spec.seconds as f64);
+    let tally = std::mem::replace(
+        &mut *tally.lock().map_err(|_| anyhow::anyhow!("poisoned"))?,
+        Tally::new()?,
+    );
+    Ok(Arrivals {
+        tally,
+        seconds,
+        improper_sheds: improper.load(Ordering::Relaxed),
+        connections: opened.load(Ordering::Relaxed).min(MAX_CONNECTIONS),
+    })
 }
 
 impl Curve {
@@ -213,23 +309,33 @@ impl Curve {
 
     pub fn table(&self, seconds: u64) -> String {
         let mut s = format!(
-            "Overload: one node {}, saturation (closed loop, {CONNECTIONS} connections, {seconds} s) {:.0}/s; \
-             then an open loop of {seconds} s at each fraction of it over as many connections \
-             (more than the node's 256 admission places). Latency of the admitted (201s) \
+            "Overload: one node {}{}, saturation (closed loop, {CONNECTIONS} connections, {seconds} s) {:.0}/s; \
+             then an open loop of {seconds} s at each fraction of it: every request leaves at its due \
+             time, on an idle connection or a new one (up to {MAX_CONNECTIONS}), so the excess reaches the node. Latency of the admitted (201s) \
              from each request's due time; `send wait`: the generator's own delay before \
              sending.\n\n\
-             | offered (× saturation) | offered/s | admitted/s | shed (503)/s | other errors | p50 ms | p99 ms | send wait p99 ms |\n\
-             |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             | offered (× saturation) | offered/s | admitted/s | shed (503)/s | other errors | p50 ms | p99 ms | send wait p99 ms | connections |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
             if self.pinned {
                 "pinned to CPU 1 and the generator to CPU 0"
             } else {
                 "sharing its CPU with the generator (fewer than 2 CPUs)"
             },
+            if self.commit_window_us > 0 {
+                format!(
+                    ", at most one synced write per {} ms (`--commit-window-us {}`: the disk, \
+                     not the CPU, is its limit)",
+                    self.commit_window_us / 1000,
+                    self.commit_window_us
+                )
+            } else {
+                String::new()
+            },
             self.saturation
         );
         for st in &self.steps {
             s += &format!(
-                "| {:.2} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.2} |\n",
+                "| {:.2} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} |\n",
                 st.fraction,
                 st.offered,
                 st.admitted_per_s,
@@ -237,7 +343,8 @@ impl Curve {
                 st.other_failed,
                 st.p50_ms,
                 st.p99_ms,
-                st.send_wait_p99_ms
+                st.send_wait_p99_ms,
+                st.connections
             );
         }
         s += &format!(

@@ -14,6 +14,9 @@ use super::load::Acked;
 #[derive(Deserialize)]
 struct Ledger {
     pools: Vec<LedgerPool>,
+    /// Which versions of each region's row this view has merged: equal views have seen the
+    /// same history, not only counters that happen to match.
+    version_vector: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -42,7 +45,7 @@ struct OrderPage {
 #[derive(Deserialize)]
 struct OrderView {
     order_id: String,
-    pool: Option<String>,
+    pool: String,
     quantity: u64,
     seats: Vec<String>,
     region: String,
@@ -60,6 +63,8 @@ pub struct Audit {
     pub pools: Vec<String>,
     pub oversold: u64,
     pub seats_sold_twice: usize,
+    /// Orders of assigned seats whose seat count is not their quantity.
+    pub seats_not_quantity: usize,
     pub lost_acknowledged: usize,
     pub duplicate_keys: usize,
     /// (region, pool) whose ledger's sold count differs from its orders.
@@ -72,6 +77,7 @@ impl Audit {
     pub fn passed(&self) -> bool {
         self.oversold == 0
             && self.seats_sold_twice == 0
+            && self.seats_not_quantity == 0
             && self.lost_acknowledged == 0
             && self.duplicate_keys == 0
             && self.ledger_mismatches == 0
@@ -86,7 +92,7 @@ async fn ledger(
     base: &str,
     token: &str,
     event: &str,
-) -> anyhow::Result<(Rows, BTreeMap<String, u64>)> {
+) -> anyhow::Result<(Rows, BTreeMap<String, u64>, serde_json::Value)> {
     let r = client
         .get(format!("{base}/v1/admin/events/{event}/ledger"))
         .bearer_auth(token)
@@ -102,7 +108,7 @@ async fn ledger(
         .map(|p| (p.pool.clone(), p.capacity))
         .collect();
     let rows = l.pools.into_iter().map(|p| (p.pool, p.regions)).collect();
-    Ok((rows, capacity))
+    Ok((rows, capacity, l.version_vector))
 }
 
 async fn orders(
@@ -145,7 +151,7 @@ pub async fn audit(
         .build()?;
     let started = Instant::now();
     let mut audit = Audit::default();
-    let (rows, capacity) = loop {
+    let (rows, capacity, _) = loop {
         let mut views = Vec::new();
         for b in bases {
             // A node still catching up after a restart may not answer yet: that is not converged.
@@ -153,7 +159,11 @@ pub async fn audit(
                 views.push(v);
             }
         }
-        if views.len() == bases.len() && views.windows(2).all(|w| w[0].0 == w[1].0) {
+        if views.len() == bases.len()
+            && views
+                .windows(2)
+                .all(|w| (&w[0].0, &w[0].2) == (&w[1].0, &w[1].2))
+        {
             audit.converged_after = Some(started.elapsed());
             break views.swap_remove(0);
         }
@@ -192,7 +202,7 @@ fn judge(
     let mut sold: HashMap<(&str, &str), u64> = HashMap::new();
     for o in &confirmed {
         *sold
-            .entry((o.pool.as_deref().unwrap_or_default(), o.region.as_str()))
+            .entry((o.pool.as_str(), o.region.as_str()))
             .or_default() += o.quantity;
     }
     audit.sold = sold.values().sum();
@@ -218,10 +228,14 @@ fn judge(
             unsold.join(", ")
         ));
     }
+    audit.seats_not_quantity = confirmed
+        .iter()
+        .filter(|o| !o.seats.is_empty() && o.seats.len() as u64 != o.quantity)
+        .count();
     let mut seats = BTreeSet::new();
     for o in &confirmed {
         for s in &o.seats {
-            let pool = o.pool.as_deref().unwrap_or_default();
+            let pool = o.pool.as_str();
             if !seats.insert((pool, s.as_str())) {
                 audit.seats_sold_twice += 1;
             }
@@ -269,7 +283,7 @@ mod tests {
     fn order(id: &str, region: &str, quantity: u64, seats: &[&str], key: &str) -> OrderView {
         OrderView {
             order_id: id.into(),
-            pool: Some("stalls".into()),
+            pool: "stalls".into(),
             quantity,
             seats: seats.iter().map(|s| s.to_string()).collect(),
             region: region.into(),
@@ -330,6 +344,12 @@ mod tests {
         assert_eq!(a.oversold, 1);
         assert_eq!(a.seats_sold_twice, 1);
         assert_eq!(a.duplicate_keys, 1);
+        assert!(!a.passed());
+
+        // An order of two assigned seats that names one.
+        let orders = [order("o-eu-1", "eu", 2, &["A-1"], "k1")];
+        let a = judged([2, 0], &orders, &[acked("o-eu-1", "k1")]);
+        assert_eq!(a.seats_not_quantity, 1);
         assert!(!a.passed());
 
         // An acknowledged order missing, and a ledger that counts a sale no order shows.

@@ -42,12 +42,12 @@ impl Fault {
     fn describe(self, hit: Duration) -> String {
         let s = hit.as_secs_f64();
         match self {
-            Fault::Partition => format!("eu-west cut off from us-east and ap-south for {s:.0} s"),
-            Fault::Kill => format!("us-east SIGKILLed, restarted {s:.0} s later"),
-            Fault::Pause => format!("eu-west SIGSTOPped for {s:.0} s, then SIGCONT"),
-            Fault::SlowSync => format!("eu-west's syncs take 250 ms each for {s:.0} s"),
+            Fault::Partition => format!("eu-west cut off from us-east and ap-south for {s:.1} s"),
+            Fault::Kill => format!("us-east SIGKILLed, restarted {s:.1} s later"),
+            Fault::Pause => format!("eu-west SIGSTOPped for {s:.1} s, then SIGCONT"),
+            Fault::SlowSync => format!("eu-west's syncs take 250 ms each for {s:.1} s"),
             Fault::FailingSync => {
-                format!("us-east's syncs fail; restarted (SIGKILL, start) {s:.0} s later")
+                format!("us-east's syncs fail; restarted (SIGKILL, start) {s:.1} s later")
             }
         }
     }

@@ -110,16 +110,27 @@ pub async fn run(
     buyers: &[Buyers],
     spec: &LoadSpec,
 ) -> anyhow::Result<Vec<RegionOutcome>> {
-    let start = Instant::now() + Duration::from_millis(200);
-    let end = start + Duration::from_secs_f64(spec.seconds);
+    let secs = spec.seconds;
     let spec = Arc::new(LoadSpecShared {
         event: spec.event.clone(),
         pools: spec.pools.clone(),
         retry: spec.retry,
         tag: spec.tag.clone(),
     });
-    let mut regions = Vec::new();
+    // Every connection first, then the clock: no region's buyers start while another's are
+    // still connecting, and a failed connect leaves nothing running.
+    let mut senders = Vec::new();
     for b in buyers {
+        let mut region = Vec::new();
+        for _ in 0..connections(b.rate) {
+            region.push(connect_in_time(b.target).await?);
+        }
+        senders.push(region);
+    }
+    let start = Instant::now() + Duration::from_millis(200);
+    let end = start + Duration::from_secs_f64(secs);
+    let mut regions = Vec::new();
+    for (b, region) in buyers.iter().zip(senders) {
         let load = Load {
             start,
             measured_from: start,
@@ -134,8 +145,7 @@ pub async fn run(
             .spawn(move || load.pace(tx))?;
         let slots = Arc::new(tokio::sync::Mutex::new(rx));
         let mut tasks = Vec::new();
-        for _ in 0..connections(b.rate) {
-            let sender = connect(b.target).await?;
+        for sender in region {
             let buyer = Buyer {
                 region: names[b.region].clone(),
                 target: b.target,
@@ -263,7 +273,7 @@ impl Buyer {
         };
         let mut s = match ready {
             Some(s) => s,
-            None => match connect(self.target).await {
+            None => match connect_in_time(self.target).await {
                 Ok(s) => s,
                 Err(e) => return Answer::Retry(pause, format!("connect: {}", short(&e))),
             },
@@ -318,6 +328,16 @@ impl Buyer {
             code => Answer::Failed(format!("{code} {kind}")),
         }
     }
+}
+
+/// How long a buyer waits for a connection: a paused node's full accept queue would
+/// otherwise hold a connect for the kernel's SYN retries, outside [`ANSWER_TIMEOUT`].
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn connect_in_time(target: SocketAddr) -> anyhow::Result<Sender> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect(target))
+        .await
+        .map_err(|_| anyhow::anyhow!("connect timed out"))?
 }
 
 /// The first line of an error chain, for a failure's kind.

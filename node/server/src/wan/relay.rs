@@ -136,10 +136,14 @@ async fn udp_flow(
     let upstream = Arc::new(upstream);
     let (back_tx, mut back_rx) = mpsc::unbounded_channel::<(Instant, Bytes)>();
     let up = upstream.clone();
+    let (link_out, link_back) = (link.clone(), link.clone());
+    // A datagram already on the wire when the link is cut is lost too: checked again when due.
     let forward = async move {
         while let Some((due, datagram)) = outbound.recv().await {
             tokio::time::sleep_until(due).await;
-            let _ = up.send(&datagram).await;
+            if !link_out.is_cut() {
+                let _ = up.send(&datagram).await;
+            }
         }
     };
     let receive = async move {
@@ -157,7 +161,9 @@ async fn udp_flow(
     let answer = async move {
         while let Some((due, datagram)) = back_rx.recv().await {
             tokio::time::sleep_until(due).await;
-            let _ = front.send_to(&datagram, client).await;
+            if !link_back.is_cut() {
+                let _ = front.send_to(&datagram, client).await;
+            }
         }
     };
     tokio::join!(forward, receive, answer);
