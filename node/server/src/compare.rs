@@ -232,9 +232,29 @@ async fn start_postgres(dir: &Path) -> anyhow::Result<(Service, String)> {
         bail!("initdb failed in {}", data.display());
     }
     let port = bench::free_port()?;
-    let child = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(bin.join("postgres"))
+    // Not through runuser, which would fork and leave postgres out of reach of the
+    // parent-death signal: exec it as the postgres user ourselves.
+    let (uid, gid) = postgres_ids()?;
+    let mut server = Command::new(bin.join("postgres"));
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: between fork and exec the closure only makes async-signal-safe calls
+        // (setgroups, setgid, setuid, prctl) on values copied in.
+        unsafe {
+            server.pre_exec(move || {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                    // After the change of user: a change of credentials clears it.
+                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let child = server
         .arg("-D")
         .arg(&data)
         .args(["-p", &port.to_string(), "-k"])
@@ -280,6 +300,19 @@ async fn start_postgres(dir: &Path) -> anyhow::Result<(Service, String)> {
         service,
         format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
     ))
+}
+
+/// The `postgres` user's uid and gid (Debian's package creates it).
+fn postgres_ids() -> anyhow::Result<(libc::uid_t, libc::gid_t)> {
+    let name = std::ffi::CString::new("postgres")?;
+    // SAFETY: getpwnam returns null or a pointer to a static record, read at once, before
+    // any other call could overwrite it (the bench calls it from one thread).
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        bail!("no `postgres` user: run scripts/bench-deps.sh");
+    }
+    // SAFETY: non-null, as checked.
+    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
 }
 
 /// Connections the PostgreSQL design keeps (`allot central --pool-size`'s default), and
