@@ -98,13 +98,21 @@ async fn start_browser() -> (NodeProcess, Client) {
     }
 }
 
+/// The element's text. The live stream replaces the page's view as the figures change, so an
+/// element found may be stale by the time its text is read: find it again, a few times.
 async fn text(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+    let mut last = None;
+    for _ in 0..20 {
+        match c.find(Locator::Css(css)).await {
+            Ok(e) => match e.text().await {
+                Ok(t) => return t,
+                Err(err) => last = Some(err),
+            },
+            Err(err) => last = Some(err),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{css}: {last:?}")
 }
 
 /// Waits until the element's text is `want`, without reloading the page.
@@ -196,7 +204,23 @@ async fn an_operator_logs_in_and_watches_sales_move_without_a_reload() {
         c.source().await.unwrap()
     );
     assert_eq!(cookies[0].http_only(), Some(true));
-    event_link.click().await.unwrap();
+    // The live stream may replace the page's view between finding the link and clicking it
+    // (the link found is then stale): find it again and retry.
+    let mut link = Some(event_link);
+    for attempt in 0.. {
+        let l = match link.take() {
+            Some(l) => l,
+            None => c.find(Locator::LinkText("Rock in the Park")).await.unwrap(),
+        };
+        match l.click().await {
+            Ok(()) => break,
+            Err(e) if attempt < 20 => {
+                eprintln!("clicking the event's link again: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the event's link could not be clicked: {e}"),
+        }
+    }
     c.wait()
         .for_element(Locator::Css("tr[data-pool]"))
         .await
