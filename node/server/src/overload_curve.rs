@@ -31,7 +31,7 @@ pub struct Step {
 }
 
 pub struct Curve {
-    pub pinned: bool,
+    pub pinned: Option<Pinned>,
     /// At most one synced write per this many µs (0: as fast as the disk syncs).
     pub commit_window_us: u64,
     pub saturation: f64,
@@ -50,16 +50,21 @@ const CONNECTIONS: usize = 320;
 
 /// Runs the curve; `seconds` per step.
 pub async fn run(seconds: u64, commit_window_us: u64) -> anyhow::Result<Curve> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pinned = cpus >= 2;
+    // Two of the CPUs this process may use (a container's cpuset need not include 0 and 1):
+    // the generator on the first, the node on the last.
+    let cpus = bench::allowed_cpus();
+    let pinned = match (cpus.first(), cpus.last()) {
+        (Some(&generator), Some(&node)) if node != generator => Some(Pinned { generator, node }),
+        _ => None,
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    // The generator's own thread and runtime, pinned to CPU 0 (threads it starts inherit it).
+    // The generator's own thread and runtime, pinned (threads it starts inherit it).
     std::thread::Builder::new()
         .name("overload-generator".into())
         .spawn(move || {
             let result = (|| {
-                if pinned {
-                    bench::pin_to_cpu(0)?;
+                if let Some(p) = pinned {
+                    bench::pin_to_cpu(p.generator)?;
                 }
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -71,10 +76,21 @@ pub async fn run(seconds: u64, commit_window_us: u64) -> anyhow::Result<Curve> {
     rx.await.context("the generator thread died")?
 }
 
-async fn measure(seconds: u64, pinned: bool, commit_window_us: u64) -> anyhow::Result<Curve> {
+/// Which CPU the generator and the node each have to themselves.
+#[derive(Clone, Copy)]
+pub struct Pinned {
+    pub generator: usize,
+    pub node: usize,
+}
+
+async fn measure(
+    seconds: u64,
+    pinned: Option<Pinned>,
+    commit_window_us: u64,
+) -> anyhow::Result<Curve> {
     let dir = tempfile::tempdir()?;
     let launch = NodeLaunch {
-        cpu: pinned.then_some(1),
+        cpu: pinned.map(|p| p.node),
         commit_window_us: (commit_window_us > 0).then_some(commit_window_us),
         ..NodeLaunch::default()
     };
@@ -316,10 +332,12 @@ impl Curve {
              sending.\n\n\
              | offered (× saturation) | offered/s | admitted/s | shed (503)/s | other errors | p50 ms | p99 ms | send wait p99 ms | connections |\n\
              |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-            if self.pinned {
-                "pinned to CPU 1 and the generator to CPU 0"
-            } else {
-                "sharing its CPU with the generator (fewer than 2 CPUs)"
+            match self.pinned {
+                Some(p) => format!(
+                    "pinned to CPU {} and the generator to CPU {}",
+                    p.node, p.generator
+                ),
+                None => "sharing its CPU with the generator (fewer than 2 CPUs)".to_owned(),
             },
             if self.commit_window_us > 0 {
                 format!(
