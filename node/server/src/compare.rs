@@ -737,6 +737,13 @@ pub async fn run_parts(args: &CompareBench) -> anyhow::Result<Report> {
         report.markdown += "\n";
         report.markdown += &fault_table(&settings, &runs);
         for r in &runs {
+            let failed: u64 = r.outcomes.iter().map(|o| o.failures()).sum();
+            if failed > 0 {
+                report.problems.push(format!(
+                    "fault run `{}`: {failed} purchases failed for good (a minute of retries)",
+                    r.what
+                ));
+            }
             if !r.audit.passed() {
                 report.problems.push(format!(
                     "fault run `{}`: the audit failed: {:?}",

@@ -234,7 +234,11 @@ async fn arrivals(addr: std::net::SocketAddr, spec: &OpenLoop) -> anyhow::Result
             let mut sender = match pooled {
                 Some(s) => Some(s),
                 None if opened.fetch_add(1, Ordering::Relaxed) < MAX_CONNECTIONS => {
-                    connect(addr).await.ok()
+                    let fresh = connect(addr).await.ok();
+                    if fresh.is_none() {
+                        opened.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    fresh
                 }
                 None => {
                     // Past the generator's own limit: wait for a connection, and say so.
@@ -268,7 +272,9 @@ async fn arrivals(addr: std::net::SocketAddr, spec: &OpenLoop) -> anyhow::Result
                         if code == hyper::StatusCode::SERVICE_UNAVAILABLE
                             && !(retry_after && overloaded)
                         {
+                            // Not the promised shedding: a failure, not a shed.
                             improper.fetch_add(1, Ordering::Relaxed);
+                            status = None;
                         }
                     }
                 }

@@ -241,10 +241,14 @@ fn judge(
             }
         }
     }
-    let ids: BTreeSet<&str> = all.iter().map(|o| o.order_id.as_str()).collect();
+    // An acknowledged order must still be there, confirmed, for what the buyer was told.
+    let held: HashMap<&str, u64> = confirmed
+        .iter()
+        .map(|o| (o.order_id.as_str(), o.quantity))
+        .collect();
     audit.lost_acknowledged = acked
         .iter()
-        .filter(|a| !ids.contains(a.order_id.as_str()))
+        .filter(|a| held.get(a.order_id.as_str()) != Some(&a.quantity))
         .count();
     let mut per_key: HashMap<&str, usize> = HashMap::new();
     for o in all {
@@ -292,12 +296,12 @@ mod tests {
         }
     }
 
-    fn acked(id: &str, key: &str) -> Acked {
+    fn acked(id: &str, key: &str, quantity: u64) -> Acked {
         Acked {
             key: key.into(),
             order_id: id.into(),
             seller: id.split('-').nth(1).unwrap_or_default().into(),
-            quantity: 1,
+            quantity,
         }
     }
 
@@ -326,7 +330,7 @@ mod tests {
         let a = judged(
             [2, 1],
             &orders,
-            &[acked("o-eu-1", "k1"), acked("o-us-1", "k2")],
+            &[acked("o-eu-1", "k1", 2), acked("o-us-1", "k2", 1)],
         );
         assert!(a.passed(), "{a:?}");
         assert_eq!((a.sold, a.capacity, a.orders), (3, 4, 2));
@@ -340,7 +344,7 @@ mod tests {
             order("o-us-1", "us", 2, &["A-2", "B-1"], "k1"),
             order("o-us-2", "us", 1, &["B-2"], "k3"),
         ];
-        let a = judged([2, 3], &orders, &[acked("o-eu-1", "k1")]);
+        let a = judged([2, 3], &orders, &[acked("o-eu-1", "k1", 2)]);
         assert_eq!(a.oversold, 1);
         assert_eq!(a.seats_sold_twice, 1);
         assert_eq!(a.duplicate_keys, 1);
@@ -348,7 +352,7 @@ mod tests {
 
         // An order of two assigned seats that names one.
         let orders = [order("o-eu-1", "eu", 2, &["A-1"], "k1")];
-        let a = judged([2, 0], &orders, &[acked("o-eu-1", "k1")]);
+        let a = judged([2, 0], &orders, &[acked("o-eu-1", "k1", 2)]);
         assert_eq!(a.seats_not_quantity, 1);
         assert!(!a.passed());
 
@@ -357,11 +361,16 @@ mod tests {
         let a = judged(
             [2, 0],
             &orders,
-            &[acked("o-eu-1", "k1"), acked("o-us-7", "k9")],
+            &[acked("o-eu-1", "k1", 1), acked("o-us-7", "k9", 1)],
         );
         assert_eq!(a.lost_acknowledged, 1);
         assert_eq!(a.ledger_mismatches, 1);
         assert!(!a.passed());
+
+        // An order held for fewer places than the buyer was told.
+        let orders = [order("o-eu-1", "eu", 1, &["A-1"], "k1")];
+        let a = judged([1, 0], &orders, &[acked("o-eu-1", "k1", 2)]);
+        assert_eq!(a.lost_acknowledged, 1);
 
         // Not converged within the wait: a failure even with nothing else wrong.
         let mut a = judged([0, 0], &[], &[]);
