@@ -90,6 +90,9 @@ pub struct Outcome {
     pub lag: Histogram<u64>,
 }
 
+/// The operator token of every node and central front the benches start.
+pub(crate) const BENCH_TOKEN: &str = "bench-token";
+
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -237,7 +240,7 @@ pub async fn run(args: &HttpBench) -> anyhow::Result<Vec<Outcome>> {
         for &commit in &args.commit {
             for &dashboards in &args.dashboards {
                 let dir = tempfile::tempdir()?;
-                let token = "bench-token";
+                let token = BENCH_TOKEN;
                 let (mut child, base) = start_node(dir.path(), commit, token, &args.launch())?;
                 let mode = Mode { commit, dashboards };
                 let result = measure(&base, token, run, mode, args).await;
@@ -425,11 +428,7 @@ pub(crate) async fn open_loop(addr: SocketAddr, spec: &OpenLoop) -> anyhow::Resu
         tick: Duration::from_micros(spec.pace_us.max(1)),
         idempotency_keys: spec.idempotency_keys,
     };
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let pacer = std::thread::Builder::new()
-        .name("bench-pacer".into())
-        .spawn(move || load.pace(tx))?;
-    let slots = Arc::new(tokio::sync::Mutex::new(rx));
+    let (pacer, slots) = load.spawn_pacer("bench-pacer")?;
     let mut connections = Vec::new();
     for _ in 0..spec.connections.max(1) {
         let sender = connect(addr).await?;
@@ -528,12 +527,28 @@ pub(crate) struct Load {
 /// A request slot: its number and the instant it was due.
 pub(crate) type Slot = (u64, Instant);
 
+/// A pacer's slots, shared by the connections that take them.
+pub(crate) type Slots = Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Slot>>>;
+
 impl Load {
     /// Releases every slot when it falls due, from a thread of its own, so that a busy
     /// runtime cannot delay the schedule (tokio's timers tick in whole milliseconds). Sleeps
     /// last at least `tick`, so a slot leaves up to about that late; the lag is measured and
     /// charged to the server, since latency counts from the due time.
-    pub(crate) fn pace(self, tx: tokio::sync::mpsc::UnboundedSender<Slot>) {
+    /// Starts [`Load::pace`] on a thread named `name`: its handle, and the slots it releases,
+    /// for connections to take in turn.
+    pub(crate) fn spawn_pacer(
+        self,
+        name: &str,
+    ) -> std::io::Result<(std::thread::JoinHandle<()>, Slots)> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let pacer = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || self.pace(tx))?;
+        Ok((pacer, Arc::new(tokio::sync::Mutex::new(rx))))
+    }
+
+    fn pace(self, tx: tokio::sync::mpsc::UnboundedSender<Slot>) {
         let step = self.interval.as_nanos() as u64;
         for i in 0u64.. {
             let due = self.start + Duration::from_nanos(step.saturating_mul(i));
@@ -638,7 +653,7 @@ pub(crate) fn purchase_request(
 async fn purchase_loop(
     addr: SocketAddr,
     mut sender: Sender,
-    slots: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Slot>>>,
+    slots: Slots,
     load: Load,
 ) -> anyhow::Result<Tally> {
     let mut tally = Tally::new()?;

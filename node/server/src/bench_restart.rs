@@ -145,7 +145,7 @@ pub async fn run(args: &RestartBench) -> anyhow::Result<Vec<Measured>> {
         node_binary: args.node_binary.as_deref(),
         ..NodeLaunch::default()
     };
-    let token = "bench-token";
+    let token = crate::bench::BENCH_TOKEN;
     let client = reqwest::Client::new();
     let mut out = Vec::new();
     for &orders in &args.orders {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::bench::{self, closed_loop, median, open_loop, OpenLoop};
+use crate::bench::{self, closed_loop, median, open_loop, OpenLoop, BENCH_TOKEN};
 use crate::driver::Commit;
 use crate::wan::faults::{fault_table, run_faults, Fault, FaultSettings};
 use crate::wan::{compare_wan, wan_table, WanSettings};
@@ -363,9 +363,6 @@ async fn start(design: Design, dir: &Path) -> anyhow::Result<(Vec<Service>, Sock
     Ok((services, addr, store))
 }
 
-/// The operator token of every node and front the benches start.
-pub(crate) const BENCH_TOKEN: &str = "bench-token";
-
 /// Starts `design` in `dir`, with no event yet.
 pub(crate) async fn start_design(
     design: Design,
@@ -519,7 +516,7 @@ fn raw_rate(
 async fn check_no_oversell(addr: SocketAddr) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let base = format!("http://{addr}");
-    bench::create_floor_event(&client, &base, "bench-token", "check", 10).await?;
+    bench::create_floor_event(&client, &base, BENCH_TOKEN, "check", 10).await?;
     let buys = (0..20).map(|i| {
         let client = client.clone();
         let url = format!("{base}/v1/events/check/purchases");

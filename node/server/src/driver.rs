@@ -59,10 +59,9 @@ pub type Outbound = Arc<std::sync::OnceLock<Box<dyn Fn(String, PeerMessage) + Se
 pub struct Faults {
     /// Make every synced write after this many succeed-then-fail, as a dying disk would.
     pub fail_sync_after: Option<u64>,
-    /// Make every synced write take at least this long, as a slow disk would.
-    pub sync_delay: Option<Duration>,
-    /// The same two faults, switched on a running node: only a binary built with the
-    /// `fault-switch` feature has the endpoint that sets it (`POST /v1/admin/faults`).
+    /// Slow or failing syncs, switched on at start (a test) or on a running node: only a
+    /// binary built with the `fault-switch` feature has the endpoint that sets it (`POST
+    /// /v1/admin/faults`).
     pub switch: Arc<SyncSwitch>,
 }
 
@@ -478,7 +477,7 @@ fn write_loop(
             store.batch(&mut batch, &group);
             writes += 1;
             let sync_started = Instant::now();
-            if let Some(d) = faults.sync_delay.or_else(|| faults.switch.delay()) {
+            if let Some(d) = faults.switch.delay() {
                 std::thread::sleep(d);
             }
             let result = match faults.fail_sync_after {

@@ -7,8 +7,8 @@
 
 use anyhow::{bail, Context};
 
+use crate::bench::BENCH_TOKEN;
 use crate::bench::{self, closed_loop, connect, purchase_request, NodeLaunch, OpenLoop, Tally};
-use crate::compare::BENCH_TOKEN;
 use crate::driver::Commit;
 
 /// One step of the curve.

@@ -46,7 +46,7 @@ async fn past_its_limit_a_node_sheds_writes_early_and_loses_none_it_took() {
     let n = TestNode::start_with(|o| {
         o.max_in_flight = LIMIT;
         // A slow disk: every synced write takes 100 ms, so 40 buyers at once overlap.
-        o.faults.sync_delay = Some(Duration::from_millis(100));
+        o.faults.switch.set(Duration::from_millis(100), false);
     })
     .await;
     n.create_event(event("rock", 1_000, 1, 600)).await;

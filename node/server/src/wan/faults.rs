@@ -11,7 +11,7 @@ use super::audit::{audit, Audit};
 use super::cluster::Cluster;
 use super::load::{self, Buyers, LoadSpec, RegionOutcome};
 use super::{Fabric, Regions};
-use crate::compare::BENCH_TOKEN;
+use crate::bench::BENCH_TOKEN;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fault {

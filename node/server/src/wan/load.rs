@@ -14,7 +14,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 
-use crate::bench::{connect, Load, Sender, Slot};
+use crate::bench::{connect, Load, Sender, Slots};
 
 /// One region's buyers.
 pub struct Buyers {
@@ -55,7 +55,8 @@ pub struct RegionOutcome {
     pub acked: Vec<Acked>,
 }
 
-fn histogram() -> anyhow::Result<Histogram<u64>> {
+/// A latency histogram: 1 µs to 10 minutes, three significant digits.
+pub(super) fn histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 600_000_000, 3)?)
 }
 
@@ -139,11 +140,7 @@ pub async fn run(
             tick: Duration::from_micros(500),
             idempotency_keys: true,
         };
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let pacer = std::thread::Builder::new()
-            .name("wan-pacer".into())
-            .spawn(move || load.pace(tx))?;
-        let slots = Arc::new(tokio::sync::Mutex::new(rx));
+        let (pacer, slots) = load.spawn_pacer("wan-pacer")?;
         let mut tasks = Vec::new();
         for sender in region {
             let buyer = Buyer {
@@ -207,11 +204,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 
 impl Buyer {
-    async fn run(
-        self,
-        mut sender: Option<Sender>,
-        slots: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Slot>>>,
-    ) -> anyhow::Result<RegionOutcome> {
+    async fn run(self, mut sender: Option<Sender>, slots: Slots) -> anyhow::Result<RegionOutcome> {
         let mut out = RegionOutcome::new()?;
         loop {
             let next = slots.lock().await.recv().await;

@@ -24,7 +24,8 @@ use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 
 use crate::bench::median;
-use crate::compare::{start_design, Design, BENCH_TOKEN};
+use crate::bench::BENCH_TOKEN;
+use crate::compare::{start_design, Design};
 use cluster::Cluster;
 use load::{Buyers, LoadSpec, RegionOutcome};
 pub use netns::Fabric;
@@ -236,7 +237,7 @@ fn outside(
     run: usize,
     central: usize,
 ) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
-    let mut sales = Histogram::new_with_bounds(1, 600_000_000, 3)?;
+    let mut sales = load::histogram()?;
     let mut answers = sales.clone();
     for m in results
         .iter()
