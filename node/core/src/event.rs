@@ -29,6 +29,9 @@ pub struct PeerView {
     pub vv: Option<VersionVector>,
     pub meta_heads: Vec<[u8; 32]>,
     pub held: Vec<u64>,
+    /// What its own row had let go of per pool as it sent its last frame (see
+    /// [`crate::gossip::EventGossip::spent`]).
+    pub spent: Vec<u64>,
     pub sale_rate_per_min: Vec<u64>,
     /// Its recent demand per pool (units asked for per minute, refused ones included).
     pub demand_per_min: Vec<u64>,
@@ -81,6 +84,15 @@ impl Demand {
     /// Closes the window once it is old enough.
     pub fn update(&mut self, now: Millis) {
         if self.window_start == 0 {
+            self.window_start = now;
+            return;
+        }
+        if self.measured == 0.0 && self.units == 0 {
+            // No demand yet: the first window starts at the last tick before its first
+            // buyer, not when the event was created. A window mostly from before the sale
+            // opened would halve the first estimate, and the young average would carry that
+            // low figure for seconds (a quiet region then gives away the stock its own buyers
+            // need: measured on the flash sale).
             self.window_start = now;
             return;
         }
@@ -143,6 +155,9 @@ pub struct EventState {
     pub peers: Vec<PeerView>,
     pub rates: Vec<SaleRate>,
     pub demand: Vec<Demand>,
+    /// Per pool, the sellable figure the last gossip frame told the peers: a sale that takes
+    /// it under one maximum order is told at once (see `Core::tell_low_stock`).
+    pub announced: Vec<i64>,
     /// Quota credited on a bare "+k" (the `credit_bare_grant` bug only).
     #[cfg(feature = "inject-bugs")]
     pub bare_credit: Vec<u64>,
@@ -205,6 +220,7 @@ impl EventState {
             peers: vec![PeerView::default(); n],
             rates: vec![SaleRate::default(); p],
             demand: vec![Demand::default(); p],
+            announced: vec![0; p],
             #[cfg(feature = "inject-bugs")]
             bare_credit: vec![0; p],
         };
@@ -287,29 +303,37 @@ impl EventState {
         }
     }
 
-    /// What this region tells its peers it holds, per pool: its live holds plus what its own
-    /// row spent (sold, gave away, less returned) that is not published yet. A peer computes
-    /// this region's sellable from the published row less this figure; live holds alone
-    /// would show a sale between its confirm and its durability as stock for that moment,
-    /// and a peer would send a buyer here for it.
-    pub fn reported_held(&self) -> Vec<u64> {
-        let mine = &self.ledger.row(self.me).pools;
-        let published = &self.published.pools;
-        self.held
-            .iter()
-            .zip(mine.iter().zip(published))
-            .map(|(&held, (now, then))| {
-                let gave: u64 = now
-                    .granted_out
-                    .iter()
-                    .zip(&then.granted_out)
-                    .map(|(a, b)| a.value.saturating_sub(b.value))
-                    .sum();
-                let spent = now.consumed.value.saturating_sub(then.consumed.value) + gave;
-                let back = now.returned.value.saturating_sub(then.returned.value);
-                (held + spent).saturating_sub(back)
-            })
+    /// What region `r`'s row, as this region has it, has let go of in pool `pool`: sold and
+    /// given away, less returned.
+    pub fn spent_in_row(&self, pool: PoolIdx, r: RegionIdx) -> u64 {
+        let row = &self.ledger.row(r).pools[pool as usize];
+        let out: u64 = row.granted_out.iter().map(|g| g.value).sum();
+        (row.consumed.value + out).saturating_sub(row.returned.value)
+    }
+
+    /// What this region tells its peers it has spent, per pool (see
+    /// [`crate::gossip::EventGossip::spent`]).
+    pub fn spent_to_report(&self) -> Vec<u64> {
+        (0..self.held.len() as PoolIdx)
+            .map(|p| self.spent_in_row(p, self.me))
             .collect()
+    }
+
+    /// What peer `r` cannot sell of `pool` beyond what its row, as this region has it, shows:
+    /// its live holds as it last reported them, and what it had spent by then that the row
+    /// here does not show yet. Without the second part a sale between its confirm and its
+    /// durability would look like stock for a moment, and a buyer would be sent for it; with
+    /// it taken from one frame's own row instead of the row here, a row relayed by a third
+    /// region would count that sale twice, and a buyer would hear a false sold-out.
+    pub fn peer_held(&self, pool: PoolIdx, r: RegionIdx) -> u64 {
+        let p = pool as usize;
+        let view = &self.peers[r as usize];
+        let held = view.held.get(p).copied().unwrap_or(0);
+        let Some(&spent) = view.spent.get(p) else {
+            return held;
+        };
+        let unseen = i128::from(spent) - i128::from(self.spent_in_row(pool, r));
+        u64::try_from((i128::from(held) + unseen).max(0)).unwrap_or(u64::MAX)
     }
 
     /// What this region may still hold, sell or give away: `ledger_available − held`, minus
@@ -366,7 +390,7 @@ impl EventState {
             };
         }
         let peer = &self.peers[r as usize];
-        let held = peer.held.get(p).copied().unwrap_or(0);
+        let held = self.peer_held(pool, r);
         RegionFigures {
             held,
             sellable: self.ledger.available(pool, r).saturating_sub_unsigned(held),
@@ -382,10 +406,9 @@ impl EventState {
         let available: i128 = (0..regions)
             .map(|r| self.ledger.available_wide(pool, r))
             .sum();
-        let peers_held: i128 = self
-            .peers
-            .iter()
-            .map(|v| i128::from(v.held.get(p).copied().unwrap_or(0)))
+        let peers_held: i128 = (0..regions)
+            .filter(|&r| r != self.me)
+            .map(|r| i128::from(self.peer_held(pool, r)))
             .sum();
         let wide =
             available - i128::from(self.held[p]) - i128::from(self.pending_credit[p]) - peers_held;
@@ -422,10 +445,11 @@ impl EventState {
             return Err("version vector names more regions than the event has".into());
         }
         if g.held.len() != g_pools.len()
+            || g.spent.len() != g_pools.len()
             || g.sale_rate_per_min.len() != g_pools.len()
             || g.demand_per_min.len() != g_pools.len()
         {
-            return Err("held, sale rates and demand must list every pool once".into());
+            return Err("held, spent, sale rates and demand must list every pool once".into());
         }
         if let Some((pool, held)) = g_pools
             .iter()
@@ -499,6 +523,25 @@ mod tests {
             d.update(1_000 + w * DEMAND_WINDOW_MS);
         }
         assert_eq!(d.per_s, 0.0);
+    }
+
+    #[test]
+    fn the_first_window_starts_with_the_first_buyer_not_at_creation() {
+        // Ticks every 50 ms from the event's creation; buyers come from 1,470 ms on at 60
+        // units a second (3 a tick). A first window from creation would have seen 3 units in
+        // 500 ms (6 a second), and the young average would have carried that for seconds.
+        let mut d = Demand::default();
+        let mut t = 1_000;
+        while t <= 1_450 {
+            d.update(t);
+            t += 50;
+        }
+        while t <= 2_000 {
+            d.units += 3;
+            d.update(t);
+            t += 50;
+        }
+        assert!((d.per_s - 60.0).abs() < 6.0, "{}", d.per_s);
     }
 
     #[test]

@@ -27,8 +27,14 @@ pub struct EventGossip {
     /// The sender's metadata heads, and changes the receiver lacks by its last reported heads.
     pub meta_heads: Vec<[u8; 32]>,
     pub meta_changes: Vec<Vec<u8>>,
-    /// Ephemeral: the sender's held quantity per pool (outside the CRDT).
+    /// Ephemeral: the sender's live holds per pool (outside the CRDT).
     pub held: Vec<u64>,
+    /// Ephemeral: what the sender's own row has let go of per pool (sold and given away,
+    /// less returned), its changes not yet published included. A receiver's copy of that
+    /// row may be older (the changes are not durable yet) or newer (a third region relayed
+    /// it): either way the difference is what the sender has spent that the copy does not
+    /// show yet, and counts against the sender's stock as its holds do.
+    pub spent: Vec<u64>,
     /// Ephemeral: the sender's recent sales per minute, per pool (for the rebalancer).
     pub sale_rate_per_min: Vec<u64>,
     /// Ephemeral: the sender's recent demand per minute, per pool (for the rebalancer).

@@ -770,3 +770,85 @@ fn a_keyed_forward_refused_then_gathered_for_sells_here_once() {
         c.check().unwrap();
     }
 }
+
+/// Region `i`'s sellable floor places as region `viewer` sees them.
+fn seen_sellable(c: &LocalCluster, viewer: usize, i: u16) -> i64 {
+    c.cores[viewer]
+        .event("rock")
+        .unwrap()
+        .region_figures(0, i)
+        .sellable
+}
+
+/// Delivers the queued gossip frames from `from` to `to`, and only those.
+fn deliver_frames(c: &mut LocalCluster, from: usize, to: usize) {
+    while let Some(k) = c.network.iter().position(|e| e.from == from && e.to == to) {
+        c.deliver(k);
+    }
+}
+
+#[test]
+fn a_buyer_is_sent_where_the_stock_lasts_longest_not_to_the_nearest_region() {
+    let mut c = cluster(30, 0, |_| {});
+    sell_out_locally(&mut c, 0);
+    // us-east (80 ms away) has 4 places left and buyers of its own; ap-south (239 ms) has 10
+    // and none. Sent to the nearest, eu-west's buyers would drain us-east, and us-east's own
+    // buyers would then wait a round trip each.
+    sell_down_to(&mut c, 1, 4);
+    c.advance(600);
+    c.settle(2);
+    let r = c.call(0, buy(2));
+    assert_eq!(remote(&r).region, "ap-south");
+    assert_eq!(sold_by(&c, 2, 2), 2);
+    c.settle(2);
+    c.check().unwrap();
+}
+
+#[test]
+fn a_sale_that_leaves_less_than_one_maximum_order_is_told_to_the_peers_at_once() {
+    // 300 places, 100 a region; the largest order is 20 places.
+    let mut c = cluster(300, 0, |_| {});
+    c.network.clear();
+    sell_down_to(&mut c, 0, 20);
+    assert!(c.network.is_empty(), "plenty left: the next tick tells");
+    c.call(0, buy(2)).expect("local quota");
+    let told: Vec<usize> = c.network.iter().map(|e| e.to).collect();
+    assert_eq!(told, [1, 2], "18 left: every peer hears it now");
+    for to in 1..3 {
+        deliver_frames(&mut c, 0, to);
+        assert_eq!(seen_sellable(&c, to, 0), 18);
+    }
+    // Each further change under one maximum order is told too, and only a change.
+    c.call(0, buy(1)).expect("local quota");
+    assert_eq!(c.network.len(), 2);
+    c.network.clear();
+    c.persist(0);
+    assert!(c.network.is_empty(), "durability alone changes no figure");
+    c.check().unwrap();
+}
+
+#[test]
+fn a_row_relayed_by_a_third_region_does_not_count_a_sale_twice() {
+    let mut c = cluster(30, 0, |_| {});
+    // us-east sells 3 of its 10 places; its frame goes out before the sale is durable, and
+    // says so (3 spent that its published row does not show yet).
+    c.call(1, buy(3)).expect("local quota");
+    c.network.clear();
+    c.tick(1);
+    deliver_frames(&mut c, 1, 0);
+    assert_eq!(seen_sellable(&c, 0, 1), 7);
+    // Once durable, the sale's row reaches eu-west through ap-south before us-east's next
+    // frame does: eu-west must not count the 3 places both in the row and as still pending.
+    c.persist(1);
+    c.network.clear();
+    c.tick(1);
+    deliver_frames(&mut c, 1, 2);
+    c.network.clear();
+    c.tick(2);
+    deliver_frames(&mut c, 2, 0);
+    assert_eq!(sold_by(&c, 0, 1), 3, "the row came through ap-south");
+    assert_eq!(seen_sellable(&c, 0, 1), 7, "and the sale counts once");
+    c.settle(2);
+    assert_eq!(seen_sellable(&c, 0, 1), 7);
+    c.check().unwrap();
+}

@@ -11,7 +11,7 @@
 use allot_node::PeerMessage;
 
 pub const MAGIC: &[u8; 3] = b"ALT";
-pub const VERSION: u8 = 5;
+pub const VERSION: u8 = 6;
 pub const HEADER: usize = 8;
 /// The largest frame a node sends or accepts.
 pub const MAX_FRAME: usize = 8 << 20;
@@ -99,6 +99,7 @@ mod tests {
                 meta_heads: vec![[1; 32]],
                 meta_changes: vec![],
                 held: vec![3, 0],
+                spent: vec![99, 0],
                 sale_rate_per_min: vec![60, 0],
                 demand_per_min: vec![90, 0],
             }],
@@ -137,9 +138,10 @@ mod tests {
         assert_eq!(decode(&good[..5]), Err(WireError::Truncated));
         assert_eq!(decode(b"XYZ\x01\0\0\0\0"), Err(WireError::BadMagic));
         // A node of another wire version (1 carried gossip frames only; 2 had no demand in
-        // its frames; 3 no deadline in calls and no forwarded sales; 4 no gathering asks) is
+        // its frames; 3 no deadline in calls and no forwarded sales; 4 no gathering asks; 5 no
+        // spent figure in gossip) is
         // refused cleanly.
-        for other in [1u8, 2, 3, 4, 6] {
+        for other in [1u8, 2, 3, 4, 5, 7] {
             let mut v = good.clone();
             v[3] = other;
             assert_eq!(decode(&v), Err(WireError::Version(other)));

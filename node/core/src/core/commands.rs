@@ -362,6 +362,7 @@ impl Core {
         let outcome = Outcome::Held(hold.clone());
         let idem = Self::idem_record(key, &outcome);
         let index = self.commit(RecordBody::HoldPlaced { hold, idem });
+        self.tell_low_stock(ev, pool);
         Ok((index, outcome))
     }
 
@@ -618,6 +619,7 @@ impl Core {
             row,
             idem,
         });
+        self.tell_low_stock(ev, pool);
         Ok((index, outcome))
     }
 

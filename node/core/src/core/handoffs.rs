@@ -95,7 +95,7 @@ impl Core {
             }
             for p in 0..e.genesis().pools.len() as PoolIdx {
                 let key = (ev, p);
-                if self.rebalancer.asking(key) || self.rebalancer.gave_recently(key, now) {
+                if self.rebalancer.asking(key) {
                     continue;
                 }
                 let figures = self.figures(ev, p);
@@ -108,6 +108,7 @@ impl Core {
                 // A peer not heard from lately is not asked (its figures still count).
                 let unavailable = |r: usize| {
                     !self.heard_lately(ev, r)
+                        || self.rebalancer.gave_recently(key, r as RegionIdx, now)
                         || self.rebalancer.resting(key, r as RegionIdx, now, reason)
                         || self.calls.outstanding_to(&e.genesis().regions[r])
                             >= self.cfg.max_calls_per_peer
@@ -230,9 +231,9 @@ impl Core {
                 ask.want
             }
             Some(tuning) => {
-                if self.rebalancer.received_recently((ev, p), self.now) {
+                if self.rebalancer.received_recently((ev, p), to, self.now) {
                     return Err(CoreError::NothingToSpare(format!(
-                        "{} received quota of this pool moments ago",
+                        "{} received quota of this pool from {asker} moments ago",
                         self.cfg.region
                     )));
                 }
@@ -318,7 +319,7 @@ impl Core {
             row,
             idem,
         });
-        self.rebalancer.gave((ev, p), entry);
+        self.rebalancer.gave((ev, p), to, entry);
         if reason == Reason::Operator {
             self.rebalancer.push_after(index, to_name);
         } else {
@@ -449,7 +450,8 @@ impl Core {
             at: self.now,
             ask_to_spendable_ms: None,
         };
-        self.rebalancer.received(key, ask.asked_at, entry, arrival);
+        self.rebalancer
+            .received(key, ask.donor, ask.asked_at, entry, arrival);
         Some((arrival, quantity))
     }
 

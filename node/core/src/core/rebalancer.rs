@@ -15,8 +15,12 @@ use crate::handoff::Handoff;
 use crate::policy::{Reason, Tuning};
 use crate::reads::RecordIndex;
 
-/// A region that gave quota away does not ask for it back for this long, and one that
-/// received quota does not give it away for this long: quota does not ping-pong.
+/// A region that gave quota to a peer does not ask that peer for it back for this long, and
+/// one that received quota from a peer does not give that peer any for this long: quota does
+/// not ping-pong. Per pair, not per region: a quiet region that gave too much to the busy one
+/// may still ask a third region, and the busy one may still serve a region it took nothing
+/// from (measured on the flash sale: a region-wide pause left a quiet region dry for the
+/// sale's last second).
 pub(crate) const HYSTERESIS_MS: Millis = 3_000;
 /// A donor that refused or did not answer is not asked again for this long.
 pub(crate) const REST_MS: Millis = 2_000;
@@ -96,8 +100,9 @@ pub(crate) struct Rebalancer {
     pub tuning: Option<Tuning>,
     asks: BTreeMap<PoolKey, AskInFlight>,
     by_call: BTreeMap<CallId, PoolKey>,
-    last_gave: BTreeMap<PoolKey, Millis>,
-    last_received: BTreeMap<PoolKey, Millis>,
+    /// When quota of a pool last went to a region, and last came from one.
+    last_gave: BTreeMap<(PoolKey, RegionIdx), Millis>,
+    last_received: BTreeMap<(PoolKey, RegionIdx), Millis>,
     resting: BTreeMap<(PoolKey, RegionIdx), Rest>,
     /// Received grants whose credit waits for its record to be durable, in record order.
     landing: VecDeque<Landing>,
@@ -136,15 +141,17 @@ impl Rebalancer {
         self.asks.get(&pool).map_or(0, |a| a.want)
     }
 
-    pub fn gave_recently(&self, pool: PoolKey, now: Millis) -> bool {
+    /// Whether this region gave `to` quota of `pool` lately: it does not ask `to` for any.
+    pub fn gave_recently(&self, pool: PoolKey, to: RegionIdx, now: Millis) -> bool {
         self.last_gave
-            .get(&pool)
+            .get(&(pool, to))
             .is_some_and(|&t| now < t.saturating_add(HYSTERESIS_MS))
     }
 
-    pub fn received_recently(&self, pool: PoolKey, now: Millis) -> bool {
+    /// Whether quota of `pool` came from `from` lately: this region gives `from` none.
+    pub fn received_recently(&self, pool: PoolKey, from: RegionIdx, now: Millis) -> bool {
         self.last_received
-            .get(&pool)
+            .get(&(pool, from))
             .is_some_and(|&t| now < t.saturating_add(HYSTERESIS_MS))
     }
 
@@ -185,24 +192,25 @@ impl Rebalancer {
         self.resting.insert((pool, ask.donor), rest);
     }
 
-    /// A grant this region made.
-    pub fn gave(&mut self, pool: PoolKey, entry: Handoff) {
+    /// A grant this region made to region `to`.
+    pub fn gave(&mut self, pool: PoolKey, to: RegionIdx, entry: Handoff) {
         self.counters.units_given = self.counters.units_given.saturating_add(entry.quantity);
-        self.last_gave.insert(pool, entry.at);
+        self.last_gave.insert((pool, to), entry.at);
         self.log_entry(entry);
     }
 
-    /// A grant this region received, and where its credit stands.
+    /// A grant this region received from region `from`, and where its credit stands.
     pub fn received(
         &mut self,
         pool: PoolKey,
+        from: RegionIdx,
         asked_at: Millis,
         mut entry: Handoff,
         arrival: Arrival,
     ) {
         self.counters.asks_granted += 1;
         self.counters.units_received = self.counters.units_received.saturating_add(entry.quantity);
-        self.last_received.insert(pool, entry.at);
+        self.last_received.insert((pool, from), entry.at);
         if arrival == Arrival::AlreadyHere {
             entry.ask_to_spendable_ms = Some(entry.at.saturating_sub(asked_at));
         }
@@ -216,9 +224,9 @@ impl Rebalancer {
         }
     }
 
-    /// Quota of `pool` arrived here at `at`, by whatever path.
-    pub fn note_received(&mut self, pool: PoolKey, at: Millis) {
-        self.last_received.insert(pool, at);
+    /// Quota of `pool` arrived here from `from` at `at`, by whatever path.
+    pub fn note_received(&mut self, pool: PoolKey, from: RegionIdx, at: Millis) {
+        self.last_received.insert((pool, from), at);
     }
 
     /// Records up to `persisted` are durable at `now`: grants they carried are spendable.
@@ -351,18 +359,26 @@ mod tests {
         assert!(r.close(call).is_none(), "a duplicate answer finds no ask");
         r.received(
             (0, 0),
+            1,
             100,
             entry(350, 40),
             Arrival::Landing(RecordIndex(7)),
         );
-        assert!(r.received_recently((0, 0), 350 + HYSTERESIS_MS - 1));
-        assert!(!r.received_recently((0, 0), 350 + HYSTERESIS_MS));
+        assert!(r.received_recently((0, 0), 1, 350 + HYSTERESIS_MS - 1));
+        assert!(!r.received_recently((0, 0), 1, 350 + HYSTERESIS_MS));
+        // Per pair: a region it took nothing from may still be served.
+        assert!(!r.received_recently((0, 0), 2, 350));
         r.landed(RecordIndex(6), 400);
         assert_eq!(r.log().next().unwrap().ask_to_spendable_ms, None);
         r.landed(RecordIndex(7), 420);
         assert_eq!(r.log().next().unwrap().ask_to_spendable_ms, Some(320));
-        r.gave((0, 0), entry(1_000, 5));
-        assert!(r.gave_recently((0, 0), 1_000 + HYSTERESIS_MS - 1));
+        r.gave((0, 0), 2, entry(1_000, 5));
+        assert!(r.gave_recently((0, 0), 2, 1_000 + HYSTERESIS_MS - 1));
+        assert!(!r.gave_recently((0, 0), 2, 1_000 + HYSTERESIS_MS));
+        assert!(
+            !r.gave_recently((0, 0), 1, 1_000),
+            "only the recipient is not asked"
+        );
         let refused = AskInFlight {
             call,
             donor: 2,
@@ -389,7 +405,7 @@ mod tests {
     fn the_log_is_bounded_and_newest_first() {
         let mut r = Rebalancer::new(None);
         for i in 0..(LOG_LEN as u64 + 10) {
-            r.gave((0, 0), entry(i, 1));
+            r.gave((0, 0), 1, entry(i, 1));
         }
         assert_eq!(r.log().count(), LOG_LEN);
         assert_eq!(r.log().next().unwrap().at, LOG_LEN as u64 + 9);

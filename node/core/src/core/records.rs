@@ -2,7 +2,7 @@
 //! emits it; `Core::recover` applies the same records again; "persisted up to n" releases
 //! what waited for them.
 
-use allot_crdt::{Applied, MetaDoc, RowDelta};
+use allot_crdt::{Applied, MetaDoc, PoolIdx, RowDelta};
 
 use crate::api::*;
 use crate::event::{EventState, SeatLocal};
@@ -202,6 +202,7 @@ impl Core {
                             return Err("a peer row moved a seat this region owns".into());
                         }
                         e.check_credits_fit(&credits)?;
+                        let writer = row.writer;
                         e.ledger.apply(row).map_err(|r| r.to_string())?;
                         for c in credits.iter().filter(|c| c.to == e.me) {
                             e.pending_credit[c.pool as usize] += c.amount;
@@ -227,10 +228,10 @@ impl Core {
                         // operator's transfer), it is not given away again at once.
                         let now = self.now;
                         for c in credits.iter().filter(|c| c.to == e.me && c.amount > 0) {
-                            self.rebalancer.note_received((ev, c.pool), now);
+                            self.rebalancer.note_received((ev, c.pool), writer, now);
                         }
                         for m in seats.iter().filter(|m| m.to == e.me) {
-                            self.rebalancer.note_received((ev, m.pool), now);
+                            self.rebalancer.note_received((ev, m.pool), m.from, now);
                         }
                     }
                 }
@@ -324,10 +325,14 @@ impl Core {
         while let Some(r) = self.durable.durable_row() {
             self.events[r.event].published.absorb(&r.row);
         }
+        let mut landed: Vec<(usize, PoolIdx)> = Vec::new();
         while let Some(c) = self.durable.durable_credit() {
             let e = &mut self.events[c.event];
             let p = c.pool as usize;
             e.pending_credit[p] -= c.amount;
+            if !landed.contains(&(c.event, c.pool)) {
+                landed.push((c.event, c.pool));
+            }
             if let Some(s) = c.seat {
                 if matches!(e.seats[p][s as usize], SeatLocal::Arriving(_)) {
                     e.seats[p][s as usize] = SeatLocal::Free;
@@ -336,6 +341,9 @@ impl Core {
         }
         while let Some((caller, reply)) = self.durable.durable_reply() {
             self.deliver_reply(caller, reply);
+        }
+        for (ev, p) in landed {
+            self.tell_low_stock(ev, p);
         }
         self.handoffs_durable(self.durable.persisted());
         self.send_durable_forwards();

@@ -160,6 +160,9 @@ impl Core {
         }
         let meta_heads = e.meta.heads();
         e.gossiped_meta_heads.clone_from(&meta_heads);
+        for p in 0..e.announced.len() {
+            e.announced[p] = e.sellable(p as PoolIdx);
+        }
         let view = &e.peers[p as usize];
         let meta_changes = if meta_durable && view.vv.is_some() && view.meta_heads != meta_heads {
             let theirs = view.meta_heads.clone();
@@ -175,7 +178,8 @@ impl Core {
             rows,
             meta_heads,
             meta_changes,
-            held: e.reported_held(),
+            held: e.held.clone(),
+            spent: e.spent_to_report(),
             sale_rate_per_min: e.rates.iter().map(|r| r.per_min).collect(),
             demand_per_min: e.demand.iter().map(|d| d.per_min()).collect(),
         })
@@ -226,6 +230,7 @@ impl Core {
                 view.vv = Some(g.vv);
                 view.meta_heads = g.meta_heads;
                 view.held = g.held;
+                view.spent = g.spent;
                 view.sale_rate_per_min = g.sale_rate_per_min;
                 view.demand_per_min = g.demand_per_min;
                 view.heard_at = Some(self.now);
@@ -311,9 +316,25 @@ impl Core {
         if r == e.me as usize {
             return e.sellable(p).max(0) as u64;
         }
-        let held = e.peers[r].held.get(p as usize).copied().unwrap_or(0);
+        let held = e.peer_held(p, r as RegionIdx);
         let available = e.ledger.available_wide(p, r as RegionIdx);
         u64::try_from((available - i128::from(held)).max(0)).unwrap_or(u64::MAX)
+    }
+
+    /// Pool `p`'s stock here just changed: while it is under one maximum order (or was, at
+    /// the last frame), the peers hear of it now rather than at the next tick. They send
+    /// their buyers here, or answer them `sold-out`, by the stock they last heard of: a buyer
+    /// sent for units already gone waits a round trip for a refusal, and one told `sold-out`
+    /// while units had just arrived here heard a false sold-out. At most one frame per change
+    /// of a figure under one maximum order.
+    pub(super) fn tell_low_stock(&mut self, ev: usize, p: PoolIdx) {
+        let e = &self.events[ev];
+        let low = self.cfg.max_quantity as i64;
+        let (now, told) = (e.sellable(p), e.announced[p as usize]);
+        if !self.cfg.forwarding || now == told || (now >= low && told >= low) {
+            return;
+        }
+        self.gossip();
     }
 
     /// Whether region `r` of event `ev` was heard from lately (see [`PEER_FRESH_MS`]).
