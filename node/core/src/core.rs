@@ -689,6 +689,7 @@ impl Core {
 
     // ----- time -----------------------------------------------------------------------------
 
+    /// Runs on the tick, before its gossip: what expiry returns is told in the same breath.
     fn expire_holds(&mut self) {
         for (event, holds) in self.holds.due(self.now) {
             self.commit(RecordBody::HoldsReleased {

@@ -155,9 +155,11 @@ pub struct EventState {
     pub peers: Vec<PeerView>,
     pub rates: Vec<SaleRate>,
     pub demand: Vec<Demand>,
-    /// Per pool, the sellable figure the last gossip frame told the peers: a sale that takes
-    /// it under one maximum order is told at once (see `Core::tell_low_stock`).
+    /// Per pool, the sellable figure the last gossip frame told the peers: a change under one
+    /// maximum order is told at once (see `Core::tell_low_stock`), and how many such frames
+    /// went since the last tick.
     pub announced: Vec<i64>,
+    pub low_frames: u32,
     /// Quota credited on a bare "+k" (the `credit_bare_grant` bug only).
     #[cfg(feature = "inject-bugs")]
     pub bare_credit: Vec<u64>,
@@ -221,6 +223,7 @@ impl EventState {
             rates: vec![SaleRate::default(); p],
             demand: vec![Demand::default(); p],
             announced: vec![0; p],
+            low_frames: 0,
             #[cfg(feature = "inject-bugs")]
             bare_credit: vec![0; p],
         };
@@ -303,12 +306,19 @@ impl EventState {
         }
     }
 
+    /// A frame with this event's unit went out: what it told is what the peers know.
+    pub fn note_told(&mut self) {
+        for p in 0..self.announced.len() {
+            self.announced[p] = self.sellable(p as PoolIdx);
+        }
+    }
+
     /// What region `r`'s row, as this region has it, has let go of in pool `pool`: sold and
     /// given away, less returned.
     pub fn spent_in_row(&self, pool: PoolIdx, r: RegionIdx) -> u64 {
         let row = &self.ledger.row(r).pools[pool as usize];
-        let out: u64 = row.granted_out.iter().map(|g| g.value).sum();
-        (row.consumed.value + out).saturating_sub(row.returned.value)
+        let out = (row.granted_out.iter()).fold(0u64, |sum, g| sum.saturating_add(g.value));
+        (row.consumed.value.saturating_add(out)).saturating_sub(row.returned.value)
     }
 
     /// What this region tells its peers it has spent, per pool (see
@@ -325,15 +335,26 @@ impl EventState {
     /// durability would look like stock for a moment, and a buyer would be sent for it; with
     /// it taken from one frame's own row instead of the row here, a row relayed by a third
     /// region would count that sale twice, and a buyer would hear a false sold-out.
+    ///
+    /// When the row here is newer than the frame, what it shows beyond the frame's `spent` is
+    /// taken off the reported holds: right when confirms of those holds made it, an
+    /// overstatement of the peer's stock until its next frame when its own buyers bought or
+    /// it gave quota away (a forward then refused: a round trip, never a false sold-out or a
+    /// sale). Never more than the pool's capacity, whatever a peer reports.
     pub fn peer_held(&self, pool: PoolIdx, r: RegionIdx) -> u64 {
         let p = pool as usize;
         let view = &self.peers[r as usize];
         let held = view.held.get(p).copied().unwrap_or(0);
-        let Some(&spent) = view.spent.get(p) else {
-            return held;
+        let unseen = match view.spent.get(p) {
+            Some(&spent) => i128::from(spent) - i128::from(self.spent_in_row(pool, r)),
+            None => 0,
         };
-        let unseen = i128::from(spent) - i128::from(self.spent_in_row(pool, r));
-        u64::try_from((i128::from(held) + unseen).max(0)).unwrap_or(u64::MAX)
+        let capacity = self
+            .genesis()
+            .pools
+            .get(p)
+            .map_or(0, |pool| pool.capacity());
+        u64::try_from((i128::from(held) + unseen).clamp(0, i128::from(capacity))).unwrap_or(0)
     }
 
     /// What this region may still hold, sell or give away: `ledger_available − held`, minus
@@ -451,6 +472,9 @@ impl EventState {
         {
             return Err("held, spent, sale rates and demand must list every pool once".into());
         }
+        if g.spent.iter().any(|&s| s > allot_crdt::MAX_COUNTER) {
+            return Err("a spent figure beyond any counter".into());
+        }
         if let Some((pool, held)) = g_pools
             .iter()
             .zip(&g.held)
@@ -527,7 +551,7 @@ mod tests {
 
     #[test]
     fn the_first_window_starts_with_the_first_buyer_not_at_creation() {
-        // Ticks every 50 ms from the event's creation; buyers come from 1,470 ms on at 60
+        // Ticks every 50 ms from the event's creation; buyers come from 1,450 ms on at 60
         // units a second (3 a tick). A first window from creation would have seen 3 units in
         // 500 ms (6 a second), and the young average would have carried that for seconds.
         let mut d = Demand::default();

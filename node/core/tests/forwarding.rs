@@ -787,20 +787,37 @@ fn deliver_frames(c: &mut LocalCluster, from: usize, to: usize) {
     }
 }
 
-#[test]
-fn a_buyer_is_sent_where_the_stock_lasts_longest_not_to_the_nearest_region() {
-    let mut c = cluster(30, 0, |_| {});
+/// `ga` places split evenly; eu-west sells all of its own, us-east's buyers 6 places and
+/// ap-south's 1 within one demand window: us-east's demand is six times ap-south's.
+fn busy_us_east_quiet_ap_south(ga: u64) -> LocalCluster {
+    let mut c = cluster(ga, 0, |_| {});
     sell_out_locally(&mut c, 0);
-    // us-east (80 ms away) has 4 places left and buyers of its own; ap-south (239 ms) has 10
-    // and none. Sent to the nearest, eu-west's buyers would drain us-east, and us-east's own
-    // buyers would then wait a round trip each.
-    sell_down_to(&mut c, 1, 4);
+    for _ in 0..6 {
+        c.call(1, buy(1)).expect("local quota");
+    }
+    c.call(2, buy(1)).expect("local quota");
     c.advance(600);
     c.settle(2);
+    c
+}
+
+#[test]
+fn a_buyer_is_sent_where_the_stock_lasts_longest_not_to_the_nearest_region() {
+    // us-east (80 ms away) has 4 places left, 0.4 s at its demand; ap-south (239 ms) has 9,
+    // 5.4 s at its own. Sent to the nearest, eu-west's buyers would drain us-east, and
+    // us-east's own buyers would then wait a round trip each.
+    let mut c = busy_us_east_quiet_ap_south(30);
     let r = c.call(0, buy(2));
     assert_eq!(remote(&r).region, "ap-south");
-    assert_eq!(sold_by(&c, 2, 2), 2);
+    assert_eq!(sold_by(&c, 2, 2), 3);
     c.settle(2);
+    c.check().unwrap();
+    // With plenty everywhere (994 and 999 places: minutes at either's demand) the nearest
+    // region sells.
+    let mut c = busy_us_east_quiet_ap_south(3000);
+    let r = c.call(0, buy(2));
+    assert_eq!(remote(&r).region, "us-east");
+    assert_eq!(sold_by(&c, 1, 1), 8);
     c.check().unwrap();
 }
 
@@ -850,5 +867,31 @@ fn a_row_relayed_by_a_third_region_does_not_count_a_sale_twice() {
     assert_eq!(seen_sellable(&c, 0, 1), 7, "and the sale counts once");
     c.settle(2);
     assert_eq!(seen_sellable(&c, 0, 1), 7);
+    c.check().unwrap();
+}
+
+#[test]
+fn immediate_frames_are_bounded_between_ticks_however_a_low_pool_churns() {
+    // 10 places a region: always under one maximum order (20), so every change is low.
+    let mut c = cluster(30, 0, |_| {});
+    c.network.clear();
+    // A buyer holds and releases again and again: each change is told at once, up to the
+    // budget, then nothing more until the tick.
+    for _ in 0..30 {
+        let id = hold_id(&c.call(0, hold_qty("c-1", "floor", 1)), "eu-west");
+        c.call(0, Command::Release { hold: id }).expect("release");
+    }
+    let told = c.network.iter().filter(|e| e.from == 0).count();
+    assert_eq!(
+        told,
+        2 * 20,
+        "20 frames per peer between two ticks, not one per change"
+    );
+    c.network.clear();
+    c.tick(0);
+    assert_eq!(c.network.len(), 2, "the tick tells the rest");
+    c.network.clear();
+    c.call(0, buy(1)).expect("local quota");
+    assert_eq!(c.network.len(), 2, "and the budget starts again");
     c.check().unwrap();
 }

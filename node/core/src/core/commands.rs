@@ -362,7 +362,7 @@ impl Core {
         let outcome = Outcome::Held(hold.clone());
         let idem = Self::idem_record(key, &outcome);
         let index = self.commit(RecordBody::HoldPlaced { hold, idem });
-        self.tell_low_stock(ev, pool);
+        self.tell_low_stock(ev);
         Ok((index, outcome))
     }
 
@@ -493,11 +493,15 @@ impl Core {
         let n = HoldNo(self.local_id(IdKind::Hold, hold_id)?);
         if let Some(h) = self.holds.get(n) {
             let event = h.event.to_string();
+            let ev = self.by_id.get(event.as_str()).copied();
             let index = self.commit(RecordBody::HoldsReleased {
                 event,
                 holds: vec![n],
                 reason: ReleaseReason::Released,
             });
+            if let Some(ev) = ev {
+                self.tell_low_stock(ev);
+            }
             return Ok((index, Outcome::Released { hold: n }));
         }
         if !self.holds.issued(n) {
@@ -619,7 +623,7 @@ impl Core {
             row,
             idem,
         });
-        self.tell_low_stock(ev, pool);
+        self.tell_low_stock(ev);
         Ok((index, outcome))
     }
 
@@ -678,6 +682,7 @@ impl Core {
             row,
             idem,
         });
+        self.tell_low_stock(ev);
         Ok((index, outcome))
     }
 

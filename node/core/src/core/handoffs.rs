@@ -320,6 +320,7 @@ impl Core {
             idem,
         });
         self.rebalancer.gave((ev, p), to, entry);
+        self.tell_low_stock(ev);
         if reason == Reason::Operator {
             self.rebalancer.push_after(index, to_name);
         } else {

@@ -2,7 +2,7 @@
 //! emits it; `Core::recover` applies the same records again; "persisted up to n" releases
 //! what waited for them.
 
-use allot_crdt::{Applied, MetaDoc, PoolIdx, RowDelta};
+use allot_crdt::{Applied, MetaDoc, RowDelta};
 
 use crate::api::*;
 use crate::event::{EventState, SeatLocal};
@@ -325,13 +325,13 @@ impl Core {
         while let Some(r) = self.durable.durable_row() {
             self.events[r.event].published.absorb(&r.row);
         }
-        let mut landed: Vec<(usize, PoolIdx)> = Vec::new();
+        let mut landed: Vec<usize> = Vec::new();
         while let Some(c) = self.durable.durable_credit() {
             let e = &mut self.events[c.event];
             let p = c.pool as usize;
             e.pending_credit[p] -= c.amount;
-            if !landed.contains(&(c.event, c.pool)) {
-                landed.push((c.event, c.pool));
+            if !landed.contains(&c.event) {
+                landed.push(c.event);
             }
             if let Some(s) = c.seat {
                 if matches!(e.seats[p][s as usize], SeatLocal::Arriving(_)) {
@@ -342,8 +342,8 @@ impl Core {
         while let Some((caller, reply)) = self.durable.durable_reply() {
             self.deliver_reply(caller, reply);
         }
-        for (ev, p) in landed {
-            self.tell_low_stock(ev, p);
+        for ev in landed {
+            self.tell_low_stock(ev);
         }
         self.handoffs_durable(self.durable.persisted());
         self.send_durable_forwards();

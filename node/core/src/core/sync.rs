@@ -12,6 +12,10 @@ use crate::record::{Record, RecordBody};
 
 use super::Core;
 
+/// Frames told at once for one event's low stock (see [`Core::tell_low_stock`]) between two
+/// ticks, per peer.
+pub(super) const LOW_STOCK_FRAMES: u32 = 20;
+
 /// A peer whose last frame is older than this is taken as cut off: not asked for quota, not
 /// sent buyers' requests (its stock then counts as unreachable, not sold out).
 const PEER_FRESH_MS: Millis = 3_000;
@@ -61,6 +65,9 @@ pub(super) fn largest_gossip_unit(genesis: &Genesis, meta_bytes: usize) -> usize
 
 impl Core {
     pub(super) fn gossip(&mut self) {
+        for e in &mut self.events {
+            e.low_frames = 0;
+        }
         let peers: Vec<String> = self
             .cfg
             .regions
@@ -77,10 +84,15 @@ impl Core {
     /// split (a row's entries keep only their last stamp, so part of a delta would pass for all
     /// of it); units the peer has been owed longest go first, and what does not fit waits.
     pub(super) fn gossip_to(&mut self, peer: &str) {
+        self.frame_to(peer, None);
+    }
+
+    /// The frame for one peer: every event's unit, or `only` that event's.
+    fn frame_to(&mut self, peer: &str, only: Option<usize>) {
         let now = self.now;
         let mut units: Vec<Unit> = Vec::new();
         for (ev, e) in self.events.iter_mut().enumerate() {
-            if e.created_at_index > self.durable.persisted() {
+            if only.is_some_and(|o| o != ev) || e.created_at_index > self.durable.persisted() {
                 continue;
             }
             let Some(p) = e.genesis().region_index(peer) else {
@@ -112,6 +124,7 @@ impl Core {
                 used += u.size;
                 view.owed_since = None;
                 frame.events.push(u.gossip);
+                self.events[u.event].note_told();
             } else {
                 view.owed_since.get_or_insert(now);
             }
@@ -160,9 +173,6 @@ impl Core {
         }
         let meta_heads = e.meta.heads();
         e.gossiped_meta_heads.clone_from(&meta_heads);
-        for p in 0..e.announced.len() {
-            e.announced[p] = e.sellable(p as PoolIdx);
-        }
         let view = &e.peers[p as usize];
         let meta_changes = if meta_durable && view.vv.is_some() && view.meta_heads != meta_heads {
             let theirs = view.meta_heads.clone();
@@ -321,20 +331,34 @@ impl Core {
         u64::try_from((available - i128::from(held)).max(0)).unwrap_or(u64::MAX)
     }
 
-    /// Pool `p`'s stock here just changed: while it is under one maximum order (or was, at
-    /// the last frame), the peers hear of it now rather than at the next tick. They send
-    /// their buyers here, or answer them `sold-out`, by the stock they last heard of: a buyer
-    /// sent for units already gone waits a round trip for a refusal, and one told `sold-out`
-    /// while units had just arrived here heard a false sold-out. At most one frame per change
-    /// of a figure under one maximum order.
-    pub(super) fn tell_low_stock(&mut self, ev: usize, p: PoolIdx) {
+    /// Event `ev`'s stock here may just have changed: while a pool's stock is under one
+    /// maximum order (or was, in the last frame), the peers hear of the change now rather
+    /// than at the next tick. They send their buyers here, or answer them `sold-out`, by the
+    /// stock they last heard of: a buyer sent for units already gone waits a round trip for a
+    /// refusal, and one told `sold-out` while units had just come back here heard a false
+    /// sold-out. The frame carries this event alone, and at most [`LOW_STOCK_FRAMES`] go
+    /// between two ticks (the tick tells what waits), so gossip grows with ticks, not with the
+    /// sale rate, however long a pool stays low. A pool under one maximum order has at most
+    /// that many units to sell, so a sale's last units are all told at once.
+    pub(super) fn tell_low_stock(&mut self, ev: usize) {
         let e = &self.events[ev];
         let low = self.cfg.max_quantity as i64;
-        let (now, told) = (e.sellable(p), e.announced[p as usize]);
-        if !self.cfg.forwarding || now == told || (now >= low && told >= low) {
+        let changed = (0..e.announced.len()).any(|p| {
+            let (stock, told) = (e.sellable(p as PoolIdx), e.announced[p]);
+            stock != told && (stock < low || told < low)
+        });
+        let spent = e.low_frames >= LOW_STOCK_FRAMES;
+        if !self.cfg.forwarding || !changed || spent {
             return;
         }
-        self.gossip();
+        self.events[ev].low_frames += 1;
+        let peers: Vec<String> = (self.cfg.regions.iter())
+            .filter(|r| **r != self.cfg.region)
+            .cloned()
+            .collect();
+        for peer in peers {
+            self.frame_to(&peer, Some(ev));
+        }
     }
 
     /// Whether region `r` of event `ev` was heard from lately (see [`PEER_FRESH_MS`]).
