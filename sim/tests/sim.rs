@@ -146,9 +146,9 @@ fn the_rebalancer_and_forwarding_sell_the_flash_sale_out_without_false_sold_outs
             );
         }
     }
-    // The target is 10 and the policy sits at it (docs/benchmarks.md): a tenth more fails.
+    // DESIGN's bar: at most 10 (measured 7.9 with forwarding; the rebalancer alone sat at 10).
     assert!(
-        per_1000 <= 11.0,
+        per_1000 <= 10.0,
         "{per_1000} handoff messages per 1,000 sales"
     );
 }
