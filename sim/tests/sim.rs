@@ -70,8 +70,9 @@ fn every_scenario_runs_clean_under_every_strategy() {
 /// places): the rebalancer with forwarding sells out, never answers sold-out while another
 /// region still has the units, in about central's time, with a handful of messages, far
 /// better than static allotments, and the buyers of the regions that are not central's home
-/// get a p99 at least ten times lower than central gives them (the median of the seeds'
-/// p99s). Two dozen seeds, since one is weather.
+/// get a p99 at least ten times lower than central gives them in most of these seeds (a
+/// guard: over 96 seeds that holds in about half of them, docs/benchmarks.md). Two dozen
+/// seeds, since one is weather.
 #[test]
 fn the_rebalancer_and_forwarding_sell_the_flash_sale_out_without_false_sold_outs() {
     let sc = scenario("flash-sale");
@@ -139,10 +140,13 @@ fn the_rebalancer_and_forwarding_sell_the_flash_sale_out_without_false_sold_outs
             panic!("{region}: answers under one strategy only");
         };
         eprintln!("{region}: p99 {mine} ms (median of the seeds), central {central} ms; {r:?}");
+        // A guard against losing ground, not the bar met: on these seeds 14 (us-east) and 15
+        // (ap-south) of 24 are ten times under central's; over seeds 0-95, 50 and 47 of 96.
         if region != *central_home {
             assert!(
                 mine * 10 <= central,
-                "{region}: p99 {mine} ms, central's {central} ms: not ten times lower ({r:?})"
+                "{region}: p99 {mine} ms, central's {central} ms: not ten times lower in most \
+                 seeds ({r:?})"
             );
         }
     }
