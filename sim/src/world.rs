@@ -909,6 +909,8 @@ impl World {
     /// buyer who asked region `r`: confirmed later (there or at another region), or abandoned.
     fn held(&mut self, r: usize, done: u64, p: Pending, hold: String) {
         self.note_sold_out(done);
+        // A hold is an answer its buyer waits for, as a sale or a confirm is.
+        self.record_latency(&p, done);
         let d = self.sc.demand.clone();
         if self.rng.random_bool(d.abandon.clamp(0.0, 1.0)) {
             self.report.abandoned += 1;
