@@ -493,7 +493,7 @@ impl Core {
         let n = HoldNo(self.local_id(IdKind::Hold, hold_id)?);
         if let Some(h) = self.holds.get(n) {
             let event = h.event.to_string();
-            let ev = self.by_id.get(event.as_str()).copied();
+            let ev = self.event_idx(&event).ok();
             let index = self.commit(RecordBody::HoldsReleased {
                 event,
                 holds: vec![n],

@@ -64,10 +64,16 @@ pub(super) fn largest_gossip_unit(genesis: &Genesis, meta_bytes: usize) -> usize
 }
 
 impl Core {
+    /// The tick's frames: every event, to every peer.
     pub(super) fn gossip(&mut self) {
         for e in &mut self.events {
             e.low_frames = 0;
         }
+        self.frames_to_peers(None);
+    }
+
+    /// A frame to every peer: every event's unit, or `only` that event's.
+    fn frames_to_peers(&mut self, only: Option<usize>) {
         let peers: Vec<String> = self
             .cfg
             .regions
@@ -76,7 +82,7 @@ impl Core {
             .cloned()
             .collect();
         for peer in peers {
-            self.gossip_to(&peer);
+            self.frame_to(&peer, only);
         }
     }
 
@@ -342,22 +348,18 @@ impl Core {
     /// that many units to sell, so a sale's last units are all told at once.
     pub(super) fn tell_low_stock(&mut self, ev: usize) {
         let e = &self.events[ev];
+        // Runs after every sale: the two flags first, the pools only when they allow a frame.
+        if !self.cfg.forwarding || e.low_frames >= LOW_STOCK_FRAMES {
+            return;
+        }
         let low = self.cfg.max_quantity as i64;
         let changed = (0..e.announced.len()).any(|p| {
             let (stock, told) = (e.sellable(p as PoolIdx), e.announced[p]);
             stock != told && (stock < low || told < low)
         });
-        let spent = e.low_frames >= LOW_STOCK_FRAMES;
-        if !self.cfg.forwarding || !changed || spent {
-            return;
-        }
-        self.events[ev].low_frames += 1;
-        let peers: Vec<String> = (self.cfg.regions.iter())
-            .filter(|r| **r != self.cfg.region)
-            .cloned()
-            .collect();
-        for peer in peers {
-            self.frame_to(&peer, Some(ev));
+        if changed {
+            self.events[ev].low_frames += 1;
+            self.frames_to_peers(Some(ev));
         }
     }
 
