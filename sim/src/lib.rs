@@ -12,6 +12,7 @@ pub mod fuzz;
 pub mod plot;
 pub mod report;
 pub mod scenario;
+mod waits;
 pub mod world;
 
 pub use allot_node::cluster::{check_global, LocalCluster};

@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::report::{Latency, Report};
 use crate::scenario::Scenario;
+use crate::waits::{Answer, Waits, CENTRAL_HOME};
 
 /// How quota is managed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -136,9 +137,7 @@ pub struct World {
     /// Check every invariant after every step (fuzz mode and tests).
     pub check_every_step: bool,
     report: Report,
-    latency: Histogram<u64>,
-    /// The same, per buyer region.
-    latency_by_region: Vec<Histogram<u64>>,
+    waits: Waits,
     /// Of the sales another region made through forwarding.
     forward_latency: Histogram<u64>,
     heal_pending: Vec<u64>,
@@ -161,6 +160,7 @@ const EVENT: &str = "sim";
 impl World {
     pub fn new(sc: Scenario, strategy: Strategy, seed: u64, chaos: Chaos) -> World {
         let names = sc.regions.clone();
+        let sc_regions = names.len();
         // Each region's id key comes from the seed (its own stream, so drawing it does not
         // shift the main generator): a seed replays the same ids.
         let mut keys = ChaCha8Rng::seed_from_u64(seed ^ 0x1d_6e75);
@@ -207,10 +207,6 @@ impl World {
         let capacity = sc.event.capacity + sc.event.seats as u64;
         let mut report = Report::new(&sc.name, strategy, seed, capacity);
         report.regions = names.clone();
-        let latency_by_region = names
-            .iter()
-            .map(|_| Histogram::new(3).expect("histogram"))
-            .collect();
         World {
             rng: ChaCha8Rng::seed_from_u64(seed),
             sc,
@@ -224,8 +220,7 @@ impl World {
             next_request: 1,
             check_every_step: false,
             report,
-            latency: Histogram::new(3).expect("histogram"),
-            latency_by_region,
+            waits: Waits::new(sc_regions),
             forward_latency: Histogram::new(3).expect("histogram"),
             heal_pending: vec![],
             steps: 0,
@@ -276,7 +271,7 @@ impl World {
             });
         }
         let allotments = match (&self.sc.event.allotments, self.strategy) {
-            (_, Strategy::Central) => Allotments::Explicit(self.all_to(0, &pools)),
+            (_, Strategy::Central) => Allotments::Explicit(self.all_to(CENTRAL_HOME, &pools)),
             (None, _) => Allotments::Even,
             (Some(share), _) => {
                 let total: u64 = share.values().sum::<u64>().max(1);
@@ -885,13 +880,13 @@ impl World {
                 if self.global_sellable(p.pool) >= wanted {
                     self.report.false_sold_outs += 1;
                 }
-                self.record_latency(&p, done);
+                self.record_latency(&p, done, Answer::Refusal);
             }
             // Counted apart from sold-outs (DESIGN): the stock exists, out of reach.
             Err(CoreError::StockUnreachable { .. }) => {
                 self.report.answers += 1;
                 self.report.stock_unreachable += 1;
-                self.record_latency(&p, done);
+                self.record_latency(&p, done, Answer::Refusal);
             }
             Err(CoreError::HoldExpired) => self.report.expired += 1,
             Err(CoreError::Unreachable { .. } | CoreError::DeadlinePassed) => {
@@ -910,7 +905,7 @@ impl World {
     fn held(&mut self, r: usize, done: u64, p: Pending, hold: String) {
         self.note_sold_out(done);
         // A hold is an answer its buyer waits for, as a sale or a confirm is.
-        self.record_latency(&p, done);
+        self.record_latency(&p, done, Answer::Sale);
         let d = self.sc.demand.clone();
         if self.rng.random_bool(d.abandon.clamp(0.0, 1.0)) {
             self.report.abandoned += 1;
@@ -958,17 +953,14 @@ impl World {
         self.report.answers += 1;
         self.report.sold += o.quantity;
         self.report.orders += 1;
-        self.record_latency(&p, done);
+        self.record_latency(&p, done, Answer::Sale);
         self.note_sold_out(done);
     }
 
     /// A buyer's wait for an answer, where the buyer is.
-    fn record_latency(&mut self, p: &Pending, done: u64) {
-        let wait = done.saturating_sub(p.arrival);
-        let _ = self.latency.record(wait);
-        if let Some(h) = self.latency_by_region.get_mut(p.client) {
-            let _ = h.record(wait);
-        }
+    fn record_latency(&mut self, p: &Pending, done: u64, answer: Answer) {
+        self.waits
+            .record(p.client, done.saturating_sub(p.arrival), answer);
     }
 
     /// Sold out: every unit sold or in a live hold, nothing sellable anywhere (the same
@@ -1217,7 +1209,7 @@ impl World {
                 .violations
                 .push(format!("oversold by {}", self.report.oversold));
         }
-        self.report.latency_ms = Latency::of(&self.latency);
+        self.waits.report(&self.names, &mut self.report);
         // From each ask to the credit being spendable, as the askers' logs have it (a log
         // keeps the newest 64 handoffs; a region that crashed lost its log).
         let mut spendable = Histogram::<u64>::new(3).expect("histogram");
@@ -1238,12 +1230,6 @@ impl World {
             self.report.gathered += g.started;
             self.report.gathered_whole += g.complete;
         }
-        self.report.latency_ms_by_region = self
-            .names
-            .iter()
-            .zip(&self.latency_by_region)
-            .map(|(n, h)| (n.to_string(), Latency::of(h)))
-            .collect();
         self.report.finish();
         self.report
     }

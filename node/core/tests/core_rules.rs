@@ -325,7 +325,7 @@ fn idempotency_keys_return_the_first_answer() {
     // Keys expire.
     c.advance(24 * 3600 * 1000);
     c.tick(0);
-    assert!(matches!(c.call_keyed(0, key(2), buy(1)), Ok(_)));
+    assert!(c.call_keyed(0, key(2), buy(1)).is_ok());
 }
 
 #[test]

@@ -822,6 +822,47 @@ fn a_buyer_is_sent_where_the_stock_lasts_longest_not_to_the_nearest_region() {
 }
 
 #[test]
+fn units_forwarded_and_unanswered_count_against_their_target_when_choosing() {
+    // eu-west is dry; us-east and ap-south have 8 places each at the same demand (2.4 s of
+    // it): the nearer, us-east, gets the first buyer. While that forward travels, us-east's
+    // frame still says 8, but only 4 are not yet claimed: the next buyer goes to ap-south,
+    // instead of a second claim on the same places from the same old frame.
+    let mut c = cluster(30, 0, |_| {});
+    sell_out_locally(&mut c, 0);
+    for i in 1..3 {
+        for _ in 0..2 {
+            c.call(i, buy(1)).expect("local quota");
+        }
+    }
+    c.advance(600);
+    c.settle(2);
+    c.calls.clear();
+    let first = c.send(0, None, buy(4));
+    c.persist(0);
+    let targets = |c: &LocalCluster| c.calls.iter().map(|e| e.to).collect::<Vec<_>>();
+    assert_eq!(targets(&c), [1], "the nearest of two equals");
+    let second = c.send(0, None, buy(4));
+    c.persist(0);
+    assert_eq!(targets(&c), [1, 2], "us-east's places are half claimed");
+    while !c.calls.is_empty() || c.unpersisted.iter().any(|u| !u.is_empty()) {
+        while !c.calls.is_empty() {
+            c.deliver_call(0);
+        }
+        for r in 0..3 {
+            c.persist(r);
+        }
+    }
+    for (id, seller) in [(first, "us-east"), (second, "ap-south")] {
+        let reply = c.take_reply(0, id).expect("answered");
+        assert_eq!(remote(&reply).region, seller);
+    }
+    c.settle(2);
+    assert_eq!(sold_by(&c, 0, 1), 6);
+    assert_eq!(sold_by(&c, 0, 2), 6);
+    c.check().unwrap();
+}
+
+#[test]
 fn a_sale_that_leaves_less_than_one_maximum_order_is_told_to_the_peers_at_once() {
     // 300 places, 100 a region; the largest order is 20 places.
     let mut c = cluster(300, 0, |_| {});
