@@ -24,8 +24,11 @@ impl PerSeed {
         self.central.push(c.p99);
     }
 
-    fn print(mut self, name: &str) {
-        let (mine, central) = (median(&mut self.rebalance), median(&mut self.central));
+    fn print(self, name: &str) {
+        let (mine, central) = (
+            median(&mut self.rebalance.clone()),
+            median(&mut self.central.clone()),
+        );
         let ten_times = self
             .rebalance
             .iter()
@@ -33,7 +36,7 @@ impl PerSeed {
             .count();
         println!(
             "{name}: p99 median {mine} ms (central {central} ms); seeds at least 10x under \
-             central's median: {ten_times} of {}; per seed, sorted: {:?}",
+             central's median: {ten_times} of {}; per seed, in seed order: {:?}",
             self.rebalance.len(),
             self.rebalance
         );

@@ -66,14 +66,15 @@ pub struct Report {
     pub latency_ms: Latency,
     /// From a handoff ask to spendable credit at the asker (`rebalance`).
     pub ask_to_spendable_ms: Option<Latency>,
-    /// Per buyer region, over every answer its buyers got.
+    /// Per buyer region, over every answer its buyers waited for (503s of a region that
+    /// could not answer are counted apart, not timed).
     pub latency_ms_by_region: std::collections::BTreeMap<String, Latency>,
     /// Over every answer of the buyers outside the central strategy's home region (the
     /// scenario's first), pooled: the population of DESIGN's remote-region p99 bar, as the
-    /// WAN bench measures it.
+    /// WAN bench pools it.
     pub latency_ms_outside_home: Latency,
-    /// The same two over the sales alone (orders, holds and confirms answered): sold-out
-    /// answers left out, as DESIGN's remote-region bar counts (its forwarded sales included).
+    /// The same two over the sales alone (orders, holds and confirms answered, forwarded ones
+    /// included), sold-out answers left out: the WAN bench's figure for that bar.
     pub sales_latency_ms_by_region: std::collections::BTreeMap<String, Latency>,
     pub sales_latency_ms_outside_home: Latency,
     pub opened_at_ms: u64,
@@ -233,7 +234,7 @@ impl Report {
         );
         row(
             &mut s,
-            "p99 ms outside the first region",
+            "p99 ms outside central's home region",
             format!(
                 "{} (sales alone {})",
                 self.latency_ms_outside_home.p99, self.sales_latency_ms_outside_home.p99

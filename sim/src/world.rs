@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::report::{Latency, Report};
 use crate::scenario::Scenario;
-use crate::waits::{Answer, Waits, CENTRAL_HOME};
+use crate::waits::{Answer, Waits};
 
 /// How quota is managed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -34,6 +34,10 @@ pub enum Strategy {
 pub struct Chaos {
     pub transfers_per_s: f64,
 }
+
+/// The region the central strategy keeps everything in: the scenario's first. Its buyers are
+/// the "home" ones; the remote-region latency bar is about everyone else's.
+const CENTRAL_HOME: usize = 0;
 
 #[derive(Debug)]
 enum Ev {
@@ -160,7 +164,6 @@ const EVENT: &str = "sim";
 impl World {
     pub fn new(sc: Scenario, strategy: Strategy, seed: u64, chaos: Chaos) -> World {
         let names = sc.regions.clone();
-        let sc_regions = names.len();
         // Each region's id key comes from the seed (its own stream, so drawing it does not
         // shift the main generator): a seed replays the same ids.
         let mut keys = ChaCha8Rng::seed_from_u64(seed ^ 0x1d_6e75);
@@ -207,6 +210,7 @@ impl World {
         let capacity = sc.event.capacity + sc.event.seats as u64;
         let mut report = Report::new(&sc.name, strategy, seed, capacity);
         report.regions = names.clone();
+        let waits = Waits::new(names.len(), CENTRAL_HOME);
         World {
             rng: ChaCha8Rng::seed_from_u64(seed),
             sc,
@@ -220,7 +224,7 @@ impl World {
             next_request: 1,
             check_every_step: false,
             report,
-            waits: Waits::new(sc_regions),
+            waits,
             forward_latency: Histogram::new(3).expect("histogram"),
             heal_pending: vec![],
             steps: 0,

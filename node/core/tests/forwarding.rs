@@ -824,9 +824,10 @@ fn a_buyer_is_sent_where_the_stock_lasts_longest_not_to_the_nearest_region() {
 #[test]
 fn units_forwarded_and_unanswered_count_against_their_target_when_choosing() {
     // eu-west is dry; us-east and ap-south have 8 places each at the same demand (2.4 s of
-    // it): the nearer, us-east, gets the first buyer. While that forward travels, us-east's
-    // frame still says 8, but only 4 are not yet claimed: the next buyer goes to ap-south,
-    // instead of a second claim on the same places from the same old frame.
+    // it): the nearer, us-east, gets the first buyer of 5. While that forward travels,
+    // us-east's frame still says 8, but only 3 are not yet claimed: the next buyer of 5 goes
+    // to ap-south, instead of a second claim on the same places from the same old frame that
+    // us-east would refuse, a round trip lost.
     let mut c = cluster(30, 0, |_| {});
     sell_out_locally(&mut c, 0);
     for i in 1..3 {
@@ -837,13 +838,17 @@ fn units_forwarded_and_unanswered_count_against_their_target_when_choosing() {
     c.advance(600);
     c.settle(2);
     c.calls.clear();
-    let first = c.send(0, None, buy(4));
+    let first = c.send(0, None, buy(5));
     c.persist(0);
     let targets = |c: &LocalCluster| c.calls.iter().map(|e| e.to).collect::<Vec<_>>();
     assert_eq!(targets(&c), [1], "the nearest of two equals");
-    let second = c.send(0, None, buy(4));
+    let second = c.send(0, None, buy(5));
     c.persist(0);
-    assert_eq!(targets(&c), [1, 2], "us-east's places are half claimed");
+    assert_eq!(
+        targets(&c),
+        [1, 2],
+        "us-east's unclaimed places do not cover 5"
+    );
     while !c.calls.is_empty() || c.unpersisted.iter().any(|u| !u.is_empty()) {
         while !c.calls.is_empty() {
             c.deliver_call(0);
@@ -856,9 +861,11 @@ fn units_forwarded_and_unanswered_count_against_their_target_when_choosing() {
         let reply = c.take_reply(0, id).expect("answered");
         assert_eq!(remote(&reply).region, seller);
     }
+    let refused: u64 = c.cores[0].forward_stats().values().map(|s| s.refused).sum();
+    assert_eq!(refused, 0, "no forward was refused");
     c.settle(2);
-    assert_eq!(sold_by(&c, 0, 1), 6);
-    assert_eq!(sold_by(&c, 0, 2), 6);
+    assert_eq!(sold_by(&c, 0, 1), 7);
+    assert_eq!(sold_by(&c, 0, 2), 7);
     c.check().unwrap();
 }
 

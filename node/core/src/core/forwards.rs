@@ -598,20 +598,25 @@ impl Core {
                 // (measured on the flash sale: us-east, 80 ms from the busiest region, had a
                 // p99 of 223 ms choosing by distance, 2 ms choosing by stock left). Units this
                 // region forwarded there and has no answer for are taken off that stock for
-                // the choice (not for whether anyone has it: see `expected_sellable`), or
-                // every forward of one round trip would go to one region on one old frame and
-                // drain it (measured: ap-south 50 of 96 seeds ten times under central, 64
-                // with them taken off).
-                let not_yet_claimed = |r: usize| {
+                // the choice (not for whether anyone has it: see `expected_sellable`): a
+                // region whose unclaimed stock still covers the request first, or every
+                // forward of one round trip would go to one region on one old frame, drain
+                // it, and be refused there.
+                let unclaimed = |r: usize| {
                     sellable[r].saturating_sub(self.forwards.units_on_the_way(ev, p, &regions[r]))
                 };
-                if let Some(best) = open.into_iter().max_by_key(|&r| {
-                    (
-                        self.lasts_ms(ev, p, r, not_yet_claimed(r)),
-                        std::cmp::Reverse(self.rtt_to(&regions[r])),
-                        sellable[r],
-                    )
-                }) {
+                if let Some((best, _)) =
+                    open.into_iter()
+                        .map(|r| (r, unclaimed(r)))
+                        .max_by_key(|&(r, left)| {
+                            (
+                                left >= *quantity,
+                                self.lasts_ms(ev, p, r, left),
+                                std::cmp::Reverse(self.rtt_to(&regions[r])),
+                                left,
+                            )
+                        })
+                {
                     return Plan::Forward(regions[best].clone());
                 }
                 if let Some(&r) = full.first() {
