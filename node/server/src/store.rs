@@ -68,8 +68,9 @@ const FORMAT: u64 = 2;
 pub const DEFAULT_KEY_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// RocksDB's memory, bounded. The defaults suit one region of a ticketing cluster on a small
-/// machine: 64 MiB of block cache, 64 MiB of memtables, about 150 MiB in all with the
-/// allocator's slack.
+/// machine: 64 MiB of block cache and 64 MiB of memtables, about 150 MiB in all with the
+/// allocator's slack while flushes keep up (the memtable budget triggers flushes and does not
+/// stall writes: see [`Store::open`]).
 #[derive(Clone, Copy, Debug)]
 pub struct StoreOptions {
     /// Idempotency answers older than this are not found, and compaction drops them.
@@ -180,12 +181,12 @@ impl Store {
     pub fn open(dir: &Path, options: StoreOptions) -> anyhow::Result<Store> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let cache = Cache::new_lru_cache(options.block_cache_bytes);
-        // A flush starts when the memtables reach seven eighths of the budget; writes go on
-        // into fresh memtables while it runs, so memory peaks at the budget plus the memtable
-        // being flushed (RocksDB's own limit of two memtables per family bounds the rest).
-        // Stalling instead at the budget held every sale behind the flush's last megabytes
-        // several times a minute: keyed p99 5.3-5.7 ms against 3.0-3.6 without the stall
-        // over 30 s runs (docs/benchmarks.md, "Memory and restart").
+        // The manager flushes the oldest family's memtable when the memtables together reach
+        // seven eighths of the budget, and a family flushes its own at half the budget
+        // (below). Writes do not stall at the budget: that held every sale behind the end of
+        // a flush several times a minute (30 s runs: keyed p99 5.3-6.6 ms stalling, 3.0-3.6
+        // not; docs/benchmarks.md, "Memory and restart"). What bounds memtables then is
+        // RocksDB's stop at two memtables per family (docs/operations.md states both).
         let memtables = WriteBufferManager::new_write_buffer_manager(options.memtable_bytes, false);
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -226,11 +227,12 @@ impl Store {
             use rocksdb::DBCompressionType::{Lz4, None as Plain};
             o.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
             o.set_block_based_table_factory(&table);
-            // The budget is shared, not split: any family may fill it (the manager flushes
-            // the largest when the total nears it). A quarter each made the idempotency
-            // family flush every few seconds under keyed load, and each flush's CPU burst
-            // showed in the p99 (docs/benchmarks.md, "Memory and restart").
-            o.set_write_buffer_size(options.memtable_bytes.max(1 << 20));
+            // Half the shared budget per family: the busiest (the idempotency keys under keyed
+            // load) flushes 32 MiB at a time with the defaults. The whole budget each made
+            // flushes of 56 MiB whose bursts showed in the p99 (unkeyed 2.7-4.9 ms against
+            // 1.7-2.3 at half), and resident memory after a million orders 1.35x that after
+            // 100,000 (1.09x at half); a quarter each made the keys flush every few seconds.
+            o.set_write_buffer_size((options.memtable_bytes / 2).max(1 << 20));
             // RocksDB sizes a memtable's arena blocks at an eighth of its write buffer and the
             // manager counts them whole: with seven families, 8 MiB blocks would fill the
             // budget before any data did (and stall writes). Small blocks count what is used.
