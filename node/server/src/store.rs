@@ -234,8 +234,9 @@ impl Store {
             // 100,000 (1.09x at half); a quarter each made the keys flush every few seconds.
             o.set_write_buffer_size((options.memtable_bytes / 2).max(1 << 20));
             // RocksDB sizes a memtable's arena blocks at an eighth of its write buffer and the
-            // manager counts them whole: with seven families, 8 MiB blocks would fill the
-            // budget before any data did (and stall writes). Small blocks count what is used.
+            // manager counts them whole: with ten families, 4 MiB blocks would count 40 MiB
+            // against the budget before any data did, and flushes would start on memtables
+            // nearly empty. Small blocks count what is used.
             o.set_arena_block_size(ARENA_BLOCK_BYTES);
             o.set_max_write_buffer_number(2);
             o

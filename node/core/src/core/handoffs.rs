@@ -469,7 +469,7 @@ impl Core {
         let now = self.now;
         self.rebalancer.landed(persisted, now);
         for peer in self.rebalancer.pushes_due(persisted) {
-            self.gossip_to(&peer);
+            self.frame_to(&peer, None);
         }
     }
 

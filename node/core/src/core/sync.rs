@@ -86,15 +86,11 @@ impl Core {
         }
     }
 
-    /// Builds the frame for one peer within the frame budget. Each event is one unit, never
-    /// split (a row's entries keep only their last stamp, so part of a delta would pass for all
-    /// of it); units the peer has been owed longest go first, and what does not fit waits.
-    pub(super) fn gossip_to(&mut self, peer: &str) {
-        self.frame_to(peer, None);
-    }
-
-    /// The frame for one peer: every event's unit, or `only` that event's.
-    fn frame_to(&mut self, peer: &str, only: Option<usize>) {
+    /// Builds the frame for one peer within the frame budget: every event's unit, or `only`
+    /// that event's. Each event is one unit, never split (a row's entries keep only their last
+    /// stamp, so part of a delta would pass for all of it); units the peer has been owed
+    /// longest go first, and what does not fit waits.
+    pub(super) fn frame_to(&mut self, peer: &str, only: Option<usize>) {
         let now = self.now;
         let mut units: Vec<Unit> = Vec::new();
         for (ev, e) in self.events.iter_mut().enumerate() {
