@@ -38,6 +38,10 @@ pub struct ClusterSection {
     /// RocksDB's memtables, all column families together (MiB).
     #[serde(default = "default_memtable_mib")]
     pub store_memtable_mib: usize,
+    /// Whether RocksDB writes its tables around the page cache when the file system takes
+    /// direct writes (default true; docs/operations.md).
+    #[serde(default = "default_true")]
+    pub store_direct_writes: bool,
     /// Whether regions move unsold quota to where the buyers are by themselves (default
     /// true); off, allotments move only by an operator's transfer.
     #[serde(default = "default_true")]

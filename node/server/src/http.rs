@@ -1241,6 +1241,8 @@ pub(crate) async fn cluster(State(s): St, _: Operator) -> ApiResult {
         .as_ref()
         .map(|t| t.lock().expect("status").clone());
     let store = s.core.store().memory();
+    let direct_writes = s.core.store().direct_writes();
+    let disk_reads = s.core.store().disk_reads();
     let v = read(&s, move |core| {
         let cfg = core.config();
         let now = crate::driver::wall_ms();
@@ -1297,6 +1299,10 @@ pub(crate) async fn cluster(State(s): St, _: Operator) -> ApiResult {
                     "block_cache": store.block_cache, "memtables": store.memtables,
                     "table_readers": store.table_readers, "total": store.total(),
                 },
+                // Whether RocksDB's flushes write around the page cache (docs/operations.md).
+                "store_direct_writes": direct_writes,
+                // The core's reads (keys, orders) that memory could not answer.
+                "store_disk_reads": disk_reads,
             },
         })
     })?;

@@ -157,6 +157,7 @@ impl NodeOptions {
                 key_ttl_ms: cfg.cluster.idempotency_ttl_s.max(1).saturating_mul(1000),
                 block_cache_bytes: cfg.cluster.store_block_cache_mib.max(1) << 20,
                 memtable_bytes: cfg.cluster.store_memtable_mib.max(4) << 20,
+                direct_writes: cfg.cluster.store_direct_writes,
             },
             rebalance: cfg.cluster.rebalance,
             forwarding: cfg.cluster.forwarding,

@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use allot_crdt::{Entry, Genesis, PoolIdx, RowDelta, SeatIdx};
@@ -79,6 +80,9 @@ pub struct StoreOptions {
     pub block_cache_bytes: usize,
     /// Every memtable of every column family together (a write buffer manager).
     pub memtable_bytes: usize,
+    /// Write flushed and compacted tables around the page cache when the file system takes
+    /// direct writes (see [`Store::open`]); false: always through it.
+    pub direct_writes: bool,
 }
 
 impl Default for StoreOptions {
@@ -87,6 +91,7 @@ impl Default for StoreOptions {
             key_ttl_ms: DEFAULT_KEY_TTL_MS,
             block_cache_bytes: 64 << 20,
             memtable_bytes: 64 << 20,
+            direct_writes: true,
         }
     }
 }
@@ -111,6 +116,43 @@ pub struct Store {
     /// Reads from memtables and block cache only, made once: a new key is read this way on
     /// every keyed request, under the core's lock.
     memory_only: ReadOptions,
+    /// Whether flushes and compactions write around the page cache (see [`Store::open`]).
+    direct_writes: bool,
+    /// Reads the memtables and block cache could not answer.
+    disk_reads: AtomicU64,
+}
+
+/// Whether the file system under `dir` takes direct (`O_DIRECT`) writes, tried with one
+/// aligned block. Some refuse them (tmpfs before Linux 6.6, some overlay and network file
+/// systems), and RocksDB set to write its tables that way would fail its first flush and
+/// stop taking writes: the node would stop acknowledging sales.
+fn takes_direct_writes(dir: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        /// One block, aligned as direct writes require (4 KiB covers 512-byte sectors too).
+        #[repr(C, align(4096))]
+        struct Block([u8; 4096]);
+        let probe = dir.join("DIRECT-WRITE-PROBE");
+        let tried = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&probe)
+            .and_then(|mut f| {
+                f.write_all(&Box::new(Block([0; 4096])).0)?;
+                f.sync_data()
+            });
+        let _ = std::fs::remove_file(&probe);
+        tried.is_ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        false
+    }
 }
 
 fn wall_ms() -> u64 {
@@ -174,6 +216,9 @@ enum Bloom {
     TablesAndMemtable,
 }
 
+/// Bloom filter bits per idempotency key (see [`Store::open`]).
+const KEY_FILTER_BITS: f64 = 20.0;
+
 /// A memtable's allocation unit (see [`Store::open`]).
 const ARENA_BLOCK_BYTES: usize = 1 << 20;
 
@@ -203,6 +248,21 @@ impl Store {
         // the end: one large sync would hold the WAL's sync (every sale waits on it) behind it
         // on the same disk.
         opts.set_bytes_per_sync(1 << 20);
+        // Flushes and compactions write their tables around the page cache where the file
+        // system allows it. Through it, each flush left tens of megabytes of dirty pages whose
+        // writeback slowed the WAL syncs every sale waits on: in 30 s keyed runs at 20,000/s,
+        // four interleaved pairs, p99 3.5-10.5 ms through the page cache against 1.8-3.3
+        // direct, p99.9 10.6-28.5 against 5.3-8.5 (docs/benchmarks.md, "Memory and restart").
+        // The WAL itself stays buffered and synced.
+        let direct_writes = options.direct_writes && takes_direct_writes(dir);
+        opts.set_use_direct_io_for_flush_and_compaction(direct_writes);
+        if options.direct_writes && !direct_writes {
+            tracing::warn!(
+                "{} does not take direct writes: RocksDB's flushes go through the page cache, \
+                 which costs the sales' p99 under load",
+                dir.display()
+            );
+        }
         let cf_options = |bloom: Bloom| {
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
@@ -211,10 +271,18 @@ impl Store {
             table.set_cache_index_and_filter_blocks(true);
             table.set_pin_l0_filter_and_index_blocks_in_cache(true);
             let mut o = Options::default();
-            if bloom != Bloom::None {
-                // Point reads of keys and orders that mostly do not exist (a new key) or sit
-                // in one file: a bloom filter answers most without reading a block.
-                table.set_bloom_filter(10.0, false);
+            match bloom {
+                Bloom::None => {}
+                // Point reads of orders, which mostly sit in one file: a bloom filter answers
+                // most without reading a block.
+                Bloom::Tables => table.set_bloom_filter(10.0, false),
+                // Every keyed request looks its key up, nearly always a new one, in every
+                // table whose key range covers it: with random keys, each level-0 table and
+                // one per deeper level. A false positive sends the request to the disk for a
+                // data block, queued behind the WAL's writes. At 10 bits (about 1% per table)
+                // a 30 s keyed run at 20,000/s made about 1,000 disk reads; at 20 bits, 120
+                // (docs/benchmarks.md), for 2.5 bytes of filter per key.
+                Bloom::TablesAndMemtable => table.set_bloom_filter(KEY_FILTER_BITS, false),
             }
             if bloom == Bloom::TablesAndMemtable {
                 // Every keyed request looks its (mostly new) key up under the core's lock: a
@@ -269,6 +337,8 @@ impl Store {
             db,
             key_ttl_ms: options.key_ttl_ms,
             memory_only,
+            direct_writes,
+            disk_reads: AtomicU64::new(0),
         };
         store.check_format(dir)?;
         Ok(store)
@@ -320,6 +390,18 @@ impl Store {
             memtables: int("rocksdb.cur-size-all-mem-tables"),
             table_readers: int("rocksdb.estimate-table-readers-mem"),
         }
+    }
+
+    /// How many of the core's reads memory could not answer (see [`Store::lookup`]): each may
+    /// have read the disk.
+    pub fn disk_reads(&self) -> u64 {
+        self.disk_reads.load(Ordering::Relaxed)
+    }
+
+    /// Whether flushes and compactions write around the page cache (the data dir's file
+    /// system takes direct writes).
+    pub fn direct_writes(&self) -> bool {
+        self.direct_writes
     }
 
     /// Compacts the idempotency answers now (the TTL filter runs), for tests.
@@ -657,9 +739,11 @@ impl Store {
         })
     }
 
-    /// Answers one of the core's reads. The answer reflects at least every write that was
+    /// Answers one of the core's reads, from the disk if need be (counted in
+    /// [`disk_reads`](Self::disk_reads)). The answer reflects at least every write that was
     /// reported durable before the read was asked.
     pub fn lookup(&self, lookup: &Lookup, now: Millis) -> anyhow::Result<Found> {
+        self.disk_reads.fetch_add(1, Ordering::Relaxed);
         self.lookup_in(lookup, now, &ReadOptions::default())
     }
 

@@ -328,12 +328,12 @@ async fn a_partitioned_region_keeps_selling_and_nobody_oversells() {
     c.isolate(2, true);
     // Everyone sells until sold out locally; the isolated region too.
     let mut sold = [0u64; 3];
-    for i in 0..3 {
+    for (i, sold) in sold.iter_mut().enumerate() {
         while buy(&c, i, "floor", 3).await == StatusCode::CREATED {
-            sold[i] += 3;
+            *sold += 3;
         }
         while buy(&c, i, "floor", 1).await == StatusCode::CREATED {
-            sold[i] += 1;
+            *sold += 1;
         }
     }
     assert_eq!(
@@ -552,7 +552,7 @@ async fn buyer(c: &Cluster, i: usize, pool: &str, units: u64, per_s: f64) -> Vec
     let start = tokio::time::Instant::now();
     while asked < units {
         n += 1;
-        let q = if n % 3 == 0 { 2 } else { 1 }.min(units - asked);
+        let q = if n.is_multiple_of(3) { 2 } else { 1 }.min(units - asked);
         asked += q;
         let body = json!({"pool": pool, "quantity": q, "customer": format!("c-{i}-{n}"), "payment_ref": "p"});
         let (s, v) = c.post(i, "/v1/events/rock/purchases", body).await;

@@ -255,3 +255,64 @@ fn idempotency_keys_expire_after_the_configured_ttl() {
         "compaction dropped the expired key"
     );
 }
+
+/// Flushes and compactions write their tables around the page cache where the file system
+/// takes direct writes, and through it where it does not or the operator said so: tables
+/// written either way read back either way. The default temp dir and, where there is one, a
+/// tmpfs (which takes direct writes only since Linux 6.6).
+#[test]
+fn tables_written_directly_or_through_the_page_cache_read_back() {
+    let mut dirs = vec![tempfile::tempdir().unwrap()];
+    if let Ok(shm) = tempfile::tempdir_in("/dev/shm") {
+        dirs.push(shm);
+    }
+    let ttl = 24 * 3600 * 1000;
+    let open_with = |dir: &std::path::Path, direct_writes: bool| {
+        Store::open(
+            dir,
+            StoreOptions {
+                key_ttl_ms: ttl,
+                direct_writes,
+                ..StoreOptions::default()
+            },
+        )
+        .expect("open")
+    };
+    for dir in dirs {
+        let now = wall_ms();
+        let mut node = start(open_with(dir.path(), true), ttl);
+        eprintln!(
+            "{}: direct writes {}",
+            dir.path().display(),
+            node.store.direct_writes()
+        );
+        node.call(now, None, Command::CreateEvent(spec())).unwrap();
+        let mut firsts: Vec<Order> = Vec::new();
+        // Each pass writes 300 keys and flushes them into a table (compacted with the
+        // tables before it), then reopens the store the other way.
+        for (pass, direct_writes) in [false, true, false].into_iter().enumerate() {
+            for i in 0..300 {
+                let key = format!("k-{pass}-{i}");
+                firsts.push(order(&node.call(now, Some(&key), purchase(None))).clone());
+            }
+            node.store.compact_keys();
+            drop(node);
+            node = start(open_with(dir.path(), direct_writes), ttl);
+            if !direct_writes {
+                assert!(!node.store.direct_writes(), "the operator turned them off");
+            }
+        }
+        for pass in 0..3 {
+            for i in [0, 150, 299] {
+                let again = node.call(now, Some(&format!("k-{pass}-{i}")), purchase(None));
+                assert_eq!(
+                    order(&again).n,
+                    firsts[pass * 300 + i].n,
+                    "key k-{pass}-{i} in {}",
+                    dir.path().display()
+                );
+            }
+        }
+        node.core.check_invariants().unwrap();
+    }
+}

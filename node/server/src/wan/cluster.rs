@@ -84,7 +84,7 @@ impl Cluster {
                 );
             }
             toml += "\n[latency_ms]\n";
-            for (&(a, b), _) in &links {
+            for &(a, b) in links.keys() {
                 toml += &format!(
                     "\"{}/{}\" = {}\n",
                     names[a],
