@@ -254,23 +254,7 @@ impl CoreHandle {
     }
 
     /// Answers the core's reads from the store, outside the lock, until it asks for no more.
-    /// On a runtime's thread they go to its blocking pool: a read that needs the disk (a
-    /// key's block after a filter's false positive, an old order) took a millisecond or more
-    /// behind the WAL's writes, and held up every request that thread serves meanwhile.
-    fn serve(&self, reads: Reads) {
-        if reads.is_empty() {
-            return;
-        }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let handle = self.clone();
-                runtime.spawn_blocking(move || handle.serve_here(reads));
-            }
-            Err(_) => self.serve_here(reads),
-        }
-    }
-
-    fn serve_here(&self, mut reads: Reads) {
+    fn serve(&self, mut reads: Reads) {
         while !reads.is_empty() {
             let now = wall_ms();
             let answers: Vec<_> = reads

@@ -10,7 +10,7 @@ use std::time::Duration;
 use allot_crdt::{Allotments, PoolKind};
 use allot_node::{Command, EventSpec, GrantAmount, IdempotencyKey, Outcome, PoolInput, Want};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -186,13 +186,21 @@ fn created(v: Value) -> Response {
     (StatusCode::CREATED, Json(v)).into_response()
 }
 
-fn order_view(core: &allot_node::Core, o: Outcome) -> Value {
-    match &o {
-        Outcome::Order(o) => views::order(core, o),
-        Outcome::Held(h) => views::hold(core, h),
-        Outcome::Remote(r) => views::remote(core, r),
-        _ => json!({}),
+/// A hold or order as a response body (see [`views::sale_body`]).
+struct SaleBody(Vec<u8>);
+
+impl IntoResponse for SaleBody {
+    fn into_response(self) -> Response {
+        ([(header::CONTENT_TYPE, "application/json")], self.0).into_response()
     }
+}
+
+fn order_view(core: &allot_node::Core, o: Outcome) -> SaleBody {
+    SaleBody(views::sale_body(core, &o))
+}
+
+fn created_sale(body: SaleBody) -> Response {
+    (StatusCode::CREATED, body).into_response()
 }
 
 // ----- health ---------------------------------------------------------------------------------
@@ -511,7 +519,7 @@ pub(crate) async fn create_hold(
             "a hold takes no payment_ref; confirm it with one",
         ));
     }
-    Ok(created(
+    Ok(created_sale(
         call_render(
             &s,
             key,
@@ -549,7 +557,7 @@ pub(crate) async fn purchase(
     let payment_ref = w
         .payment_ref
         .ok_or_else(|| Problem::invalid("payment_ref is required"))?;
-    Ok(created(
+    Ok(created_sale(
         call_render(
             &s,
             key,
@@ -590,7 +598,7 @@ pub(crate) async fn confirm(
     Path(hold): Path<String>,
     Posted { key, body: c }: Posted<ConfirmBody>,
 ) -> ApiResult {
-    Ok(created(
+    Ok(created_sale(
         call_render(
             &s,
             key,
@@ -634,7 +642,7 @@ pub(crate) async fn release(State(s): St, Path(hold): Path<String>) -> ApiResult
 pub(crate) async fn get_order(State(s): St, Path(order): Path<String>) -> ApiResult {
     // Through the core: another region's order is asked of that region.
     let v = call_render(&s, None, Command::ReadOrder { order }, order_view).await?;
-    Ok(Json(v).into_response())
+    Ok(v.into_response())
 }
 
 // ----- operators ------------------------------------------------------------------------------
@@ -1126,7 +1134,9 @@ pub(crate) async fn refund(
     if !body.iter().all(u8::is_ascii_whitespace) {
         let _: serde_json::Map<String, Value> = parse(&body)?;
     }
-    Ok(Json(call_render(&s, key, Command::Refund { order }, order_view).await?).into_response())
+    Ok(call_render(&s, key, Command::Refund { order }, order_view)
+        .await?
+        .into_response())
 }
 
 /// What `peer` last reported of each event's version vector.

@@ -243,25 +243,6 @@ fn operation(method: &str, route: &str) -> Option<&'static str> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_are_labelled_by_pattern_without_braces() {
-        assert_eq!(
-            route_label("/v1/holds/{hold}/confirm"),
-            "/v1/holds/:hold/confirm"
-        );
-        assert_eq!(route_label("/metrics"), "/metrics");
-        assert_eq!(
-            operation("DELETE", &route_label("/v1/holds/{hold}")),
-            Some("release")
-        );
-        assert_eq!(operation("GET", &route_label("/v1/holds/{hold}")), None);
-    }
-}
-
 /// The middleware: times and counts every request by its route (the pattern, never the raw
 /// path, so ids do not multiply the series).
 pub async fn track(metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
@@ -501,5 +482,24 @@ impl Collector for SnapshotCollector {
             g.complete,
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_labelled_by_pattern_without_braces() {
+        assert_eq!(
+            route_label("/v1/holds/{hold}/confirm"),
+            "/v1/holds/:hold/confirm"
+        );
+        assert_eq!(route_label("/metrics"), "/metrics");
+        assert_eq!(
+            operation("DELETE", &route_label("/v1/holds/{hold}")),
+            Some("release")
+        );
+        assert_eq!(operation("GET", &route_label("/v1/holds/{hold}")), None);
     }
 }

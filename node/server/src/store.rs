@@ -123,10 +123,10 @@ pub struct Store {
 }
 
 /// Whether the file system under `dir` takes direct (`O_DIRECT`) writes, tried with one
-/// aligned block. Some refuse them (tmpfs before Linux 6.6, some overlay and network file
+/// aligned block; the error says why not. Some refuse them (tmpfs before Linux 6.6, some overlay and network file
 /// systems), and RocksDB set to write its tables that way would fail its first flush and
 /// stop taking writes: the node would stop acknowledging sales.
-fn takes_direct_writes(dir: &Path) -> bool {
+fn takes_direct_writes(dir: &Path) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         use std::io::Write;
@@ -146,12 +146,14 @@ fn takes_direct_writes(dir: &Path) -> bool {
                 f.sync_data()
             });
         let _ = std::fs::remove_file(&probe);
-        tried.is_ok()
+        tried
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = dir;
-        false
+        Err(std::io::Error::other(
+            "direct writes are tried on Linux only",
+        ))
     }
 }
 
@@ -254,15 +256,19 @@ impl Store {
         // four interleaved pairs, p99 3.5-10.5 ms through the page cache against 1.8-3.3
         // direct, p99.9 10.6-28.5 against 5.3-8.5 (docs/benchmarks.md, "Memory and restart").
         // The WAL itself stays buffered and synced.
-        let direct_writes = options.direct_writes && takes_direct_writes(dir);
+        let direct_writes = options.direct_writes
+            && match takes_direct_writes(dir) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        "{} does not take direct writes ({e}): RocksDB's flushes go through \
+                         the page cache, which costs the sales' p99 under load",
+                        dir.display()
+                    );
+                    false
+                }
+            };
         opts.set_use_direct_io_for_flush_and_compaction(direct_writes);
-        if options.direct_writes && !direct_writes {
-            tracing::warn!(
-                "{} does not take direct writes: RocksDB's flushes go through the page cache, \
-                 which costs the sales' p99 under load",
-                dir.display()
-            );
-        }
         let cf_options = |bloom: Bloom| {
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
@@ -392,8 +398,9 @@ impl Store {
         }
     }
 
-    /// How many of the core's reads memory could not answer (see [`Store::lookup`]): each may
-    /// have read the disk.
+    /// How many of the core's reads went past the memtables and block cache (see
+    /// [`Store::lookup`]): each may have read the disk, though the page cache or the block
+    /// cache may still have answered it.
     pub fn disk_reads(&self) -> u64 {
         self.disk_reads.load(Ordering::Relaxed)
     }

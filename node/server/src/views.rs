@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use allot_crdt::{PoolIdx, PoolKind, RegionIdx};
 use allot_node::event::{EventState, SeatLocal};
-use allot_node::{Answered, Core, Hold, IdKind, Millis, Order, OrderStatus, RemoteOutcome};
+use allot_node::{Answered, Core, Hold, IdKind, Millis, Order, OrderStatus};
 use serde::Serialize;
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
@@ -19,15 +19,30 @@ fn to_json(v: impl Serialize) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-/// Another region's answer about its hold or order, with the ids it gave them (the event's
-/// genesis, which names pools and seats, is the same everywhere).
-pub fn remote(core: &Core, r: &RemoteOutcome) -> Value {
-    let id = r.id.as_deref().unwrap_or_default();
-    match &r.outcome {
-        Answered::Order(o) => to_json(order_as(core, o, &r.region, id, r.hold_id.as_deref())),
-        Answered::Held(h) => to_json(hold_as(core, h, id)),
-        _ => Value::Null,
-    }
+/// A buyer's hold or order (this region's or, forwarded, another's) as the bytes of the
+/// response body, serialised straight from its view. It is rendered under the core's lock as
+/// each group of sales becomes durable, on the WAL writer's thread: a `serde_json::Value` in
+/// between cost an allocation per field and a second pass.
+pub fn sale_body(core: &Core, outcome: &allot_node::Outcome) -> Vec<u8> {
+    use allot_node::Outcome;
+    let bytes = match outcome {
+        Outcome::Order(o) => serde_json::to_vec(&own_order(core, o)),
+        Outcome::Held(h) => serde_json::to_vec(&hold_as(core, h, &core.id_of(IdKind::Hold, h.n))),
+        // Another region's answer, with the ids it gave (the event's genesis, which names
+        // pools and seats, is the same everywhere).
+        Outcome::Remote(r) => {
+            let id = r.id.as_deref().unwrap_or_default();
+            match &r.outcome {
+                Answered::Order(o) => {
+                    serde_json::to_vec(&order_as(core, o, &r.region, id, r.hold_id.as_deref()))
+                }
+                Answered::Held(h) => serde_json::to_vec(&hold_as(core, h, id)),
+                _ => Ok(b"null".to_vec()),
+            }
+        }
+        _ => Ok(b"{}".to_vec()),
+    };
+    bytes.unwrap_or_else(|_| b"null".to_vec())
 }
 
 pub fn rfc3339(ms: Millis) -> String {
@@ -84,14 +99,19 @@ pub struct HoldView {
 }
 
 pub fn order(core: &Core, o: &Order) -> Value {
+    to_json(own_order(core, o))
+}
+
+/// An order this region sold.
+fn own_order(core: &Core, o: &Order) -> OrderView {
     let hold_id = o.hold.map(|h| core.id_of(IdKind::Hold, h));
-    to_json(order_as(
+    order_as(
         core,
         o,
         &core.config().region,
         &core.id_of(IdKind::Order, o.n),
         hold_id.as_deref(),
-    ))
+    )
 }
 
 /// An order as the region that sold it names it (its own, or another region's answer).
@@ -120,10 +140,6 @@ fn order_as(core: &Core, o: &Order, region: &str, id: &str, hold_id: Option<&str
         created_at: rfc3339(o.created_at),
         hold_id: hold_id.map(str::to_owned),
     }
-}
-
-pub fn hold(core: &Core, h: &Hold) -> Value {
-    to_json(hold_as(core, h, &core.id_of(IdKind::Hold, h.n)))
 }
 
 fn hold_as(core: &Core, h: &Hold, id: &str) -> HoldView {

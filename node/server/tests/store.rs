@@ -301,6 +301,10 @@ fn tables_written_directly_or_through_the_page_cache_read_back() {
             if !direct_writes {
                 assert!(!node.store.direct_writes(), "the operator turned them off");
             }
+            assert!(
+                !dir.path().join("DIRECT-WRITE-PROBE").exists(),
+                "the probe leaves no file behind"
+            );
         }
         for pass in 0..3 {
             for i in [0, 150, 299] {
