@@ -123,9 +123,9 @@ pub struct Store {
 }
 
 /// Whether the file system under `dir` takes direct (`O_DIRECT`) writes, tried with one
-/// aligned block; the error says why not. Some refuse them (tmpfs before Linux 6.6, some overlay and network file
-/// systems), and RocksDB set to write its tables that way would fail its first flush and
-/// stop taking writes: the node would stop acknowledging sales.
+/// aligned block; the error says why not. Some refuse them (tmpfs before Linux 6.6, some
+/// overlay and network file systems), and RocksDB set to write its tables that way would fail
+/// its first flush and stop taking writes: the node would stop acknowledging sales.
 fn takes_direct_writes(dir: &Path) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
@@ -288,14 +288,15 @@ impl Store {
                 // data block, queued behind the WAL's writes. At 10 bits (about 1% per table)
                 // a 30 s keyed run at 20,000/s made about 1,000 disk reads; at 20 bits, 120
                 // (docs/benchmarks.md), for 2.5 bytes of filter per key.
-                Bloom::TablesAndMemtable => table.set_bloom_filter(KEY_FILTER_BITS, false),
-            }
-            if bloom == Bloom::TablesAndMemtable {
-                // Every keyed request looks its (mostly new) key up under the core's lock: a
-                // filter over the memtable spares the skip list that search. The families read
-                // only by refunds and order reads do not pay its cost on every insert.
-                o.set_memtable_prefix_bloom_ratio(0.05);
-                o.set_memtable_whole_key_filtering(true);
+                //
+                // The lookup runs under the core's lock: a filter over the memtable spares the
+                // skip list that search. The families read only by refunds and order reads do
+                // not pay its cost on every insert.
+                Bloom::TablesAndMemtable => {
+                    table.set_bloom_filter(KEY_FILTER_BITS, false);
+                    o.set_memtable_prefix_bloom_ratio(0.05);
+                    o.set_memtable_whole_key_filtering(true);
+                }
             }
             // What a flush writes is compacted again soon: it is not worth compressing.
             use rocksdb::DBCompressionType::{Lz4, None as Plain};
