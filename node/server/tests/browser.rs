@@ -135,6 +135,26 @@ async fn wait_text(c: &Client, css: &str, want: &str) {
     }
 }
 
+/// Waits for an element to appear. A form's submit navigates, and chromedriver may answer a
+/// find made during that navigation with an error ("aborted by navigation") rather than "no
+/// such element", which fantoccini's own wait gives up on: any error is retried until the
+/// deadline, and the last one is reported.
+async fn wait_for(c: &Client, locator: Locator<'_>, what: &str) -> fantoccini::elements::Element {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.find(locator).await {
+            Ok(e) => return e,
+            Err(err) if Instant::now() < deadline => {
+                if !err.is_no_such_element() {
+                    eprintln!("{what}: {err}; looking again");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("{what}: {err}"),
+        }
+    }
+}
+
 async fn buy(http: &reqwest::Client, base: &str, quantity: u64, n: u32) {
     let r = http
         .post(format!("{base}/v1/events/rock-2027/purchases"))
@@ -182,20 +202,18 @@ async fn an_operator_logs_in_and_watches_sales_move_without_a_reload() {
     // A wrong token: the form again, saying so, and no session cookie.
     c.goto(&format!("{eu}/dashboard")).await.unwrap();
     log_in(&c, "not-the-token").await;
-    c.wait()
-        .for_element(Locator::Css("p.err"))
-        .await
-        .expect("the form again");
+    wait_for(&c, Locator::Css("p.err"), "the form again").await;
     assert_eq!(text(&c, "p.err").await, "Wrong operator token.");
     assert!(c.get_all_cookies().await.unwrap().is_empty());
 
     // The right one: the events page, then the event's.
     log_in(&c, DEMO_TOKEN).await;
-    let event_link = c
-        .wait()
-        .for_element(Locator::LinkText("Rock in the Park"))
-        .await
-        .expect("the demo's event on the events page");
+    let event_link = wait_for(
+        &c,
+        Locator::LinkText("Rock in the Park"),
+        "the demo's event on the events page",
+    )
+    .await;
     let cookies = c.get_all_cookies().await.unwrap();
     assert_eq!(
         cookies.len(),
@@ -221,10 +239,7 @@ async fn an_operator_logs_in_and_watches_sales_move_without_a_reload() {
             Err(e) => panic!("the event's link could not be clicked: {e}"),
         }
     }
-    c.wait()
-        .for_element(Locator::Css("tr[data-pool]"))
-        .await
-        .expect("the event's page");
+    wait_for(&c, Locator::Css("tr[data-pool]"), "the event's page").await;
     assert!(c
         .current_url()
         .await
