@@ -435,7 +435,8 @@ mod tests {
         old.put(&prices, "floor", ScalarValue::Uint(8900)).unwrap();
         old.commit();
         let first = old.get_last_local_change().unwrap().raw_bytes().to_vec();
-        let mut a = MetaDoc::from_changes(&actor("eu-west", 2), &[first.clone()]).unwrap();
+        let mut a =
+            MetaDoc::from_changes(&actor("eu-west", 2), std::slice::from_ref(&first)).unwrap();
         let mut b = MetaDoc::from_changes(&actor("us-east", 1), &[first]).unwrap();
         assert!(a.read().unwrap().rebalance);
         let pause = b
@@ -501,7 +502,7 @@ mod tests {
             })
             .unwrap()
             .unwrap();
-        a.apply(&[cb.clone()]).unwrap();
+        a.apply(std::slice::from_ref(&cb)).unwrap();
         b.apply(&[ca.clone(), ca]).unwrap();
         assert_eq!(a.read().unwrap(), b.read().unwrap());
         let m = a.read().unwrap();
