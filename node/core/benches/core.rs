@@ -72,6 +72,23 @@ fn purchase(i: u64) -> Vec<Input> {
     }]
 }
 
+/// A purchase with its own `Idempotency-Key`: the core looks the key up in memory, asks the
+/// store (answered "absent" in [`run_op`], as a new key's bloom filters answer), and remembers
+/// the answer until its record is durable and then among its recent keys.
+fn keyed_purchase(i: u64) -> Vec<Input> {
+    let mut op = purchase(i);
+    if let Some(Input::Request { key, .. }) = op.first_mut() {
+        *key = Some(IdempotencyKey {
+            key: format!(
+                "{i:016x}-5f0c-4b7e-9d1a-{:012x}",
+                i.wrapping_mul(0x9e37_79b9)
+            ),
+            body_hash: [7; 32],
+        });
+    }
+    op
+}
+
 /// Hold number `i` (holds are numbered from 1 in a fresh core), then its confirmation.
 fn hold_confirm(i: u64) -> Vec<Input> {
     let hold = Command::Hold {
@@ -104,7 +121,21 @@ fn hold_confirm(i: u64) -> Vec<Input> {
 /// The inputs are built beforehand: making them is the decoder's work, not the core's.
 fn run_op(core: &mut Core, ready: &mut Ready, inputs: Vec<Input>, now: u64) {
     for input in inputs {
+        let keyed = matches!(input, Input::Request { key: Some(_), .. });
         core.handle(now, input);
+        if keyed {
+            // A key memory lacks is asked of the store: a new one, so absent.
+            core.ready_into(ready);
+            for (id, _) in std::mem::take(&mut ready.reads) {
+                core.handle(
+                    now,
+                    Input::Read {
+                        id,
+                        found: Ok(Found::Key(None)),
+                    },
+                );
+            }
+        }
         let last = core.last_index();
         core.handle(now, Input::Persisted(last));
         core.ready_into(ready);
@@ -284,13 +315,23 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    if std::env::var("ALLOT_BENCH_ONLY").as_deref() == Ok("purchase") {
-        let (buy, h) = throughput(n, purchase);
-        println!(
-            "purchase {buy:.0}/s p50 {} p99 {}",
-            pct(&h, 0.5),
-            pct(&h, 0.99)
-        );
+    let only: Option<(&str, fn(u64) -> Vec<Input>)> =
+        match std::env::var("ALLOT_BENCH_ONLY").as_deref() {
+            Ok("purchase") => Some(("purchase", purchase)),
+            Ok("keyed") => Some(("keyed purchase", keyed_purchase)),
+            _ => None,
+        };
+    if let Some((name, make)) = only {
+        for _ in 0..reps {
+            let b = baseline(n);
+            let (rate, h) = throughput(n, make);
+            println!(
+                "{name} {rate:.0}/s ({:.2}x the baseline's {b:.0}/s) p50 {} p99 {}",
+                rate / b,
+                pct(&h, 0.5),
+                pct(&h, 0.99)
+            );
+        }
         return;
     }
     println!("allot-node core benchmark: {reps} rounds of {n} operations each, one core.");
@@ -298,22 +339,27 @@ fn main() {
     println!(
         "the table gives the median round (and the best) — the machine is shared and noisy.\n"
     );
-    let (mut base, mut buy, mut hc, mut buy_ratio, mut hc_ratio) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    let (mut hb, mut hh) = (
+    let (mut base, mut buy, mut keyed, mut hc) = (vec![], vec![], vec![], vec![]);
+    let (mut buy_ratio, mut keyed_ratio, mut hc_ratio) = (vec![], vec![], vec![]);
+    let (mut hb, mut hk, mut hh) = (
+        Histogram::<u64>::new(3).unwrap(),
         Histogram::<u64>::new(3).unwrap(),
         Histogram::<u64>::new(3).unwrap(),
     );
     for _ in 0..reps {
         let b = baseline(n);
         let (p, h1) = throughput(n, purchase);
+        let (k, h3) = throughput(n, keyed_purchase);
         let (c, h2) = throughput(n / 2, hold_confirm);
         hb.add(&h1).unwrap();
+        hk.add(&h3).unwrap();
         hh.add(&h2).unwrap();
         buy_ratio.push(p / b);
+        keyed_ratio.push(k / b);
         hc_ratio.push(c / b);
         base.push(b);
         buy.push(p);
+        keyed.push(k);
         hc.push(c);
     }
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
@@ -327,6 +373,12 @@ fn main() {
     );
     for (name, rates, ratios, h) in [
         ("purchase", &buy, &buy_ratio, &hb),
+        (
+            "purchase with an Idempotency-Key",
+            &keyed,
+            &keyed_ratio,
+            &hk,
+        ),
         ("hold + confirm (pairs)", &hc, &hc_ratio, &hh),
     ] {
         println!(

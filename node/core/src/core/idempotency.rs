@@ -7,7 +7,8 @@
 //! time after they were made (24 h by default), in memory here and in the store by its own
 //! rule, and a stored answer read back after its time is treated as absent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::api::{IdempotencyKey, Millis, Outcome};
 use crate::reads::RecordIndex;
@@ -37,15 +38,32 @@ pub(super) enum Seen<'a> {
     OtherBody,
 }
 
-// B-trees, not hash maps: a hash map doubles its table all at once, and at 131,072 keys that
-// was a 150 ms pause in the middle of an on-sale (`allot bench http --idempotency-keys`).
-#[derive(Default)]
+/// Each key's text is allocated once and shared by the table and its two queues: this runs
+/// for every keyed request under the core's lock. Against three B-trees each holding its own
+/// copy of the key, the core's keyed purchases went from 0.62-0.68 to 0.89-0.96 million a
+/// second (`ALLOT_BENCH_ONLY=keyed cargo bench -p allot-node --bench core`).
 pub(super) struct IdempotencyTable {
-    entries: BTreeMap<String, IdemEntry>,
+    /// Hashed (SipHash with a per-process key: the keys are the clients'). The table is
+    /// bounded, [`CACHED_KEYS`] plus the answers in flight, and starts at twice that size, so
+    /// it rarely grows, and a growth moves a few thousand entries. (When it held every key
+    /// ever seen, a hash map's growth at 131,072 keys paused an on-sale 150 ms.) Entries are
+    /// boxed: a slot holds a pointer, not the whole answer, so the table stays
+    /// small enough for the caches and a growth moves pointers.
+    entries: HashMap<Arc<str>, Box<IdemEntry>>,
     /// Keys by (time remembered, record index), oldest first, for expiry.
-    by_age: BTreeMap<(Millis, RecordIndex), String>,
+    by_age: BTreeMap<(Millis, RecordIndex), Arc<str>>,
     /// Keys by record index, oldest first: durable ones leave first when the cache is full.
-    by_index: BTreeMap<RecordIndex, String>,
+    by_index: BTreeMap<RecordIndex, Arc<str>>,
+}
+
+impl Default for IdempotencyTable {
+    fn default() -> Self {
+        IdempotencyTable {
+            entries: HashMap::with_capacity(2 * CACHED_KEYS),
+            by_age: BTreeMap::new(),
+            by_index: BTreeMap::new(),
+        }
+    }
 }
 
 impl IdempotencyTable {
@@ -59,7 +77,7 @@ impl IdempotencyTable {
         ttl: Millis,
         persisted: RecordIndex,
     ) -> Seen<'_> {
-        match self.entries.get(&key.key) {
+        match self.entries.get(key.key.as_str()) {
             None => Seen::NotHere,
             Some(e) if e.index <= persisted && e.at.saturating_add(ttl) <= now => Seen::NotHere,
             Some(e) if e.body_hash == key.body_hash => Seen::Again(e),
@@ -68,15 +86,19 @@ impl IdempotencyTable {
     }
 
     fn insert(&mut self, key: &str, entry: IdemEntry) {
-        self.by_age.insert((entry.at, entry.index), key.to_owned());
-        self.by_index.insert(entry.index, key.to_owned());
-        if let Some(old) = self.entries.insert(key.to_owned(), entry) {
+        let key: Arc<str> = Arc::from(key);
+        let (at, index) = (entry.at, entry.index);
+        // The old entry's places leave before the new one's are taken, which may be the same.
+        if let Some(old) = self.entries.insert(Arc::clone(&key), Box::new(entry)) {
             self.by_age.remove(&(old.at, old.index));
             self.by_index.remove(&old.index);
         }
+        self.by_age.insert((at, index), Arc::clone(&key));
+        self.by_index.insert(index, key);
     }
 
-    fn remove(&mut self, key: &str) {
+    /// Forgets a key that one of the queues just gave up.
+    fn forget(&mut self, key: &str) {
         if let Some(old) = self.entries.remove(key) {
             self.by_age.remove(&(old.at, old.index));
             self.by_index.remove(&old.index);
@@ -122,26 +144,26 @@ impl IdempotencyTable {
     /// store still has them.
     pub fn trim(&mut self, persisted: RecordIndex) {
         while self.entries.len() > CACHED_KEYS {
-            let Some((&index, key)) = self.by_index.first_key_value() else {
-                break;
-            };
-            if index > persisted {
-                break; // in flight: only memory has it
+            match self.by_index.first_entry() {
+                Some(oldest) if *oldest.key() <= persisted => {
+                    let key = oldest.remove();
+                    self.forget(&key);
+                }
+                _ => break, // in flight: only memory has it
             }
-            let key = key.clone();
-            self.remove(&key);
         }
     }
 
     /// Forgets durable keys remembered `ttl` or longer before `now` (in-flight ones wait until
     /// the store has them).
     pub fn expire(&mut self, now: Millis, ttl: Millis, persisted: RecordIndex) {
-        while let Some((&(at, index), key)) = self.by_age.first_key_value() {
+        while let Some(oldest) = self.by_age.first_entry() {
+            let &(at, index) = oldest.key();
             if at.saturating_add(ttl) > now || index > persisted {
                 break;
             }
-            let key = key.clone();
-            self.remove(&key);
+            let key = oldest.remove();
+            self.forget(&key);
         }
     }
 
@@ -169,5 +191,110 @@ impl IdempotencyTable {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::HoldNo;
+
+    fn record(key: &str, hash: u8) -> IdemRecord {
+        IdemRecord {
+            key: IdempotencyKey {
+                key: key.into(),
+                body_hash: [hash; 32],
+            },
+            outcome: Outcome::Released { hold: HoldNo(7) },
+        }
+    }
+
+    fn key(k: &str, hash: u8) -> IdempotencyKey {
+        record(k, hash).key
+    }
+
+    const TTL: Millis = 1_000;
+
+    #[test]
+    fn the_cache_keeps_in_flight_answers_and_forgets_the_oldest_durable_ones() {
+        let mut t = IdempotencyTable::default();
+        let n = CACHED_KEYS as u64 + 100;
+        for i in 1..=n {
+            t.remember(RecordIndex(i), 10, Some(&record(&format!("k{i}"), 1)));
+        }
+        // Nothing durable yet: nothing may leave, whatever the cache's size.
+        t.trim(RecordIndex(0));
+        assert_eq!(t.len(), n as usize);
+        t.check().unwrap();
+        // Durable up to 50: those 50 leave first, the in-flight rest stays over the bound.
+        t.trim(RecordIndex(50));
+        assert_eq!(t.len(), n as usize - 50);
+        let persisted = RecordIndex(n);
+        assert!(matches!(
+            t.seen(&key("k50", 1), 10, TTL, persisted),
+            Seen::NotHere
+        ));
+        assert!(
+            matches!(t.seen(&key("k51", 1), 10, TTL, persisted), Seen::Again(e) if e.index == RecordIndex(51))
+        );
+        assert!(matches!(
+            t.seen(&key("k51", 2), 10, TTL, persisted),
+            Seen::OtherBody
+        ));
+        // All durable: down to the bound, the newest kept.
+        t.trim(persisted);
+        assert_eq!(t.len(), CACHED_KEYS);
+        assert!(matches!(
+            t.seen(&key("k100", 1), 10, TTL, persisted),
+            Seen::NotHere
+        ));
+        assert!(matches!(
+            t.seen(&key("k101", 1), 10, TTL, persisted),
+            Seen::Again(_)
+        ));
+        t.check().unwrap();
+    }
+
+    #[test]
+    fn a_key_answered_again_or_read_back_keeps_one_entry_and_expires_once() {
+        let mut t = IdempotencyTable::default();
+        t.remember(RecordIndex(1), 10, Some(&record("a", 1)));
+        // The same key under a later record (a restored answer): one entry, the later one.
+        t.remember(RecordIndex(2), 20, Some(&record("a", 1)));
+        assert_eq!(t.len(), 1);
+        t.check().unwrap();
+        // A stored answer of another key whose index is taken is not memoised.
+        let stored = StoredKey {
+            at: 5,
+            index: RecordIndex(2),
+            body_hash: [3; 32],
+            outcome: Outcome::Released { hold: HoldNo(1) },
+        };
+        t.cache_stored("b", stored.clone(), RecordIndex(2));
+        assert_eq!(t.len(), 1);
+        // Under a free index it is, capped at what is persisted.
+        let stored = StoredKey {
+            index: RecordIndex(1),
+            ..stored
+        };
+        t.cache_stored("b", stored, RecordIndex(2));
+        assert_eq!(t.len(), 2);
+        t.check().unwrap();
+        // "b" (at 5) expires before "a" (at 20); nothing in flight outlives its TTL here.
+        t.expire(5 + TTL, TTL, RecordIndex(2));
+        assert_eq!(t.len(), 1);
+        assert!(matches!(
+            t.seen(&key("a", 1), 5 + TTL, TTL, RecordIndex(2)),
+            Seen::Again(_)
+        ));
+        // An in-flight answer (record above what is persisted) stays past its TTL.
+        t.remember(RecordIndex(3), 20, Some(&record("c", 1)));
+        t.expire(20 + TTL, TTL, RecordIndex(2));
+        assert_eq!(t.len(), 1);
+        assert!(matches!(
+            t.seen(&key("c", 1), 20 + TTL, TTL, RecordIndex(2)),
+            Seen::Again(_)
+        ));
+        t.check().unwrap();
     }
 }
