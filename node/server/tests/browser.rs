@@ -137,21 +137,25 @@ async fn wait_text(c: &Client, css: &str, want: &str) {
 
 /// Waits for an element to appear. A form's submit navigates, and chromedriver may answer a
 /// find made during that navigation with an error ("aborted by navigation") rather than "no
-/// such element", which fantoccini's own wait gives up on: any error is retried until the
-/// deadline, and the last one is reported.
+/// such element", which fantoccini's own wait gives up on. Those two are retried until the
+/// deadline (and a find that hangs is cut off by it); any other error fails at once.
 async fn wait_for(c: &Client, locator: Locator<'_>, what: &str) -> fantoccini::elements::Element {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match c.find(locator).await {
-            Ok(e) => return e,
-            Err(err) if Instant::now() < deadline => {
-                if !err.is_no_such_element() {
-                    eprintln!("{what}: {err}; looking again");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(err) => panic!("{what}: {err}"),
+        let left = deadline.saturating_duration_since(Instant::now());
+        let err = match tokio::time::timeout(left, c.find(locator)).await {
+            Ok(Ok(e)) => return e,
+            Ok(Err(err)) => err,
+            Err(_) => panic!("{what}: no answer from the browser within 30 s"),
+        };
+        let passing = err.is_no_such_element() || err.to_string().contains("navigation");
+        if !passing || Instant::now() >= deadline {
+            panic!("{what}: {err}");
         }
+        if !err.is_no_such_element() {
+            eprintln!("{what}: {err}; looking again");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

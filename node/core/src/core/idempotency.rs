@@ -40,15 +40,17 @@ pub(super) enum Seen<'a> {
 
 /// Each key's text is allocated once and shared by the table and its two queues: this runs
 /// for every keyed request under the core's lock. Against three B-trees each holding its own
-/// copy of the key, the core's keyed purchases went from 0.62-0.68 to 0.89-0.96 million a
-/// second (`ALLOT_BENCH_ONLY=keyed cargo bench -p allot-node --bench core`).
+/// copy of the key, the core's keyed purchases went from 0.63-0.68 to 0.80-0.90 million a
+/// second (`ALLOT_BENCH_ONLY=keyed cargo bench -p allot-node --bench core`; docs/benchmarks.md).
 pub(super) struct IdempotencyTable {
-    /// Hashed (SipHash with a per-process key: the keys are the clients'). The table is
-    /// bounded, [`CACHED_KEYS`] plus the answers in flight, and starts at twice that size, so
-    /// it rarely grows, and a growth moves a few thousand entries. (When it held every key
-    /// ever seen, a hash map's growth at 131,072 keys paused an on-sale 150 ms.) Entries are
-    /// boxed: a slot holds a pointer, not the whole answer, so the table stays
-    /// small enough for the caches and a growth moves pointers.
+    /// Hashed (SipHash with a per-process key: the keys are the clients'). The table holds
+    /// [`CACHED_KEYS`] durable answers plus those in flight and starts with room for half as
+    /// many again in flight; it grows only past that (a disk stall under load), and then moves
+    /// pointers: entries are boxed, so a slot holds a pointer, not the whole answer, and the
+    /// table stays small enough for the caches. (When it held every key ever seen, a hash
+    /// map's growth at 131,072 unboxed entries paused an on-sale 150 ms.) Its iteration order
+    /// differs from process to process: nothing reads it (`check` walks a queue instead), so a
+    /// simulated seed replays the same.
     entries: HashMap<Arc<str>, Box<IdemEntry>>,
     /// Keys by (time remembered, record index), oldest first, for expiry.
     by_age: BTreeMap<(Millis, RecordIndex), Arc<str>>,
@@ -59,7 +61,7 @@ pub(super) struct IdempotencyTable {
 impl Default for IdempotencyTable {
     fn default() -> Self {
         IdempotencyTable {
-            entries: HashMap::with_capacity(2 * CACHED_KEYS),
+            entries: HashMap::with_capacity(CACHED_KEYS + CACHED_KEYS / 2),
             by_age: BTreeMap::new(),
             by_index: BTreeMap::new(),
         }
@@ -86,18 +88,17 @@ impl IdempotencyTable {
     }
 
     fn insert(&mut self, key: &str, entry: IdemEntry) {
+        // An answer replaced (a restored record remembered again) leaves its places first,
+        // which may be the new one's, and its key's text with it.
+        self.forget(key);
         let key: Arc<str> = Arc::from(key);
-        let (at, index) = (entry.at, entry.index);
-        // The old entry's places leave before the new one's are taken, which may be the same.
-        if let Some(old) = self.entries.insert(Arc::clone(&key), Box::new(entry)) {
-            self.by_age.remove(&(old.at, old.index));
-            self.by_index.remove(&old.index);
-        }
-        self.by_age.insert((at, index), Arc::clone(&key));
-        self.by_index.insert(index, key);
+        self.by_age
+            .insert((entry.at, entry.index), Arc::clone(&key));
+        self.by_index.insert(entry.index, Arc::clone(&key));
+        self.entries.insert(key, Box::new(entry));
     }
 
-    /// Forgets a key that one of the queues just gave up.
+    /// Forgets a key and its places in both queues (one may have just given it up).
     fn forget(&mut self, key: &str) {
         if let Some(old) = self.entries.remove(key) {
             self.by_age.remove(&(old.at, old.index));
@@ -181,13 +182,16 @@ impl IdempotencyTable {
                 self.by_index.len()
             ));
         }
-        for (key, e) in &self.entries {
-            if self.by_age.get(&(e.at, e.index)) != Some(key)
-                || self.by_index.get(&e.index) != Some(key)
-            {
-                return Err(format!(
-                    "idempotency key {key:?} is not queued under its entry"
-                ));
+        // In record order, not the map's (which differs between processes): the same state
+        // reports the same key.
+        for (index, key) in &self.by_index {
+            match self.entries.get(key) {
+                Some(e) if e.index == *index && self.by_age.get(&(e.at, e.index)) == Some(key) => {}
+                _ => {
+                    return Err(format!(
+                        "idempotency key {key:?} is not queued under its entry"
+                    ))
+                }
             }
         }
         Ok(())
@@ -259,6 +263,13 @@ mod tests {
     fn a_key_answered_again_or_read_back_keeps_one_entry_and_expires_once() {
         let mut t = IdempotencyTable::default();
         t.remember(RecordIndex(1), 10, Some(&record("a", 1)));
+        // The same answer remembered twice at the same places: one entry, still queued.
+        t.remember(RecordIndex(1), 10, Some(&record("a", 1)));
+        assert_eq!(t.len(), 1);
+        t.check().unwrap();
+        assert!(
+            matches!(t.seen(&key("a", 1), 10, TTL, RecordIndex(1)), Seen::Again(e) if e.index == RecordIndex(1))
+        );
         // The same key under a later record (a restored answer): one entry, the later one.
         t.remember(RecordIndex(2), 20, Some(&record("a", 1)));
         assert_eq!(t.len(), 1);
