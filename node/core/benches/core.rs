@@ -173,7 +173,10 @@ fn baseline(n: u64) -> f64 {
 
 const BATCH: u64 = 10_000;
 
-fn throughput(n: u64, make: fn(u64) -> Vec<Input>) -> (f64, Histogram<u64>) {
+/// Builds the inputs of operation number `i`.
+type MakeOp = fn(u64) -> Vec<Input>;
+
+fn throughput(n: u64, make: MakeOp) -> (f64, Histogram<u64>) {
     let mut core = core_with_event();
     let mut ready = Ready::default();
     let mut elapsed = std::time::Duration::ZERO;
@@ -315,12 +318,11 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let only: Option<(&str, fn(u64) -> Vec<Input>)> =
-        match std::env::var("ALLOT_BENCH_ONLY").as_deref() {
-            Ok("purchase") => Some(("purchase", purchase)),
-            Ok("keyed") => Some(("keyed purchase", keyed_purchase)),
-            _ => None,
-        };
+    let only: Option<(&str, MakeOp)> = match std::env::var("ALLOT_BENCH_ONLY").as_deref() {
+        Ok("purchase") => Some(("purchase", purchase)),
+        Ok("keyed") => Some(("keyed purchase", keyed_purchase)),
+        _ => None,
+    };
     if let Some((name, make)) = only {
         for _ in 0..reps {
             let b = baseline(n);
