@@ -98,7 +98,7 @@ impl IdempotencyTable {
         self.entries.insert(key, Box::new(entry));
     }
 
-    /// Forgets a key and its places in both queues (one may have just given it up).
+    /// Forgets a key and its places in both queues: the one way an answer leaves.
     fn forget(&mut self, key: &str) {
         if let Some(old) = self.entries.remove(key) {
             self.by_age.remove(&(old.at, old.index));
@@ -145,9 +145,9 @@ impl IdempotencyTable {
     /// store still has them.
     pub fn trim(&mut self, persisted: RecordIndex) {
         while self.entries.len() > CACHED_KEYS {
-            match self.by_index.first_entry() {
-                Some(oldest) if *oldest.key() <= persisted => {
-                    let key = oldest.remove();
+            match self.by_index.first_key_value() {
+                Some((&index, key)) if index <= persisted => {
+                    let key = Arc::clone(key);
                     self.forget(&key);
                 }
                 _ => break, // in flight: only memory has it
@@ -158,12 +158,11 @@ impl IdempotencyTable {
     /// Forgets durable keys remembered `ttl` or longer before `now` (in-flight ones wait until
     /// the store has them).
     pub fn expire(&mut self, now: Millis, ttl: Millis, persisted: RecordIndex) {
-        while let Some(oldest) = self.by_age.first_entry() {
-            let &(at, index) = oldest.key();
+        while let Some((&(at, index), key)) = self.by_age.first_key_value() {
             if at.saturating_add(ttl) > now || index > persisted {
                 break;
             }
-            let key = oldest.remove();
+            let key = Arc::clone(key);
             self.forget(&key);
         }
     }
