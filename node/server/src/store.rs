@@ -20,8 +20,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use allot_crdt::{Entry, Genesis, PoolIdx, RowDelta, SeatIdx};
 use allot_node::{
-    Found, Hold, HoldNo, Lookup, Millis, OrderNo, Record, RecordBody, RecordIndex, StoredKey,
-    StoredOrder,
+    Found, Hold, HoldNo, Lookup, Millis, OrderNo, OrderStatus, Outcome, Record, RecordBody,
+    RecordIndex, StoredKey, StoredOrder,
 };
 use anyhow::Context;
 use rocksdb::{
@@ -62,8 +62,51 @@ struct Counters {
 
 /// The layout of the column families. Version 2: orders with their record index, the order of
 /// each confirmed hold, sold seats, order and record counters (read on demand, restarts from
-/// live state). Data of another layout is refused at open, never read as if it were this one.
-const FORMAT: u64 = 2;
+/// live state). Version 3: an idempotency answer that is an order names it instead of holding
+/// a copy ([`KeyOnDisk`]). Data of another layout is refused at open, never read as if it were
+/// this one.
+const FORMAT: u64 = 3;
+
+/// An idempotency answer as the keys family holds it, after the 8 bytes of the time it was
+/// made (which the expiry filter reads without decoding anything).
+///
+/// An answer that is an order names the order and the status it had when answered: the order
+/// itself is in the orders family, written in the same batch, and only its status ever changes
+/// (a refund). A copy would write every keyed sale's order twice, to the WAL and again at each
+/// flush and compaction of the keys family, whose random keys compact it all over again.
+/// Replays are rare; they pay one more point read.
+#[derive(serde::Serialize)]
+struct KeyOnDisk<'a> {
+    index: RecordIndex,
+    body_hash: [u8; 32],
+    answer: AnswerOnDisk<&'a Outcome>,
+}
+
+/// [`KeyOnDisk`] as it is read back: the same fields in the same order.
+#[derive(serde::Deserialize)]
+struct KeyFromDisk {
+    index: RecordIndex,
+    body_hash: [u8; 32],
+    answer: AnswerOnDisk<Outcome>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum AnswerOnDisk<O> {
+    Order { n: OrderNo, status: OrderStatus },
+    Other(O),
+}
+
+impl<'a> AnswerOnDisk<&'a Outcome> {
+    fn of(outcome: &'a Outcome) -> Self {
+        match outcome {
+            Outcome::Order(o) => AnswerOnDisk::Order {
+                n: o.n,
+                status: o.status.clone(),
+            },
+            other => AnswerOnDisk::Other(other),
+        }
+    }
+}
 
 /// How long an idempotency key is kept by default: 24 h.
 pub const DEFAULT_KEY_TTL_MS: u64 = 24 * 3600 * 1000;
@@ -514,11 +557,10 @@ impl Store {
         let key = |b: &mut WriteBatch, idem: Option<&allot_node::IdemRecord>| {
             if let Some(i) = idem {
                 let mut v = r.at.to_be_bytes().to_vec();
-                v.extend(enc(&StoredKey {
-                    at: r.at,
+                v.extend(enc(&KeyOnDisk {
                     index: RecordIndex(r.index),
                     body_hash: i.key.body_hash,
-                    outcome: i.outcome.clone(),
+                    answer: AnswerOnDisk::of(&i.outcome),
                 }));
                 b.put_cf(self.cf(KEYS), i.key.key.as_bytes(), v);
             }
@@ -777,16 +819,24 @@ impl Store {
                 let v = self
                     .db
                     .get_pinned_cf_opt(self.cf(KEYS), key.as_bytes(), opts)?;
-                let stored = match v {
-                    Some(v)
-                        if key_time(&v)
-                            .is_some_and(|at| at.saturating_add(self.key_ttl_ms) > now) =>
-                    {
-                        Some(postcard::from_bytes::<StoredKey>(&v[8..]).context("decoding a key")?)
+                let live = v.as_ref().and_then(|v| {
+                    key_time(v)
+                        .filter(|at| at.saturating_add(self.key_ttl_ms) > now)
+                        .map(|at| (at, postcard::from_bytes::<KeyFromDisk>(&v[8..])))
+                });
+                match live {
+                    None => Found::Key(None),
+                    Some((at, decoded)) => {
+                        let k = decoded.context("decoding a key")?;
+                        drop(v);
+                        Found::Key(Some(StoredKey {
+                            at,
+                            index: k.index,
+                            body_hash: k.body_hash,
+                            outcome: self.answer(key, k.answer, opts)?,
+                        }))
                     }
-                    _ => None,
-                };
-                Found::Key(stored)
+                }
             }
             Lookup::Order(n) => Found::Order(self.order(*n, opts)?),
             Lookup::OrderOfHold(HoldNo(h)) => {
@@ -800,6 +850,29 @@ impl Store {
                     None => Found::Order(None),
                 }
             }
+        })
+    }
+
+    /// A key's answer as the core gave it: an order named by the key is read back with the
+    /// status it had then.
+    fn answer(
+        &self,
+        key: &str,
+        answer: AnswerOnDisk<Outcome>,
+        opts: &ReadOptions,
+    ) -> anyhow::Result<Outcome> {
+        Ok(match answer {
+            AnswerOnDisk::Other(outcome) => outcome,
+            AnswerOnDisk::Order { n, status } => match self.order(n, opts)? {
+                Some(stored) => Outcome::Order(allot_node::Order {
+                    status,
+                    ..stored.order
+                }),
+                None => anyhow::bail!(
+                    "idempotency key {key:?} answers order {}, which is missing",
+                    n.0
+                ),
+            },
         })
     }
 

@@ -158,6 +158,28 @@ fn a_restart_loads_live_state_only_and_reads_orders_and_keys_on_demand() {
         },
     );
     assert_eq!(order(&refunded).status, OrderStatus::Refunded);
+    // Answers that are not orders, and an order's answer given after it changed.
+    let hold = node.call(
+        now,
+        Some("hold"),
+        Command::Hold {
+            event: "arena".into(),
+            want: Want::Quantity {
+                pool: "floor".into(),
+                quantity: 3,
+            },
+            customer: "c-2".into(),
+        },
+    );
+    assert!(matches!(hold, Ok(Outcome::Held(_))), "{hold:?}");
+    let keyed_refund = node.call(
+        now,
+        Some("refund"),
+        Command::Refund {
+            order: node.core.id_of(IdKind::Order, firsts[1].n),
+        },
+    );
+    assert_eq!(order(&keyed_refund).status, OrderStatus::Refunded);
     let last_index = node.core.last_index();
     let snapshot = node.core.snapshot();
     drop(node);
@@ -176,11 +198,34 @@ fn a_restart_loads_live_state_only_and_reads_orders_and_keys_on_demand() {
     let mut node = start(store, ttl);
     assert_eq!(node.core.snapshot(), snapshot, "the same live state");
     assert_eq!(node.core.footprint().cached_keys, 0);
-    // Keys answered before the restart get their first answer, from disk.
+    // Keys answered before the restart get their first answer, from disk, whole: orders 0
+    // and 1 were refunded since, yet their purchases' keys still answer what the buyer heard.
     for i in [0, 1, 1999] {
         let again = node.call(now, Some(&format!("k-{i}")), purchase(None));
-        assert_eq!(order(&again).n, firsts[i].n, "key k-{i}");
+        assert_eq!(order(&again), &firsts[i], "key k-{i}");
+        assert_eq!(order(&again).status, OrderStatus::Confirmed);
     }
+    let refund_again = node.call(
+        now,
+        Some("refund"),
+        Command::Refund {
+            order: node.core.id_of(IdKind::Order, firsts[1].n),
+        },
+    );
+    assert_eq!(refund_again, keyed_refund, "a refund's key answers the refund");
+    let hold_again = node.call(
+        now,
+        Some("hold"),
+        Command::Hold {
+            event: "arena".into(),
+            want: Want::Quantity {
+                pool: "floor".into(),
+                quantity: 3,
+            },
+            customer: "c-2".into(),
+        },
+    );
+    assert_eq!(hold_again, hold, "a hold's key answers the hold");
     // Orders are read from disk: a second refund returns nothing more, a seat stays sold.
     let e = node.core.event("arena").unwrap();
     let (consumed, returned) = (e.ledger.consumed(0, e.me), e.ledger.returned(0, e.me));
