@@ -306,6 +306,14 @@ impl Core {
         self.durable.persisted().0
     }
 
+    /// Whether a store read of an idempotency key, taken when the store held every record
+    /// through `through`, answers the core's [`Lookup::Key`] as well as a read asked now would
+    /// (see `IdempotencyTable::read_stands`). It lets a driver read a new key outside the lock
+    /// that serialises the core.
+    pub fn key_read_stands(&self, through: RecordIndex) -> bool {
+        self.idem.read_stands(through)
+    }
+
     pub fn handle(&mut self, now: Millis, input: Input) {
         self.now = self.now.max(now);
         match input {

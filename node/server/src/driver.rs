@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use allot_node::{
-    Command, Config, Core, Exchange, IdempotencyKey, Input, Lookup, PeerMessage, ReadId, Ready,
-    Record, Reply, RequestId,
+    Command, Config, Core, Exchange, Found, IdempotencyKey, Input, Lookup, PeerMessage, ReadId,
+    Ready, Record, RecordIndex, Reply, RequestId,
 };
 use crossbeam_channel::{Receiver, Sender};
 use rocksdb::WriteBatch;
@@ -122,6 +122,18 @@ enum ToWriter {
 /// Reads the core asked for, to be served outside the lock.
 type Reads = Vec<(ReadId, Lookup)>;
 
+/// A key read from the store before the request took the core's lock: a keyed request's key
+/// is nearly always new, and RocksDB's lookup (memtables, then a bloom filter per table) then
+/// runs beside other requests instead of holding every one of them up. The core takes it in
+/// place of the read it would ask for only if the read still stands
+/// ([`Core::key_read_stands`]); if not, the key is read again under the lock as before.
+struct KeyReadAhead {
+    lookup: Lookup,
+    /// The store held every record through this index when the read began.
+    through: RecordIndex,
+    found: Found,
+}
+
 /// A store answer as the core takes it: a failed read is logged here and reaches the core as
 /// its reason (the request that asked hears 503).
 fn read_result(
@@ -140,6 +152,12 @@ impl Engine {
     /// outside the lock.
     #[must_use = "the core's reads must be served"]
     fn handle(&mut self, input: Input) -> Reads {
+        self.handle_with(input, None)
+    }
+
+    /// Like [`handle`](Self::handle), with a key already read for the request in `input`.
+    #[must_use = "the core's reads must be served"]
+    fn handle_with(&mut self, input: Input, mut ahead: Option<KeyReadAhead>) -> Reads {
         self.core.handle(wall_ms(), input);
         let mut reads = self.pump();
         let mut disk = Reads::new();
@@ -152,7 +170,14 @@ impl Engine {
             }
             let now = wall_ms();
             for (id, lookup) in std::mem::take(&mut reads) {
-                match self.store.lookup_in_memory(&lookup, now) {
+                let core = &self.core;
+                let read = match ahead
+                    .take_if(|a| a.lookup == lookup && core.key_read_stands(a.through))
+                {
+                    Some(a) => Some(Ok(a.found)),
+                    None => self.store.lookup_in_memory(&lookup, now),
+                };
+                match read {
                     Some(found) => {
                         let found = read_result(&lookup, found);
                         self.core.handle(now, Input::Read { id, found });
@@ -224,6 +249,9 @@ impl Engine {
 pub struct CoreHandle {
     engine: Arc<Mutex<Engine>>,
     store: Arc<Store>,
+    /// The index through which every record is in the store: the writer raises it after each
+    /// synced write, before the core hears of it.
+    written_through: Arc<AtomicU64>,
     ready: Arc<AtomicBool>,
     changes: watch::Receiver<u64>,
 }
@@ -293,15 +321,30 @@ impl CoreHandle {
         let done: DoneFn = Box::new(move |core: &Core, reply: Reply| {
             let _ = tx.send(render(core, reply));
         });
+        let ahead = key.as_ref().and_then(|k| self.read_key_ahead(&k.key));
         let reads = {
             let mut engine = self.engine()?;
             let id = RequestId(engine.next_id);
             engine.next_id += 1;
             engine.waiting.insert(id, done);
-            engine.handle(Input::Request { id, key, command })
+            engine.handle_with(Input::Request { id, key, command }, ahead)
         };
         self.serve(reads);
         rx.await.ok()
+    }
+
+    /// Reads `key` from the store's memory (memtables and block cache), before the core's lock
+    /// is taken. `None` when that needs the disk or fails: the core then asks as usual.
+    fn read_key_ahead(&self, key: &str) -> Option<KeyReadAhead> {
+        // Loaded before the read begins: every record through it is in the store.
+        let through = RecordIndex(self.written_through.load(Ordering::Acquire));
+        let lookup = Lookup::Key(key.to_owned());
+        let found = self.store.lookup_in_memory(&lookup, wall_ms())?.ok()?;
+        Some(KeyReadAhead {
+            lookup,
+            through,
+            found,
+        })
     }
 
     /// Runs `f` against the core. `None` if the core has stopped.
@@ -377,6 +420,7 @@ pub fn start(
     let restored = loaded.records.len();
     let core = Core::recover(cfg, loaded.records)
         .map_err(|e| anyhow::anyhow!("recovering from the store: {e}"))?;
+    let written_through = Arc::new(AtomicU64::new(core.persisted_index()));
     core.check_invariants()
         .map_err(|e| anyhow::anyhow!("recovered state breaks an invariant: {e}"))?;
     tracing::info!(incarnation, restored, clock = loaded.clock, "recovered");
@@ -399,6 +443,7 @@ pub fn start(
     let handle = CoreHandle {
         engine,
         store: store.clone(),
+        written_through,
         ready: ready.clone(),
         changes: changes_rx,
     };
@@ -507,6 +552,7 @@ fn write_loop(
                 while let Ok(ToWriter::Records(_)) = rx.recv() {}
                 return;
             }
+            handle.written_through.store(last, Ordering::Release);
             if !handle.feed(Input::Persisted(last)) {
                 return;
             }

@@ -665,6 +665,78 @@ async fn concurrent_duplicates_wait_for_the_first_answer() {
     n.stop().await;
 }
 
+/// More keyed purchases than the core keeps answers for (4,096), with retries of keys both
+/// fresh (still in memory, or in flight) and long evicted (on disk only) racing them: the node
+/// reads a new key before it takes the core's lock, and whatever it read, a retry gets its
+/// key's first order and never a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_of_evicted_and_fresh_keys_racing_new_ones_get_their_first_order() {
+    let n = TestNode::start().await;
+    n.create_event(event("rock", 100_000, 4, 600)).await;
+    let (writers, per_writer) = (4u64, 2_000u64);
+    let first: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Value>>> =
+        Default::default();
+    let body = |w: u64, i: u64| json!({"pool": "floor", "quantity": 1, "customer": format!("c-{w}"), "payment_ref": format!("p-{w}-{i}")});
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (client, url, first) = (
+            n.client.clone(),
+            n.url("/v1/events/rock/purchases"),
+            first.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                let key = format!("k-{w}-{i}");
+                let (s, v) = send(
+                    client
+                        .post(&url)
+                        .header("Idempotency-Key", &key)
+                        .json(&body(w, i)),
+                )
+                .await;
+                assert_eq!(s, StatusCode::CREATED, "{v}");
+                first.lock().unwrap().insert(key, v);
+                // Every tenth purchase, retry this writer's key from 1,500 purchases ago (some
+                // 6,000 answers ago, evicted: the node keeps 4,096) and the one just before.
+                if i % 10 == 0 {
+                    for j in [i.saturating_sub(1_500), i.saturating_sub(1)] {
+                        let key = format!("k-{w}-{j}");
+                        let (s, again) = send(
+                            client
+                                .post(&url)
+                                .header("Idempotency-Key", &key)
+                                .json(&body(w, j)),
+                        )
+                        .await;
+                        assert_eq!(s, StatusCode::CREATED, "{again}");
+                        let was = first
+                            .lock()
+                            .unwrap()
+                            .get(&key)
+                            .cloned()
+                            .expect("answered before");
+                        assert_eq!(
+                            again["order_id"], was["order_id"],
+                            "key {key} answered twice"
+                        );
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let orders = writers * per_writer;
+    assert_eq!(first.lock().unwrap().len() as u64, orders);
+    let (_, l) = n.admin_get("/v1/admin/events/rock/ledger").await;
+    assert_eq!(
+        l["pools"][0]["regions"][0]["consumed"], orders,
+        "one order per key: {l}"
+    );
+    n.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn availability_streams_as_server_sent_events() {
     let n = TestNode::start().await;

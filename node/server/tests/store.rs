@@ -212,7 +212,10 @@ fn a_restart_loads_live_state_only_and_reads_orders_and_keys_on_demand() {
             order: node.core.id_of(IdKind::Order, firsts[1].n),
         },
     );
-    assert_eq!(refund_again, keyed_refund, "a refund's key answers the refund");
+    assert_eq!(
+        refund_again, keyed_refund,
+        "a refund's key answers the refund"
+    );
     let hold_again = node.call(
         now,
         Some("hold"),

@@ -56,6 +56,10 @@ pub(super) struct IdempotencyTable {
     by_age: BTreeMap<(Millis, RecordIndex), Arc<str>>,
     /// Keys by record index, oldest first: durable ones leave first when the cache is full.
     by_index: BTreeMap<RecordIndex, Arc<str>>,
+    /// The highest record index of any answer that has left memory. A store read of a key
+    /// taken when the store held every record through some index at or above this one
+    /// cannot have missed an answer memory no longer has (see [`Self::read_stands`]).
+    left_through: RecordIndex,
 }
 
 impl Default for IdempotencyTable {
@@ -64,6 +68,7 @@ impl Default for IdempotencyTable {
             entries: HashMap::with_capacity(CACHED_KEYS + CACHED_KEYS / 2),
             by_age: BTreeMap::new(),
             by_index: BTreeMap::new(),
+            left_through: RecordIndex(0),
         }
     }
 }
@@ -103,7 +108,17 @@ impl IdempotencyTable {
         if let Some(old) = self.entries.remove(key) {
             self.by_age.remove(&(old.at, old.index));
             self.by_index.remove(&old.index);
+            self.left_through = self.left_through.max(old.index);
         }
+    }
+
+    /// Whether a key's store read, taken when the store held every record through `through`,
+    /// may answer a key memory lacks. An answer leaves memory only once durable, so unless
+    /// one recorded after `through` has left since, the key was either in the store when read
+    /// (it answered through `through`) or is still here (the read is not asked for). The
+    /// driver reads a new key before it takes the core's lock and offers the result here.
+    pub fn read_stands(&self, through: RecordIndex) -> bool {
+        self.left_through <= through
     }
 
     /// Remembers the answer a record at `index`, made at `at`, carries.
@@ -201,6 +216,34 @@ impl IdempotencyTable {
 mod tests {
     use super::*;
     use crate::api::HoldNo;
+
+    /// A read taken before an answer was written and then left memory must not stand: it
+    /// would miss the answer, and the request would run twice.
+    #[test]
+    fn a_read_from_before_an_answer_that_left_memory_does_not_stand() {
+        let mut t = IdempotencyTable::default();
+        assert!(t.read_stands(RecordIndex(0)), "nothing has left yet");
+        let n = CACHED_KEYS as u64 + 10;
+        for i in 1..=n {
+            t.remember(RecordIndex(i), 1, Some(&record(&format!("k{i}"), 1)));
+        }
+        // All in flight: nothing leaves, any read stands.
+        t.trim(RecordIndex(0));
+        assert!(t.read_stands(RecordIndex(0)));
+        // Durable through 5: the five oldest leave (the cache holds the rest).
+        t.trim(RecordIndex(5));
+        assert_eq!(t.len(), CACHED_KEYS + 5);
+        assert!(
+            !t.read_stands(RecordIndex(4)),
+            "k5 left after a read through 4"
+        );
+        assert!(t.read_stands(RecordIndex(5)));
+        // Expiry counts the same way.
+        t.expire(10, 5, RecordIndex(n));
+        assert_eq!(t.len(), 0);
+        assert!(!t.read_stands(RecordIndex(n - 1)));
+        assert!(t.read_stands(RecordIndex(n)));
+    }
 
     fn record(key: &str, hash: u8) -> IdemRecord {
         IdemRecord {
