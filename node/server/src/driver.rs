@@ -111,6 +111,17 @@ struct Engine {
     ready: Ready,
     /// For reads memory can answer while the lock is held.
     store: Arc<Store>,
+    reads_ahead: Arc<ReadAheadCounts>,
+}
+
+/// What became of the keys read before the lock (`/v1/admin/cluster`'s `memory`).
+#[derive(Default)]
+pub struct ReadAheadCounts {
+    /// Taken in place of the core's read.
+    pub used: AtomicU64,
+    /// Not taken: the key was in the core's memory (no read asked), or an answer that left
+    /// memory since made the read stale and the key was read again.
+    pub unused: AtomicU64,
 }
 
 enum ToWriter {
@@ -174,7 +185,10 @@ impl Engine {
                 let read = match ahead
                     .take_if(|a| a.lookup == lookup && core.key_read_stands(a.through))
                 {
-                    Some(a) => Some(Ok(a.found)),
+                    Some(a) => {
+                        self.reads_ahead.used.fetch_add(1, Ordering::Relaxed);
+                        Some(Ok(a.found))
+                    }
                     None => self.store.lookup_in_memory(&lookup, now),
                 };
                 match read {
@@ -188,6 +202,9 @@ impl Engine {
             reads = self.pump();
         }
         disk.append(&mut reads);
+        if ahead.is_some() {
+            self.reads_ahead.unused.fetch_add(1, Ordering::Relaxed);
+        }
         disk
     }
 
@@ -252,6 +269,7 @@ pub struct CoreHandle {
     /// The index through which every record is in the store: the writer raises it after each
     /// synced write, before the core hears of it.
     written_through: Arc<AtomicU64>,
+    reads_ahead: Arc<ReadAheadCounts>,
     ready: Arc<AtomicBool>,
     changes: watch::Receiver<u64>,
 }
@@ -347,6 +365,14 @@ impl CoreHandle {
         })
     }
 
+    /// Keys read before the lock: how many the core took, how many it did not.
+    pub fn reads_ahead(&self) -> (u64, u64) {
+        (
+            self.reads_ahead.used.load(Ordering::Relaxed),
+            self.reads_ahead.unused.load(Ordering::Relaxed),
+        )
+    }
+
     /// Runs `f` against the core. `None` if the core has stopped.
     pub fn read<T>(&self, f: impl FnOnce(&Core) -> T) -> Option<T> {
         self.engine().map(|e| f(&e.core))
@@ -429,8 +455,10 @@ pub fn start(
     let ready = Arc::new(AtomicBool::new(true));
     let (changes_tx, changes_rx) = watch::channel(0u64);
     let store = Arc::new(store);
+    let reads_ahead = Arc::new(ReadAheadCounts::default());
     let engine = Arc::new(Mutex::new(Engine {
         store: store.clone(),
+        reads_ahead: reads_ahead.clone(),
         core,
         waiting: HashMap::new(),
         next_id: 1,
@@ -444,6 +472,7 @@ pub fn start(
         engine,
         store: store.clone(),
         written_through,
+        reads_ahead,
         ready: ready.clone(),
         changes: changes_rx,
     };

@@ -1253,6 +1253,7 @@ pub(crate) async fn cluster(State(s): St, _: Operator) -> ApiResult {
     let store = s.core.store().memory();
     let direct_writes = s.core.store().direct_writes();
     let disk_reads = s.core.store().disk_reads();
+    let (ahead_used, ahead_unused) = s.core.reads_ahead();
     let v = read(&s, move |core| {
         let cfg = core.config();
         let now = crate::driver::wall_ms();
@@ -1313,6 +1314,8 @@ pub(crate) async fn cluster(State(s): St, _: Operator) -> ApiResult {
                 "store_direct_writes": direct_writes,
                 // The core's reads (keys, orders) that memory could not answer.
                 "store_disk_reads": disk_reads,
+                // Keyed requests' keys read before the core's lock, taken or not.
+                "key_reads_ahead": {"used": ahead_used, "unused": ahead_unused},
             },
         })
     })?;

@@ -90,6 +90,7 @@ struct KeyFromDisk {
     answer: AnswerOnDisk<Outcome>,
 }
 
+/// Part of the stored format: its variants' order is their number on disk.
 #[derive(serde::Serialize, serde::Deserialize)]
 enum AnswerOnDisk<O> {
     Order { n: OrderNo, status: OrderStatus },
@@ -157,7 +158,8 @@ pub struct Store {
     db: DB,
     key_ttl_ms: Millis,
     /// Reads from memtables and block cache only, made once: a new key is read this way on
-    /// every keyed request, under the core's lock.
+    /// every keyed request, before the core's lock is taken (or under it, if that read could
+    /// not be used).
     memory_only: ReadOptions,
     /// Whether flushes and compactions write around the page cache (see [`Store::open`]).
     direct_writes: bool,
@@ -400,6 +402,7 @@ impl Store {
     fn check_format(&self, dir: &Path) -> anyhow::Result<()> {
         match self.node_u64(b"format")? {
             FORMAT => Ok(()),
+            2 => self.upgrade_keys_from_format_2(),
             0 if self.node_u64(b"incarnation")? == 0 => {
                 let mut b = WriteBatch::default();
                 b.put_cf(self.cf(NODE), b"format", FORMAT.to_be_bytes());
@@ -412,6 +415,43 @@ impl Store {
                 dir.display()
             ),
         }
+    }
+
+    /// Format 2 kept a copy of the order in each key's answer; format 3 names it (the order is
+    /// in the orders family in both). Rewrites every key, 10,000 to a synced batch, and stamps
+    /// format 3 with the last: a node killed half-way redoes it on its next start, and a value
+    /// already rewritten is told apart and left (a format-2 value starts with its own time,
+    /// which its 8-byte prefix repeats).
+    fn upgrade_keys_from_format_2(&self) -> anyhow::Result<()> {
+        let mut batch = WriteBatch::default();
+        let mut rewritten = 0u64;
+        for item in self.db.iterator_cf(self.cf(KEYS), IteratorMode::Start) {
+            let (key, value) = item?;
+            let at = key_time(&value).context("a key's value lacks its time")?;
+            let old = match postcard::take_from_bytes::<StoredKey>(&value[8..]) {
+                Ok((old, rest)) if old.at == at && rest.is_empty() => old,
+                _ => {
+                    postcard::from_bytes::<KeyFromDisk>(&value[8..])
+                        .context("a key that is neither format 2 nor 3")?;
+                    continue;
+                }
+            };
+            let mut v = at.to_be_bytes().to_vec();
+            v.extend(enc(&KeyOnDisk {
+                index: old.index,
+                body_hash: old.body_hash,
+                answer: AnswerOnDisk::of(&old.outcome),
+            }));
+            batch.put_cf(self.cf(KEYS), &key, v);
+            rewritten += 1;
+            if batch.len() >= 10_000 {
+                self.write(std::mem::take(&mut batch))?;
+            }
+        }
+        batch.put_cf(self.cf(NODE), b"format", FORMAT.to_be_bytes());
+        self.write(batch)?;
+        tracing::info!(rewritten, "store upgraded from format 2 to {FORMAT}");
+        Ok(())
     }
 
     /// RocksDB's own memory, as it reports it.
@@ -925,5 +965,81 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use allot_node::{Order, OrderStatus};
+
+    /// A data dir of format 2 (keys holding copies of their orders) is upgraded at open and its
+    /// keys answer as before; an upgrade cut short and run again leaves the rewritten keys be.
+    #[test]
+    fn a_format_2_store_is_upgraded_and_its_keys_answer_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let refunded = Order {
+            n: OrderNo(7),
+            event: "arena".into(),
+            pool: 0,
+            quantity: 2,
+            seats: vec![],
+            customer: "c-1".into(),
+            price_cents: 10_000,
+            payment_ref: "pay".into(),
+            status: OrderStatus::Refunded,
+            created_at: 5,
+            hold: None,
+        };
+        let bought = Outcome::Order(Order {
+            status: OrderStatus::Confirmed,
+            ..refunded.clone()
+        });
+        let released = Outcome::Released { hold: HoldNo(3) };
+        let at = wall_ms();
+        let keys = [("buy", &bought), ("release", &released)];
+        let format_2 = |store: &Store| {
+            let mut b = WriteBatch::default();
+            b.put_cf(store.cf(NODE), b"format", 2u64.to_be_bytes());
+            store.write(b).unwrap();
+        };
+        {
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            let mut b = WriteBatch::default();
+            let order = StoredOrder {
+                index: RecordIndex(9),
+                order: refunded.clone(),
+            };
+            b.put_cf(store.cf(ORDERS), 7u64.to_be_bytes(), enc(&order));
+            for (key, outcome) in keys {
+                let mut v = at.to_be_bytes().to_vec();
+                v.extend(enc(&StoredKey {
+                    at,
+                    index: RecordIndex(9),
+                    body_hash: [1; 32],
+                    outcome: outcome.clone(),
+                }));
+                b.put_cf(store.cf(KEYS), key, v);
+            }
+            store.write(b).unwrap();
+            format_2(&store);
+        }
+        // Upgraded; then as if the stamp had not landed; then opened as format 3.
+        for round in 0..3 {
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            assert_eq!(store.node_u64(b"format").unwrap(), FORMAT);
+            for (key, outcome) in keys {
+                match store.lookup(&Lookup::Key(key.into()), at).unwrap() {
+                    Found::Key(Some(k)) => {
+                        assert_eq!(&k.outcome, outcome, "{key}, round {round}");
+                        assert_eq!((k.at, k.index, k.body_hash), (at, RecordIndex(9), [1; 32]));
+                    }
+                    other => panic!("{key}, round {round}: {other:?}"),
+                }
+            }
+            if round == 0 {
+                format_2(&store);
+            }
+        }
     }
 }

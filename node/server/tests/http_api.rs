@@ -734,6 +734,12 @@ async fn retries_of_evicted_and_fresh_keys_racing_new_ones_get_their_first_order
         l["pools"][0]["regions"][0]["consumed"], orders,
         "one order per key: {l}"
     );
+    // The keys were read before the lock and those reads taken: new keys and evicted ones.
+    let (_, c) = n.admin_get("/v1/admin/cluster").await;
+    let used = c["memory"]["key_reads_ahead"]["used"]
+        .as_u64()
+        .expect("counted");
+    assert!(used >= orders * 9 / 10, "{}", c["memory"]);
     n.stop().await;
 }
 

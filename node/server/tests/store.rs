@@ -229,6 +229,9 @@ fn a_restart_loads_live_state_only_and_reads_orders_and_keys_on_demand() {
         },
     );
     assert_eq!(hold_again, hold, "a hold's key answers the hold");
+    // Each of the five replays was a key found on disk (a refund run again would answer the
+    // same, but would not cache the key).
+    assert_eq!(node.core.footprint().cached_keys, 5);
     // Orders are read from disk: a second refund returns nothing more, a seat stays sold.
     let e = node.core.event("arena").unwrap();
     let (consumed, returned) = (e.ledger.consumed(0, e.me), e.ledger.returned(0, e.me));
@@ -367,4 +370,33 @@ fn tables_written_directly_or_through_the_page_cache_read_back() {
         }
         node.core.check_invariants().unwrap();
     }
+}
+
+/// A key read taken before an answer was recorded must not be used once that answer has left
+/// the core's memory (the store has it, the read does not); one taken after may be.
+#[test]
+fn a_key_read_from_before_an_answer_that_left_memory_does_not_stand() {
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = 24 * 3600 * 1000;
+    let now = wall_ms();
+    let mut node = start(open(dir.path(), ttl), ttl);
+    node.call(now, None, Command::CreateEvent(spec())).unwrap();
+    let before = RecordIndex(node.core.persisted_index());
+    assert!(node.core.key_read_stands(before));
+    node.call(now, Some("first"), purchase(None)).unwrap();
+    assert!(
+        node.core.key_read_stands(before),
+        "its answer is still in memory"
+    );
+    for i in 0..4_200 {
+        node.call(now, Some(&format!("k-{i}")), purchase(None))
+            .unwrap();
+    }
+    assert!(
+        !node.core.key_read_stands(before),
+        "\"first\" left memory after a read that missed it"
+    );
+    assert!(node
+        .core
+        .key_read_stands(RecordIndex(node.core.persisted_index())));
 }
