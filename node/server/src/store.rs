@@ -75,19 +75,24 @@ const FORMAT: u64 = 3;
 /// (a refund). A copy would write every keyed sale's order twice, to the WAL and again at each
 /// flush and compaction of the keys family, whose random keys compact it all over again.
 /// Replays are rare; they pay one more point read.
-#[derive(serde::Serialize)]
-struct KeyOnDisk<'a> {
+///
+/// Written with `O = &Outcome` (no copy of the answer), read back with `O = Outcome`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeyOnDisk<O> {
     index: RecordIndex,
     body_hash: [u8; 32],
-    answer: AnswerOnDisk<&'a Outcome>,
+    answer: AnswerOnDisk<O>,
 }
 
-/// [`KeyOnDisk`] as it is read back: the same fields in the same order.
-#[derive(serde::Deserialize)]
-struct KeyFromDisk {
-    index: RecordIndex,
-    body_hash: [u8; 32],
-    answer: AnswerOnDisk<Outcome>,
+/// The keys family's value: the time the answer was made, then the answer ([`KeyOnDisk`]).
+fn key_value(at: Millis, index: RecordIndex, body_hash: [u8; 32], outcome: &Outcome) -> Vec<u8> {
+    let mut v = at.to_be_bytes().to_vec();
+    v.extend(enc(&KeyOnDisk {
+        index,
+        body_hash,
+        answer: AnswerOnDisk::of(outcome),
+    }));
+    v
 }
 
 /// Part of the stored format: its variants' order is their number on disk.
@@ -431,17 +436,12 @@ impl Store {
             let old = match postcard::take_from_bytes::<StoredKey>(&value[8..]) {
                 Ok((old, rest)) if old.at == at && rest.is_empty() => old,
                 _ => {
-                    postcard::from_bytes::<KeyFromDisk>(&value[8..])
+                    postcard::from_bytes::<KeyOnDisk<Outcome>>(&value[8..])
                         .context("a key that is neither format 2 nor 3")?;
                     continue;
                 }
             };
-            let mut v = at.to_be_bytes().to_vec();
-            v.extend(enc(&KeyOnDisk {
-                index: old.index,
-                body_hash: old.body_hash,
-                answer: AnswerOnDisk::of(&old.outcome),
-            }));
+            let v = key_value(at, old.index, old.body_hash, &old.outcome);
             batch.put_cf(self.cf(KEYS), &key, v);
             rewritten += 1;
             if batch.len() >= 10_000 {
@@ -596,12 +596,7 @@ impl Store {
     fn record(&self, b: &mut WriteBatch, rows: &mut Rows, counters: &mut Counters, r: &Record) {
         let key = |b: &mut WriteBatch, idem: Option<&allot_node::IdemRecord>| {
             if let Some(i) = idem {
-                let mut v = r.at.to_be_bytes().to_vec();
-                v.extend(enc(&KeyOnDisk {
-                    index: RecordIndex(r.index),
-                    body_hash: i.key.body_hash,
-                    answer: AnswerOnDisk::of(&i.outcome),
-                }));
+                let v = key_value(r.at, RecordIndex(r.index), i.key.body_hash, &i.outcome);
                 b.put_cf(self.cf(KEYS), i.key.key.as_bytes(), v);
             }
         };
@@ -862,7 +857,7 @@ impl Store {
                 let live = v.as_ref().and_then(|v| {
                     key_time(v)
                         .filter(|at| at.saturating_add(self.key_ttl_ms) > now)
-                        .map(|at| (at, postcard::from_bytes::<KeyFromDisk>(&v[8..])))
+                        .map(|at| (at, postcard::from_bytes::<KeyOnDisk<Outcome>>(&v[8..])))
                 });
                 match live {
                     None => Found::Key(None),
