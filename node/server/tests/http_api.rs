@@ -685,29 +685,24 @@ async fn retries_of_evicted_and_fresh_keys_racing_new_ones_get_their_first_order
             first.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            for i in 0..per_writer {
+            // This writer's purchase number `i`, under its own key, first time or again.
+            let buy = |i: u64| {
                 let key = format!("k-{w}-{i}");
-                let (s, v) = send(
-                    client
-                        .post(&url)
-                        .header("Idempotency-Key", &key)
-                        .json(&body(w, i)),
-                )
-                .await;
+                let request = client
+                    .post(&url)
+                    .header("Idempotency-Key", &key)
+                    .json(&body(w, i));
+                async move { (key, send(request).await) }
+            };
+            for i in 0..per_writer {
+                let (key, (s, v)) = buy(i).await;
                 assert_eq!(s, StatusCode::CREATED, "{v}");
                 first.lock().unwrap().insert(key, v);
                 // Every tenth purchase, retry this writer's key from 1,500 purchases ago (some
                 // 6,000 answers ago, evicted: the node keeps 4,096) and the one just before.
                 if i % 10 == 0 {
                     for j in [i.saturating_sub(1_500), i.saturating_sub(1)] {
-                        let key = format!("k-{w}-{j}");
-                        let (s, again) = send(
-                            client
-                                .post(&url)
-                                .header("Idempotency-Key", &key)
-                                .json(&body(w, j)),
-                        )
-                        .await;
+                        let (key, (s, again)) = buy(j).await;
                         assert_eq!(s, StatusCode::CREATED, "{again}");
                         let was = first
                             .lock()

@@ -129,6 +129,24 @@ fn purchase(seats: Option<&str>) -> Command {
     }
 }
 
+/// A hold of three general-admission places.
+fn hold() -> Command {
+    Command::Hold {
+        event: "arena".into(),
+        want: Want::Quantity {
+            pool: "floor".into(),
+            quantity: 3,
+        },
+        customer: "c-2".into(),
+    }
+}
+
+fn refund(node: &Node, n: OrderNo) -> Command {
+    Command::Refund {
+        order: node.core.id_of(IdKind::Order, n),
+    }
+}
+
 fn order(r: &Reply) -> &Order {
     match r {
         Ok(Outcome::Order(o)) => o,
@@ -150,35 +168,12 @@ fn a_restart_loads_live_state_only_and_reads_orders_and_keys_on_demand() {
     }
     let seat = node.call(now, Some("seat"), purchase(Some("A-7")));
     let seat_order = order(&seat).clone();
-    let refunded = node.call(
-        now,
-        None,
-        Command::Refund {
-            order: node.core.id_of(IdKind::Order, firsts[0].n),
-        },
-    );
+    let refunded = node.call(now, None, refund(&node, firsts[0].n));
     assert_eq!(order(&refunded).status, OrderStatus::Refunded);
     // Answers that are not orders, and an order's answer given after it changed.
-    let hold = node.call(
-        now,
-        Some("hold"),
-        Command::Hold {
-            event: "arena".into(),
-            want: Want::Quantity {
-                pool: "floor".into(),
-                quantity: 3,
-            },
-            customer: "c-2".into(),
-        },
-    );
-    assert!(matches!(hold, Ok(Outcome::Held(_))), "{hold:?}");
-    let keyed_refund = node.call(
-        now,
-        Some("refund"),
-        Command::Refund {
-            order: node.core.id_of(IdKind::Order, firsts[1].n),
-        },
-    );
+    let held = node.call(now, Some("hold"), hold());
+    assert!(matches!(held, Ok(Outcome::Held(_))), "{held:?}");
+    let keyed_refund = node.call(now, Some("refund"), refund(&node, firsts[1].n));
     assert_eq!(order(&keyed_refund).status, OrderStatus::Refunded);
     let last_index = node.core.last_index();
     let snapshot = node.core.snapshot();
@@ -205,43 +200,20 @@ fn a_restart_loads_live_state_only_and_reads_orders_and_keys_on_demand() {
         assert_eq!(order(&again), &firsts[i], "key k-{i}");
         assert_eq!(order(&again).status, OrderStatus::Confirmed);
     }
-    let refund_again = node.call(
-        now,
-        Some("refund"),
-        Command::Refund {
-            order: node.core.id_of(IdKind::Order, firsts[1].n),
-        },
-    );
+    let refund_again = node.call(now, Some("refund"), refund(&node, firsts[1].n));
     assert_eq!(
         refund_again, keyed_refund,
         "a refund's key answers the refund"
     );
-    let hold_again = node.call(
-        now,
-        Some("hold"),
-        Command::Hold {
-            event: "arena".into(),
-            want: Want::Quantity {
-                pool: "floor".into(),
-                quantity: 3,
-            },
-            customer: "c-2".into(),
-        },
-    );
-    assert_eq!(hold_again, hold, "a hold's key answers the hold");
+    let hold_again = node.call(now, Some("hold"), hold());
+    assert_eq!(hold_again, held, "a hold's key answers the hold");
     // Each of the five replays was a key found on disk (a refund run again would answer the
     // same, but would not cache the key).
     assert_eq!(node.core.footprint().cached_keys, 5);
     // Orders are read from disk: a second refund returns nothing more, a seat stays sold.
     let e = node.core.event("arena").unwrap();
     let (consumed, returned) = (e.ledger.consumed(0, e.me), e.ledger.returned(0, e.me));
-    let again = node.call(
-        now,
-        None,
-        Command::Refund {
-            order: node.core.id_of(IdKind::Order, firsts[0].n),
-        },
-    );
+    let again = node.call(now, None, refund(&node, firsts[0].n));
     assert_eq!(order(&again).status, OrderStatus::Refunded);
     let e = node.core.event("arena").unwrap();
     assert_eq!(
