@@ -25,8 +25,9 @@ use allot_node::{
 };
 use anyhow::Context;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, CompactionDecision, Direction, Env,
-    IteratorMode, Options, ReadOptions, ReadTier, WriteBatch, WriteBufferManager, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, CompactionDecision,
+    Direction, Env, IteratorMode, Options, ReadOptions, ReadTier, WriteBatch, WriteBufferManager,
+    WriteOptions, DB,
 };
 use sha2::{Digest, Sha256};
 
@@ -327,6 +328,24 @@ impl Store {
             table.set_cache_index_and_filter_blocks(true);
             table.set_pin_l0_filter_and_index_blocks_in_cache(true);
             let mut o = Options::default();
+            if !matches!(bloom, Bloom::None) {
+                // A table's filter and index are cut into 4 KiB partitions under a small
+                // top-level block that stays pinned (charged to the cache, growing with the
+                // number of tables): a lookup reads one partition of each through the cache.
+                // With one filter per table, a node with a 24 MiB memtable budget, once its keys
+                // first compacted (half a million keys at 20 bits: a 1.2 MB filter), read that
+                // whole filter from the file for every keyed sale, under the core's lock (seen
+                // in its stacks), and sold a million keyed orders in 389 s instead of 20
+                // (docs/benchmarks.md, "Filters in partitions"). The likely reason the cache
+                // did not keep it: the LRU cache is cut in shards (64 of 1 MiB by default) and
+                // a block larger than its shard is not kept once released. Partitions never
+                // come near a shard. Tables written before this change keep their whole
+                // filters until a compaction rewrites them; both read the same.
+                table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+                table.set_partition_filters(true);
+                table.set_metadata_block_size(4096);
+                table.set_pin_top_level_index_and_filter(true);
+            }
             match bloom {
                 Bloom::None => {}
                 // Point reads of orders, which mostly sit in one file: a bloom filter answers
@@ -967,6 +986,88 @@ impl Store {
 mod tests {
     use super::*;
     use allot_node::{Order, OrderStatus};
+
+    /// A new key's absence, once the keys have compacted into one large table, costs a read
+    /// of one filter partition, not of the table's whole filter, whatever the cache holds: with
+    /// one filter per table, a node whose cache did not keep it read it whole (1.2 MB) for
+    /// every keyed sale, under the core's lock, and sold twenty times slower. The reads from
+    /// memory only still never call a stored key absent.
+    #[test]
+    fn a_new_key_reads_a_filter_partition_not_the_whole_filter() {
+        use rocksdb::perf::{set_perf_stats, PerfContext, PerfMetric, PerfStatsLevel};
+        let dir = tempfile::tempdir().unwrap();
+        // A cache smaller than the filter over 300,000 keys (750 KB at 20 bits a key).
+        let options = StoreOptions {
+            block_cache_bytes: 512 << 10,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(dir.path(), options).unwrap();
+        let at = wall_ms();
+        let answer = Outcome::Released { hold: HoldNo(1) };
+        let stored = 300_000u64;
+        for chunk in 0..stored / 10_000 {
+            let mut b = WriteBatch::default();
+            for i in 0..10_000u64 {
+                let n = chunk * 10_000 + i;
+                let value = key_value(at, RecordIndex(n), [0; 32], &answer);
+                b.put_cf(store.cf(KEYS), format!("stored-{n}"), value);
+            }
+            store.write(b).unwrap();
+            if chunk % 10 == 9 {
+                store.db.flush_cf(store.cf(KEYS)).unwrap();
+            }
+        }
+        store.compact_keys();
+        let property = |name: &str| {
+            store
+                .db
+                .property_value_cf(store.cf(KEYS), name)
+                .unwrap()
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            property("rocksdb.num-files-at-level0"),
+            "0",
+            "the keys compacted"
+        );
+        let tables = property("rocksdb.aggregated-table-properties");
+        let partitions = tables
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("# index partitions="))
+            .and_then(|n| n.trim().parse::<u64>().ok());
+        assert!(
+            partitions.is_some_and(|n| n > 1),
+            "partitioned tables: {tables}"
+        );
+
+        // New keys inside the stored keys' range, so that the table's filter is consulted.
+        let new_key = |i: u64| Lookup::Key(format!("stored-{}x", i * 1_499));
+        set_perf_stats(PerfStatsLevel::EnableCount);
+        let mut perf = PerfContext::default();
+        perf.reset();
+        let lookups = 200;
+        for i in 0..lookups {
+            assert!(matches!(
+                store.lookup(&new_key(i), at),
+                Ok(Found::Key(None))
+            ));
+        }
+        let per_lookup = perf.metric(PerfMetric::BlockReadByte) / lookups;
+        set_perf_stats(PerfStatsLevel::Disable);
+        assert!(per_lookup < 16 << 10, "{per_lookup} bytes read per new key");
+
+        for i in 0..lookups {
+            let n = i * 1_499;
+            let key = Lookup::Key(format!("stored-{n}"));
+            match store.lookup_in_memory(&key, at) {
+                None => {}
+                Some(Ok(Found::Key(Some(k)))) => assert_eq!(k.outcome, answer),
+                Some(other) => panic!("stored-{n} from memory: {:?}", other.map(|_| ())),
+            }
+            let found = store.lookup(&key, at).unwrap();
+            assert!(matches!(found, Found::Key(Some(k)) if k.outcome == answer));
+        }
+    }
 
     /// A data dir of format 2 (keys holding copies of their orders) is upgraded at open and its
     /// keys answer as before; an upgrade cut short and run again leaves the rewritten keys be.
