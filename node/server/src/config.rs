@@ -63,7 +63,7 @@ fn default_cache_mib() -> usize {
     64
 }
 fn default_memtable_mib() -> usize {
-    64
+    32
 }
 
 fn default_gossip() -> u64 {

@@ -119,7 +119,7 @@ impl<'a> AnswerOnDisk<&'a Outcome> {
 pub const DEFAULT_KEY_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// RocksDB's memory, bounded. The defaults suit one region of a ticketing cluster on a small
-/// machine: 64 MiB of block cache and 64 MiB of memtables, about 150 MiB in all with the
+/// machine: 64 MiB of block cache and 32 MiB of memtables, about 120 MiB in all with the
 /// allocator's slack while flushes keep up (the memtable budget triggers flushes and does not
 /// stall writes: see [`Store::open`]).
 #[derive(Clone, Copy, Debug)]
@@ -140,7 +140,7 @@ impl Default for StoreOptions {
         StoreOptions {
             key_ttl_ms: DEFAULT_KEY_TTL_MS,
             block_cache_bytes: 64 << 20,
-            memtable_bytes: 64 << 20,
+            memtable_bytes: 32 << 20,
             direct_writes: true,
         }
     }
@@ -372,15 +372,18 @@ impl Store {
             o.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
             o.set_block_based_table_factory(&table);
             // Half the shared budget per family: the busiest (the idempotency keys under keyed
-            // load) flushes 32 MiB at a time with the defaults. The whole budget each made
-            // flushes of 56 MiB whose bursts showed in the p99 (unkeyed 2.7-4.9 ms against
-            // 1.7-2.3 at half), and resident memory after a million orders 1.35x that after
-            // 100,000 (1.09x at half); a quarter each made the keys flush every few seconds.
+            // load) flushes 16 MiB at a time with the defaults. Measured with a 64 MiB budget,
+            // the whole budget each made flushes of 56 MiB whose bursts showed in the p99
+            // (unkeyed 2.7-4.9 ms against 1.7-2.3 at half), and resident memory after a
+            // million orders 1.35x that after 100,000 (1.09x at half); a quarter each made the
+            // keys flush every few seconds. The budget itself is 32 MiB since filters went in
+            // partitions: memtables full at a million orders are what the resident memory
+            // grows by (docs/benchmarks.md, "Filters in partitions").
             o.set_write_buffer_size((options.memtable_bytes / 2).max(1 << 20));
             // RocksDB sizes a memtable's arena blocks at an eighth of its write buffer and the
-            // manager counts them whole: with ten families, 4 MiB blocks would count 40 MiB
-            // against the budget before any data did, and flushes would start on memtables
-            // nearly empty. Small blocks count what is used.
+            // manager counts them whole: with ten families and the default budget, 2 MiB
+            // blocks would count 20 MiB against the budget before any data did, and flushes
+            // would start on memtables nearly empty. Small blocks count what is used.
             o.set_arena_block_size(ARENA_BLOCK_BYTES);
             o.set_max_write_buffer_number(2);
             o
