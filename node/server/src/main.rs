@@ -324,10 +324,9 @@ fn no_huge_page_stalls() {
 /// RocksDB allocates through the C allocator (the Rust side uses mimalloc). glibc raises its
 /// mmap threshold each time a large block is freed, so after the first memtable flush every
 /// memtable arena block (2 MiB then, 1 MiB now: `ARENA_BLOCK_BYTES` in store.rs) came from the
-/// heap and stayed there once freed: a node that
-/// had sold 1,000,000 orders kept ~30 MiB more than RocksDB reported using (docs/benchmarks.md,
-/// "Memory and restart"). A fixed threshold keeps large blocks in their own mappings, which go
-/// back to the OS when freed.
+/// heap and stayed there once freed: a node that had sold 1,000,000 orders kept ~30 MiB more
+/// than RocksDB reported using (docs/benchmarks.md, "Memory and restart"). A fixed threshold
+/// keeps large blocks in their own mappings, which go back to the OS when freed.
 fn return_large_frees_to_the_os() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; called before any other thread runs.
