@@ -6,7 +6,7 @@
 //! run, so their figures can be compared as ratios.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,6 +64,12 @@ pub struct HttpBench {
     /// build with the same generator, in the same run, for a before/after ratio.
     #[arg(long)]
     pub node_binary: Option<std::path::PathBuf>,
+    /// A `[cluster]` setting of the node's regions.toml, `KEY=VALUE` in TOML (repeatable),
+    /// e.g. `--cluster-setting store_direct_writes=true`: measures a variant of the config
+    /// against the defaults with the same binary and generator. Checked by this build's
+    /// parser: a `--node-binary` that does not know the setting refuses to start.
+    #[arg(long = "cluster-setting", value_name = "KEY=VALUE")]
+    pub cluster_settings: Vec<ClusterSetting>,
     /// Measure every mode this many times, interleaved, and summarise by the median run: on
     /// a shared machine one run can catch a stall of the host's disk or CPU.
     #[arg(long, default_value_t = 1)]
@@ -99,10 +105,48 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// One `KEY = VALUE` line a bench adds to the `[cluster]` table of its node's regions.toml.
+/// The value is checked as TOML here; the key, by the node's own config parser when the bench
+/// writes the file ([`start_node`]), so a typo fails before any load is sent.
+#[derive(Clone, Debug)]
+pub struct ClusterSetting {
+    key: String,
+    value: toml::Value,
+}
+
+impl std::str::FromStr for ClusterSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (key, value) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))?;
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "{key:?}: a setting's name is letters, digits and _"
+            ));
+        }
+        if key == "name" {
+            return Err("the bench names its own cluster".to_owned());
+        }
+        let value = value
+            .trim()
+            .parse::<toml::Value>()
+            .map_err(|e| format!("{key}: not one TOML value: {e}"))?;
+        Ok(ClusterSetting {
+            key: key.to_owned(),
+            value,
+        })
+    }
+}
+
 /// Which `allot` runs as the node under test, and the node flags a bench may set.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct NodeLaunch<'a> {
     pub node_binary: Option<&'a Path>,
+    /// Lines added to the `[cluster]` table of the node's config.
+    pub cluster_settings: &'a [ClusterSetting],
     pub http_threads: Option<usize>,
     pub commit_window_us: Option<u64>,
     /// Pin the node to this CPU, so a generator pinned elsewhere does not share its core.
@@ -113,6 +157,7 @@ impl HttpBench {
     fn launch(&self) -> NodeLaunch<'_> {
         NodeLaunch {
             node_binary: self.node_binary.as_deref(),
+            cluster_settings: &self.cluster_settings,
             http_threads: self.http_threads,
             commit_window_us: self.commit_window_us,
             cpu: None,
@@ -127,13 +172,31 @@ pub(crate) fn start_node(
     args: &NodeLaunch,
 ) -> anyhow::Result<(Child, String)> {
     let port = free_port()?;
-    let config = dir.join("regions.toml");
-    std::fs::write(
-        &config,
-        format!("[cluster]\nname = \"bench\"\n\n[[region]]\nname = \"eu-west\"\nhttp = \"127.0.0.1:{port}\"\nquic = \"127.0.0.1:0\"\ndata_dir = \"data\"\n"),
-    )?;
+    let config = write_config(dir, port, args.cluster_settings)?;
     let child = spawn_node(&config, commit, token, args)?;
     Ok((child, format!("http://127.0.0.1:{port}")))
+}
+
+/// The one-region regions.toml of a bench node in `dir`, with the caller's `[cluster]`
+/// settings; checked by the node's own parser when there are any.
+fn write_config(dir: &Path, port: u16, settings: &[ClusterSetting]) -> anyhow::Result<PathBuf> {
+    let mut keys = std::collections::BTreeSet::new();
+    if let Some(twice) = settings.iter().find(|s| !keys.insert(&s.key)) {
+        bail!("--cluster-setting {} given twice", twice.key);
+    }
+    let config = dir.join("regions.toml");
+    let lines: String = settings
+        .iter()
+        .map(|s| format!("{} = {}\n", s.key, s.value))
+        .collect();
+    std::fs::write(
+        &config,
+        format!("[cluster]\nname = \"bench\"\n{lines}\n[[region]]\nname = \"eu-west\"\nhttp = \"127.0.0.1:{port}\"\nquic = \"127.0.0.1:0\"\ndata_dir = \"data\"\n"),
+    )?;
+    if !settings.is_empty() {
+        crate::config::ClusterConfig::load(&config).context("--cluster-setting")?;
+    }
+    Ok(config)
 }
 
 /// Starts `allot node` on a config written by [`start_node`] (again, after a kill).
@@ -812,4 +875,59 @@ pub fn table(args: &HttpBench, results: &[Outcome]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setting(s: &str) -> Result<ClusterSetting, String> {
+        s.parse()
+    }
+
+    #[test]
+    fn a_cluster_setting_reaches_the_nodes_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = [
+            setting("store_direct_writes=true").unwrap(),
+            setting(" store_memtable_mib = 48 ").unwrap(),
+        ];
+        let config = write_config(dir.path(), 4000, &settings).unwrap();
+        let cfg = crate::config::ClusterConfig::load(&config).unwrap();
+        assert!(cfg.cluster.store_direct_writes);
+        assert_eq!(cfg.cluster.store_memtable_mib, 48);
+        // Without settings the defaults hold, so the variant differs from them in one line.
+        let plain =
+            crate::config::ClusterConfig::load(&write_config(dir.path(), 4000, &[]).unwrap())
+                .unwrap();
+        assert!(!plain.cluster.store_direct_writes);
+        assert_eq!(plain.cluster.store_memtable_mib, 32);
+    }
+
+    #[test]
+    fn a_bad_cluster_setting_is_refused_before_any_node_starts() {
+        for bad in [
+            "store_direct_writes",
+            "=true",
+            "store direct=true",
+            "store_direct_writes=yes",
+            "name=\"x\"",
+            // One value only: a second line would otherwise be dropped without a word.
+            "store_memtable_mib=48\nstore_direct_writes=true",
+        ] {
+            assert!(setting(bad).is_err(), "{bad:?} parsed");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // Valid TOML, but not a setting of `[cluster]`, or the wrong type for one.
+        for bad in ["no_such_setting=1", "store_direct_writes=1"] {
+            let err = write_config(dir.path(), 4000, &[setting(bad).unwrap()]).unwrap_err();
+            assert!(format!("{err:#}").contains("--cluster-setting"), "{err:#}");
+        }
+        let twice = [
+            setting("max_quantity=4").unwrap(),
+            setting("max_quantity=5").unwrap(),
+        ];
+        let err = write_config(dir.path(), 4000, &twice).unwrap_err();
+        assert!(format!("{err:#}").contains("given twice"), "{err:#}");
+    }
 }

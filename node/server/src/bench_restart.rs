@@ -32,6 +32,9 @@ pub struct RestartBench {
     /// Run this `allot` binary as the node under test instead of this one.
     #[arg(long)]
     pub node_binary: Option<std::path::PathBuf>,
+    /// A `[cluster]` setting of the node's regions.toml, `KEY=VALUE` in TOML (repeatable).
+    #[arg(long = "cluster-setting", value_name = "KEY=VALUE")]
+    pub cluster_settings: Vec<crate::bench::ClusterSetting>,
     /// Write a Markdown table here as well as to stdout.
     #[arg(long)]
     pub markdown: Option<std::path::PathBuf>,
@@ -143,6 +146,7 @@ async fn sell(addr: SocketAddr, orders: u64, connections: usize) -> anyhow::Resu
 pub async fn run(args: &RestartBench) -> anyhow::Result<Vec<Measured>> {
     let launch = NodeLaunch {
         node_binary: args.node_binary.as_deref(),
+        cluster_settings: &args.cluster_settings,
         ..NodeLaunch::default()
     };
     let token = crate::bench::BENCH_TOKEN;
