@@ -39,8 +39,8 @@ pub struct ClusterSection {
     #[serde(default = "default_memtable_mib")]
     pub store_memtable_mib: usize,
     /// Whether RocksDB writes its tables around the page cache when the file system takes
-    /// direct writes (default true; docs/operations.md).
-    #[serde(default = "default_true")]
+    /// direct writes (default false: through it; docs/operations.md).
+    #[serde(default)]
     pub store_direct_writes: bool,
     /// Whether regions move unsold quota to where the buyers are by themselves (default
     /// true); off, allotments move only by an operator's transfer.

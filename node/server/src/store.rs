@@ -141,7 +141,7 @@ impl Default for StoreOptions {
             key_ttl_ms: DEFAULT_KEY_TTL_MS,
             block_cache_bytes: 64 << 20,
             memtable_bytes: 32 << 20,
-            direct_writes: true,
+            direct_writes: false,
         }
     }
 }
@@ -301,19 +301,20 @@ impl Store {
         // the end: one large sync would hold the WAL's sync (every sale waits on it) behind it
         // on the same disk.
         opts.set_bytes_per_sync(1 << 20);
-        // Flushes and compactions write their tables around the page cache where the file
-        // system allows it. Through it, each flush left tens of megabytes of dirty pages whose
-        // writeback slowed the WAL syncs every sale waits on: in 30 s keyed runs at 20,000/s,
-        // four interleaved pairs, p99 3.5-10.5 ms through the page cache against 1.8-3.3
-        // direct, p99.9 10.6-28.5 against 5.3-8.5 (docs/benchmarks.md, "Memory and restart").
-        // The WAL itself stays buffered and synced.
+        // Flushes and compactions write their tables through the page cache unless the
+        // operator asks for direct writes. Direct writes were the default once, chosen from
+        // 30 s keyed runs where a flush's dirty pages seemed to slow the WAL syncs; in longer
+        // runs (60 and 120 s) they cost the unkeyed p99 and did not help the keyed one
+        // (docs/benchmarks.md, "Page-cache flushes by default"). `bytes_per_sync` above keeps
+        // a flush's writeback in megabyte steps either way. The WAL itself stays buffered and
+        // synced.
         let direct_writes = options.direct_writes
             && match takes_direct_writes(dir) {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(
-                        "{} does not take direct writes ({e}): RocksDB's flushes go through \
-                         the page cache, which costs the sales' p99 under load",
+                        "store_direct_writes is on, but {} does not take direct writes ({e}): \
+                         RocksDB's flushes go through the page cache",
                         dir.display()
                     );
                     false
