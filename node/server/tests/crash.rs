@@ -1,5 +1,6 @@
-//! SIGKILL mid-load: every acknowledged order survives, nothing is oversold, and the ledger
-//! agrees with the orders and holds found after restart.
+//! SIGKILL mid-load: every acknowledged order survives, its `Idempotency-Key` replays to the
+//! same order (never a second one), nothing is oversold, and the ledger agrees with the orders
+//! and holds found after restart.
 
 mod common;
 
@@ -41,7 +42,8 @@ async fn sigkill_mid_load_loses_no_acknowledged_order() {
     .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
 
-    let acked: Arc<Mutex<Vec<Value>>> = Arc::default();
+    // Each acknowledged purchase: its key, its body, and the order it was answered with.
+    let acked: Arc<Mutex<Vec<(String, Value, Value)>>> = Arc::default();
     let mut tasks = Vec::new();
     for w in 0..8u64 {
         let (client, base, acked) = (client.clone(), base.clone(), acked.clone());
@@ -52,11 +54,12 @@ async fn sigkill_mid_load_loses_no_acknowledged_order() {
                 } else {
                     json!({"pool": "floor", "quantity": 1 + i % 3, "customer": format!("c-{w}"), "payment_ref": format!("p-{w}-{i}")})
                 };
-                let r = client.post(format!("{base}/v1/events/rock/purchases")).header("Idempotency-Key", format!("k-{w}-{i}")).json(&body).send().await;
+                let key = format!("k-{w}-{i}");
+                let r = client.post(format!("{base}/v1/events/rock/purchases")).header("Idempotency-Key", &key).json(&body).send().await;
                 match r {
                     Ok(r) if r.status() == StatusCode::CREATED => {
                         let Ok(order) = r.json::<Value>().await else { return };
-                        acked.lock().unwrap().push(order);
+                        acked.lock().unwrap().push((key, body, order));
                     }
                     Ok(r) if r.status() == StatusCode::CONFLICT => {}
                     _ => return,
@@ -79,11 +82,25 @@ async fn sigkill_mid_load_loses_no_acknowledged_order() {
 
     let mut child = spawn(&config, "eu-west");
     wait_ready(&client, &base).await;
-    for o in &acked {
+    for (_, _, o) in &acked {
         let id = o["order_id"].as_str().unwrap();
         let (s, got) = send(client.get(format!("{base}/v1/orders/{id}"))).await;
         assert_eq!(s, StatusCode::OK, "acknowledged order {id} lost");
         assert_eq!(&got, o);
+    }
+    // A buyer whose answer was lost retries with the same key: every acknowledged purchase
+    // replays to the order it was answered with. (The listing below then checks that no
+    // replay sold again: one order per payment_ref.)
+    for (key, body, o) in &acked {
+        let (s, got) = send(
+            client
+                .post(format!("{base}/v1/events/rock/purchases"))
+                .header("Idempotency-Key", key)
+                .json(body),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "replay of {key}: {got}");
+        assert_eq!(&got, o, "replay of {key} answered another order");
     }
     // Every order on disk, acknowledged or not, agrees with the ledger.
     let (_, page) = send(
@@ -105,6 +122,14 @@ async fn sigkill_mid_load_loses_no_acknowledged_order() {
         next = p["next"].clone();
     }
     assert!(orders.len() >= acked.len());
+    let mut payments = HashSet::new();
+    for o in &orders {
+        let payment = o["payment_ref"].as_str().unwrap();
+        assert!(
+            payments.insert(payment),
+            "{payment} sold twice (a replayed key)"
+        );
+    }
     eprintln!(
         "{} orders acknowledged before SIGKILL, {} on disk after restart",
         acked.len(),
