@@ -782,6 +782,7 @@ impl Core {
         self.recent.check()?;
         self.durable.check()?;
         self.holds.check()?;
+        self.check_gossip()?;
         for e in &self.events {
             let g = e.genesis().clone();
             e.ledger.check().map_err(|m| format!("{}: {m}", e.id))?;

@@ -366,3 +366,76 @@ impl Core {
             .is_some_and(|h| self.now.saturating_sub(h) <= PEER_FRESH_MS)
     }
 }
+
+impl Core {
+    /// Gossip's own state, what each event keeps of each peer: one view per region, none
+    /// ever of this region (it does not gossip to itself), figures shaped as the frame check
+    /// admitted them, and no time after the core's clock (which only moves forward).
+    pub(super) fn check_gossip(&self) -> Result<(), String> {
+        for e in &self.events {
+            let g = e.genesis();
+            let fail = |m: String| Err(format!("{}: gossip: {m}", e.id));
+            if e.peers.len() != g.regions.len() {
+                return fail(format!(
+                    "{} peer views for {} regions",
+                    e.peers.len(),
+                    g.regions.len()
+                ));
+            }
+            if e.low_frames > LOW_STOCK_FRAMES {
+                return fail(format!("{} low-stock frames in one tick", e.low_frames));
+            }
+            for (r, view) in e.peers.iter().enumerate() {
+                let region = &g.regions[r];
+                if r == e.me as usize {
+                    if view.vv.is_some() || view.heard_at.is_some() || view.owed_since.is_some() {
+                        return fail("a view of this region itself".into());
+                    }
+                    continue;
+                }
+                if let Some(t) = view
+                    .heard_at
+                    .into_iter()
+                    .chain(view.owed_since)
+                    .find(|&t| t > self.now)
+                {
+                    return fail(format!("{region}: a time {t} after now {}", self.now));
+                }
+                if view.heard_at.is_none() {
+                    continue;
+                }
+                // A peer that reset is heard but unknown again (its version vector cleared, so
+                // it is sent everything); one that was heard left figures for every pool.
+                if view
+                    .vv
+                    .as_ref()
+                    .is_some_and(|vv| vv.len() > g.regions.len())
+                {
+                    return fail(format!(
+                        "{region}: a version vector over the event's regions"
+                    ));
+                }
+                let pools = g.pools.len();
+                if view.held.len() != pools
+                    || view.spent.len() != pools
+                    || view.sale_rate_per_min.len() != pools
+                    || view.demand_per_min.len() != pools
+                {
+                    return fail(format!("{region}: figures for other than every pool"));
+                }
+                if let Some((pool, held)) = g
+                    .pools
+                    .iter()
+                    .zip(&view.held)
+                    .find(|(p, &h)| h > p.capacity())
+                {
+                    return fail(format!(
+                        "{region}: holds {held} of {}, over its capacity",
+                        pool.id
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
