@@ -402,6 +402,10 @@ impl Core {
                     return fail(format!("{region}: a time {t} after now {}", self.now));
                 }
                 if view.heard_at.is_none() {
+                    // Never heard: nothing believed of it yet.
+                    if view.vv.is_some() || !view.held.is_empty() || !view.spent.is_empty() {
+                        return fail(format!("{region}: figures of a peer never heard"));
+                    }
                     continue;
                 }
                 // A peer that reset is heard but unknown again (its version vector cleared, so
@@ -422,6 +426,9 @@ impl Core {
                     || view.demand_per_min.len() != pools
                 {
                     return fail(format!("{region}: figures for other than every pool"));
+                }
+                if view.spent.iter().any(|&x| x > allot_crdt::MAX_COUNTER) {
+                    return fail(format!("{region}: a spent figure beyond any counter"));
                 }
                 if let Some((pool, held)) = g
                     .pools
