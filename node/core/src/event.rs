@@ -42,6 +42,17 @@ pub struct PeerView {
     pub owed_since: Option<Millis>,
 }
 
+/// What a peer tells of one event besides CRDT state (see [`EventState::check_peer_figures`]):
+/// its version vector (`None` in a view after the peer reset) and its figures per pool.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerFigures<'a> {
+    pub vv: Option<&'a VersionVector>,
+    pub held: &'a [u64],
+    pub spent: &'a [u64],
+    pub sale_rate_per_min: &'a [u64],
+    pub demand_per_min: &'a [u64],
+}
+
 /// One region's part of a pool as this region sees it ([`EventState::region_figures`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RegionFigures {
@@ -461,23 +472,38 @@ impl EventState {
     /// version vector and ephemeral figures) before any of it is believed: a frame with the
     /// wrong shape or impossible numbers changes nothing.
     pub fn check_gossip(&self, g: &crate::gossip::EventGossip) -> Result<(), String> {
-        let g_pools = &self.genesis().pools;
-        if g.vv.len() > self.genesis().regions.len() {
+        self.check_peer_figures(PeerFigures {
+            vv: Some(&g.vv),
+            held: &g.held,
+            spent: &g.spent,
+            sale_rate_per_min: &g.sale_rate_per_min,
+            demand_per_min: &g.demand_per_min,
+        })
+    }
+
+    /// What a peer tells of this event besides CRDT state, as a frame brings it and as a
+    /// [`PeerView`] keeps it: a version vector within the event's regions, figures for every
+    /// pool, spent within a counter, holds within capacity.
+    pub fn check_peer_figures(&self, f: PeerFigures<'_>) -> Result<(), String> {
+        if f.vv
+            .is_some_and(|vv| vv.len() > self.genesis().regions.len())
+        {
             return Err("version vector names more regions than the event has".into());
         }
-        if g.held.len() != g_pools.len()
-            || g.spent.len() != g_pools.len()
-            || g.sale_rate_per_min.len() != g_pools.len()
-            || g.demand_per_min.len() != g_pools.len()
+        let g_pools = &self.genesis().pools;
+        if f.held.len() != g_pools.len()
+            || f.spent.len() != g_pools.len()
+            || f.sale_rate_per_min.len() != g_pools.len()
+            || f.demand_per_min.len() != g_pools.len()
         {
             return Err("held, spent, sale rates and demand must list every pool once".into());
         }
-        if g.spent.iter().any(|&s| s > allot_crdt::MAX_COUNTER) {
+        if f.spent.iter().any(|&s| s > allot_crdt::MAX_COUNTER) {
             return Err("a spent figure beyond any counter".into());
         }
         if let Some((pool, held)) = g_pools
             .iter()
-            .zip(&g.held)
+            .zip(f.held)
             .find(|(pool, &held)| held > pool.capacity())
         {
             return Err(format!(

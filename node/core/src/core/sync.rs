@@ -5,7 +5,7 @@
 use allot_crdt::{Genesis, PoolIdx, RegionIdx};
 
 use crate::api::Millis;
-use crate::event::EventState;
+use crate::event::{EventState, PeerFigures};
 use crate::gossip::{EventGossip, GossipFrame};
 use crate::reads::RecordIndex;
 use crate::record::{Record, RecordBody};
@@ -410,37 +410,14 @@ impl Core {
                 }
                 // A peer that reset is heard but unknown again (its version vector cleared, so
                 // it is sent everything); one that was heard left figures for every pool.
-                if view
-                    .vv
-                    .as_ref()
-                    .is_some_and(|vv| vv.len() > g.regions.len())
-                {
-                    return fail(format!(
-                        "{region}: a version vector over the event's regions"
-                    ));
-                }
-                let pools = g.pools.len();
-                if view.held.len() != pools
-                    || view.spent.len() != pools
-                    || view.sale_rate_per_min.len() != pools
-                    || view.demand_per_min.len() != pools
-                {
-                    return fail(format!("{region}: figures for other than every pool"));
-                }
-                if view.spent.iter().any(|&x| x > allot_crdt::MAX_COUNTER) {
-                    return fail(format!("{region}: a spent figure beyond any counter"));
-                }
-                if let Some((pool, held)) = g
-                    .pools
-                    .iter()
-                    .zip(&view.held)
-                    .find(|(p, &h)| h > p.capacity())
-                {
-                    return fail(format!(
-                        "{region}: holds {held} of {}, over its capacity",
-                        pool.id
-                    ));
-                }
+                e.check_peer_figures(PeerFigures {
+                    vv: view.vv.as_ref(),
+                    held: &view.held,
+                    spent: &view.spent,
+                    sale_rate_per_min: &view.sale_rate_per_min,
+                    demand_per_min: &view.demand_per_min,
+                })
+                .map_err(|m| format!("{}: gossip: {region}: {m}", e.id))?;
             }
         }
         Ok(())
